@@ -1,0 +1,47 @@
+# Two commands set up everything on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch 2.13.0 is pinned in pyproject.toml: on CPU machines that is a local CPU wheel.
+EXTRAS ?= train,serve,dev
+STAMP := $(VENV)/.installed-$(shell echo $(EXTRAS) | tr , -)
+
+DATA ?= data/synthetic
+IMPRESSIONS ?= 300000
+RUN ?= runs/default
+MODELS ?= models
+MODEL_NAME ?= esmm
+
+.PHONY: install redis-server test train lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+# Redis tests start their own redis-server on a free port; install the binary where missing.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+
+test: install redis-server
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# The default model: a generated data set, ESMM trained on it, exported to models/NAME/VERSION.
+train: install
+	test -f $(DATA)/sample_skeleton_train.csv || \
+	  $(PY) -m training.generate --out $(DATA) --impressions $(IMPRESSIONS) --seed 0
+	$(PY) -m training.train --data $(DATA) --out $(RUN) --model esmm
+	$(PY) -m training.export --run $(RUN) --out $(MODELS)/$(MODEL_NAME)/$$(date -u +%Y%m%dT%H%M%SZ)
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache

@@ -1,0 +1,262 @@
+"""The feature contract: how raw Ali-CCP feature ids become embedding rows.
+
+Training and serving both import this module, and export writes its parameters into the model's
+manifest, so the two sides can never disagree on an id. It needs numpy only (no torch, no
+FastAPI).
+
+Layout. Every field owns a fixed number of columns (`max_len`: 1 for single-valued fields, more
+for multi-hot ones). A side (user or item) is the concatenation of its fields' columns in
+contract order, so an encoded side is two arrays of shape (rows, side_width): embedding-row ids
+(int64) and pooling weights (float32). Unused columns hold row 0 with weight 0.
+
+Ids. The embedding space is field-aware and hashed: field f owns rows
+[offset_f, offset_f + buckets_f) of one table, row 0 is padding, and a raw feature id goes to
+offset_f + splitmix64(id ^ salt_f) mod buckets_f. Hashing keeps the contract a handful of numbers
+(no vocabulary file to ship beside the model and keep in sync, unseen ids need no special case),
+and sizing each field's buckets from its distinct-id count in the training data keeps collisions
+rare where they matter. `fit_buckets` does that sizing.
+
+Multi-hot lists longer than `max_len` keep their `max_len` highest-valued ids (ties: first seen);
+every caller truncates through `encode_entity` or `truncate`, so training and serving agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+
+Side = Literal["user", "item"]
+
+# Ali-CCP fields by origin. User fields live in common_features_*.csv; the others are per
+# impression in sample_skeleton_*.csv.
+USER_FIELDS = (
+    "101",
+    "121",
+    "122",
+    "124",
+    "125",
+    "126",
+    "127",
+    "128",
+    "129",
+    "109_14",
+    "110_14",
+    "127_14",
+    "150_14",
+)
+ITEM_FIELDS = ("205", "206", "207", "210", "216")
+COMBINATION_FIELDS = ("508", "509", "702", "853")
+CONTEXT_FIELDS = ("301",)
+ALL_FIELDS = USER_FIELDS + ITEM_FIELDS + COMBINATION_FIELDS + CONTEXT_FIELDS
+
+# Default column counts of the multi-hot fields (every other field is single-valued). The
+# behaviour fields hold the user's last two weeks of categories / shops / brands / intents:
+# real users carry up to several hundred ids there.
+DEFAULT_MAX_LEN = {"109_14": 128, "110_14": 384, "127_14": 256, "150_14": 256, "210": 16, "853": 8}
+
+PAD_ROW = 0
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def field_side(name: str) -> Side:
+    if name in USER_FIELDS:
+        return "user"
+    if name in ALL_FIELDS:
+        return "item"
+    raise KeyError(f"unknown Ali-CCP field {name!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    name: str
+    side: Side
+    max_len: int
+    buckets: int = 0  # 0 until fitted on training data
+    offset: int = 0  # first embedding row of this field
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on uint64 (numpy wraps uint64 arithmetic silently, as wanted)."""
+    x = x.astype(np.uint64, copy=True)
+    x += np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureContract:
+    fields: tuple[Field, ...]
+    weighted: bool = False  # pool with the feature's value as weight (else weight 1 per id)
+    mean: bool = False  # multi-hot fields pool the (weighted) mean instead of the sum
+    seed: int = 0
+    version: int = 1
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def default(
+        cls,
+        max_len: Mapping[str, int] | None = None,
+        weighted: bool = False,
+        mean: bool = False,
+        seed: int = 0,
+    ) -> FeatureContract:
+        lens = {**DEFAULT_MAX_LEN, **(max_len or {})}
+        for name, n in lens.items():
+            field_side(name)
+            if n < 1:
+                raise ValueError(f"max_len of field {name} must be >= 1, got {n}")
+        return cls(
+            tuple(Field(n, field_side(n), lens.get(n, 1)) for n in ALL_FIELDS),
+            weighted=weighted,
+            mean=mean,
+            seed=seed,
+        )
+
+    def fit_buckets(
+        self,
+        distinct: Mapping[str, int],
+        load: float = 0.25,
+        min_buckets: int = 16,
+        max_buckets: int = 1 << 20,
+    ) -> FeatureContract:
+        """Size each field's hash space from its distinct-id count: the next power of two at or
+        above distinct / load, within [min_buckets, max_buckets]. At load 0.25 about 11% of ids
+        share their row with another id."""
+        fields, offset = [], PAD_ROW + 1
+        for f in self.fields:
+            want = max(min_buckets, int(np.ceil(distinct.get(f.name, 0) / load)))
+            buckets = min(max_buckets, 1 << int(np.ceil(np.log2(want))))
+            fields.append(dataclasses.replace(f, buckets=buckets, offset=offset))
+            offset += buckets
+        return dataclasses.replace(self, fields=tuple(fields))
+
+    # ---- shape --------------------------------------------------------------------------
+    @property
+    def fitted(self) -> bool:
+        return all(f.buckets > 0 for f in self.fields)
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of the embedding table, padding row included."""
+        last = self.fields[-1]
+        return last.offset + last.buckets
+
+    def side_fields(self, side: Side) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.side == side)
+
+    def width(self, side: Side) -> int:
+        return sum(f.max_len for f in self.side_fields(side))
+
+    def columns(self, side: Side) -> list[tuple[Field, slice]]:
+        """(field, column slice) pairs of a side, in contract order."""
+        out, start = [], 0
+        for f in self.side_fields(side):
+            out.append((f, slice(start, start + f.max_len)))
+            start += f.max_len
+        return out
+
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"field {name!r} is not in the feature contract")
+
+    # ---- ids -> rows --------------------------------------------------------------------
+    def hash_side(
+        self, side: Side, raw_ids: np.ndarray, values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw padded arrays (rows, width) of one side -> (embedding rows int64, weights f32).
+
+        Padding is a negative raw id; it maps to PAD_ROW with weight 0."""
+        if not self.fitted:
+            raise RuntimeError("the feature contract has no bucket sizes yet (fit_buckets)")
+        raw_ids = np.asarray(raw_ids, dtype=np.int64)
+        out = np.full(raw_ids.shape, PAD_ROW, dtype=np.int64)
+        present = raw_ids >= 0
+        for f, cols in self.columns(side):
+            ids = raw_ids[:, cols]
+            salt = np.uint64((self.seed << 32) ^ zlib.crc32(f.name.encode()))
+            h = _splitmix64(ids.view(np.uint64) ^ salt) & _MASK64
+            rows = (h % np.uint64(f.buckets)).astype(np.int64) + f.offset
+            out[:, cols] = np.where(present[:, cols], rows, PAD_ROW)
+        if self.weighted:
+            weights = np.where(present, values, 0.0).astype(np.float32)
+        else:
+            weights = present.astype(np.float32)
+        if self.mean:
+            for f, cols in self.columns(side):
+                if f.max_len > 1:
+                    total = weights[:, cols].sum(axis=1, keepdims=True)
+                    weights[:, cols] /= np.where(total > 0, total, 1.0)
+        return out, weights
+
+    def encode_entity(
+        self, side: Side, features: Mapping[str, tuple[Sequence[int], Sequence[float]]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One user or item as {field: (raw ids, values)} -> padded raw (ids, values) rows of the
+        side's width. Fields of the other side or unknown to the contract raise KeyError."""
+        ids = np.full(self.width(side), -1, dtype=np.int64)
+        vals = np.zeros(self.width(side), dtype=np.float32)
+        cols = {f.name: (f, c) for f, c in self.columns(side)}
+        for name, (fids, fvals) in features.items():
+            if name not in cols:
+                raise KeyError(f"field {name!r} is not a {side} field of the feature contract")
+            f, c = cols[name]
+            kept_ids, kept_vals = truncate(fids, fvals, f.max_len)
+            ids[c.start : c.start + len(kept_ids)] = kept_ids
+            vals[c.start : c.start + len(kept_ids)] = kept_vals
+        return ids, vals
+
+    # ---- persistence --------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "weighted": self.weighted,
+            "mean": self.mean,
+            "seed": self.seed,
+            "hash": "splitmix64(id ^ salt) mod buckets + offset; padding row 0",
+            "fields": [dataclasses.asdict(f) for f in self.fields],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> FeatureContract:
+        if d.get("version") != 1:
+            raise ValueError(f"unsupported feature contract version {d.get('version')!r}")
+        return cls(
+            tuple(Field(**f) for f in d["fields"]),
+            weighted=bool(d["weighted"]),
+            mean=bool(d["mean"]),
+            seed=int(d["seed"]),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def truncate(
+    ids: Sequence[int], values: Sequence[float], max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep at most max_len ids: the highest values, in their original order (stable)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float32)
+    if len(ids) != len(values):
+        raise ValueError(f"{len(ids)} ids but {len(values)} values")
+    if len(ids) <= max_len:
+        return ids, values
+    keep = np.sort(np.argsort(-values, kind="stable")[:max_len])
+    return ids[keep], values[keep]
+
+
+def distinct_counts(names: Iterable[str], columns: Iterable[np.ndarray]) -> dict[str, int]:
+    """{field: number of distinct non-negative raw ids} from per-field raw id arrays."""
+    out = {}
+    for name, col in zip(names, columns, strict=True):
+        col = np.asarray(col)
+        out[name] = int(np.unique(col[col >= 0]).size)
+    return out

@@ -1,0 +1,145 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from features.contract import ALL_FIELDS, FeatureContract
+from training.export import random_case
+from training.model import ESMM, Logits, ModelConfig, ctcvr_bce, probabilities
+
+
+@pytest.fixture(scope="module")
+def contract() -> FeatureContract:
+    return FeatureContract.default(max_len={"110_14": 40, "127_14": 30}).fit_buckets(
+        {n: 300 for n in ALL_FIELDS}
+    )
+
+
+def inputs(contract, n=64, seed=0) -> dict[str, torch.Tensor]:
+    case = random_case(contract, n, np.random.default_rng(seed))
+    return {
+        "user_ids": torch.from_numpy(case["user_ids"]),
+        "user_w": torch.from_numpy(case["user_weights"]),
+        "user_index": torch.from_numpy(case["user_index"]),
+        "item_ids": torch.from_numpy(case["item_ids"]),
+        "item_w": torch.from_numpy(case["item_weights"]),
+    }
+
+
+def build(contract, kind: str) -> ESMM:
+    torch.manual_seed(0)
+    return ESMM(ModelConfig(contract.to_dict(), kind=kind))
+
+
+def test_esmm_towers_share_only_the_embedding(contract):
+    m = build(contract, "esmm")
+    ctr = {id(p) for p in m.ctr.parameters()}
+    cvr = {id(p) for p in m.cvr.parameters()}
+    assert ctr and cvr and not ctr & cvr
+    assert len(m.embeddings) == 1
+    # every parameter belongs to exactly one of: the shared table, the CTR tower, the CVR tower
+    table = {id(p) for p in m.embeddings.parameters()}
+    assert {id(p) for p in m.parameters()} == ctr | cvr | table
+    assert len(ctr) + len(cvr) + len(table) == len(list(m.parameters()))
+
+
+@pytest.mark.parametrize("kind", ["esmm-ns", "base"])
+def test_baselines_share_nothing(contract, kind):
+    m = build(contract, kind)
+    ctr = {id(p) for p in m.tower_parameters("ctr")}
+    cvr = {id(p) for p in m.tower_parameters("cvr")}
+    assert not ctr & cvr and ctr | cvr == {id(p) for p in m.parameters()}
+
+
+def test_cvr_loss_reaches_only_the_cvr_tower_in_base(contract):
+    m = build(contract, "base")
+    x = inputs(contract)
+    logits = m(**x)
+    F.binary_cross_entropy_with_logits(logits.cvr, torch.ones(64)).backward()
+    assert not any(has_grad(p) for p in m.tower_parameters("ctr"))
+    assert all(has_grad(p) for p in m.tower_parameters("cvr"))
+
+
+def has_grad(p: torch.nn.Parameter) -> bool:
+    if p.grad is None:
+        return False
+    g = p.grad.to_dense() if p.grad.is_sparse else p.grad
+    return bool(g.abs().sum() > 0)
+
+
+def test_split_scoring_equals_per_row_scoring(contract):
+    m = build(contract, "esmm").eval()
+    x = inputs(contract, n=33)
+    with torch.no_grad():
+        split = m(**x)
+        idx = x["user_index"]
+        tiled = m(
+            x["user_ids"][idx], x["user_w"][idx], torch.arange(33), x["item_ids"], x["item_w"]
+        )
+    torch.testing.assert_close(split.ctr, tiled.ctr, atol=1e-6, rtol=0)
+    torch.testing.assert_close(split.cvr, tiled.cvr, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["esmm", "esmm-ns"])
+def test_training_pooling_equals_the_exported_pooling(contract, kind):
+    """Training pools with embedding_bag, export with gather + masked sum: same function."""
+    m = build(contract, kind)
+    with torch.no_grad():
+        for t in m.embeddings:
+            t.table.weight.normal_()
+            t.table.weight[0].zero_()
+    x = inputs(contract, n=50, seed=3)
+    with torch.no_grad():
+        bag = m.train()(**x)
+        gathered = m.eval()(**x)
+    torch.testing.assert_close(bag.ctr, gathered.ctr, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bag.cvr, gathered.cvr, atol=1e-5, rtol=1e-5)
+
+
+def test_ctcvr_bce_matches_the_naive_formula_and_stays_finite():
+    a, b = torch.randn(200) * 3, torch.randn(200) * 3
+    y = (torch.rand(200) < 0.3).float()
+    p = torch.sigmoid(a) * torch.sigmoid(b)
+    naive = F.binary_cross_entropy(p.double(), y.double())
+    torch.testing.assert_close(ctcvr_bce(Logits(a, b), y).double(), naive, atol=1e-5, rtol=1e-5)
+    extreme = torch.tensor([-200.0, -50.0, 0.0, 50.0, 200.0])
+    for target in (torch.zeros(5), torch.ones(5)):
+        a = extreme.clone().requires_grad_()
+        loss = ctcvr_bce(Logits(a, extreme.flip(0)), target)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(a.grad).all()
+
+
+def test_pctcvr_is_the_product(contract):
+    m = build(contract, "esmm").eval()
+    with torch.no_grad():
+        p = probabilities(m(**inputs(contract)))
+    torch.testing.assert_close(p["pctcvr"], p["pctr"] * p["pcvr"], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["esmm", "esmm-ns", "base"])
+def test_loss_is_finite_and_falls(contract, kind):
+    m = build(contract, kind).train()
+    x = inputs(contract, n=256, seed=5)
+    g = torch.Generator().manual_seed(0)
+    click = (torch.rand(256, generator=g) < 0.3).float()
+    conv = click * (torch.rand(256, generator=g) < 0.5).float()
+    from training.train import make_optimizers
+
+    opts = make_optimizers(m, 1e-3, 1e-2)
+    losses = []
+    for _ in range(30):
+        loss, parts = m.loss(m(**x), click, conv)
+        assert torch.isfinite(loss) and all(np.isfinite(v) for v in parts.values())
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in opts:
+            o.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_unknown_kind_is_refused(contract):
+    with pytest.raises(ValueError, match="unknown model kind"):
+        ModelConfig(contract.to_dict(), kind="dnn")

@@ -1,0 +1,56 @@
+"""Whole-set metrics: AUC over every row at once (never averaged per batch), log loss, ECE."""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-7
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties given their average rank.
+    NaN when only one class is present."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    # Average rank of each run of equal scores.
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    avg = (starts + ends + 1) / 2.0  # 1-based average rank of the run
+    ranks = np.empty(len(s))
+    ranks[order] = np.repeat(avg, ends - starts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)
+    if len(y) == 0:
+        return float("nan")
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def head_metrics(name: str, labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    return {
+        f"{name}_auc": auc(labels, probs),
+        f"{name}_logloss": log_loss(labels, probs),
+        f"{name}_mean_pred": float(np.mean(probs)) if len(probs) else float("nan"),
+        f"{name}_observed": float(np.mean(labels)) if len(labels) else float("nan"),
+    }
+
+
+def funnel_metrics(
+    click: np.ndarray, conv: np.ndarray, pctr: np.ndarray, pcvr: np.ndarray, pctcvr: np.ndarray
+) -> dict[str, float]:
+    """CTR and CTCVR on every impression, CVR on clicked impressions only (as the paper)."""
+    clicked = np.asarray(click) > 0
+    return {
+        **head_metrics("ctr", click, pctr),
+        **head_metrics("cvr", np.asarray(conv)[clicked], np.asarray(pcvr)[clicked]),
+        **head_metrics("ctcvr", conv, pctcvr),
+    }

@@ -1,0 +1,239 @@
+"""ESMM (Ma et al., SIGIR 2018) and the paper's baselines, with the loss that belongs to them.
+
+Every model here is split the way the service runs it:
+  user_repr(user features)                      -> (U, R)  computed once per user
+  score(user_repr, user_index, item features)   -> ctr / cvr logits, one per candidate row
+The first layer of each tower sees [user part; item part]; W [u; x] + b = (W_u u + b) + W_x x,
+so the user representation is the pooled user embeddings pushed through the user half of each
+tower's first layer. That is exact, and it is also how training runs: a batch pools each of its
+users once and gathers the result per row.
+
+Kinds:
+  esmm     one embedding table shared by a CTR and a CVR tower; loss over all impressions:
+           BCE(click, pCTR) + BCE(click & conversion, pCTCVR), pCTCVR = pCTR * pCVR.
+  esmm-ns  the same loss, but each tower has its own embedding table (ESMM-NS in the paper).
+  base     a CTR net and a CVR net with nothing shared; the CVR net is trained on clicked
+           impressions only (BASE in the paper).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from features.contract import FeatureContract, Side
+
+KINDS = ("esmm", "esmm-ns", "base")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    contract: dict  # FeatureContract.to_dict(), fitted
+    kind: str = "esmm"
+    embed_dim: int = 18
+    hidden: tuple[int, ...] = (200, 80)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; choose one of {KINDS}")
+        self.hidden = tuple(self.hidden)
+
+
+class Logits(NamedTuple):
+    ctr: torch.Tensor  # (B,)
+    cvr: torch.Tensor  # (B,)
+
+
+class FieldPooling(nn.Module):
+    """One embedding table over every field's hashed rows; per-field weighted sum pooling.
+
+    nn.Embedding plus a masked sum, not EmbeddingBag: EmbeddingBag exports to ONNX as a per-row
+    loop, tens of times slower. sparse=True keeps an optimiser step proportional to the rows a
+    batch touches rather than to the table."""
+
+    def __init__(self, contract: FeatureContract, dim: int):
+        super().__init__()
+        self.table = nn.Embedding(contract.num_rows, dim, padding_idx=0, sparse=True)
+        nn.init.normal_(self.table.weight, std=0.01)
+        with torch.no_grad():
+            self.table.weight[0].zero_()
+        self.segments = {side: _segments(contract, side) for side in ("user", "item")}
+
+    def forward(self, ids: torch.Tensor, weights: torch.Tensor, side: Side) -> torch.Tensor:
+        if self.training:
+            return self._bags(ids, weights, side)
+        e = self.table(ids) * weights.unsqueeze(-1)  # (B, L, D)
+        parts = []
+        for start, stop, single in self.segments[side]:
+            chunk = e[:, start:stop]
+            # A run of single-valued fields is already pooled: flatten it in one go.
+            parts.append(chunk.flatten(1) if single else chunk.sum(1))
+        return torch.cat(parts, dim=1)  # (B, n_fields * D)
+
+    def _bags(self, ids: torch.Tensor, weights: torch.Tensor, side: Side) -> torch.Tensor:
+        """The same pooling for training: embedding_bag skips padding in the forward and the
+        backward pass, so a batch pays for the ids it has, not for its padded width (user
+        lists fill well under half of theirs)."""
+        parts = []
+        for start, stop, single in self.segments[side]:
+            if single:
+                e = self.table(ids[:, start:stop]) * weights[:, start:stop].unsqueeze(-1)
+                parts.append(e.flatten(1))
+            else:
+                parts.append(
+                    F.embedding_bag(
+                        ids[:, start:stop],
+                        self.table.weight,
+                        mode="sum",
+                        sparse=True,
+                        per_sample_weights=weights[:, start:stop],
+                        padding_idx=0,
+                    )
+                )
+        return torch.cat(parts, dim=1)  # (B, n_fields * D)
+
+
+def _segments(contract: FeatureContract, side: Side) -> list[tuple[int, int, bool]]:
+    """Column ranges to pool: runs of single-valued fields merged, multi-hot fields alone."""
+    out: list[tuple[int, int, bool]] = []
+    for f, cols in contract.columns(side):
+        single = f.max_len == 1
+        if single and out and out[-1][2] and out[-1][1] == cols.start:
+            out[-1] = (out[-1][0], cols.stop, True)
+        else:
+            out.append((cols.start, cols.stop, single))
+    return out
+
+
+class Tower(nn.Module):
+    """MLP whose first layer is split into a user half (with the bias) and an item half."""
+
+    def __init__(self, user_in: int, item_in: int, hidden: tuple[int, ...]):
+        super().__init__()
+        self.user_proj = nn.Linear(user_in, hidden[0])
+        self.item_proj = nn.Linear(item_in, hidden[0], bias=False)
+        layers: list[nn.Module] = []
+        for a, b in zip(hidden, hidden[1:], strict=False):
+            layers += [nn.ReLU(), nn.Linear(a, b)]
+        layers += [nn.ReLU(), nn.Linear(hidden[-1], 1)]
+        self.head = nn.Sequential(*layers)
+
+    def forward(self, user_part: torch.Tensor, item_pooled: torch.Tensor) -> torch.Tensor:
+        return self.head(user_part + self.item_proj(item_pooled)).squeeze(-1)  # (B,)
+
+
+class ESMM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        contract = FeatureContract.from_dict(cfg.contract)
+        n_user = len(contract.side_fields("user")) * cfg.embed_dim
+        n_item = len(contract.side_fields("item")) * cfg.embed_dim
+        shared = cfg.kind == "esmm"
+        self.embeddings = nn.ModuleList(
+            FieldPooling(contract, cfg.embed_dim) for _ in range(1 if shared else 2)
+        )
+        self.ctr = Tower(n_user, n_item, cfg.hidden)
+        self.cvr = Tower(n_user, n_item, cfg.hidden)
+
+    @property
+    def repr_dim(self) -> int:
+        return 2 * self.cfg.hidden[0]
+
+    def _tables(self) -> tuple[FieldPooling, FieldPooling]:
+        return self.embeddings[0], self.embeddings[-1]  # (ctr's, cvr's); one object if shared
+
+    def user_repr(self, user_ids: torch.Tensor, user_w: torch.Tensor) -> torch.Tensor:
+        """(U, user width) -> (U, 2 * hidden[0]): [CTR tower's user half; CVR tower's]."""
+        ctr_emb, cvr_emb = self._tables()
+        u_ctr = ctr_emb(user_ids, user_w, "user")
+        u_cvr = u_ctr if cvr_emb is ctr_emb else cvr_emb(user_ids, user_w, "user")
+        return torch.cat([self.ctr.user_proj(u_ctr), self.cvr.user_proj(u_cvr)], dim=1)
+
+    def score(
+        self,
+        user_repr: torch.Tensor,
+        user_index: torch.Tensor,
+        item_ids: torch.Tensor,
+        item_w: torch.Tensor,
+    ) -> Logits:
+        h = self.cfg.hidden[0]
+        r = user_repr.index_select(0, user_index)  # (B, 2h)
+        ctr_emb, cvr_emb = self._tables()
+        x_ctr = ctr_emb(item_ids, item_w, "item")
+        x_cvr = x_ctr if cvr_emb is ctr_emb else cvr_emb(item_ids, item_w, "item")
+        return Logits(self.ctr(r[:, :h], x_ctr), self.cvr(r[:, h:], x_cvr))
+
+    def forward(
+        self,
+        user_ids: torch.Tensor,
+        user_w: torch.Tensor,
+        user_index: torch.Tensor,
+        item_ids: torch.Tensor,
+        item_w: torch.Tensor,
+    ) -> Logits:
+        return self.score(self.user_repr(user_ids, user_w), user_index, item_ids, item_w)
+
+    def loss(
+        self, logits: Logits, click: torch.Tensor, conv: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training objective of this kind; `conv` is conversion-and-click."""
+        ctr_loss = F.binary_cross_entropy_with_logits(logits.ctr, click)
+        if self.cfg.kind == "base":
+            clicked = click > 0
+            cvr_loss = (
+                F.binary_cross_entropy_with_logits(logits.cvr[clicked], conv[clicked])
+                if clicked.any()
+                else logits.cvr.sum() * 0.0
+            )
+            return ctr_loss + cvr_loss, {"ctr": ctr_loss.item(), "cvr": cvr_loss.item()}
+        ctcvr_loss = ctcvr_bce(logits, conv)
+        return ctr_loss + ctcvr_loss, {"ctr": ctr_loss.item(), "ctcvr": ctcvr_loss.item()}
+
+    def tower_parameters(self, tower: str) -> list[nn.Parameter]:
+        """The parameters one tower owns (its MLP and, when not shared, its embedding)."""
+        t = self.ctr if tower == "ctr" else self.cvr
+        own = list(t.parameters())
+        if len(self.embeddings) == 2:
+            own += list(self.embeddings[0 if tower == "ctr" else 1].parameters())
+        return own
+
+
+def ctcvr_bce(logits: Logits, target: torch.Tensor) -> torch.Tensor:
+    """BCE of pCTCVR = sigmoid(a) * sigmoid(b), from the logits without rounding either factor:
+    log p = logsigmoid(a) + logsigmoid(b), log(1 - p) = log(-expm1(log p))."""
+    log_p = F.logsigmoid(logits.ctr) + F.logsigmoid(logits.cvr)
+    log_p = log_p.clamp(max=-1e-12)  # p == 1 would make log(1 - p) infinite
+    log_not_p = torch.log(-torch.expm1(log_p))
+    return -(target * log_p + (1.0 - target) * log_not_p).mean()
+
+
+def probabilities(logits: Logits) -> dict[str, torch.Tensor]:
+    pctr, pcvr = torch.sigmoid(logits.ctr), torch.sigmoid(logits.cvr)
+    return {"pctr": pctr, "pcvr": pcvr, "pctcvr": pctr * pcvr}
+
+
+class LogisticRegression(nn.Module):
+    """Sparse logistic regression over every hashed feature: the cheap reference for CVR."""
+
+    def __init__(self, contract: FeatureContract):
+        super().__init__()
+        self.weights = FieldPooling(contract, 1)
+        nn.init.zeros_(self.weights.table.weight)
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(
+        self,
+        user_ids: torch.Tensor,
+        user_w: torch.Tensor,
+        user_index: torch.Tensor,
+        item_ids: torch.Tensor,
+        item_w: torch.Tensor,
+    ) -> torch.Tensor:
+        u = self.weights(user_ids, user_w, "user").sum(1)  # (U,)
+        x = self.weights(item_ids, item_w, "item").sum(1)  # (B,)
+        return u.index_select(0, user_index) + x + self.bias
