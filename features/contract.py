@@ -161,6 +161,15 @@ class FeatureContract:
             start += f.max_len
         return out
 
+    def side_rows(self, side: Side) -> tuple[int, int]:
+        """[first, end) of the embedding rows the side's fields own (fields of a side are
+        contiguous in contract order: user fields first)."""
+        fields = self.side_fields(side)
+        lo, hi = fields[0].offset, fields[-1].offset + fields[-1].buckets
+        if sum(f.buckets for f in fields) != hi - lo:
+            raise ValueError(f"the {side} fields do not own one contiguous range of rows")
+        return lo, hi
+
     def field(self, name: str) -> Field:
         for f in self.fields:
             if f.name == name:

@@ -98,3 +98,10 @@ def test_round_trip_and_unfitted_refusal():
         FeatureContract.default().hash_side("user", np.zeros((1, 1)), np.zeros((1, 1)))
     with pytest.raises(ValueError):
         FeatureContract.from_dict({**c.to_dict(), "version": 99})
+
+
+def test_side_rows_are_contiguous_and_cover_the_table():
+    c = fitted()
+    u_lo, u_hi = c.side_rows("user")
+    i_lo, i_hi = c.side_rows("item")
+    assert (u_lo, u_hi, i_lo, i_hi) == (1, i_lo, u_hi, c.num_rows)

@@ -98,3 +98,12 @@ def test_one_user_scored_alone_equals_scored_among_others(exported, manifest):
 def test_export_refuses_to_overwrite(trained_run, exported):
     with pytest.raises(FileExistsError):
         export(trained_run, exported)
+
+
+def test_split_graphs_carry_only_their_sides_rows(exported):
+    """The user tower holds the user rows, the item scorer the item rows: together about one
+    copy of the table (the full graph's size), not two."""
+    size = {n: (exported / f"{n}.onnx").stat().st_size for n in ("user_tower", "item_scorer")}
+    full = (exported / "full.onnx").stat().st_size
+    assert size["user_tower"] < 0.8 * full and size["item_scorer"] < 0.8 * full
+    assert size["user_tower"] + size["item_scorer"] < 1.15 * full

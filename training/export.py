@@ -19,6 +19,7 @@ and that pctcvr equals pctr * pcvr; a failed check writes nothing.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import hashlib
 import json
@@ -158,6 +159,14 @@ def _export(
     onnx.checker.check_model(str(path))
 
 
+def side_model(model: ESMM, contract: FeatureContract, side: str) -> ESMM:
+    """The model with embedding tables cut to the rows one side's graph reads."""
+    lo, hi = contract.side_rows(side)
+    m = copy.deepcopy(model)
+    m.embeddings = nn.ModuleList(e.restricted(lo, hi) for e in model.embeddings)
+    return m.eval()
+
+
 def export_graphs(model: ESMM, contract: FeatureContract, out: Path) -> None:
     # Different U and N, both > 1, so that neither dimension is specialised to a constant.
     example = random_case(contract, 7, np.random.default_rng(0))
@@ -170,7 +179,7 @@ def export_graphs(model: ESMM, contract: FeatureContract, out: Path) -> None:
     )
     per_row = sample_rows_per_user(example)
     _export(
-        UserTower(model),
+        UserTower(side_model(model, contract, "user")),
         example,
         ["user_ids", "user_weights"],
         ["user_repr"],
@@ -178,7 +187,7 @@ def export_graphs(model: ESMM, contract: FeatureContract, out: Path) -> None:
         out / "user_tower.onnx",
     )
     _export(
-        ItemScorer(model),
+        ItemScorer(side_model(model, contract, "item")),
         example,
         ["user_repr", "user_index", "item_ids", "item_weights"],
         list(OUTPUTS),

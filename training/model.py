@@ -18,6 +18,7 @@ Kinds:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import NamedTuple
 
@@ -62,11 +63,28 @@ class FieldPooling(nn.Module):
         with torch.no_grad():
             self.table.weight[0].zero_()
         self.segments = {side: _segments(contract, side) for side in ("user", "item")}
+        self.row_shift = 0  # see restricted()
+
+    def restricted(self, lo: int, hi: int) -> FieldPooling:
+        """A copy holding only rows [lo, hi) and the padding row, for a graph whose ids all
+        fall there: the user tower never reads item rows, the item scorer never reads user rows,
+        so neither exported graph has to carry the whole table."""
+        out = copy.deepcopy(self)
+        w = self.table.weight.detach()
+        rows = w[:hi] if lo <= 1 else torch.cat([w[:1], w[lo:hi]])
+        out.table = nn.Embedding.from_pretrained(rows.clone(), freeze=True, padding_idx=0)
+        out.row_shift = max(lo - 1, 0)
+        return out
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.row_shift:
+            ids = torch.where(ids > 0, ids - self.row_shift, ids)  # padding stays row 0
+        return self.table(ids)
 
     def forward(self, ids: torch.Tensor, weights: torch.Tensor, side: Side) -> torch.Tensor:
         if self.training:
             return self._bags(ids, weights, side)
-        e = self.table(ids) * weights.unsqueeze(-1)  # (B, L, D)
+        e = self._embed(ids) * weights.unsqueeze(-1)  # (B, L, D)
         parts = []
         for start, stop, single in self.segments[side]:
             chunk = e[:, start:stop]
