@@ -13,7 +13,7 @@ RUN ?= runs/default
 MODELS ?= models
 MODEL_NAME ?= esmm
 
-.PHONY: install redis-server test train lint clean
+.PHONY: install redis-server test train bench-train lint clean
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ train: install
 	  $(PY) -m training.generate --out $(DATA) --impressions $(IMPRESSIONS) --seed 0
 	$(PY) -m training.train --data $(DATA) --out $(RUN) --model esmm
 	$(PY) -m training.export --run $(RUN) --out $(MODELS)/$(MODEL_NAME)/$$(date -u +%Y%m%dT%H%M%SZ)
+
+# Training benchmark: 1M generated impressions, ESMM and BASE, export; figures into README.md.
+bench-train: install
+	$(PY) -m training.bench --impressions 1000000 --models esmm,base --out runs/bench
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache
