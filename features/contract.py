@@ -23,6 +23,7 @@ every caller truncates through `encode_entity` or `truncate`, so training and se
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -148,17 +149,25 @@ class FeatureContract:
         return last.offset + last.buckets
 
     def side_fields(self, side: Side) -> tuple[Field, ...]:
-        return tuple(f for f in self.fields if f.side == side)
+        return tuple(f for f, _ in self._layout[side])
 
     def width(self, side: Side) -> int:
         return sum(f.max_len for f in self.side_fields(side))
 
     def columns(self, side: Side) -> list[tuple[Field, slice]]:
         """(field, column slice) pairs of a side, in contract order."""
-        out, start = [], 0
-        for f in self.side_fields(side):
-            out.append((f, slice(start, start + f.max_len)))
-            start += f.max_len
+        return list(self._layout[side])
+
+    @functools.cached_property
+    def _layout(self) -> dict[str, tuple[tuple[Field, slice], ...]]:
+        # Computed once per contract: the reader asks for it on every line.
+        out = {}
+        for side in ("user", "item"):
+            cols, start = [], 0
+            for f in (f for f in self.fields if f.side == side):
+                cols.append((f, slice(start, start + f.max_len)))
+                start += f.max_len
+            out[side] = tuple(cols)
         return out
 
     def side_rows(self, side: Side) -> tuple[int, int]:
@@ -217,9 +226,14 @@ class FeatureContract:
             if name not in cols:
                 raise KeyError(f"field {name!r} is not a {side} field of the feature contract")
             f, c = cols[name]
-            kept_ids, kept_vals = truncate(fids, fvals, f.max_len)
-            ids[c.start : c.start + len(kept_ids)] = kept_ids
-            vals[c.start : c.start + len(kept_ids)] = kept_vals
+            if len(fids) != len(fvals):
+                raise ValueError(f"field {name}: {len(fids)} ids but {len(fvals)} values")
+            if len(fids) > f.max_len:
+                fids, fvals = truncate(fids, fvals, f.max_len)
+            # Lists go straight into the slice: no per-field array round trip (the reader
+            # calls this once per line).
+            ids[c.start : c.start + len(fids)] = fids
+            vals[c.start : c.start + len(fids)] = fvals
         return ids, vals
 
     # ---- persistence --------------------------------------------------------------------
