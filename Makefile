@@ -13,7 +13,7 @@ RUN ?= runs/default
 MODELS ?= models
 MODEL_NAME ?= esmm
 
-.PHONY: install redis-server test train bench-train lint clean
+.PHONY: install redis-server test train run bench-train lint clean
 
 install: $(STAMP)
 
@@ -46,6 +46,12 @@ train: install
 # Training benchmark: 1M generated impressions, ESMM and BASE, export; figures into README.md.
 bench-train: install
 	$(PY) -m training.bench --impressions 1000000 --models esmm,base --out runs/bench
+
+# Serve the newest model under models/ (making the default one first when there is none) with
+# the in-process user cache; set RANKER_REDIS_URL for the shared Redis tier.
+run: install
+	@test -n "$$(find $(MODELS) -name manifest.json -print -quit 2>/dev/null)" || $(MAKE) train
+	RANKER_MODEL_DIR=$(MODELS) $(PY) -m service
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

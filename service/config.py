@@ -1,0 +1,69 @@
+"""The service's one settings object. Nothing else reads os.environ.
+
+Every setting is an environment variable with the prefix RANKER_ (RANKER_PORT, RANKER_REDIS_URL,
+...). A bad value stops the start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RANKER_", extra="forbid", frozen=True)
+
+    # where and what to serve
+    model_dir: Path = Field(
+        Path("models"),
+        description="a model version folder (holding "
+        "manifest.json), or a folder whose newest version is served",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    providers: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="ONNX Runtime provider: auto takes CUDA when it really runs"
+    )
+    intra_op_threads: int = Field(
+        1,
+        ge=0,
+        description="ONNX Runtime threads per run (0: its default); the HTTP server "
+        "shares the cores",
+    )
+
+    # request limits
+    max_candidates: int = Field(2000, ge=1)
+    max_body_bytes: int = Field(4 << 20, ge=1024)
+    default_timeout_ms: int = Field(1000, ge=1)
+
+    # batching: rows from many requests in one run
+    max_batch_rows: int = Field(2048, ge=1)
+
+    # user cache
+    cache_size: int = Field(50_000, ge=0, description="users held in process (0: off)")
+    cache_ttl_s: float = Field(600.0, gt=0)
+    redis_url: str | None = Field(None, description="redis://host:port/db; unset: no Redis tier")
+    redis_timeout_ms: int = Field(50, ge=1)
+
+    # fusion: score = pctr^a * pcvr^b * price^c (product) or a*pctr + b*pcvr + c*price (sum)
+    fusion_policy: Literal["product", "sum"] = "product"
+    fusion_a: float = 1.0
+    fusion_b: float = 1.0
+    fusion_c: float = 0.0
+    fusion_min: float = -4.0
+    fusion_max: float = 4.0
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.fusion_min > self.fusion_max:
+            raise ValueError("RANKER_FUSION_MIN must not exceed RANKER_FUSION_MAX")
+        for name in ("fusion_a", "fusion_b", "fusion_c"):
+            v = getattr(self, name)
+            if not self.fusion_min <= v <= self.fusion_max:
+                raise ValueError(
+                    f"RANKER_{name.upper()}={v} is outside [RANKER_FUSION_MIN, RANKER_FUSION_MAX]"
+                )
+        return self

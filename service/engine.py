@@ -1,0 +1,159 @@
+"""ONNX Runtime sessions of one exported model: numpy in, numpy out, synchronous.
+
+The engine knows nothing of HTTP, caching or batching. It loads a model version folder, checks
+the manifest against the graphs it finds (names, shapes, dtypes) and refuses a mismatch with a
+message that names it, and reports the providers that really run: onnxruntime-gpu silently
+falls back to the CPU when CUDA libraries are missing, so the requested list proves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from features.contract import FeatureContract
+
+log = logging.getLogger("service.engine")
+OUTPUTS = ("pctr", "pcvr", "pctcvr")
+GRAPHS = ("user_tower", "item_scorer", "full")
+
+
+class ModelError(RuntimeError):
+    """A model folder that cannot be served; the message says why."""
+
+
+def newest_version(model_dir: Path) -> Path:
+    """model_dir itself when it holds a manifest, else its newest NAME/VERSION (or VERSION)
+    folder by version name (versions are UTC timestamps, so the name sorts by age)."""
+    model_dir = Path(model_dir)
+    if (model_dir / "manifest.json").is_file():
+        return model_dir
+    found = sorted(model_dir.glob("*/manifest.json")) + sorted(model_dir.glob("*/*/manifest.json"))
+    if not found:
+        raise ModelError(f"no exported model under {model_dir} (run `make train`)")
+    return max(found, key=lambda p: (p.parent.name, str(p))).parent
+
+
+@dataclass(frozen=True)
+class Scores:
+    pctr: np.ndarray
+    pcvr: np.ndarray
+    pctcvr: np.ndarray
+
+
+class Engine:
+    def __init__(self, folder: Path, providers: str = "auto", intra_op_threads: int = 1):
+        self.folder = Path(folder)
+        try:
+            self.manifest = json.loads((self.folder / "manifest.json").read_text())
+            self.contract = FeatureContract.from_dict(self.manifest["feature_contract"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ModelError(f"{self.folder}: unreadable manifest ({e})") from e
+        self.version = f"{self.manifest['name']}/{self.manifest['version']}"
+        self.repr_dim = int(self.manifest["model"]["user_repr_dim"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        wanted = _providers(providers)
+        self.sessions = {}
+        for name in GRAPHS:
+            path = self.folder / f"{name}.onnx"
+            try:
+                self.sessions[name] = ort.InferenceSession(str(path), opts, providers=wanted)
+            except Exception as e:  # onnxruntime raises its own untyped errors
+                raise ModelError(f"{path}: cannot load ({e})") from e
+            self._check_signature(name)
+        self.providers = self.sessions["item_scorer"].get_providers()
+        if providers == "cuda" and "CUDAExecutionProvider" not in self.providers:
+            raise ModelError(
+                "RANKER_PROVIDERS=cuda but ONNX Runtime runs on "
+                f"{self.providers} (CUDA libraries missing?)"
+            )
+        log.info("loaded %s on %s", self.version, self.providers)
+
+    def _check_signature(self, name: str) -> None:
+        s = self.sessions[name]
+        spec = self.manifest["graphs"][name]
+        got = [i.name for i in s.get_inputs()], [o.name for o in s.get_outputs()]
+        want = [i["name"] for i in spec["inputs"]], [o["name"] for o in spec["outputs"]]
+        if got != want:
+            raise ModelError(f"{name}.onnx has inputs/outputs {got}, the manifest says {want}")
+        widths = {"user_ids": self.contract.width("user"), "item_ids": self.contract.width("item")}
+        for i in s.get_inputs():
+            if i.name in widths and i.shape[1] != widths[i.name]:
+                raise ModelError(
+                    f"{name}.onnx input {i.name} is {i.shape[1]} wide, the "
+                    f"feature contract says {widths[i.name]}"
+                )
+
+    # ---- runs (synchronous; callers keep them off the event loop) ----------------------------
+    def user_repr(self, user_ids: np.ndarray, user_weights: np.ndarray) -> np.ndarray:
+        (out,) = self.sessions["user_tower"].run(
+            None, {"user_ids": user_ids, "user_weights": user_weights}
+        )
+        return out
+
+    def score(
+        self,
+        user_repr: np.ndarray,
+        user_index: np.ndarray,
+        item_ids: np.ndarray,
+        item_weights: np.ndarray,
+    ) -> Scores:
+        out = self.sessions["item_scorer"].run(
+            None,
+            {
+                "user_repr": user_repr,
+                "user_index": user_index,
+                "item_ids": item_ids,
+                "item_weights": item_weights,
+            },
+        )
+        return Scores(*out)
+
+    def score_full(
+        self,
+        user_ids: np.ndarray,
+        user_weights: np.ndarray,
+        item_ids: np.ndarray,
+        item_weights: np.ndarray,
+    ) -> Scores:
+        """The single-graph path (user features tiled per row): the naive baseline."""
+        out = self.sessions["full"].run(
+            None,
+            {
+                "user_ids": user_ids,
+                "user_weights": user_weights,
+                "item_ids": item_ids,
+                "item_weights": item_weights,
+            },
+        )
+        return Scores(*out)
+
+    def warm(self, batch_sizes: tuple[int, ...] = (1, 64, 512)) -> None:
+        """Run every graph once per batch size so the first requests pay no set-up cost, and
+        check the stored sample rows reproduce their exported probabilities."""
+        s = np.load(self.folder / self.manifest.get("samples", "samples.npz"))
+        uid, uw = self.contract.hash_side("user", s["user_ids"], s["user_vals"])
+        iid, iw = self.contract.hash_side("item", s["item_ids"], s["item_vals"])
+        got = self.score(self.user_repr(uid, uw), s["row_user"].astype(np.int64), iid, iw)
+        err = max(float(np.abs(getattr(got, k) - s[k]).max()) for k in OUTPUTS)
+        if err > 1e-5:
+            raise ModelError(f"{self.version}: sample rows differ from export by {err:.2e}")
+        r = self.user_repr(uid[:1], uw[:1])
+        for n in batch_sizes:
+            idx = np.arange(n) % len(iid)
+            self.score(r, np.zeros(n, np.int64), iid[idx], iw[idx])
+
+
+def _providers(choice: str) -> list[str]:
+    available = ort.get_available_providers()
+    if choice in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]

@@ -1,0 +1,50 @@
+"""Prometheus metrics of one app instance (its own registry, so several apps can coexist)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.latency = Histogram(
+            "ranker_request_seconds",
+            "POST /rank latency",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+        )
+        self.candidates = Histogram(
+            "ranker_candidates_per_request",
+            "candidates per /rank request",
+            registry=r,
+            buckets=(1, 10, 50, 100, 200, 500, 1000, 2000, 5000),
+        )
+        self.batch_rows = Histogram(
+            "ranker_batch_rows",
+            "candidate rows per item-scorer run",
+            registry=r,
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 4000, 8000),
+        )
+        self.batch_jobs = Histogram(
+            "ranker_batch_jobs",
+            "request parts per item-scorer run",
+            registry=r,
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+        )
+        self.runs = Counter("ranker_scorer_runs", "item-scorer runs", registry=r)
+        self.queue_rows = Gauge(
+            "ranker_queue_rows", "candidate rows waiting to be scored", registry=r
+        )
+        self.cache = Counter(
+            "ranker_user_cache", "user cache lookups", ["tier", "outcome"], registry=r
+        )
+        self.responses = Counter("ranker_responses", "responses by status", ["status"], registry=r)
+
+    def on_run(self, rows: int, jobs: int) -> None:
+        self.runs.inc()
+        self.batch_rows.observe(rows)
+        self.batch_jobs.observe(jobs)
+
+    def on_cache(self, tier: str, outcome: str) -> None:
+        self.cache.labels(tier, outcome).inc()

@@ -1,0 +1,327 @@
+"""POST /rank against the session's really exported model, in-process and over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from features.contract import FeatureContract
+from service.batcher import Batcher
+from service.config import Settings
+from service.main import create_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def samples(exported):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    return FeatureContract.from_dict(manifest["feature_contract"]), np.load(
+        exported / "samples.npz"
+    )
+
+
+def entity(contract, side, ids, vals) -> dict:
+    out = {}
+    for f, cols in contract.columns(side):
+        i, v = ids[cols], vals[cols]
+        keep = i >= 0
+        if keep.any():
+            out[f.name] = {"ids": i[keep].tolist(), "weights": v[keep].tolist()}
+    return out
+
+
+def request_for(contract, s, user: int, **extra) -> tuple[dict, np.ndarray]:
+    rows = np.flatnonzero(s["row_user"] == user)
+    body = {
+        "user_id": f"u{user}",
+        "user_features": entity(contract, "user", s["user_ids"][user], s["user_vals"][user]),
+        "candidates": [
+            {
+                "item_id": int(r),
+                "price": 1.0 + r % 7,
+                "features": entity(contract, "item", s["item_ids"][r], s["item_vals"][r]),
+            }
+            for r in rows
+        ],
+        **extra,
+    }
+    return body, rows
+
+
+@pytest.fixture(scope="module")
+def client(exported):
+    app = create_app(Settings(model_dir=exported.parent, max_candidates=600))
+    with TestClient(app) as c:
+        yield c
+
+
+def test_scores_equal_the_exported_model_hit_or_miss(client, samples):
+    contract, s = samples
+    user = int(s["row_user"][-1])
+    body, rows = request_for(contract, s, user, fusion={"c": 0.0})
+    first = client.post("/rank", json=body).json()
+    second = client.post("/rank", json=body).json()
+    assert first["user_cache"] == "miss" and second["user_cache"] == "hit"
+    assert first["model_version"] == "esmm/v1"
+    for out in (first, second):
+        got = {it["item_id"]: it for it in out["items"]}
+        assert sorted(got) == rows.tolist()
+        for r in rows:
+            for k in ("pctr", "pcvr", "pctcvr"):
+                assert abs(got[int(r)][k] - s[k][r]) < 1e-5
+        scores = [it["score"] for it in out["items"]]
+        assert scores == sorted(scores, reverse=True)
+        assert out["fusion"] == {"policy": "product", "a": 1.0, "b": 1.0, "c": 0.0}
+
+
+def test_a_cache_hit_skips_the_user_tower(client, samples):
+    contract, s = samples
+    engine = client.app.state.engine
+    calls = []
+    real = engine.user_repr
+    engine.user_repr = lambda *a: calls.append(1) or real(*a)
+    try:
+        body, _ = request_for(contract, s, int(s["row_user"][0]))
+        body["user_id"] = "skip-test"
+        client.post("/rank", json=body)
+        client.post("/rank", json=body)
+        body["user_features"]["101"] = 424242  # changed features: a new digest, a new vector
+        assert client.post("/rank", json=body).json()["user_cache"] == "miss"
+    finally:
+        engine.user_repr = real
+    assert len(calls) == 2
+
+
+def test_fusion_top_k_and_price(client, samples):
+    contract, s = samples
+    body, rows = request_for(
+        contract,
+        s,
+        int(s["row_user"][0]),
+        fusion={"policy": "product", "a": 1.0, "b": 0.5, "c": 1.0},
+        top_k=3,
+    )
+    out = client.post("/rank", json=body).json()
+    assert len(out["items"]) == min(3, len(rows))
+    it = out["items"][0]
+    price = 1.0 + it["item_id"] % 7
+    assert it["score"] == pytest.approx(it["pctr"] * it["pcvr"] ** 0.5 * price, rel=1e-6)
+    body["fusion"] = {"policy": "sum", "a": 1.0, "b": 2.0, "c": 0.0}
+    it = client.post("/rank", json=body).json()["items"][0]
+    assert it["score"] == pytest.approx(it["pctr"] + 2 * it["pcvr"], rel=1e-6)
+
+
+BAD = [
+    (lambda b: b.update(user_features={"999": 1}), 422, "user_features.999"),
+    (lambda b: b.update(user_features={"205": 1}), 422, "item field"),
+    (lambda b: b["candidates"][0].update(price=False), 422, "price"),
+    (lambda b: b["candidates"][0].update(price=float("inf")), 422, None),
+    (lambda b: b["candidates"][0].update(price=-1.0), 422, "price"),
+    (lambda b: b["candidates"][0]["features"].update({"205": -5}), 422, "205"),
+    (lambda b: b["candidates"][0]["features"].update({"205": 2**64}), 422, "205"),
+    (lambda b: b["candidates"][0]["features"].update({"205": [1, 2]}), 422, "one id"),
+    (
+        lambda b: b["candidates"][0]["features"].update({"210": {"ids": [1, 2], "weights": [1.0]}}),
+        422,
+        "weights",
+    ),
+    (lambda b: b["candidates"][0]["features"].update({"205": "7"}), 422, "205"),
+    (lambda b: b.update(candidates=[]), 422, "candidates"),
+    (lambda b: b.update(candidates=b["candidates"] * 700), 422, "at most 600"),
+    (lambda b: b.update(fusion={"a": 99.0}), 422, "fusion.a"),
+    (lambda b: b.update(fusion={"c": 1.0}) or b["candidates"][0].pop("price"), 422, "price"),
+    (lambda b: b.update(top_k=0), 422, "top_k"),
+    (lambda b: b.update(extra_field=1), 422, "extra_field"),
+    (lambda b: b.pop("user_id"), 422, "user_id"),
+]
+
+
+@pytest.mark.parametrize("mutate, status, needle", BAD)
+def test_bad_input_gets_a_clear_4xx(client, samples, mutate, status, needle):
+    contract, s = samples
+    body, _ = request_for(contract, s, int(s["row_user"][0]))
+    mutate(body)
+    content = json.dumps(body).replace("Infinity", "1e999").encode()
+    r = client.post("/rank", content=content, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    if needle:
+        assert needle in err["message"] + str(err.get("field")), err
+
+
+def test_malformed_json_and_oversized_bodies(client, exported):
+    r = client.post("/rank", content=b'{"user_id": ', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "malformed_json"
+    app = create_app(Settings(model_dir=exported, max_body_bytes=2048))
+    with TestClient(app) as small:
+        r = small.post("/rank", content=b" " * 5000, headers={"content-type": "application/json"})
+        assert r.status_code == 413
+
+
+def test_readiness_false_until_warm_and_model_endpoint(exported):
+    app = create_app(Settings(model_dir=exported))
+    cold = TestClient(app)
+    assert cold.get("/readyz").status_code == 503  # lifespan not run: nothing loaded
+    assert cold.get("/healthz").status_code == 200
+    with TestClient(app) as warm:
+        assert warm.get("/readyz").json()["model_version"] == "esmm/v1"
+        m = warm.get("/v1/model").json()
+        assert m["providers"][-1] == "CPUExecutionProvider"
+        assert [f["field"] for f in m["features"]["user"]][0] == "101"
+        doc = warm.get("/openapi.json").json()
+        assert "RankRequest" in doc["components"]["schemas"]
+        assert {"413", "422", "503", "504"} <= set(doc["paths"]["/rank"]["post"]["responses"])
+
+
+def test_batcher_scores_queued_jobs_in_one_run_and_splits_by_rows():
+    seen: list[list[int]] = []
+    gate = threading.Event()
+
+    def run_batch(jobs):
+        gate.wait(5)
+        seen.append(list(jobs))
+        return [j * 10 for j in jobs]
+
+    async def go():
+        b = Batcher(run_batch, rows_of=lambda j: j, max_rows=10, executor=ThreadPoolExecutor(1))
+        b.start()
+        first = asyncio.ensure_future(b.submit(1))  # runs at once, alone: nothing else queued
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(b.submit(j)) for j in (2, 3, 4, 5, 6)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        out = await asyncio.gather(first, *rest)
+        await b.close()
+        return out
+
+    assert asyncio.run(go()) == [10, 20, 30, 40, 50, 60]
+    assert seen == [[1], [2, 3, 4], [5], [6]]  # rows 2+3+4 = 9 fit in 10; 9+5 would not
+
+
+def test_batcher_fails_every_job_of_a_broken_run_and_keeps_serving():
+    def run_batch(jobs):
+        if 0 in jobs:
+            raise ValueError("boom")
+        return jobs
+
+    async def go():
+        b = Batcher(run_batch, rows_of=lambda j: 1, max_rows=4)
+        b.start()
+        with pytest.raises(ValueError):
+            await b.submit(0)
+        ok = await b.submit(7)
+        await b.close()
+        return ok
+
+    assert asyncio.run(go()) == 7
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    """The app under uvicorn on a free port, in a thread (real HTTP)."""
+    port = free_port()
+    app = create_app(Settings(model_dir=exported, port=port))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    yield url, app
+    srv.should_exit = True
+    t.join(10)
+
+
+def test_concurrent_requests_share_one_run_over_http(server, samples):
+    url, app = server
+    contract, s = samples
+    ranker = app.state.ranker
+    gate = threading.Event()
+    users = sorted(set(s["row_user"].tolist()))[:6]
+    bodies = [request_for(contract, s, u)[0] for u in users]
+    for b in bodies:  # cache the users first: the busy thread below also runs the user tower
+        assert httpx.post(f"{url}/rank", json=b, timeout=30).json()["user_cache"] == "miss"
+    ranker.executor.submit(gate.wait, 10)  # keep the scorer thread busy meanwhile
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        futures = [pool.submit(httpx.post, f"{url}/rank", json=b, timeout=30) for b in bodies]
+        deadline = time.time() + 10
+        # One job is taken into the blocked run; all the others must be waiting in the queue.
+        sizes = [len(b["candidates"]) for b in bodies]
+        while ranker.batcher.pending_rows < sum(sizes) - max(sizes):
+            assert time.time() < deadline, "requests never queued"
+            time.sleep(0.01)
+        gate.set()
+        answers = [f.result() for f in futures]
+    assert all(a.status_code == 200 for a in answers)
+    text = httpx.get(f"{url}/metrics").text
+    jobs = [line for line in text.splitlines() if line.startswith("ranker_batch_jobs_bucket")]
+    le1 = next(float(line.split()[-1]) for line in jobs if 'le="1.0"' in line)
+    total = next(float(line.split()[-1]) for line in jobs if 'le="+Inf"' in line)
+    assert total - le1 >= 1  # at least one run held rows of several requests
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is missing: `make test` installs it"
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path_factory.mktemp("redis")),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_redis_tier_is_shared_between_instances(exported, samples, redis_url):
+    contract, s = samples
+    body, _ = request_for(contract, s, int(s["row_user"][0]))
+    body["user_id"] = "redis-user"
+    settings = Settings(model_dir=exported, redis_url=redis_url)
+    with TestClient(create_app(settings)) as a:
+        assert a.post("/rank", json=body).json()["user_cache"] == "miss"
+    with TestClient(create_app(settings)) as b:  # a new process-local cache: Redis answers
+        out = b.post("/rank", json=body).json()
+        assert out["user_cache"] == "hit"
+        text = b.get("/metrics").text
+        assert 'ranker_user_cache_total{outcome="hit",tier="redis"} 1.0' in text
