@@ -13,7 +13,7 @@ RUN ?= runs/default
 MODELS ?= models
 MODEL_NAME ?= esmm
 
-.PHONY: install redis-server test train run bench-train lint clean
+.PHONY: install redis-server test train run bench bench-train lint clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ train: install
 	  $(PY) -m training.generate --out $(DATA) --impressions $(IMPRESSIONS) --seed 0
 	$(PY) -m training.train --data $(DATA) --out $(RUN) --model esmm
 	$(PY) -m training.export --run $(RUN) --out $(MODELS)/$(MODEL_NAME)/$$(date -u +%Y%m%dT%H%M%SZ)
+
+# Serving benchmark: raw item-scorer ceiling, /rank over HTTP (hit, miss), naive baseline.
+bench: install
+	@test -n "$$(find $(MODELS) -name manifest.json -print -quit 2>/dev/null)" || $(MAKE) train
+	$(PY) -m service.bench --model-dir $(MODELS)
 
 # Training benchmark: 1M generated impressions, ESMM and BASE, export; figures into README.md.
 bench-train: install

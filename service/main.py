@@ -22,7 +22,9 @@ from service.user_cache import LocalLRU, RedisTier, UserCache
 log = logging.getLogger("service")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, ranker_cls: type[Ranker] = Ranker) -> FastAPI:
+    """The app; `ranker_cls` is swapped only by the benchmark's naive baseline."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         st = app.state
@@ -45,7 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
         default = fusion.FusionParams(
             settings.fusion_policy, settings.fusion_a, settings.fusion_b, settings.fusion_c
         )
-        st.ranker = Ranker(
+        st.ranker = ranker_cls(
             engine,
             cache,
             default,
