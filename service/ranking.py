@@ -59,7 +59,9 @@ class Ranker:
         self.batcher: Batcher[ScoreJob, Scores] = Batcher(
             self._run_batch, lambda j: len(j.item_ids), max_batch_rows, self.executor
         )
-        self._item_start = {f.name: c.start for f, c in self.contract.columns("item")}
+        self._item_columns = {
+            f.name: (c.start, f.max_len) for f, c in self.contract.columns("item")
+        }
         self._fields = {
             side: {f.name: f for f in self.contract.side_fields(side)} for side in ("user", "item")
         }
@@ -125,18 +127,26 @@ class Ranker:
         return self.contract.encode_entity("user", feats)
 
     def encode_items(self, req: RankRequest) -> tuple[np.ndarray, np.ndarray]:
-        """Candidates -> hashed item rows. Built as Python lists and converted once: a numpy
-        round trip per candidate cost 10x more at 500 candidates."""
+        """Candidates -> hashed item rows. Built as Python lists and converted once (a numpy
+        round trip per candidate cost 10x more at 500 candidates); a single id, the common
+        case, is written without building any list."""
         width = self.contract.width("item")
         base_ids, base_vals = [-1] * width, [0.0] * width
-        for name, value in (req.context_features or {}).items():
+        context = req.context_features or {}
+        for name, value in context.items():
             self._put(base_ids, base_vals, *self._field("item", name, value, "context_features"))
+        columns = self._item_columns
         rows_ids, rows_vals = [], []
         for i, c in enumerate(req.candidates):
             ids, vals = base_ids.copy(), base_vals.copy()
-            where = f"candidates[{i}].features"
             for name, value in c.features.items():
-                self._put(ids, vals, *self._field("item", name, value, where))
+                col = columns.get(name)
+                if type(value) is int and col is not None and col[1] == 1:
+                    ids[col[0]] = value
+                    vals[col[0]] = 1.0
+                else:  # lists, weighted ids, multi-hot fields, unknown fields
+                    where = f"candidates[{i}].features"
+                    self._put(ids, vals, *self._field("item", name, value, where))
             rows_ids.append(ids)
             rows_vals.append(vals)
         return self.contract.hash_side(
@@ -144,7 +154,7 @@ class Ranker:
         )
 
     def _put(self, ids: list, vals: list, f: Field, fids: list, fvals: list) -> None:
-        start = self._item_start[f.name]
+        start = self._item_columns[f.name][0]
         pad = f.max_len - len(fids)
         ids[start : start + f.max_len] = [*fids, *([-1] * pad)]
         vals[start : start + f.max_len] = [*fvals, *([0.0] * pad)]

@@ -275,6 +275,10 @@ def test_concurrent_requests_share_one_run_over_http(server, samples):
         gate.set()
         answers = [f.result() for f in futures]
     assert all(a.status_code == 200 for a in answers)
+    for user, answer in zip(users, answers, strict=True):  # batched scores equal alone scores
+        for it in answer.json()["items"]:
+            assert abs(it["pctcvr"] - s["pctcvr"][it["item_id"]]) < 1e-5
+            assert s["row_user"][it["item_id"]] == user
     text = httpx.get(f"{url}/metrics").text
     jobs = [line for line in text.splitlines() if line.startswith("ranker_batch_jobs_bucket")]
     le1 = next(float(line.split()[-1]) for line in jobs if 'le="1.0"' in line)
@@ -325,3 +329,33 @@ def test_redis_tier_is_shared_between_instances(exported, samples, redis_url):
         assert out["user_cache"] == "hit"
         text = b.get("/metrics").text
         assert 'ranker_user_cache_total{outcome="hit",tier="redis"} 1.0' in text
+
+
+@pytest.mark.parametrize(
+    "env, needle",
+    [
+        ({"RANKER_PORT": "eighty"}, "RANKER_PORT"),
+        ({"RANKER_FUSION_A": "9"}, "RANKER_FUSION_A"),
+        ({"RANKER_PROVIDERS": "tpu"}, "RANKER_PROVIDERS"),
+    ],
+)
+def test_bad_settings_stop_the_start_naming_the_variable(env, needle, tmp_path):
+    import os
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "service"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert r.returncode != 0 and needle in r.stderr, r.stderr
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    from service.engine import ModelError, newest_version
+
+    with pytest.raises(ModelError, match="make train"):
+        newest_version(tmp_path)
