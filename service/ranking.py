@@ -14,6 +14,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 
 from features.contract import FeatureContract, Field, Side, truncate
@@ -21,8 +22,8 @@ from service import fusion
 from service.batcher import Batcher
 from service.engine import Engine, Scores
 from service.errors import ClientError, ServiceError
-from service.schemas import RankRequest, WeightedIds
 from service.user_cache import UserCache, user_key
+from service.wire import RankRequest, WeightedIds
 
 
 class Timeout(ServiceError):
@@ -168,9 +169,13 @@ class Ranker:
             )
         params = fusion.resolve(
             self.default_fusion,
-            req.fusion.model_dump() if req.fusion else None,
+            msgspec.structs.asdict(req.fusion) if req.fusion else None,
             *self.fusion_bounds,
         )
+        prices = np.array([np.nan if c.price is None else c.price for c in req.candidates])
+        bad = np.flatnonzero(np.isinf(prices))
+        if bad.size:
+            raise ClientError("price must be a finite number", field=f"candidates[{bad[0]}].price")
         price = None
         if params.needs_price:
             missing = [i for i, c in enumerate(req.candidates) if c.price is None]
@@ -179,7 +184,7 @@ class Ranker:
                     f"the fusion uses price (c={params.c}) but candidate {missing[0]} has none",
                     field=f"candidates[{missing[0]}].price",
                 )
-            price = np.array([c.price for c in req.candidates], dtype=np.float64)
+            price = prices
         raw_uid, raw_uval = self.encode_user(req)
         item_ids, item_w = self.encode_items(req)
         timeout = (req.timeout_ms or self.default_timeout_ms) / 1000

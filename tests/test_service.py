@@ -359,3 +359,18 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
     with pytest.raises(ModelError, match="make train"):
         newest_version(tmp_path)
+
+
+def test_the_hot_path_decoder_mirrors_the_schema_of_record():
+    """wire.py (msgspec, the hot path) and schemas.py (pydantic, the OpenAPI document) must
+    describe the same request: same models, same field names, same required fields."""
+    import msgspec
+
+    from service import schemas, wire
+
+    for name in ("RankRequest", "Candidate", "Fusion", "WeightedIds"):
+        doc, hot = getattr(schemas, name), getattr(wire, name)
+        info = msgspec.structs.fields(hot)
+        assert set(doc.model_fields) == {f.name for f in info}, name
+        required = {n for n, f in doc.model_fields.items() if f.is_required()}
+        assert required == {f.name for f in info if f.required}, name
