@@ -374,3 +374,47 @@ def test_the_hot_path_decoder_mirrors_the_schema_of_record():
         assert set(doc.model_fields) == {f.name for f in info}, name
         required = {n for n, f in doc.model_fields.items() if f.is_required()}
         assert required == {f.name for f in info if f.required}, name
+
+
+def test_concurrent_misses_for_one_user_compute_once():
+    from service.user_cache import LocalLRU, UserCache
+
+    calls = []
+
+    async def go():
+        cache = UserCache("m/1", 3, LocalLRU(10, 60), None)
+        gate = asyncio.Event()
+
+        async def compute():
+            calls.append(1)
+            await gate.wait()
+            return np.ones(3, np.float32)
+
+        tasks = [asyncio.ensure_future(cache.get_or_compute("k", compute)) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        return await asyncio.gather(*tasks)
+
+    out = asyncio.run(go())
+    assert len(calls) == 1
+    assert [hit for _, hit in out] == [False, True, True, True, True]
+    assert all(np.array_equal(v, np.ones(3)) for v, _ in out)
+
+
+def test_a_request_over_the_batch_size_is_split_and_still_exact(exported, samples):
+    contract, s = samples
+    user = int(np.bincount(s["row_user"]).argmax())  # the user with the most rows
+    body, rows = request_for(contract, s, user)
+    assert len(rows) > 7
+    with TestClient(create_app(Settings(model_dir=exported, max_batch_rows=3))) as c:
+        out = c.post("/rank", json=body).json()
+        text = c.get("/metrics").text
+    got = {it["item_id"]: it["pctr"] for it in out["items"]}
+    assert all(abs(got[int(r)] - s["pctr"][r]) < 1e-5 for r in rows)
+    runs = next(
+        float(x.split()[-1]) for x in text.splitlines() if x.startswith("ranker_scorer_runs_total")
+    )
+    over = [x for x in text.splitlines() if x.startswith("ranker_batch_rows_bucket")]
+    assert runs >= -(-len(rows) // 3)
+    le10 = next(float(x.split()[-1]) for x in over if 'le="10.0"' in x)
+    assert le10 == runs  # every run fits the 10-row bucket (3 rows at most)
