@@ -17,7 +17,8 @@ MODEL_NAME ?= esmm
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# A new top-level package needs a reinstall too: an editable install maps the packages it saw.
+$(STAMP): pyproject.toml $(wildcard */__init__.py)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
