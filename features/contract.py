@@ -26,7 +26,7 @@ import dataclasses
 import functools
 import json
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -274,12 +274,3 @@ def truncate(
         return ids, values
     keep = np.sort(np.argsort(-values, kind="stable")[:max_len])
     return ids[keep], values[keep]
-
-
-def distinct_counts(names: Iterable[str], columns: Iterable[np.ndarray]) -> dict[str, int]:
-    """{field: number of distinct non-negative raw ids} from per-field raw id arrays."""
-    out = {}
-    for name, col in zip(names, columns, strict=True):
-        col = np.asarray(col)
-        out[name] = int(np.unique(col[col >= 0]).size)
-    return out
