@@ -142,10 +142,21 @@ class Ranker:
             ids, vals = base_ids.copy(), base_vals.copy()
             for name, value in c.features.items():
                 col = columns.get(name)
-                if type(value) is int and col is not None and col[1] == 1:
+                kind = type(value)
+                if col is not None and kind is int and col[1] == 1:
                     ids[col[0]] = value
                     vals[col[0]] = 1.0
-                else:  # lists, weighted ids, multi-hot fields, unknown fields
+                elif (
+                    col is not None
+                    and kind is list
+                    and name not in context
+                    and len(value) <= col[1]
+                ):
+                    # a plain id list that fits: its columns still hold padding
+                    start = col[0]
+                    ids[start : start + len(value)] = value
+                    vals[start : start + len(value)] = [1.0] * len(value)
+                else:  # weighted ids, long lists, context overrides, unknown fields
                     where = f"candidates[{i}].features"
                     self._put(ids, vals, *self._field("item", name, value, where))
             rows_ids.append(ids)

@@ -418,3 +418,30 @@ def test_a_request_over_the_batch_size_is_split_and_still_exact(exported, sample
     assert runs >= -(-len(rows) // 3)
     le10 = next(float(x.split()[-1]) for x in over if 'le="10.0"' in x)
     assert le10 == runs  # every run fits the 10-row bucket (3 rows at most)
+
+
+def test_context_features_apply_to_every_candidate_and_candidates_override_them(client, samples):
+    contract, s = samples
+    body, _ = request_for(contract, s, int(s["row_user"][0]))
+    for c in body["candidates"]:
+        c["features"].pop("301", None)
+        c["features"].pop("210", None)
+    body["fusion"] = {"c": 0.0}
+    per_candidate = json.loads(json.dumps(body))
+    for c in per_candidate["candidates"]:
+        c["features"]["301"] = 3
+        c["features"]["210"] = [11, 12]
+    with_context = {**body, "context_features": {"301": 3, "210": [11, 12]}}
+    overridden = json.loads(json.dumps(with_context))
+    overridden["context_features"] = {"301": 9, "210": [5, 6, 7]}
+    for c in overridden["candidates"]:
+        c["features"]["301"] = 3
+        c["features"]["210"] = [11, 12]
+
+    def scores(b):
+        return {it["item_id"]: it["pctcvr"] for it in client.post("/rank", json=b).json()["items"]}
+
+    expected = scores(per_candidate)
+    assert scores(with_context) == expected
+    assert scores(overridden) == expected
+    assert scores(body) != expected  # the context really changes the scores
