@@ -13,7 +13,7 @@ RUN ?= runs/default
 MODELS ?= models
 MODEL_NAME ?= esmm
 
-.PHONY: install redis-server test train run bench bench-train lint clean
+.PHONY: install redis-server test train run bench bench-train loadtest lint clean
 
 install: $(STAMP)
 
@@ -48,6 +48,18 @@ train: install
 bench: install
 	@test -n "$$(find $(MODELS) -name manifest.json -print -quit 2>/dev/null)" || $(MAKE) train
 	$(PY) -m service.bench --model-dir $(MODELS)
+
+# Locust, headless, against a running ranker (start one with `make run`); results under
+# loadtest/results/ (git-ignored): CSV, the HTML report and Locust's summary.
+HOST ?= http://127.0.0.1:8000
+USERS ?= 16
+DURATION ?= 60s
+loadtest: install
+	$(PY) -m pip install --quiet -e '.[loadtest]'
+	mkdir -p loadtest/results
+	cd loadtest && ../$(VENV)/bin/locust -f locustfile.py --headless --host $(HOST) \
+	  -u $(USERS) -r $(USERS) -t $(DURATION) --csv results/run --html results/report.html \
+	  --only-summary
 
 # Training benchmark: 1M generated impressions, ESMM and BASE, export; figures into README.md.
 bench-train: install

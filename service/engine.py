@@ -155,5 +155,9 @@ class Engine:
 def _providers(choice: str) -> list[str]:
     available = ort.get_available_providers()
     if choice in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        # CUDA and cuDNN installed as wheels (the `gpu` extra) are not on the loader's path:
+        # onnxruntime loads them itself when asked to.
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]

@@ -1,0 +1,54 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build. The runtime image serves with ONNX Runtime only: no torch in it.
+#   builder  installs the trainer (torch 2.13.0 CPU) and bakes the default model into /src/models,
+#            so a fresh `docker compose up` serves without any manual step;
+#   runtime  the service with the `serve` extra (or `gpu` with --build-arg EXTRA=gpu), the baked
+#            model copied in, running as an unprivileged user. Mount a volume on /app/models to
+#            serve other models instead.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+WORKDIR /src
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+COPY pyproject.toml README.md ./
+COPY features features
+COPY training training
+# torch is pinned to 2.13.0. Pass PIP_EXTRA_INDEX_URL (or PIP_INDEX_URL) as a build argument to
+# take a CPU-only torch; without one the default index's build is used, in this stage only.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+RUN python -m venv /opt/train && /opt/train/bin/pip install --quiet '.[train]'
+ARG IMPRESSIONS=300000
+RUN /opt/train/bin/python -m training.generate --out /tmp/data --impressions ${IMPRESSIONS} \
+ && /opt/train/bin/python -m training.train --data /tmp/data --out /tmp/run --no-reference \
+ && /opt/train/bin/python -m training.export --run /tmp/run --out /src/models/esmm/baked
+
+FROM ${PYTHON_IMAGE} AS runtime
+ARG EXTRA=serve
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 \
+    RANKER_HOST=0.0.0.0 RANKER_PORT=8000 RANKER_MODEL_DIR=/app/models
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY features features
+COPY service service
+RUN python -m venv /opt/ranker && /opt/ranker/bin/pip install --quiet ".[${EXTRA}]" \
+ && useradd --system --uid 10001 --home /app ranker
+COPY --from=builder --chown=ranker /src/models /app/models
+USER ranker
+EXPOSE 8000
+HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=5 \
+  CMD ["/opt/ranker/bin/python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
+CMD ["/opt/ranker/bin/python", "-m", "service"]
+
+# Locust against the ranker (compose profile `loadtest`).
+FROM ${PYTHON_IMAGE} AS loadtest
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY features features
+COPY training training
+COPY loadtest loadtest
+RUN python -m venv /opt/loadtest && /opt/loadtest/bin/pip install --quiet '.[loadtest]' \
+ && useradd --system --uid 10001 --home /app locust
+USER locust
+ENTRYPOINT ["/opt/loadtest/bin/locust", "-f", "loadtest/locustfile.py"]
