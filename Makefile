@@ -49,17 +49,30 @@ bench: install
 	@test -n "$$(find $(MODELS) -name manifest.json -print -quit 2>/dev/null)" || $(MAKE) train
 	$(PY) -m service.bench --model-dir $(MODELS)
 
-# Locust, headless, against a running ranker (start one with `make run`); results under
-# loadtest/results/ (git-ignored): CSV, the HTML report and Locust's summary.
+# Locust, headless, against a running ranker (start one with `make run`); CSV, the HTML report,
+# summary.{json,md} and, for MODE=step, latency.png under loadtest/results/ (git-ignored).
+#   MODE=closed USERS=16 | MODE=step STEP_USERS=2 STEP_SECONDS=20 STEPS=8 | MODE=open RATE=40
 HOST ?= http://127.0.0.1:8000
+MODE ?= closed
 USERS ?= 16
 DURATION ?= 60s
+STEP_USERS ?= 2
+STEP_SECONDS ?= 20
+STEPS ?= 8
+RATE ?= 40
+P99_MS ?= 250
+LOCUST_CLASS = $(if $(filter open,$(MODE)),OpenLoopRecommender,Recommender)
+LOCUST_TIME = $(if $(filter step,$(MODE)),$$(( $(STEP_SECONDS) * $(STEPS) + 5 ))s,$(DURATION))
 loadtest: install
 	$(PY) -m pip install --quiet -e '.[loadtest]'
-	mkdir -p loadtest/results
-	cd loadtest && ../$(VENV)/bin/locust -f locustfile.py --headless --host $(HOST) \
-	  -u $(USERS) -r $(USERS) -t $(DURATION) --csv results/run --html results/report.html \
+	rm -rf loadtest/results && mkdir -p loadtest/results
+	cd loadtest && LOADTEST_MODE=$(MODE) LOADTEST_RATE=$(RATE) LOADTEST_STEP_USERS=$(STEP_USERS) \
+	  LOADTEST_STEP_SECONDS=$(STEP_SECONDS) LOADTEST_STEPS=$(STEPS) \
+	  ../$(VENV)/bin/locust -f locustfile.py $(LOCUST_CLASS) --headless --host $(HOST) \
+	  -u $(USERS) -r $(USERS) -t $(LOCUST_TIME) --csv results/run --html results/report.html \
 	  --only-summary
+	$(PY) loadtest/summarize.py --results loadtest/results --p99-ms $(P99_MS) \
+	  --step-seconds $(STEP_SECONDS)
 
 # Training benchmark: 1M generated impressions, ESMM and BASE, export; figures into README.md.
 bench-train: install
