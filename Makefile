@@ -13,7 +13,7 @@ RUN ?= runs/default
 MODELS ?= models
 MODEL_NAME ?= esmm
 
-.PHONY: install redis-server test train run bench bench-train loadtest lint clean
+.PHONY: install redis-server test train run bench bench-train loadtest compose-test lint clean
 
 install: $(STAMP)
 
@@ -73,6 +73,10 @@ loadtest: install
 	  --only-summary
 	$(PY) loadtest/summarize.py --results loadtest/results --p99-ms $(P99_MS) \
 	  --step-seconds $(STEP_SECONDS)
+
+# The compose stack built and run for real under Podman (see tests/compose/stack.sh).
+compose-test: install
+	bash tests/compose/stack.sh
 
 # Training benchmark: 1M generated impressions, ESMM and BASE, export; figures into README.md.
 bench-train: install
