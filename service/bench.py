@@ -24,6 +24,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from service import wire
+from service.encoding import RequestEncoder
 from service.engine import Engine, newest_version
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -61,25 +63,15 @@ def realistic_request(contract, rng: np.random.Generator, n: int, user_id: int) 
     }
 
 
-def _pairs(features: dict) -> dict:
-    """Request feature values -> the contract's {field: (ids, weights)}."""
-    out = {}
-    for k, v in features.items():
-        if isinstance(v, dict):
-            out[k] = (v["ids"], v["weights"])
-        else:
-            ids = v if isinstance(v, list) else [v]
-            out[k] = (ids, [1.0] * len(ids))
-    return out
-
-
 def ceiling(engine: Engine, n: int, seconds: float) -> dict:
-    c = engine.contract
-    req = realistic_request(c, np.random.default_rng(0), n, 0)
-    items = [c.encode_entity("item", _pairs(x["features"])) for x in req["candidates"]]
-    iid, iw = c.hash_side("item", np.stack([i for i, _ in items]), np.stack([v for _, v in items]))
-    u_ids, u_vals = c.encode_entity("user", _pairs(req["user_features"]))
-    uid, uw = c.hash_side("user", u_ids[None], u_vals[None])
+    # Encoded by the service's own encoder: the ceiling scores exactly what /rank would.
+    req = wire.decode(
+        json.dumps(realistic_request(engine.contract, np.random.default_rng(0), n, 0)).encode()
+    )
+    encoder = RequestEncoder(engine.contract)
+    iid, iw = encoder.encode_items(req)
+    u_ids, u_vals = encoder.encode_user(req)
+    uid, uw = engine.contract.hash_side("user", u_ids[None], u_vals[None])
     r = engine.user_repr(uid, uw)
     idx = np.zeros(n, np.int64)
     t_user = _time(lambda: engine.user_repr(uid, uw), seconds / 4)
@@ -99,7 +91,7 @@ def parsing(contract, n: int, seconds: float) -> dict:
     """Decoding + validating a request body and serialising a response, per request."""
     import orjson
 
-    from service import schemas, wire
+    from service import schemas
 
     body = json.dumps(realistic_request(contract, np.random.default_rng(2), n, 7)).encode()
     items = [

@@ -30,3 +30,8 @@ class PayloadTooLarge(ClientError):
 class NotReady(ServiceError):
     status = 503
     type = "not_ready"
+
+
+class Timeout(ServiceError):
+    status = 504
+    type = "timeout"
