@@ -177,7 +177,7 @@ def export_graphs(model: ESMM, contract: FeatureContract, out: Path) -> None:
         .detach()
         .numpy()
     )
-    per_row = sample_rows_per_user(example)
+    per_row = tiled_per_row(example)
     _export(
         UserTower(side_model(model, contract, "user")),
         example,
@@ -209,7 +209,7 @@ def export_graphs(model: ESMM, contract: FeatureContract, out: Path) -> None:
     )
 
 
-def sample_rows_per_user(case: dict) -> dict:
+def tiled_per_row(case: dict) -> dict:
     """The same rows with the user features tiled per row (the full graph's input)."""
     i = case["user_index"]
     return {
@@ -243,7 +243,7 @@ class Graphs:
         )
 
     def full(self, case: dict) -> dict[str, np.ndarray]:
-        return dict(zip(OUTPUTS, self.run("full", sample_rows_per_user(case)), strict=True))
+        return dict(zip(OUTPUTS, self.run("full", tiled_per_row(case)), strict=True))
 
 
 @torch.no_grad()
