@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 
 from service.config import Settings
 from service.main import create_app
+from service.requestid import install_log_field
+from service.server import DrainingServer
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
 def load_settings() -> Settings:
@@ -24,16 +27,12 @@ def load_settings() -> Settings:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    install_log_field()
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = load_settings()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        log_level="info",
-        access_log=False,
-    )
+    server = DrainingServer(create_app(settings), settings, log_level="info", access_log=False)
+    server.run()
+    sys.exit(0 if server.started else 1)
 
 
 if __name__ == "__main__":

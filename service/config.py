@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,11 +42,33 @@ class Settings(BaseSettings):
     # batching: rows from many requests in one run
     max_batch_rows: int = Field(2048, ge=1)
 
+    # overload: admission is bounded in candidate rows admitted and not yet scored
+    max_queued_rows: int = Field(
+        16384, ge=1, description="past this a request is refused at once (503, Retry-After)"
+    )
+
+    # model reload and shutdown
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token of /admin/*; unset: admin endpoints refuse everyone"
+    )
+    reload_poll_s: float = Field(
+        5.0, ge=0, description="look for a newer version under model_dir this often (0: off)"
+    )
+    shutdown_delay_s: float = Field(
+        0.0, ge=0, description="on SIGTERM: /readyz is false this long before admission stops"
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="on SIGTERM: in-flight requests get this long to finish"
+    )
+    access_log: bool = Field(True, description="one log line per request, with its request id")
+
     # user cache
     cache_size: int = Field(50_000, ge=0, description="users held in process (0: off)")
     cache_ttl_s: float = Field(600.0, gt=0)
     redis_url: str | None = Field(None, description="redis://host:port/db; unset: no Redis tier")
-    redis_timeout_ms: int = Field(50, ge=1)
+    redis_timeout_ms: int = Field(50, ge=1, description="hard limit of one Redis call")
+    redis_breaker_failures: int = Field(3, ge=1, description="errors in a row that open it")
+    redis_breaker_reset_s: float = Field(1.0, gt=0, description="how long it stays open")
 
     # fusion: score = pctr^a * pcvr^b * price^c (product) or a*pctr + b*pcvr + c*price (sum)
     fusion_policy: Literal["product", "sum"] = "product"
@@ -58,6 +80,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.max_queued_rows < self.max_candidates:
+            raise ValueError(
+                "RANKER_MAX_QUEUED_ROWS must be at least RANKER_MAX_CANDIDATES, or a valid "
+                "request could never be admitted"
+            )
         if self.fusion_min > self.fusion_max:
             raise ValueError("RANKER_FUSION_MIN must not exceed RANKER_FUSION_MAX")
         for name in ("fusion_a", "fusion_b", "fusion_c"):

@@ -1,6 +1,7 @@
 """One error hierarchy, mapped to HTTP once (in main.py).
 
 A client's mistake is a ClientError: a 4xx whose message says what to fix and names the field.
+Load the service sheds is a 503 with Retry-After; a request not scored in time is a 504.
 Anything else is a 500 with an opaque body and a logged trace; no exception text reaches a
 client.
 """
@@ -16,6 +17,9 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message, self.field = message, field
 
+    def headers(self) -> dict[str, str]:
+        return {}
+
 
 class ClientError(ServiceError):
     status = 422
@@ -27,9 +31,46 @@ class PayloadTooLarge(ClientError):
     type = "payload_too_large"
 
 
-class NotReady(ServiceError):
+class Unauthorized(ClientError):
+    status = 401
+    type = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ClientError):
+    status = 403
+    type = "forbidden"
+
+
+class ModelRefused(ClientError):
+    """A reload asked for a model that cannot be served; the old one keeps serving."""
+
+    status = 409
+    type = "model_refused"
+
+
+class Unavailable(ServiceError):
+    """503: come back later (`retry_after_s`)."""
+
     status = 503
+    type = "unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class NotReady(Unavailable):
     type = "not_ready"
+
+
+class Overloaded(Unavailable):
+    type = "overloaded"
 
 
 class Timeout(ServiceError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 
 class Metrics:
@@ -39,7 +39,20 @@ class Metrics:
         self.cache = Counter(
             "ranker_user_cache", "user cache lookups", ["tier", "outcome"], registry=r
         )
-        self.responses = Counter("ranker_responses", "responses by status", ["status"], registry=r)
+        self.responses = Counter(
+            "ranker_responses", "responses by status and error type", ["status", "type"], registry=r
+        )
+        self.redis = Counter(
+            "ranker_redis_calls", "Redis tier calls by outcome", ["op", "outcome"], registry=r
+        )
+        self.redis_open = Gauge(
+            "ranker_redis_breaker_open", "1 while the Redis tier is skipped", registry=r
+        )
+        self.reloads = Counter(
+            "ranker_reloads", "model reloads by outcome", ["outcome"], registry=r
+        )
+        self.model = Gauge("ranker_model_info", "the served model version", ["version"], registry=r)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes and friends
 
     def on_run(self, rows: int, jobs: int) -> None:
         self.runs.inc()
@@ -48,3 +61,13 @@ class Metrics:
 
     def on_cache(self, tier: str, outcome: str) -> None:
         self.cache.labels(tier, outcome).inc()
+
+    def on_redis(self, op: str, outcome: str) -> None:
+        if op == "breaker":
+            self.redis_open.set(1 if outcome == "open" else 0)
+        self.redis.labels(op, outcome).inc()
+
+    def on_model(self, version: str, previous: str | None = None) -> None:
+        if previous is not None:
+            self.model.remove(previous)
+        self.model.labels(version).set(1)

@@ -13,16 +13,19 @@ import numpy as np
 
 from service.engine import Scores
 from service.ranking import Ranker
+from service.served import ServedModel
 
 
 class NaiveRanker(Ranker):
-    async def _score(self, user_id, raw_uid, raw_uval, item_ids, item_w) -> tuple[Scores, bool]:
+    async def _score(
+        self, model: ServedModel, user_id, raw_uid, raw_uval, item_ids, item_w, deadline: float
+    ) -> tuple[Scores, bool]:
         n = len(item_ids)
-        uid, uw = self.contract.hash_side(
+        uid, uw = model.contract.hash_side(
             "user", np.repeat(raw_uid[None], n, 0), np.repeat(raw_uval[None], n, 0)
         )
         loop = asyncio.get_running_loop()
         scores = await loop.run_in_executor(
-            self.executor, self.engine.score_full, uid, uw, item_ids, item_w
+            model.executor, model.engine.score_full, uid, uw, item_ids, item_w
         )
         return scores, False

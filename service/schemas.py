@@ -160,9 +160,24 @@ class RankResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    type: str
-    message: str
-    field: str | None = None
+    type: str = Field(description="invalid_request, overloaded, timeout, ... (stable, for code)")
+    message: str = Field(description="what is wrong, for people")
+    field: str | None = Field(None, description="the request field at fault, when there is one")
+    request_id: str = Field(description="also in the X-Request-ID header and the service's logs")
+
+
+class ReloadRequest(_Strict):
+    path: str | None = Field(
+        None,
+        description="a version folder relative to RANKER_MODEL_DIR (e.g. esmm/20261122T101500Z); "
+        "default: the newest version there",
+    )
+
+
+class ReloadResponse(BaseModel):
+    status: Literal["reloaded", "unchanged"]
+    model_version: str
+    previous: str | None = None
 
 
 class ErrorResponse(BaseModel):

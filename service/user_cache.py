@@ -4,7 +4,8 @@ Keys carry the model version, the user id and a digest of the user's encoded fea
 model never reads an old vector and changed features never reuse a stale one. Values written to
 Redis carry the model version, the vector length and the dtype, and are checked when read: a
 value that does not match is a miss, never used. A Redis error or timeout is a miss too (and
-counted): the user tower runs instead. Concurrent misses for one key compute once.
+counted): the user tower runs instead; a circuit breaker keeps a dead or hung Redis from
+costing a timeout per request. Concurrent misses for one key compute once.
 """
 
 from __future__ import annotations
@@ -81,32 +82,124 @@ def decode_value(blob: bytes, version: str, dim: int) -> np.ndarray | None:
         return None
 
 
-class RedisTier:
-    def __init__(self, url: str, timeout_ms: int, ttl_s: float):
-        import redis.asyncio as redis
+class Breaker:
+    """A circuit breaker: after `failures` errors in a row Redis is left alone for `reset_s`
+    (every call a quick miss), then one call probes it; a success closes the circuit again.
+    So a hung or dead Redis costs a few timeouts, not one per request."""
 
-        self.url = url
-        t = timeout_ms / 1000
-        self.client = redis.Redis.from_url(url, socket_timeout=t, socket_connect_timeout=t)
+    def __init__(self, failures: int = 3, reset_s: float = 1.0, clock=time.monotonic):
+        self.failures, self.reset_s, self.clock = failures, reset_s, clock
+        self.errors_in_row = 0
+        self.open_until: float | None = None  # None: closed
+        self.probing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.open_until is not None
+
+    def allow(self) -> bool:
+        if self.open_until is None:
+            return True
+        if self.probing or self.clock() < self.open_until:
+            return False
+        self.probing = True  # half open: this one call tries Redis
+        return True
+
+    def success(self) -> bool:
+        """Record a success; True when it closed an open circuit."""
+        was_open = self.open_until is not None
+        self.errors_in_row, self.open_until, self.probing = 0, None, False
+        return was_open
+
+    def failure(self) -> bool:
+        """Record a failure; True when it opened the circuit (or kept a probe's open)."""
+        self.errors_in_row += 1
+        if self.probing or self.errors_in_row >= self.failures:
+            opened = self.open_until is None
+            self.open_until, self.probing = self.clock() + self.reset_s, False
+            return opened
+        return False
+
+
+class RedisTier:
+    """Redis behind hard timeouts and a circuit breaker. Reads wait at most `timeout_ms`; writes
+    go to the background (bounded), so a slow Redis never delays a response by more than one
+    read timeout, and not at all while the circuit is open. The client reconnects by itself:
+    after a restart the breaker's probe finds it again. `on_event(op, outcome)` feeds metrics:
+    op get/set/breaker, outcome ok/error/skipped/open/closed."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout_ms: int,
+        ttl_s: float,
+        breaker: Breaker | None = None,
+        max_pending_writes: int = 1000,
+        on_event: Callable[[str, str], None] = lambda op, outcome: None,
+    ):
+        import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self.url, self.timeout_s = url, timeout_ms / 1000
+        # One immediate retry: a connection Redis dropped on restart fails once, then the retry
+        # reconnects. The whole call stays under the hard timeout regardless.
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=self.timeout_s,
+            socket_connect_timeout=self.timeout_s,
+            retry=Retry(NoBackoff(), 1),
+        )
         self.ttl_ms = int(ttl_s * 1000)
+        self.breaker = breaker or Breaker()
+        self.max_pending_writes, self.on_event = max_pending_writes, on_event
+        self._writes: set[asyncio.Task] = set()
         self.errors = 0
 
     async def get(self, key: str) -> bytes | None:
+        return await self._call("get", self.client.get, key)
+
+    def put(self, key: str, blob: bytes) -> None:
+        """Write in the background; dropped (and counted) when too many writes are pending."""
+        if len(self._writes) >= self.max_pending_writes:
+            self.on_event("set", "skipped")
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._call("set", self.client.set, key, blob, px=self.ttl_ms)
+        )
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _call(self, op: str, fn, *args, **kwargs):
+        if not self.breaker.allow():
+            self.on_event(op, "skipped")
+            return None
         try:
-            return await self.client.get(key)
+            async with asyncio.timeout(self.timeout_s):
+                out = await fn(*args, **kwargs)
         except Exception as e:  # a Redis fault is a miss, never an error for the client
             self.errors += 1
-            log.warning("redis get failed: %s", e)
+            self.on_event(op, "error")
+            if self.breaker.failure():
+                self.on_event("breaker", "open")
+                log.warning(
+                    "redis tier at %s unavailable (%s: %s): skipping it for %.1f s, serving "
+                    "from the process cache and the user tower",
+                    self.url,
+                    type(e).__name__,
+                    str(e) or "timeout",
+                    self.breaker.reset_s,
+                )
             return None
-
-    async def put(self, key: str, blob: bytes) -> None:
-        try:
-            await self.client.set(key, blob, px=self.ttl_ms)
-        except Exception as e:
-            self.errors += 1
-            log.warning("redis set failed: %s", e)
+        self.on_event(op, "ok")
+        if self.breaker.success():
+            self.on_event("breaker", "closed")
+            log.warning("redis tier at %s answers again: using it", self.url)
+        return out
 
     async def close(self) -> None:
+        if self._writes:
+            await asyncio.wait(list(self._writes), timeout=1.0)
         await self.client.aclose()
 
 
@@ -163,5 +256,5 @@ class UserCache:
         vec = await compute()
         self.local.put(key, vec)
         if self.redis is not None:
-            await self.redis.put(key, encode_value(self.version, vec))
+            self.redis.put(key, encode_value(self.version, vec))
         return vec, False

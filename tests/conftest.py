@@ -44,3 +44,18 @@ def exported(trained_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "esmm" / "v1"
     export(trained_run, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def samples(exported):
+    """(feature contract, sample rows) stored with the exported model."""
+    import json
+
+    import numpy as np
+
+    from features.contract import FeatureContract
+
+    manifest = json.loads((exported / "manifest.json").read_text())
+    return FeatureContract.from_dict(manifest["feature_contract"]), np.load(
+        exported / "samples.npz"
+    )

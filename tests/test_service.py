@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -14,55 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
+from support import request_for, serving
 
-from features.contract import FeatureContract
+from loadtest.harness import RedisServer
 from service.batcher import Batcher
 from service.config import Settings
 from service.main import create_app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def samples(exported):
-    manifest = json.loads((exported / "manifest.json").read_text())
-    return FeatureContract.from_dict(manifest["feature_contract"]), np.load(
-        exported / "samples.npz"
-    )
-
-
-def entity(contract, side, ids, vals) -> dict:
-    out = {}
-    for f, cols in contract.columns(side):
-        i, v = ids[cols], vals[cols]
-        keep = i >= 0
-        if keep.any():
-            out[f.name] = {"ids": i[keep].tolist(), "weights": v[keep].tolist()}
-    return out
-
-
-def request_for(contract, s, user: int, **extra) -> tuple[dict, np.ndarray]:
-    rows = np.flatnonzero(s["row_user"] == user)
-    body = {
-        "user_id": f"u{user}",
-        "user_features": entity(contract, "user", s["user_ids"][user], s["user_vals"][user]),
-        "candidates": [
-            {
-                "item_id": int(r),
-                "price": 1.0 + r % 7,
-                "features": entity(contract, "item", s["item_ids"][r], s["item_vals"][r]),
-            }
-            for r in rows
-        ],
-        **extra,
-    }
-    return body, rows
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +49,7 @@ def test_scores_equal_the_exported_model_hit_or_miss(client, samples):
 
 def test_a_cache_hit_skips_the_user_tower(client, samples):
     contract, s = samples
-    engine = client.app.state.engine
+    engine = client.app.state.slot.current.engine
     calls = []
     real = engine.user_repr
     engine.user_repr = lambda *a: calls.append(1) or real(*a)
@@ -235,41 +191,26 @@ def test_batcher_fails_every_job_of_a_broken_run_and_keeps_serving():
 
 @pytest.fixture(scope="module")
 def server(exported):
-    """The app under uvicorn on a free port, in a thread (real HTTP)."""
-    port = free_port()
-    app = create_app(Settings(model_dir=exported, port=port))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    yield url, app
-    srv.should_exit = True
-    t.join(10)
+    with serving(model_dir=exported) as (url, app):
+        yield url, app
 
 
 def test_concurrent_requests_share_one_run_over_http(server, samples):
     url, app = server
     contract, s = samples
-    ranker = app.state.ranker
+    model = app.state.slot.current
     gate = threading.Event()
     users = sorted(set(s["row_user"].tolist()))[:6]
     bodies = [request_for(contract, s, u)[0] for u in users]
     for b in bodies:  # cache the users first: the busy thread below also runs the user tower
         assert httpx.post(f"{url}/rank", json=b, timeout=30).json()["user_cache"] == "miss"
-    ranker.executor.submit(gate.wait, 10)  # keep the scorer thread busy meanwhile
+    model.executor.submit(gate.wait, 10)  # keep the scorer thread busy meanwhile
     with ThreadPoolExecutor(len(bodies)) as pool:
         futures = [pool.submit(httpx.post, f"{url}/rank", json=b, timeout=30) for b in bodies]
         deadline = time.time() + 10
         # One job is taken into the blocked run; all the others must be waiting in the queue.
         sizes = [len(b["candidates"]) for b in bodies]
-        while ranker.batcher.pending_rows < sum(sizes) - max(sizes):
+        while model.batcher.pending_rows < sum(sizes) - max(sizes):
             assert time.time() < deadline, "requests never queued"
             time.sleep(0.01)
         gate.set()
@@ -287,34 +228,9 @@ def test_concurrent_requests_share_one_run_over_http(server, samples):
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is missing: `make test` installs it"
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path_factory.mktemp("redis")),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+def redis_url():
+    with RedisServer() as redis:
+        yield redis.url
 
 
 def test_redis_tier_is_shared_between_instances(exported, samples, redis_url):

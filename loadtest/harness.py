@@ -1,0 +1,305 @@
+"""Real parts to break on purpose: a redis-server that can be killed, restarted and paused, the
+service as a process, model version folders, and an asyncio load driver that counts every
+answer. `make chaos`, `make overload` and the reliability tests are built from these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, up: bool, timeout_s: float = 10.0) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if (s.connect_ex(("127.0.0.1", port)) == 0) == up:
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"port {port} did not come {'up' if up else 'down'}")
+
+
+class RedisServer:
+    """A throwaway redis-server on its own port (nothing kept on disk)."""
+
+    def __init__(self, port: int | None = None):
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is missing (`make redis-server` installs it)")
+        self.binary, self.port = binary, port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="redis-")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+        self.proc = subprocess.Popen(
+            [self.binary, *args, "no", "--dir", self.dir], stdout=subprocess.DEVNULL
+        )
+        _wait_port(self.port, up=True)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the way a crash or an OOM kill looks to clients."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        _wait_port(self.port, up=False)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers (a hung Redis)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class ServiceProcess:
+    """`python -m service` on a free port, configured through RANKER_* variables."""
+
+    def __init__(self, log_path: Path | None = None, **settings):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "RANKER_PORT": str(self.port)}
+        env.update({f"RANKER_{k.upper()}": str(v) for k, v in settings.items()})
+        self.log_path = log_path
+        out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout_s: float = 120.0) -> ServiceProcess:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the service exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("the service did not become ready")
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout_s)
+
+    def metric(self, name: str) -> float:
+        """The sum of one metric's samples whose line starts with `name` (labels included)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name) and not line.startswith("#")
+        )
+
+
+def copy_version(src: Path, root: Path, version: str) -> Path:
+    """A copy of model folder `src` as `root/NAME/version`, its manifest renamed to match (the
+    weights are the same: scores of a copy equal those of its source)."""
+    manifest = json.loads((src / "manifest.json").read_text())
+    dst = root / manifest["name"] / version
+    tmp = dst.with_name(f".{version}.tmp")
+    shutil.copytree(src, tmp)
+    manifest["version"] = version
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    tmp.rename(dst)  # appears whole: a watcher never sees half a folder
+    return dst
+
+
+@dataclass
+class LoadResult:
+    statuses: Counter = field(default_factory=Counter)  # status code, or "conn-error"
+    types: Counter = field(default_factory=Counter)  # error type of non-200 answers
+    versions: Counter = field(default_factory=Counter)  # model_version of 200 answers
+    accepted_s: list[float] = field(default_factory=list)  # latency of 200 answers
+    refused_s: list[float] = field(default_factory=list)  # latency of 503 answers
+    problems: list[str] = field(default_factory=list)  # what `check` found wrong
+    missing_request_id: int = 0
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def failed(self) -> int:
+        """Anything but a 200: errors, refusals, timeouts, dropped connections."""
+        return self.total - self.statuses.get(200, 0)
+
+    def pct(self, q: float, refused: bool = False) -> float | None:
+        xs = self.refused_s if refused else self.accepted_s
+        return float(np.percentile(xs, q) * 1e3) if xs else None
+
+    def summary(self) -> dict:
+        return {
+            "requests": self.total,
+            "seconds": round(self.seconds, 1),
+            "by_status": {str(k): v for k, v in sorted(self.statuses.items(), key=str)},
+            "by_error_type": dict(self.types),
+            "versions": dict(self.versions),
+            "accepted_per_s": round(self.statuses.get(200, 0) / max(self.seconds, 1e-9), 1),
+            "accepted_p50_ms": self.pct(50),
+            "accepted_p99_ms": self.pct(99),
+            "refused_p99_ms": self.pct(99, refused=True),
+            "problems": self.problems[:10],
+            "missing_request_id": self.missing_request_id,
+        }
+
+
+Check = Callable[[int, dict], str | None]  # (body index, 200 answer) -> what is wrong, or None
+
+
+class Load:
+    """Sends /rank requests, closed loop (`concurrency` workers back to back) or open loop
+    (Poisson arrivals at `rate` per second, however slowly the server answers), and records
+    every answer. Bodies are pre-encoded bytes, so the driver costs little of the machine."""
+
+    def __init__(
+        self,
+        url: str,
+        bodies: list[bytes],
+        concurrency: int = 8,
+        rate: float | None = None,
+        check: Check | None = None,
+        timeout_s: float = 10.0,
+        seed: int = 0,
+    ):
+        self.url, self.bodies, self.concurrency, self.rate = url, bodies, concurrency, rate
+        self.check, self.timeout_s = check, timeout_s
+        self.rng = np.random.default_rng(seed)
+        self.result = LoadResult()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    async def run(self, seconds: float) -> LoadResult:
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
+            t0 = time.perf_counter()
+            end = t0 + seconds
+            if self.rate is None:
+                await asyncio.gather(
+                    *(self._worker(client, w, end) for w in range(self.concurrency))
+                )
+            else:
+                await self._open_loop(client, end)
+            self.result.seconds = time.perf_counter() - t0
+        return self.result
+
+    async def _worker(self, client: httpx.AsyncClient, w: int, end: float) -> None:
+        i = w
+        while time.perf_counter() < end and not self._stop.is_set():
+            await self._one(client, i % len(self.bodies))
+            i += self.concurrency
+
+    async def _open_loop(self, client: httpx.AsyncClient, end: float) -> None:
+        tasks: set[asyncio.Task] = set()
+        i, next_at = 0, time.perf_counter()
+        while next_at < end and not self._stop.is_set():
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(self._one(client, i % len(self.bodies)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            i += 1
+            next_at += self.rng.exponential(1.0 / self.rate)
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    async def _one(self, client: httpx.AsyncClient, i: int) -> None:
+        r = self.result
+        t0 = time.perf_counter()
+        try:
+            resp = await client.post(
+                f"{self.url}/rank",
+                content=self.bodies[i],
+                headers={"content-type": "application/json"},
+            )
+        except httpx.HTTPError as e:
+            r.statuses["conn-error"] += 1
+            r.problems.append(f"{type(e).__name__}: {e}")
+            return
+        dt = time.perf_counter() - t0
+        r.statuses[resp.status_code] += 1
+        if "x-request-id" not in resp.headers:
+            r.missing_request_id += 1
+        if resp.status_code == 200:
+            r.accepted_s.append(dt)
+            out = resp.json()
+            r.versions[out["model_version"]] += 1
+            if self.check is not None and (problem := self.check(i, out)):
+                r.problems.append(problem)
+            return
+        if resp.status_code == 503:
+            r.refused_s.append(dt)
+        try:
+            r.types[resp.json()["error"]["type"]] += 1
+        except (ValueError, KeyError, TypeError):
+            r.types["unparseable"] += 1
+
+    # ---- in a background thread, for tests and scripts that break things meanwhile -------------
+    def start(self, seconds: float = 3600.0) -> Load:
+        self._thread = threading.Thread(target=lambda: asyncio.run(self.run(seconds)), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> LoadResult:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(60)
+        return self.result
+
+    def wait_for(self, n: int, timeout_s: float = 60.0) -> None:
+        """Block until `n` more answers have come back."""
+        goal, end = self.result.total + n, time.monotonic() + timeout_s
+        while self.result.total < goal:
+            if time.monotonic() > end:
+                raise TimeoutError(f"load stalled at {self.result.total} answers")
+            time.sleep(0.01)

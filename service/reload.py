@@ -1,0 +1,130 @@
+"""Loading model versions off the serving path, and swapping them in.
+
+`ModelLoader.build` is the one way a version becomes servable, at start and on every reload: the
+engine checks the manifest against the graphs, warm-up re-scores the sample rows stored with the
+model (a parity smoke test) and then runs the scorer at the batch sizes traffic has been using.
+It is synchronous and runs in a worker thread, never on the event loop or the ONNX thread, so
+serving goes on meanwhile.
+
+`Reloader` swaps a built version into the slot (served.py), one reload at a time. A version that
+cannot be loaded or does not pass its checks is refused with a log line that says why, and the
+old one keeps serving. Triggers: `POST /admin/reload` and, when `RANKER_RELOAD_POLL_S` > 0, a
+watcher that notices a newer version folder under `RANKER_MODEL_DIR`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from pathlib import Path
+
+import numpy as np
+
+from service.config import Settings
+from service.engine import Engine, ModelError, newest_version
+from service.errors import ModelRefused
+from service.metrics import Metrics
+from service.served import ModelSlot, ServedModel
+from service.user_cache import LocalLRU, RedisTier, UserCache
+
+log = logging.getLogger("service.reload")
+DEFAULT_WARM_ROWS = (1, 64, 512)
+
+
+class ModelLoader:
+    def __init__(
+        self, settings: Settings, executor: Executor, redis: RedisTier | None, metrics: Metrics
+    ):
+        self.settings, self.executor, self.redis, self.metrics = settings, executor, redis, metrics
+
+    def build(self, folder: Path, warm_rows: tuple[int, ...] = DEFAULT_WARM_ROWS) -> ServedModel:
+        """Load, check and warm one version folder; raises ModelError saying what is wrong."""
+        s = self.settings
+        engine = Engine(folder, s.providers, s.intra_op_threads)
+        try:
+            engine.warm(warm_rows)
+        except ModelError:
+            raise
+        except Exception as e:  # a missing or damaged samples.npz, a graph that fails to run
+            raise ModelError(f"{folder}: warm-up failed ({type(e).__name__}: {e})") from e
+        cache = UserCache(
+            engine.version,
+            engine.repr_dim,
+            LocalLRU(s.cache_size, s.cache_ttl_s),  # each version has its own process tier
+            self.redis,  # shared: keys and values carry the version
+            self.metrics.on_cache,
+        )
+        return ServedModel(engine, cache, s.max_batch_rows, self.executor, self.metrics.on_run)
+
+
+def warm_rows_for(recent: list[int], max_batch_rows: int) -> tuple[int, ...]:
+    """The batch sizes to warm a new version on: those traffic has been running (quartiles and
+    max of recent runs), plus the extremes it can reach."""
+    sizes = {1, max_batch_rows}
+    if recent:
+        sizes.update(int(q) for q in np.quantile(recent, [0.25, 0.5, 0.75, 1.0]))
+    else:
+        sizes.update(DEFAULT_WARM_ROWS)
+    return tuple(sorted(n for n in sizes if n >= 1))
+
+
+class Reloader:
+    def __init__(self, settings: Settings, loader: ModelLoader, slot: ModelSlot, metrics: Metrics):
+        self.settings, self.loader, self.slot, self.metrics = settings, loader, slot, metrics
+        self.refused: dict[Path, str] = {}  # folder -> why; the watcher does not retry these
+        self._lock = asyncio.Lock()
+
+    async def reload(self, folder: Path | None = None) -> dict:
+        """Load `folder` (default: the newest version under the model folder) and swap it in.
+        Raises ModelRefused, and keeps the current version, when it cannot be served."""
+        async with self._lock:
+            current = self.slot.current
+            try:
+                target = newest_version(self.settings.model_dir) if folder is None else folder
+            except ModelError as e:
+                raise self._refuse(self.settings.model_dir, str(e), current.version) from None
+            target = Path(target).resolve()
+            if target == current.engine.folder.resolve():
+                return {"status": "unchanged", "model_version": current.version}
+            warm = warm_rows_for(list(current.batcher.recent_rows), self.settings.max_batch_rows)
+            try:
+                new = await asyncio.to_thread(self.loader.build, target, warm)
+            except ModelError as e:
+                raise self._refuse(target, str(e), current.version) from None
+            if new.version == current.version:
+                raise self._refuse(
+                    target,
+                    f"{target}: version {new.version} is already served from "
+                    f"{current.engine.folder}; a new model needs a new version",
+                    current.version,
+                )
+            old = self.slot.swap(new)
+            self.refused.pop(target, None)
+            self.metrics.reloads.labels("ok").inc()
+            self.metrics.on_model(new.version, old.version)
+            log.info("now serving %s from %s (was %s)", new.version, target, old.version)
+            return {"status": "reloaded", "model_version": new.version, "previous": old.version}
+
+    def _refuse(self, folder: Path, why: str, serving: str) -> ModelRefused:
+        self.refused[Path(folder).resolve()] = why
+        self.metrics.reloads.labels("refused").inc()
+        log.error("refused model %s: %s; still serving %s", folder, why, serving)
+        return ModelRefused(f"refused: {why}; still serving {serving}")
+
+    async def watch(self, interval_s: float) -> None:
+        """Reload when a newer version folder appears; a refused folder is not tried again."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                target = newest_version(self.settings.model_dir).resolve()
+            except ModelError:
+                continue
+            if target == self.slot.current.engine.folder.resolve() or target in self.refused:
+                continue
+            try:
+                await self.reload(target)
+            except ModelRefused:
+                pass
+            except Exception:  # the watcher must outlive anything a folder can do to it
+                log.exception("reload of %s failed", target)

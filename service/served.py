@@ -1,0 +1,148 @@
+"""A served model version, and the slot that holds the current one.
+
+`ServedModel` is one loaded version with everything that must follow it: the engine (ONNX
+sessions), the request encoder of its feature contract, its user cache (keys and Redis values
+carry its version) and its own batcher, so a run never mixes rows of two versions.
+
+`ModelSlot` holds the current version. A request leases the model once and uses that lease from
+encoding to scores, so a swap never changes the model under a request: requests in flight finish
+on the version they started with, new ones get the new version, and the retired version closes
+(its queue drained) when its last lease ends. Swapping is one assignment on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.batcher import Batcher
+from service.encoding import RequestEncoder
+from service.engine import Engine, Scores
+from service.user_cache import UserCache, user_key
+
+log = logging.getLogger("service.served")
+
+
+@dataclass
+class ScoreJob:
+    user_repr: np.ndarray  # (R,)
+    item_ids: np.ndarray  # (n, item width) embedding rows
+    item_weights: np.ndarray  # (n, item width)
+
+
+class ServedModel:
+    def __init__(
+        self,
+        engine: Engine,
+        cache: UserCache,
+        max_batch_rows: int,
+        executor: Executor,
+        on_run: Callable[[int, int], None] = lambda rows, jobs: None,
+    ):
+        self.engine, self.version, self.contract = engine, engine.version, engine.contract
+        self.encoder = RequestEncoder(self.contract)
+        self.cache, self.executor, self.on_run = cache, executor, on_run
+        self.max_batch_rows = max_batch_rows
+        self.batcher: Batcher[ScoreJob, Scores] = Batcher(
+            self._run_batch, lambda j: len(j.item_ids), max_batch_rows, executor
+        )
+        if engine.warm_timings:  # a scoring rate before traffic, from the largest warm run
+            self.batcher.observe(*max(engine.warm_timings.items()))
+        self.leases = 0
+        self.retired = False
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+    # ---- runs on the executor thread ------------------------------------------------------------
+    def _run_batch(self, jobs: list[ScoreJob]) -> list[Scores]:
+        reprs = np.stack([j.user_repr for j in jobs])  # (U, R)
+        sizes = [len(j.item_ids) for j in jobs]
+        index = np.repeat(np.arange(len(jobs), dtype=np.int64), sizes)
+        out = self.engine.score(
+            reprs,
+            index,
+            np.concatenate([j.item_ids for j in jobs]),
+            np.concatenate([j.item_weights for j in jobs]),
+        )
+        self.on_run(int(index.size), len(jobs))
+        bounds = np.cumsum([0, *sizes])
+        return [
+            Scores(out.pctr[a:b], out.pcvr[a:b], out.pctcvr[a:b])
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+
+    # ---- on the event loop --------------------------------------------------------------------
+    async def user_repr(self, user_id, raw_uid, raw_uval) -> tuple[np.ndarray, bool]:
+        """(representation, hit): from the cache, or the user tower run once (off the loop)."""
+        key = user_key(self.version, user_id, raw_uid, raw_uval)
+
+        async def compute() -> np.ndarray:
+            uid, uw = self.contract.hash_side("user", raw_uid[None], raw_uval[None])
+            loop = asyncio.get_running_loop()
+            return (await loop.run_in_executor(self.executor, self.engine.user_repr, uid, uw))[0]
+
+        return await self.cache.get_or_compute(key, compute)
+
+    async def score(self, user_repr, item_ids, item_w, deadline: float | None) -> Scores:
+        """Candidate rows in jobs of at most max_batch_rows, scored with other requests' rows."""
+        step = self.max_batch_rows
+        parts = await asyncio.gather(
+            *(
+                self.batcher.submit(
+                    ScoreJob(user_repr, item_ids[a : a + step], item_w[a : a + step]), deadline
+                )
+                for a in range(0, len(item_ids), step)
+            )
+        )
+        if len(parts) == 1:
+            return parts[0]
+        return Scores(
+            *(np.concatenate([getattr(p, k) for p in parts]) for k in ("pctr", "pcvr", "pctcvr"))
+        )
+
+
+class ModelSlot:
+    def __init__(self, model: ServedModel):
+        model.start()
+        self.current = model
+        self._closing: set[asyncio.Task] = set()
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[ServedModel]:
+        model = self.current
+        model.leases += 1
+        try:
+            yield model
+        finally:
+            model.leases -= 1
+            if model.retired and model.leases == 0:
+                self._close_later(model)
+
+    def swap(self, new: ServedModel) -> ServedModel:
+        """Serve `new` from now on; the old version closes once its last request is done."""
+        new.start()
+        old, self.current = self.current, new
+        old.retired = True
+        if old.leases == 0:
+            self._close_later(old)
+        return old
+
+    def _close_later(self, model: ServedModel) -> None:
+        task = asyncio.get_running_loop().create_task(model.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        await self.current.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
