@@ -65,7 +65,7 @@ def create_app(settings: Settings, ranker_cls: type[Ranker] = Ranker) -> FastAPI
         )
         st.metrics.queue_rows.set_function(lambda: st.admission.rows)
         st.metrics.on_model(model.version)
-        st.ready = True
+        st.loaded = st.ready = True
         log.info(
             "serving %s on %s (redis tier: %s)",
             model.version,
@@ -92,7 +92,8 @@ def create_app(settings: Settings, ranker_cls: type[Ranker] = Ranker) -> FastAPI
         description="ESMM ranking: pCTR, pCVR, pCTCVR and a fusion score per "
         "candidate, user representation computed once and cached.",
     )
-    app.state.settings, app.state.metrics, app.state.ready = settings, Metrics(), False
+    app.state.settings, app.state.metrics = settings, Metrics()
+    app.state.loaded = app.state.ready = False  # ready: loaded and not shutting down
     app.include_router(router)
     install_error_handlers(app)
     install_openapi(app)

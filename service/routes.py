@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import wire
@@ -68,8 +69,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 async def rank(request: Request) -> Response:
     """Score one user's candidates: pCTR, pCVR, pCTCVR and the fusion score, sorted."""
     state = request.app.state
-    if not state.ready:
-        raise NotReady("the model is not loaded yet, or the service is shutting down")
+    if not state.loaded:  # while draining, admission refuses (after RANKER_SHUTDOWN_DELAY_S)
+        raise NotReady("the model is not loaded yet")
     t0 = time.perf_counter()
     body = await _read_body(request, state.settings.max_body_bytes)
     # Decoded straight from bytes by msgspec: FastAPI's body parameter, or pydantic itself,
@@ -96,7 +97,7 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ready", "model_version": state.slot.current.version})
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
     return Response(
@@ -108,7 +109,7 @@ async def metrics(request: Request) -> Response:
 async def model(request: Request) -> Response:
     """The served model: version, feature contract summary, ONNX Runtime providers that run."""
     state = request.app.state
-    if not state.ready:
+    if not state.loaded:
         raise NotReady("the model is not loaded yet")
     e = state.slot.current.engine
     return json_response(
@@ -153,7 +154,7 @@ async def reload(request: Request, body: ReloadRequest | None = None) -> Respons
     """Load a model version off the serving path (checked, parity-smoked, warmed) and swap it in
     atomically; requests in flight finish on the version they started with."""
     state = request.app.state
-    if not state.ready:
+    if not state.loaded or state.admission.draining:
         raise NotReady("not ready: loading, or shutting down")
     folder = None
     if body is not None and body.path is not None:

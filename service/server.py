@@ -37,6 +37,11 @@ class DrainingServer(uvicorn.Server):
         )
         self.app, self.settings = app, settings
         self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame) -> None:
         if self._draining:  # a second signal: stop now
@@ -51,8 +56,12 @@ class DrainingServer(uvicorn.Server):
             self.settings.shutdown_delay_s,
             self.settings.shutdown_grace_s,
         )
-        loop = asyncio.get_event_loop()
-        loop.call_soon_threadsafe(loop.call_later, self.settings.shutdown_delay_s, self._stop)
+        if self._loop is None:  # not serving yet
+            self._stop()
+        else:  # signal handlers may run outside the loop: hand the timer to it
+            self._loop.call_soon_threadsafe(
+                self._loop.call_later, self.settings.shutdown_delay_s, self._stop
+            )
 
     def _stop(self) -> None:
         admission = getattr(self.app.state, "admission", None)
