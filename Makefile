@@ -13,7 +13,7 @@ RUN ?= runs/default
 MODELS ?= models
 MODEL_NAME ?= esmm
 
-.PHONY: install redis-server test train run bench bench-train loadtest compose-test lint clean
+.PHONY: install redis-server test train run bench bench-train loadtest compose-test chaos overload lint clean
 
 install: $(STAMP)
 
@@ -73,6 +73,19 @@ loadtest: install
 	  --only-summary
 	$(PY) loadtest/summarize.py --results loadtest/results --p99-ms $(P99_MS) \
 	  --step-seconds $(STEP_SECONDS)
+
+# Faults under load (loadtest/chaos.py): Redis killed and restarted, the model reloaded, then
+# SIGTERM; prints requests by status and the p99, fails on any failed request. CI: CHAOS_SECONDS=20.
+CHAOS_SECONDS ?= 60
+chaos: install redis-server
+	@test -n "$$(find $(MODELS) -name manifest.json -print -quit 2>/dev/null)" || $(MAKE) train
+	$(PY) -m loadtest.chaos --models $(MODELS) --seconds $(CHAOS_SECONDS)
+
+# Saturation, then twice that offered open-loop (loadtest/overload.py): accepted p99, refusals,
+# 5xx and RSS into runs/overload/overload.{json,md}. Run alone: it measures the machine.
+overload: install
+	@test -n "$$(find $(MODELS) -name manifest.json -print -quit 2>/dev/null)" || $(MAKE) train
+	$(PY) -m loadtest.overload --models $(MODELS)
 
 # The compose stack built and run for real under Podman (see tests/compose/stack.sh).
 compose-test: install

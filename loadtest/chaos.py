@@ -25,7 +25,7 @@ from loadtest.harness import Load, RedisServer, ServiceProcess, copy_version
 from loadtest.traffic import Traffic
 from service.engine import newest_version
 
-TOKEN = "chaos"
+TOKEN = "chaos-run-admin-token"
 
 
 def bodies(n: int, seed: int = 0) -> list[bytes]:

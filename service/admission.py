@@ -8,6 +8,11 @@ request costs what forty 50-candidate ones do. A request is refused at once when
   deadline (it would only be run to be thrown away), or
 - the service is draining for shutdown.
 
+The rate is measured end to end: candidate rows released per second of busy time (time with
+rows admitted), so it counts everything a request costs (decoding, encoding, the user tower,
+scoring, the response), not the model alone; on two cores the event loop's share is most of it.
+Until a second of busy time has been seen, `seed_rows_per_s` (the model's own rate) stands in.
+
 A refusal carries `retry_after_s`: the time the admitted rows take to drain at the measured rate,
 rounded up to whole seconds, at least 1. Admission itself costs a few attribute reads.
 """
@@ -15,6 +20,7 @@ rounded up to whole seconds, at least 1. Admission itself costs a few attribute 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 
@@ -27,15 +33,39 @@ class Refused(Exception):
 
 
 class Admission:
-    def __init__(self, max_rows: int, rows_per_s: Callable[[], float | None]):
-        self.max_rows, self._rows_per_s = max_rows, rows_per_s
+    def __init__(
+        self,
+        max_rows: int,
+        seed_rows_per_s: Callable[[], float | None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.max_rows, self._seed, self.clock = max_rows, seed_rows_per_s, clock
         self.rows = 0  # admitted and not yet released
         self.draining = False
         self.refused: dict[str, int] = {"queue_full": 0, "deadline": 0, "draining": 0}
+        self.measured_rows_per_s: float | None = None
+        self._busy_since = 0.0
+        self._busy_s = 0.0  # busy time and rows released in the current measuring window
+        self._done_rows = 0
+
+    @property
+    def rows_per_s(self) -> float | None:
+        return self.measured_rows_per_s or self._seed()
 
     def expected_wait_s(self, extra_rows: int = 0) -> float | None:
-        rate = self._rows_per_s()
+        rate = self.rows_per_s
         return None if not rate else (self.rows + extra_rows) / rate
+
+    def full(self) -> bool:
+        """No request fits: refuse before reading its body."""
+        return self.draining or self.rows >= self.max_rows
+
+    def refuse_now(self) -> None:
+        if self.draining:
+            self._refuse("draining", "the service is shutting down")
+        self._refuse(
+            "queue_full", f"overloaded: {self.rows} candidate rows queued, the bound is full"
+        )
 
     def retry_after_s(self) -> int:
         wait = self.expected_wait_s()
@@ -58,10 +88,21 @@ class Admission:
                 f"overloaded: the rows queued take about {wait * 1000:.0f} ms, over this "
                 f"request's timeout of {timeout_s * 1000:.0f} ms",
             )
+        if self.rows == 0:
+            self._busy_since = self.clock()
         self.rows += rows
 
     def release(self, rows: int) -> None:
+        now = self.clock()
+        self._busy_s += now - self._busy_since  # rows were in flight since the last event
+        self._busy_since = now
         self.rows -= rows
+        self._done_rows += rows
+        if self._busy_s >= 1.0:  # a second of busy time: fold it into the rate
+            rate = self._done_rows / self._busy_s
+            old = self.measured_rows_per_s
+            self.measured_rows_per_s = rate if old is None else 0.7 * old + 0.3 * rate
+            self._busy_s, self._done_rows = 0.0, 0
 
     def _refuse(self, reason: str, message: str) -> None:
         self.refused[reason] += 1

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
 
     # overload: admission is bounded in candidate rows admitted and not yet scored
     max_queued_rows: int = Field(
-        16384, ge=1, description="past this a request is refused at once (503, Retry-After)"
+        8192, ge=1, description="past this a request is refused at once (503, Retry-After)"
     )
 
     # model reload and shutdown
@@ -80,6 +80,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
+            raise ValueError("RANKER_ADMIN_TOKEN must be at least 16 characters")
         if self.max_queued_rows < self.max_candidates:
             raise ValueError(
                 "RANKER_MAX_QUEUED_ROWS must be at least RANKER_MAX_CANDIDATES, or a valid "

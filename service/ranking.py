@@ -42,6 +42,14 @@ class Ranker:
         self.default_fusion, self.fusion_bounds = default_fusion, fusion_bounds
         self.max_candidates, self.default_timeout_ms = max_candidates, default_timeout_ms
 
+    def refuse_early(self) -> None:
+        """Before a body is read: refuse at once when no request could be admitted anyway."""
+        if self.admission.full():
+            try:
+                self.admission.refuse_now()
+            except Refused as e:
+                raise Overloaded(e.message, e.retry_after_s) from None
+
     async def rank(self, req: RankRequest) -> dict:
         n = len(req.candidates)
         if n > self.max_candidates:

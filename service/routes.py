@@ -72,6 +72,7 @@ async def rank(request: Request) -> Response:
     if not state.loaded:  # while draining, admission refuses (after RANKER_SHUTDOWN_DELAY_S)
         raise NotReady("the model is not loaded yet")
     t0 = time.perf_counter()
+    state.ranker.refuse_early()  # a full queue refuses before the body costs anything
     body = await _read_body(request, state.settings.max_body_bytes)
     # Decoded straight from bytes by msgspec: FastAPI's body parameter, or pydantic itself,
     # costs several times as much (see service/wire.py).

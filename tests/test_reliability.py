@@ -27,7 +27,7 @@ from service.main import create_app
 from service.server import DrainingServer
 from service.user_cache import Breaker, decode_value, encode_value
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-for-tests"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
@@ -44,8 +44,8 @@ def encoded(bodies: list[dict]) -> list[bytes]:
 
 # ---- admission and deadlines, as units ---------------------------------------------------------
 def test_admission_bounds_rows_and_sheds_what_cannot_meet_its_deadline():
-    rate = [None]
-    a = Admission(1000, lambda: rate[0])
+    rate, now = [None], [0.0]
+    a = Admission(1000, lambda: rate[0], clock=lambda: now[0])
     a.admit(600, timeout_s=1.0)
     with pytest.raises(Refused) as e:
         a.admit(500, timeout_s=1.0)
@@ -59,8 +59,29 @@ def test_admission_bounds_rows_and_sheds_what_cannot_meet_its_deadline():
     assert e.value.reason == "deadline" and e.value.retry_after_s == 6
     assert a.rows == 600 and a.refused == {"queue_full": 1, "deadline": 1, "draining": 0}
     a.draining = True
+    assert a.full()
     with pytest.raises(Refused, match="shutting down"):
         a.admit(1, timeout_s=60.0)
+
+
+def test_admission_measures_rows_per_second_of_busy_time_end_to_end():
+    now = [0.0]
+    a = Admission(1000, lambda: 1e6, clock=lambda: now[0])
+    assert a.rows_per_s == 1e6  # the model's rate stands in until a busy second is seen
+    a.admit(300, timeout_s=10.0)
+    now[0] = 0.5
+    a.release(300)
+    now[0] = 10.0  # idle: not counted
+    a.admit(300, timeout_s=10.0)
+    now[0] = 10.5
+    a.release(300)
+    assert a.measured_rows_per_s == 600.0 and a.rows_per_s == 600.0
+    a.admit(600, timeout_s=10.0)  # under continuous load the window still closes
+    for t in (11.0, 11.5):
+        now[0] = t
+        a.release(100)
+        a.admit(100, timeout_s=10.0)
+    assert a.measured_rows_per_s == pytest.approx(0.7 * 600 + 0.3 * 200 / 1.0)
 
 
 def test_a_job_whose_deadline_passed_in_the_queue_is_never_run():
@@ -152,7 +173,7 @@ def test_a_request_whose_deadline_passes_in_the_queue_gets_504_and_is_never_run(
 def test_a_deadline_the_queue_cannot_meet_is_shed_before_model_time(exported, bodies):
     with serving(model_dir=exported) as (url, app):
         batcher = app.state.slot.current.batcher
-        batcher.rows_per_s = 100.0  # as measured on a very slow machine
+        app.state.admission.measured_rows_per_s = 100.0  # as measured on a very slow machine
         app.state.admission.rows += 50  # 0.5 s of rows already admitted
         runs = len(batcher.recent_rows)
         r = httpx.post(f"{url}/rank", json={**bodies[0], "timeout_ms": 100}, timeout=10)

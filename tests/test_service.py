@@ -253,6 +253,8 @@ def test_redis_tier_is_shared_between_instances(exported, samples, redis_url):
         ({"RANKER_PORT": "eighty"}, "RANKER_PORT"),
         ({"RANKER_FUSION_A": "9"}, "RANKER_FUSION_A"),
         ({"RANKER_PROVIDERS": "tpu"}, "RANKER_PROVIDERS"),
+        ({"RANKER_ADMIN_TOKEN": "short"}, "RANKER_ADMIN_TOKEN must be at least 16"),
+        ({"RANKER_MAX_QUEUED_ROWS": "10"}, "RANKER_MAX_QUEUED_ROWS"),
     ],
 )
 def test_bad_settings_stop_the_start_naming_the_variable(env, needle, tmp_path):
