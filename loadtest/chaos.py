@@ -1,7 +1,8 @@
 """make chaos: load while Redis is killed and restarted and the model is reloaded, then the count.
 
 A real redis-server and the real service (`python -m service`) are started on free ports, with a
-copy of the newest exported model as version `c0`. Closed-loop load runs throughout; every
+copy of the newest exported model as version `c000`, and no process cache, so that every
+request asks Redis. Closed-loop load runs throughout; every
 `--period` seconds one fault happens, in turn: Redis is SIGKILLed and restarted a second later,
 or a new model version is copied in and `POST /admin/reload` swaps it in. At the end the service
 gets SIGTERM and must exit 0. Prints requests by status, the accepted p99 and the fault counts;
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     source = newest_version(args.models)
     root = Path(tempfile.mkdtemp(prefix="chaos-models-"))
-    copy_version(source, root, "c0")
+    copy_version(source, root, "c000")  # versions sort by name: zero-padded
     counts = {"redis_kills": 0, "reloads_ok": 0, "reloads_failed": 0}
     with RedisServer() as redis:
         svc = ServiceProcess(
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             redis_url=redis.url,
             admin_token=TOKEN,
             reload_poll_s=0,
-            cache_size=2000,
+            cache_size=0,  # no process tier: every request asks Redis, the hardest case
         ).wait_ready()
         load = Load(svc.url, bodies(400), concurrency=args.concurrency).start()
         end, k = time.monotonic() + args.seconds, 0
@@ -66,13 +67,14 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1.0)
                 redis.start()
             else:
-                copy_version(source, root, f"c{k}")
+                copy_version(source, root, f"c{k:03d}")
                 r = httpx.post(
                     f"{svc.url}/admin/reload",
                     headers={"authorization": f"Bearer {TOKEN}"},
                     timeout=60,
                 )
-                counts["reloads_ok" if r.status_code == 200 else "reloads_failed"] += 1
+                swapped = r.status_code == 200 and r.json()["status"] == "reloaded"
+                counts["reloads_ok" if swapped else "reloads_failed"] += 1
         time.sleep(max(0.0, end - time.monotonic()))
         result = load.stop()
         redis_errors = svc.metric('ranker_redis_calls_total{op="get",outcome="error"}')

@@ -44,6 +44,7 @@ class Admission:
         self.draining = False
         self.refused: dict[str, int] = {"queue_full": 0, "deadline": 0, "draining": 0}
         self.measured_rows_per_s: float | None = None
+        self.bytes_per_row: float | None = None  # of request bodies, for refusals before decoding
         self._busy_since = 0.0
         self._busy_s = 0.0  # busy time and rows released in the current measuring window
         self._done_rows = 0
@@ -56,15 +57,29 @@ class Admission:
         rate = self.rows_per_s
         return None if not rate else (self.rows + extra_rows) / rate
 
-    def full(self) -> bool:
-        """No request fits: refuse before reading its body."""
-        return self.draining or self.rows >= self.max_rows
+    def learn_size(self, body_bytes: int, rows: int) -> None:
+        """Fold one decoded request into the bytes-per-row estimate that `full` uses."""
+        if rows > 0 and body_bytes > 0:
+            b = body_bytes / rows
+            self.bytes_per_row = (
+                b if self.bytes_per_row is None else 0.9 * self.bytes_per_row + 0.1 * b
+            )
+
+    def full(self, body_bytes: int = 0) -> bool:
+        """True when a request of `body_bytes` (its Content-Length) would not fit: refuse it
+        before its body is read and decoded, which under overload is most of a refusal's cost.
+        Its rows are estimated from the bytes per row of recent requests, with a 20% margin
+        so that an estimate refuses only what clearly would not fit."""
+        est = 0.8 * body_bytes / self.bytes_per_row if self.bytes_per_row else 0.0
+        return self.draining or self.rows + max(est, 1.0) > self.max_rows
 
     def refuse_now(self) -> None:
         if self.draining:
             self._refuse("draining", "the service is shutting down")
         self._refuse(
-            "queue_full", f"overloaded: {self.rows} candidate rows queued, the bound is full"
+            "queue_full",
+            f"overloaded: {self.rows} candidate rows queued; this request's would pass the "
+            f"bound of {self.max_rows}",
         )
 
     def retry_after_s(self) -> int:

@@ -42,16 +42,17 @@ class Ranker:
         self.default_fusion, self.fusion_bounds = default_fusion, fusion_bounds
         self.max_candidates, self.default_timeout_ms = max_candidates, default_timeout_ms
 
-    def refuse_early(self) -> None:
-        """Before a body is read: refuse at once when no request could be admitted anyway."""
-        if self.admission.full():
+    def refuse_early(self, body_bytes: int) -> None:
+        """Before a body is read: refuse at once when it would not be admitted anyway."""
+        if self.admission.full(body_bytes):
             try:
                 self.admission.refuse_now()
             except Refused as e:
                 raise Overloaded(e.message, e.retry_after_s) from None
 
-    async def rank(self, req: RankRequest) -> dict:
+    async def rank(self, req: RankRequest, body_bytes: int = 0) -> dict:
         n = len(req.candidates)
+        self.admission.learn_size(body_bytes, n)
         if n > self.max_candidates:
             raise ClientError(f"{n} candidates; at most {self.max_candidates}", field="candidates")
         params = fusion.resolve(

@@ -72,13 +72,14 @@ async def rank(request: Request) -> Response:
     if not state.loaded:  # while draining, admission refuses (after RANKER_SHUTDOWN_DELAY_S)
         raise NotReady("the model is not loaded yet")
     t0 = time.perf_counter()
-    state.ranker.refuse_early()  # a full queue refuses before the body costs anything
+    # a request that would not fit is refused before its body costs anything
+    state.ranker.refuse_early(int(request.headers.get("content-length") or 0))
     body = await _read_body(request, state.settings.max_body_bytes)
     # Decoded straight from bytes by msgspec: FastAPI's body parameter, or pydantic itself,
     # costs several times as much (see service/wire.py).
     req = wire.decode(body)
     state.metrics.candidates.observe(len(req.candidates))
-    out = await state.ranker.rank(req)
+    out = await state.ranker.rank(req, len(body))
     state.metrics.latency.observe(time.perf_counter() - t0)
     return json_response(out)
 

@@ -84,6 +84,19 @@ def test_admission_measures_rows_per_second_of_busy_time_end_to_end():
     assert a.measured_rows_per_s == pytest.approx(0.7 * 600 + 0.3 * 200 / 1.0)
 
 
+def test_a_request_that_would_not_fit_is_refused_before_its_body_is_read():
+    a = Admission(1000)
+    assert not a.full(10**6)  # nothing learnt yet: only a full bound refuses early
+    a.learn_size(body_bytes=100_000, rows=400)  # 250 bytes a row
+    a.admit(600, timeout_s=1.0)
+    assert not a.full(100_000)  # about 320 rows (with the margin): they fit
+    assert a.full(250_000)  # about 800 rows: they do not
+    a.admit(400, timeout_s=1.0)
+    assert a.full(0)  # the bound is full
+    with pytest.raises(Refused, match="would pass the bound of 1000"):
+        a.refuse_now()
+
+
 def test_a_job_whose_deadline_passed_in_the_queue_is_never_run():
     ran: list[list[int]] = []
 
