@@ -13,7 +13,7 @@ RUN ?= runs/default
 MODELS ?= models
 MODEL_NAME ?= esmm
 
-.PHONY: install redis-server test train run bench bench-train loadtest compose-test chaos overload lint clean
+.PHONY: install redis-server test train run bench bench-train loadtest compose-test chaos overload compare lint clean
 
 install: $(STAMP)
 
@@ -94,6 +94,20 @@ compose-test: install
 # Training benchmark: 1M generated impressions, ESMM and BASE, export; figures into README.md.
 bench-train: install
 	$(PY) -m training.bench --impressions 1000000 --models esmm,base --out runs/bench
+
+# Evidence like the ESMM paper's Table 2 (training/compare.py): every model of COMPARE_MODELS
+# trained with COMPARE_SEEDS seeds on one generated set (with ESM2's action label); the table,
+# JSON and plot go to runs/compare/. Run alone: it is several minutes of both cores.
+COMPARE_DATA ?= data/compare
+COMPARE_IMPRESSIONS ?= 500000
+COMPARE_SEEDS ?= 3
+COMPARE_MODELS ?= base,division,esmm-ns,esmm,esmm:ips=0.5,mmoe,esm2
+COMPARE_SET ?= --set target_cvr=0.05
+compare: install
+	test -f $(COMPARE_DATA)/action_train.csv || $(PY) -m training.generate --out $(COMPARE_DATA) \
+	  --impressions $(COMPARE_IMPRESSIONS) --seed 1 --action-label $(COMPARE_SET)
+	$(PY) -m training.compare --data $(COMPARE_DATA) --models $(COMPARE_MODELS) \
+	  --seeds $(COMPARE_SEEDS) --out runs/compare --fresh
 
 # Serve the newest model under models/ (making the default one first when there is none) with
 # the in-process user cache; set RANKER_REDIS_URL for the shared Redis tier.

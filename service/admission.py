@@ -38,8 +38,10 @@ class Admission:
         max_rows: int,
         seed_rows_per_s: Callable[[], float | None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        on_refuse: Callable[[str], None] = lambda reason: None,
     ):
         self.max_rows, self._seed, self.clock = max_rows, seed_rows_per_s, clock
+        self.on_refuse = on_refuse
         self.rows = 0  # admitted and not yet released
         self.draining = False
         self.refused: dict[str, int] = {"queue_full": 0, "deadline": 0, "draining": 0}
@@ -121,4 +123,5 @@ class Admission:
 
     def _refuse(self, reason: str, message: str) -> None:
         self.refused[reason] += 1
+        self.on_refuse(reason)
         raise Refused(reason, message, self.retry_after_s())

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from features import parity
+from features.calibration import Calibrator
 from features.contract import FeatureContract
 
 log = logging.getLogger("service.engine")
@@ -56,6 +58,13 @@ class Engine:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ModelError(f"{self.folder}: unreadable manifest ({e})") from e
         self.version = f"{self.manifest['name']}/{self.manifest['version']}"
+        try:
+            cal = self.manifest.get("calibration") or {}
+            self.calibration = {k: Calibrator.from_dict(v) for k, v in cal.items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"{self.folder}: bad calibration in the manifest ({e})") from e
+        if set(self.calibration) - {"pctr", "pcvr"}:
+            raise ModelError(f"{self.folder}: calibration is for pctr and pcvr only")
         self.repr_dim = int(self.manifest["model"]["user_repr_dim"])
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
@@ -101,6 +110,17 @@ class Engine:
         )
         return out
 
+    def calibrated(self, raw: Scores) -> Scores:
+        """The model's calibrators applied (pctcvr = pctr' * pcvr'); raw when it has none."""
+        if not self.calibration:
+            return raw
+        pctr, pcvr = raw.pctr, raw.pcvr
+        if "pctr" in self.calibration:
+            pctr = self.calibration["pctr"].apply(pctr)
+        if "pcvr" in self.calibration:
+            pcvr = self.calibration["pcvr"].apply(pcvr)
+        return Scores(pctr, pcvr, pctr * pcvr)
+
     def score(
         self,
         user_repr: np.ndarray,
@@ -108,6 +128,17 @@ class Engine:
         item_ids: np.ndarray,
         item_weights: np.ndarray,
     ) -> Scores:
+        """Calibrated scores (what /rank returns)."""
+        return self.calibrated(self.score_raw(user_repr, user_index, item_ids, item_weights))
+
+    def score_raw(
+        self,
+        user_repr: np.ndarray,
+        user_index: np.ndarray,
+        item_ids: np.ndarray,
+        item_weights: np.ndarray,
+    ) -> Scores:
+        """The item scorer's own outputs."""
         out = self.sessions["item_scorer"].run(
             None,
             {
@@ -126,7 +157,7 @@ class Engine:
         item_ids: np.ndarray,
         item_weights: np.ndarray,
     ) -> Scores:
-        """The single-graph path (user features tiled per row): the naive baseline."""
+        """The single-graph path (user features tiled per row), calibrated: the naive baseline."""
         out = self.sessions["full"].run(
             None,
             {
@@ -136,7 +167,7 @@ class Engine:
                 "item_weights": item_weights,
             },
         )
-        return Scores(*out)
+        return self.calibrated(Scores(*out))
 
     def warm(self, batch_sizes: tuple[int, ...] = (1, 64, 512)) -> None:
         """Check the stored sample rows reproduce their exported probabilities (a parity smoke
@@ -145,9 +176,11 @@ class Engine:
         s = np.load(self.folder / self.manifest.get("samples", "samples.npz"))
         uid, uw = self.contract.hash_side("user", s["user_ids"], s["user_vals"])
         iid, iw = self.contract.hash_side("item", s["item_ids"], s["item_vals"])
-        got = self.score(self.user_repr(uid, uw), s["row_user"].astype(np.int64), iid, iw)
-        err = max(float(np.abs(getattr(got, k) - s[k]).max()) for k in OUTPUTS)
-        if err > 1e-5:
+        got = self.score_raw(self.user_repr(uid, uw), s["row_user"].astype(np.int64), iid, iw)
+        tol = self.manifest.get("parity", {}).get("tolerance")
+        tol = tol if isinstance(tol, dict) else parity.tolerance(self.manifest["model"]["kind"])
+        if not all(parity.close(getattr(got, k), s[k], tol["atol"], tol["rtol"]) for k in OUTPUTS):
+            err = max(float(np.abs(getattr(got, k) - s[k]).max()) for k in OUTPUTS)
             raise ModelError(f"{self.version}: sample rows differ from export by {err:.2e}")
         r = self.user_repr(uid[:1], uw[:1])
         for n in sorted(set(batch_sizes)):

@@ -47,7 +47,11 @@ def create_app(settings: Settings, ranker_cls: type[Ranker] = Ranker) -> FastAPI
         loader = ModelLoader(s, executor, redis, st.metrics)
         model = await asyncio.to_thread(loader.build, newest_version(s.model_dir))
         st.slot = slot = ModelSlot(model)
-        st.admission = Admission(s.max_queued_rows, lambda: slot.current.batcher.rows_per_s)
+        st.admission = Admission(
+            s.max_queued_rows,
+            lambda: slot.current.batcher.rows_per_s,
+            on_refuse=lambda reason: st.metrics.shed.labels(reason).inc(),
+        )
         default = fusion.FusionParams(s.fusion_policy, s.fusion_a, s.fusion_b, s.fusion_c)
         st.ranker = ranker_cls(
             slot,

@@ -42,6 +42,12 @@ class Metrics:
         self.responses = Counter(
             "ranker_responses", "responses by status and error type", ["status", "type"], registry=r
         )
+        self.shed = Counter(
+            "ranker_shed_requests",
+            "requests refused by admission: queue_full, deadline or draining",
+            ["reason"],
+            registry=r,
+        )
         self.redis = Counter(
             "ranker_redis_calls", "Redis tier calls by outcome", ["op", "outcome"], registry=r
         )

@@ -120,6 +120,7 @@ async def model(request: Request) -> Response:
             "kind": e.manifest["model"]["kind"],
             "providers": e.providers,
             "user_repr_dim": e.repr_dim,
+            "calibration": {k: c.method for k, c in e.calibration.items()},
             "features": contract_summary(e.contract),
             "metrics": {
                 k: e.manifest["metrics"].get(k) for k in ("ctr_auc", "cvr_auc", "ctcvr_auc")

@@ -154,7 +154,6 @@ class RedisTier:
         self.breaker = breaker or Breaker()
         self.max_pending_writes, self.on_event = max_pending_writes, on_event
         self._writes: set[asyncio.Task] = set()
-        self.errors = 0
 
     async def get(self, key: str) -> bytes | None:
         return await self._call("get", self.client.get, key)
@@ -178,7 +177,6 @@ class RedisTier:
             async with asyncio.timeout(self.timeout_s):
                 out = await fn(*args, **kwargs)
         except Exception as e:  # a Redis fault is a miss, never an error for the client
-            self.errors += 1
             self.on_event(op, "error")
             if self.breaker.failure():
                 self.on_event("breaker", "open")

@@ -24,7 +24,7 @@ def generated(tmp_path_factory) -> Path:
     from training.generate import generate
 
     out = tmp_path_factory.mktemp("synthetic")
-    generate(out, impressions=IMPRESSIONS, seed=7)
+    generate(out, impressions=IMPRESSIONS, seed=7, action_label=True)  # ESM2's label too
     return out
 
 

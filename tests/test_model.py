@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from features.contract import ALL_FIELDS, FeatureContract
 from training.export import random_case
-from training.model import ESMM, Logits, ModelConfig, ctcvr_bce, probabilities
+from training.model import ESMM, Logits, ModelConfig, build_model, ctcvr_bce, probabilities
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def inputs(contract, n=64, seed=0) -> dict[str, torch.Tensor]:
 
 def build(contract, kind: str) -> ESMM:
     torch.manual_seed(0)
-    return ESMM(ModelConfig(contract.to_dict(), kind=kind))
+    return build_model(ModelConfig(contract.to_dict(), kind=kind))
 
 
 def test_esmm_towers_share_only_the_embedding(contract):
@@ -143,3 +143,79 @@ def test_loss_is_finite_and_falls(contract, kind):
 def test_unknown_kind_is_refused(contract):
     with pytest.raises(ValueError, match="unknown model kind"):
         ModelConfig(contract.to_dict(), kind="dnn")
+
+
+def test_division_divides_its_ctcvr_net_by_its_ctr_net(contract):
+    m = build(contract, "division")
+    assert len(m.embeddings) == 2  # two separate nets
+    logits = m(**inputs(contract))
+    p = m.probabilities(logits)
+    pctr, pctcvr_net = torch.sigmoid(logits.ctr), torch.sigmoid(logits.cvr)
+    assert torch.allclose(p["pcvr"], torch.clamp(pctcvr_net / pctr, max=1.0), atol=1e-6)
+    assert torch.allclose(p["pctcvr"], p["pctr"] * p["pcvr"])
+    assert float(p["pcvr"].detach().max()) <= 1.0
+    click, conv = torch.ones(64), torch.zeros(64)
+    loss, parts = m.loss(logits, click, conv)
+    want = F.binary_cross_entropy_with_logits(logits.ctr, click)
+    want = want + F.binary_cross_entropy_with_logits(logits.cvr, conv)
+    assert torch.allclose(loss, want) and set(parts) == {"ctr", "ctcvr"}
+
+
+def test_escm2_ips_weights_clicked_rows_by_inverse_propensity_and_spares_the_ctr_tower(contract):
+    torch.manual_seed(0)
+    m = ESMM(ModelConfig(contract.to_dict(), kind="esmm", ips_weight=1.0, ips_clip=0.05))
+    logits = m(**inputs(contract))
+    click = (torch.arange(64) % 2).float()
+    conv = (torch.arange(64) % 4 == 1).float()
+    _, parts = m.loss(logits, click, conv)
+    prop = torch.sigmoid(logits.ctr).clamp(min=0.05)
+    bce = F.binary_cross_entropy_with_logits(logits.cvr, conv, reduction="none")
+    assert parts["cvr_ips"] == pytest.approx(float((click * bce / prop).mean()), rel=1e-5)
+    from training.model import ips_cvr_bce
+
+    m.zero_grad()
+    ips_cvr_bce(m(**inputs(contract)), click, conv, 0.05).backward()
+    assert not any(has_grad(p) for p in m.ctr.parameters())  # the propensity is detached
+    assert any(has_grad(p) for p in m.cvr.parameters())
+    with pytest.raises(ValueError, match="ESCM2-IPS applies"):
+        ModelConfig(contract.to_dict(), kind="base", ips_weight=1.0)
+
+
+def test_mmoe_user_representation_is_exact_and_gates_mix_experts(contract):
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(contract.to_dict(), kind="mmoe", experts=3)).eval()
+    x = inputs(contract)
+    r = m.user_repr(x["user_ids"], x["user_w"])
+    assert r.shape[1] == m.repr_dim == 3 * (200 + 2)
+    # the split path equals the whole computation done per row on [user; item]
+    u = m.embeddings[0](x["user_ids"], x["user_w"], "user").index_select(0, x["user_index"])
+    i = m.embeddings[0](x["item_ids"], x["item_w"], "item")
+    ui = torch.cat([u, i], 1)
+    w_exp = torch.cat([m.expert_user.weight, m.expert_item.weight], 1)
+    w_gate = torch.cat([m.gate_user.weight, m.gate_item.weight], 1)
+    experts = torch.relu(ui @ w_exp.T + m.expert_user.bias).reshape(-1, 3, 200)
+    gates = torch.softmax((ui @ w_gate.T + m.gate_user.bias).reshape(-1, 2, 3), -1)
+    mixed = torch.einsum("bte,beh->bth", gates, experts)
+    got = m(**x)
+    assert torch.allclose(got.ctr, m.ctr(mixed[:, 0]).squeeze(-1), atol=1e-5)
+    assert torch.allclose(got.cvr, m.cvr(mixed[:, 1]).squeeze(-1), atol=1e-5)
+    assert not torch.allclose(gates[:, 0], gates[:, 1])  # one gate per task
+
+
+def test_esm2_decomposes_cvr_over_the_post_click_action(contract):
+    m = build(contract, "esm2")
+    x = inputs(contract)
+    logits = m(**x)
+    y1, y2, y3, y4 = (torch.sigmoid(t) for t in (logits.ctr, logits.cvr, *logits.extra))
+    p = m.probabilities(logits)
+    assert torch.allclose(p["pcvr"], y4 * (1 - y2) + y3 * y2)
+    assert torch.allclose(p["pctcvr"], y1 * p["pcvr"])
+    assert m.user_repr(x["user_ids"], x["user_w"]).shape[1] == m.repr_dim == 4 * 200
+    click = (torch.arange(64) % 2).float()
+    action, conv = click * (torch.arange(64) % 4 == 1), click * (torch.arange(64) % 8 == 1)
+    _, parts = m.loss(logits, click, conv, action)
+    assert set(parts) == {"ctr", "ctavr", "ctcvr"}
+    ctavr = -(action * torch.log(y1 * y2) + (1 - action) * torch.log1p(-y1 * y2)).mean()
+    assert parts["ctavr"] == pytest.approx(float(ctavr), rel=1e-4)
+    with pytest.raises(ValueError, match="action label"):
+        m.loss(logits, click, conv)

@@ -155,7 +155,9 @@ def test_overload_is_refused_at_once_with_retry_after(exported, bodies):
         refused = httpx.post(f"{url}/rank", json=big)
         app.state.admission.rows -= 3 * n
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
-        assert "3 more" not in refused.text and "overloaded" in refused.json()["error"]["message"]
+        assert "overloaded" in refused.json()["error"]["message"]
+        shed = httpx.get(f"{url}/metrics").text
+        assert 'ranker_shed_requests_total{reason="queue_full"}' in shed
 
 
 def test_a_request_whose_deadline_passes_in_the_queue_gets_504_and_is_never_run(exported, bodies):

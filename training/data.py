@@ -82,6 +82,7 @@ class EncodedSplit:
     conv: np.ndarray  # (N,) uint8, conversion and click
     sample_id: np.ndarray  # (N,) int64
     report: ReadReport
+    action: np.ndarray | None = None  # (N,) uint8, post-click action and click; None: no label
 
     def __len__(self) -> int:
         return len(self.click)
@@ -99,6 +100,7 @@ class EncodedSplit:
             np.asarray(self.conv[rows]),
             np.asarray(self.sample_id[rows]),
             self.report,
+            None if self.action is None else np.asarray(self.action[rows]),
         )
 
 
@@ -388,6 +390,7 @@ def load_split(
         arr["conv"][:n],
         arr["sample_id"][:n],
         ReadReport(**meta["report"]),
+        read_action(data_dir, split, np.asarray(arr["sample_id"][:n]), arr["click"][:n]),
     )
 
 
@@ -414,6 +417,7 @@ class Batch:
     click: np.ndarray  # (B,) float32
     conv: np.ndarray  # (B,) float32
     rows: np.ndarray  # (B,) indices into the split
+    action: np.ndarray | None = None  # (B,) float32, when the split has the label
 
 
 def make_batch(split: EncodedSplit, contract: FeatureContract, rows: np.ndarray) -> Batch:
@@ -429,6 +433,7 @@ def make_batch(split: EncodedSplit, contract: FeatureContract, rows: np.ndarray)
         split.click[rows].astype(np.float32),
         split.conv[rows].astype(np.float32),
         rows,
+        None if split.action is None else split.action[rows].astype(np.float32),
     )
 
 
@@ -456,6 +461,29 @@ def split_sessions(
     val_users = rng.random(n_users) < fraction
     is_val = val_users[np.asarray(split.row_user)]
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def read_action(
+    data_dir: Path, split: str, sample_id: np.ndarray, click: np.ndarray
+) -> np.ndarray | None:
+    """The optional post-click action label (action_{split}.csv: sample_id,action) aligned to
+    `sample_id`, and-ed with click; None when the file is absent. Every row needs a label."""
+    path = Path(data_dir) / f"action_{split}.csv"
+    if not path.is_file():
+        return None
+    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.int64)
+    ids, labels = table[:, 0], table[:, 1]
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"{path}: action labels must be 0 or 1")
+    order = np.argsort(ids)
+    pos = order[np.clip(np.searchsorted(ids, sample_id, sorter=order), 0, len(ids) - 1)]
+    missing = ids[pos] != sample_id
+    if missing.any():
+        raise ValueError(
+            f"{path}: no action label for {int(missing.sum())} rows (first sample_id "
+            f"{int(sample_id[missing][0])})"
+        )
+    return (labels[pos].astype(np.uint8) & (np.asarray(click) > 0)).astype(np.uint8)
 
 
 def read_truth(data_dir: Path, split: str, sample_id: np.ndarray) -> dict | None:

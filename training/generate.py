@@ -93,6 +93,10 @@ class Params:
     w_brand_affinity: float = 0.6
     w_price_fit: float = 0.8
     w_126: float = 0.2
+    # the optional post-click action label (cart / wish: ESM2's DAction), drawn for clicked
+    # impressions from its own random stream, so the other files are the same with or without it
+    action_given_buy: float = 0.6
+    action_given_no_buy: float = 0.12
 
 
 # ---- small numeric helpers -----------------------------------------------------------------
@@ -662,6 +666,23 @@ def _write_split(
         )
 
 
+def _write_actions(out: Path, p: Params, seed: int, s: _Sessions, imp: _Impressions) -> None:
+    """Clicked impressions take a post-click action (cart, wish) with a probability that
+    depends on whether they convert: the action carries signal about the purchase."""
+    rng = np.random.default_rng(seed + 7919)
+    p_act = np.where(imp.conv > 0, p.action_given_buy, p.action_given_no_buy)
+    action = (imp.click > 0) & (rng.random(len(imp.click)) < p_act)
+    for split in SPLITS:
+        in_split = s.test if split == "test" else ~s.test
+        rows = np.flatnonzero(in_split[imp.session])
+        with open(out / f"action_{split}.csv", "w", encoding="ascii", newline="") as f:
+            f.write("sample_id,action\n")
+            f.writelines(
+                f"{r + 1},{int(a)}\n"
+                for r, a in zip(rows.tolist(), action[rows].tolist(), strict=True)
+            )
+
+
 def _rounded(x: float) -> float | None:
     """JSON has no NaN: an AUC of a split with one class only becomes null."""
     return None if np.isnan(x) else round(float(x), 5)
@@ -688,14 +709,22 @@ def _split_summary(s: _Sessions, imp: _Impressions, test: bool) -> dict:
 
 
 def generate(
-    out: Path, impressions: int = 200_000, seed: int = 0, test_fraction: float = 0.25
+    out: Path,
+    impressions: int = 200_000,
+    seed: int = 0,
+    test_fraction: float = 0.25,
+    overrides: dict[str, float] | None = None,
+    action_label: bool = False,
 ) -> dict:
-    """Write a synthetic Ali-CCP data set into `out`; returns the per-split summary."""
+    """Write a synthetic Ali-CCP data set into `out`; returns the per-split summary.
+    `overrides` replaces numeric Params (e.g. {"target_cvr": 0.03} for scarcer conversions);
+    `action_label` also writes action_{split}.csv (sample_id,action): a post-click action such
+    as add-to-cart, for ESM2."""
     if impressions < 100:
         raise ValueError(f"need at least 100 impressions, got {impressions}")
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    p = Params()
+    p = with_overrides(Params(), overrides or {})
     rng = np.random.default_rng(seed)
     n_users = max(p.min_users, impressions // p.impressions_per_user)
     n_items = max(p.min_items, impressions // p.impressions_per_item)
@@ -711,6 +740,8 @@ def generate(
     combos = _combo_tokens(world, imp)
     for split in SPLITS:
         _write_split(out, split, sessions, imp, user_lines, item_tok, combos)
+    if action_label:
+        _write_actions(out, p, seed, sessions, imp)
     summary = {split: _split_summary(sessions, imp, split == "test") for split in SPLITS}
     meta = {
         "impressions": impressions,
@@ -740,15 +771,60 @@ def generate(
     return summary
 
 
+def with_overrides(p: Params, overrides: dict[str, float]) -> Params:
+    numeric = {
+        f.name: type(getattr(p, f.name))
+        for f in dataclasses.fields(p)
+        if isinstance(getattr(p, f.name), int | float)
+    }
+    unknown = set(overrides) - set(numeric)
+    if unknown:
+        raise ValueError(
+            f"unknown generator parameters {sorted(unknown)}; numeric ones: {sorted(numeric)}"
+        )
+    return dataclasses.replace(p, **{k: numeric[k](v) for k, v in overrides.items()})
+
+
+def _override(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--impressions", type=int, default=200_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-fraction", type=float, default=0.25)
+    ap.add_argument(
+        "--set",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a numeric generator parameter (see Params), e.g. target_cvr=0.03",
+    )
+    ap.add_argument(
+        "--action-label",
+        action="store_true",
+        help="also write action_{train,test}.csv: a post-click action label (for ESM2)",
+    )
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    summary = generate(args.out, args.impressions, args.seed, args.test_fraction)
+    try:
+        summary = generate(
+            args.out,
+            args.impressions,
+            args.seed,
+            args.test_fraction,
+            dict(args.set),
+            args.action_label,
+        )
+    except ValueError as e:
+        ap.error(str(e))
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out} in {time.perf_counter() - t0:.1f}s")
 

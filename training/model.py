@@ -14,6 +14,24 @@ Kinds:
   esmm-ns  the same loss, but each tower has its own embedding table (ESMM-NS in the paper).
   base     a CTR net and a CVR net with nothing shared; the CVR net is trained on clicked
            impressions only (BASE in the paper).
+  division a CTR net and a CTCVR net with nothing shared, each trained on all impressions;
+           pCVR = pCTCVR / pCTR, capped at 1 (DIVISION in the paper). Served through the same
+           contract: pCTCVR is reported as pCTR * pCVR, so it is capped at pCTR too.
+
+  mmoe     MMoE + ESMM: one shared table; `experts` experts (a ReLU layer of hidden[0] each)
+           and one softmax gate per task over the pooled embeddings; each task's tower reads its
+           gate's mixture of experts; the ESMM loss. Experts' first layers and gate logits are
+           linear in [user; item], so their user halves are the (exact) user representation.
+
+  esm2     ESM2 (post-click decomposition): one shared table, four towers: y1 = P(click),
+           y2 = P(DAction | click) (cart, wish), y3 = P(buy | DAction), y4 = P(buy | OAction:
+           clicked without DAction); pCVR = y4 (1 - y2) + y3 y2, pCTCVR = y1 pCVR; losses on CTR,
+           CTAVR (y1 y2 against click & action) and CTCVR. Needs the action label.
+
+Option (esmm, esmm-ns, mmoe): `ips_weight` > 0 adds ESCM2-IPS's counterfactual CVR loss:
+BCE(conversion, pCVR) on clicked impressions weighted by 1 / max(pCTR, ips_clip), pCTR not
+differentiated through, averaged over all impressions (an inverse-propensity estimate of the
+entire-space CVR loss).
 """
 
 from __future__ import annotations
@@ -28,7 +46,9 @@ from torch import nn
 
 from features.contract import FeatureContract, Side
 
-KINDS = ("esmm", "esmm-ns", "base")
+KINDS = ("esmm", "esmm-ns", "base", "division", "mmoe", "esm2")
+NEEDS_ACTION = ("esm2",)
+IPS_KINDS = ("esmm", "esmm-ns", "mmoe")
 
 
 @dataclasses.dataclass
@@ -37,16 +57,26 @@ class ModelConfig:
     kind: str = "esmm"
     embed_dim: int = 18
     hidden: tuple[int, ...] = (200, 80)
+    ips_weight: float = 0.0  # ESCM2-IPS counterfactual CVR loss weight (0: off)
+    ips_clip: float = 0.05  # the propensity (pCTR) is clipped from below at this
+    experts: int = 4  # mmoe only
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}; choose one of {KINDS}")
+        if self.ips_weight < 0 or not 0 < self.ips_clip <= 1:
+            raise ValueError("ips_weight must be >= 0 and ips_clip in (0, 1]")
+        if self.ips_weight > 0 and self.kind not in IPS_KINDS:
+            raise ValueError(f"ESCM2-IPS applies to {', '.join(IPS_KINDS)}, not {self.kind}")
+        if self.experts < 1:
+            raise ValueError("experts must be >= 1")
         self.hidden = tuple(self.hidden)
 
 
 class Logits(NamedTuple):
     ctr: torch.Tensor  # (B,)
     cvr: torch.Tensor  # (B,)
+    extra: tuple = ()  # further heads of kinds that have them (esm2: y3, y4)
 
 
 class FieldPooling(nn.Module):
@@ -197,11 +227,28 @@ class ESMM(nn.Module):
     ) -> Logits:
         return self.score(self.user_repr(user_ids, user_w), user_index, item_ids, item_w)
 
+    def probabilities(self, logits: Logits) -> dict[str, torch.Tensor]:
+        """pctr, pcvr, pctcvr of this kind's heads (pctcvr = pctr * pcvr for every kind)."""
+        if self.cfg.kind != "division":
+            return probabilities(logits)
+        # the ratio in log space: dividing two rounded sigmoids loses digits when pCTR is small
+        log_ratio = F.logsigmoid(logits.cvr) - F.logsigmoid(logits.ctr)
+        pctr, pcvr = torch.sigmoid(logits.ctr), torch.exp(log_ratio.clamp(max=0.0))
+        return {"pctr": pctr, "pcvr": pcvr, "pctcvr": pctr * pcvr}
+
     def loss(
-        self, logits: Logits, click: torch.Tensor, conv: torch.Tensor
+        self,
+        logits: Logits,
+        click: torch.Tensor,
+        conv: torch.Tensor,
+        action: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training objective of this kind; `conv` is conversion-and-click."""
+        """The training objective of this kind; `conv` is conversion-and-click, `action` the
+        post-click action and click (used by esm2 only)."""
         ctr_loss = F.binary_cross_entropy_with_logits(logits.ctr, click)
+        if self.cfg.kind == "division":  # the second net's logit is pCTCVR's own
+            ctcvr_loss = F.binary_cross_entropy_with_logits(logits.cvr, conv)
+            return ctr_loss + ctcvr_loss, {"ctr": ctr_loss.item(), "ctcvr": ctcvr_loss.item()}
         if self.cfg.kind == "base":
             clicked = click > 0
             cvr_loss = (
@@ -211,7 +258,13 @@ class ESMM(nn.Module):
             )
             return ctr_loss + cvr_loss, {"ctr": ctr_loss.item(), "cvr": cvr_loss.item()}
         ctcvr_loss = ctcvr_bce(logits, conv)
-        return ctr_loss + ctcvr_loss, {"ctr": ctr_loss.item(), "ctcvr": ctcvr_loss.item()}
+        parts = {"ctr": ctr_loss.item(), "ctcvr": ctcvr_loss.item()}
+        total = ctr_loss + ctcvr_loss
+        if self.cfg.ips_weight > 0:
+            ips = ips_cvr_bce(logits, click, conv, self.cfg.ips_clip)
+            total = total + self.cfg.ips_weight * ips
+            parts["cvr_ips"] = ips.item()
+        return total, parts
 
     def tower_parameters(self, tower: str) -> list[nn.Parameter]:
         """The parameters one tower owns (its MLP and, when not shared, its embedding)."""
@@ -222,6 +275,114 @@ class ESMM(nn.Module):
         return own
 
 
+class MMoE(ESMM):
+    def __init__(self, cfg: ModelConfig):
+        nn.Module.__init__(self)
+        self.cfg = cfg
+        contract = FeatureContract.from_dict(cfg.contract)
+        n_user = len(contract.side_fields("user")) * cfg.embed_dim
+        n_item = len(contract.side_fields("item")) * cfg.embed_dim
+        e, h = cfg.experts, cfg.hidden[0]
+        self.embeddings = nn.ModuleList([FieldPooling(contract, cfg.embed_dim)])
+        self.expert_user = nn.Linear(n_user, e * h)  # every expert's user half, with biases
+        self.expert_item = nn.Linear(n_item, e * h, bias=False)
+        self.gate_user = nn.Linear(n_user, 2 * e)  # both tasks' gate logits, user half
+        self.gate_item = nn.Linear(n_item, 2 * e, bias=False)
+        self.ctr, self.cvr = _head(cfg.hidden), _head(cfg.hidden)
+
+    @property
+    def repr_dim(self) -> int:
+        return self.cfg.experts * (self.cfg.hidden[0] + 2)
+
+    def user_repr(self, user_ids: torch.Tensor, user_w: torch.Tensor) -> torch.Tensor:
+        """(U, user width) -> (U, E * hidden[0] + 2E): experts' user halves; gates' user halves."""
+        u = self.embeddings[0](user_ids, user_w, "user")
+        return torch.cat([self.expert_user(u), self.gate_user(u)], dim=1)
+
+    def score(self, user_repr, user_index, item_ids, item_w) -> Logits:
+        e, h = self.cfg.experts, self.cfg.hidden[0]
+        r = user_repr.index_select(0, user_index)  # (B, E*h + 2E)
+        x = self.embeddings[0](item_ids, item_w, "item")
+        experts = torch.relu(r[:, : e * h] + self.expert_item(x)).reshape(-1, e, h)  # (B, E, h)
+        gates = torch.softmax((r[:, e * h :] + self.gate_item(x)).reshape(-1, 2, e), -1)
+        mixed = torch.bmm(gates, experts)  # (B, 2, h): each task's mixture of experts
+        return Logits(self.ctr(mixed[:, 0]).squeeze(-1), self.cvr(mixed[:, 1]).squeeze(-1))
+
+    def tower_parameters(self, tower: str) -> list[nn.Parameter]:
+        return list((self.ctr if tower == "ctr" else self.cvr).parameters())
+
+
+class ESM2(ESMM):
+    def __init__(self, cfg: ModelConfig):
+        nn.Module.__init__(self)
+        self.cfg = cfg
+        contract = FeatureContract.from_dict(cfg.contract)
+        n_user = len(contract.side_fields("user")) * cfg.embed_dim
+        n_item = len(contract.side_fields("item")) * cfg.embed_dim
+        self.embeddings = nn.ModuleList([FieldPooling(contract, cfg.embed_dim)])
+        # y1 click, y2 DAction | click, y3 buy | DAction, y4 buy | OAction
+        self.towers = nn.ModuleList(Tower(n_user, n_item, cfg.hidden) for _ in range(4))
+        self.ctr, self.cvr = self.towers[0], self.towers[1]
+
+    @property
+    def repr_dim(self) -> int:
+        return 4 * self.cfg.hidden[0]
+
+    def user_repr(self, user_ids: torch.Tensor, user_w: torch.Tensor) -> torch.Tensor:
+        u = self.embeddings[0](user_ids, user_w, "user")
+        return torch.cat([t.user_proj(u) for t in self.towers], dim=1)  # (U, 4h)
+
+    def score(self, user_repr, user_index, item_ids, item_w) -> Logits:
+        h = self.cfg.hidden[0]
+        r = user_repr.index_select(0, user_index)  # (B, 4h)
+        x = self.embeddings[0](item_ids, item_w, "item")
+        y = [t(r[:, k * h : (k + 1) * h], x) for k, t in enumerate(self.towers)]
+        return Logits(y[0], y[1], (y[2], y[3]))
+
+    def heads(self, logits: Logits) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.sigmoid(t) for t in (logits.ctr, logits.cvr, *logits.extra))
+
+    def probabilities(self, logits: Logits) -> dict[str, torch.Tensor]:
+        y1, y2, y3, y4 = self.heads(logits)
+        pcvr = y4 * (1 - y2) + y3 * y2
+        return {"pctr": y1, "pcvr": pcvr, "pctcvr": y1 * pcvr}
+
+    def loss(self, logits, click, conv, action=None):
+        if action is None:
+            raise ValueError("esm2 needs the post-click action label (action_{split}.csv)")
+        y1, y2, y3, y4 = self.heads(logits)
+        pctavr = y1 * y2
+        pctcvr = y1 * (y4 * (1 - y2) + y3 * y2)
+        ctr_loss = F.binary_cross_entropy_with_logits(logits.ctr, click)
+        ctavr_loss = _bce_prob(pctavr, action)
+        ctcvr_loss = _bce_prob(pctcvr, conv)
+        parts = {"ctr": ctr_loss.item(), "ctavr": ctavr_loss.item(), "ctcvr": ctcvr_loss.item()}
+        return ctr_loss + ctavr_loss + ctcvr_loss, parts
+
+    def tower_parameters(self, tower: str) -> list[nn.Parameter]:
+        return list((self.ctr if tower == "ctr" else self.cvr).parameters())
+
+
+def _bce_prob(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE of a product of probabilities (no single logit exists), clamped away from 0 and 1."""
+    p = p.clamp(1e-7, 1 - 1e-7)
+    return -(target * torch.log(p) + (1 - target) * torch.log1p(-p)).mean()
+
+
+def _head(hidden: tuple[int, ...]) -> nn.Sequential:
+    """A task tower over a mixture of experts (already through a ReLU): hidden[1:] then 1."""
+    layers: list[nn.Module] = []
+    for a, b in zip(hidden, hidden[1:], strict=False):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(hidden[-1], 1))
+    return nn.Sequential(*layers)
+
+
+def build_model(cfg: ModelConfig) -> ESMM:
+    """The module of `cfg.kind` (every kind has ESMM's interface: user_repr, score, loss...)."""
+    return {"mmoe": MMoE, "esm2": ESM2}.get(cfg.kind, ESMM)(cfg)
+
+
 def ctcvr_bce(logits: Logits, target: torch.Tensor) -> torch.Tensor:
     """BCE of pCTCVR = sigmoid(a) * sigmoid(b), from the logits without rounding either factor:
     log p = logsigmoid(a) + logsigmoid(b), log(1 - p) = log(-expm1(log p))."""
@@ -229,6 +390,16 @@ def ctcvr_bce(logits: Logits, target: torch.Tensor) -> torch.Tensor:
     log_p = log_p.clamp(max=-1e-12)  # p == 1 would make log(1 - p) infinite
     log_not_p = torch.log(-torch.expm1(log_p))
     return -(target * log_p + (1.0 - target) * log_not_p).mean()
+
+
+def ips_cvr_bce(
+    logits: Logits, click: torch.Tensor, conv: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """ESCM2-IPS: sum over clicked rows of BCE(conv, pCVR) / max(pCTR, clip), over all rows.
+    The propensity is detached: this loss teaches the CVR tower, not the CTR tower."""
+    propensity = torch.sigmoid(logits.ctr).detach().clamp(min=clip)
+    bce = F.binary_cross_entropy_with_logits(logits.cvr, conv, reduction="none")
+    return (click * bce / propensity).mean()
 
 
 def probabilities(logits: Logits) -> dict[str, torch.Tensor]:

@@ -27,11 +27,19 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from features.calibration import FITS, expected_calibration_error
 from features.contract import DEFAULT_MAX_LEN, FeatureContract
 from training import data as D
 from training import setup_logging
 from training.metrics import auc, funnel_metrics
-from training.model import ESMM, KINDS, LogisticRegression, ModelConfig, probabilities
+from training.model import (
+    ESMM,
+    KINDS,
+    NEEDS_ACTION,
+    LogisticRegression,
+    ModelConfig,
+    build_model,
+)
 
 log = logging.getLogger("training.train")
 SAMPLE_ROWS = 512
@@ -59,6 +67,10 @@ class TrainConfig:
     embed_lr: float = 2e-2
     embed_dim: int = 18
     hidden: tuple[int, ...] = (200, 80)
+    ips_weight: float = 0.0  # ESCM2-IPS (see training/model.py)
+    ips_clip: float = 0.05
+    experts: int = 4  # mmoe
+    calibration: str = "none"  # none | platt | isotonic, fitted on the validation split
     val_fraction: float = 0.1
     pooling: str = "weighted-mean"  # one of POOLING
     orphans: str = "drop"
@@ -79,6 +91,12 @@ def to_torch(b: D.Batch) -> dict[str, torch.Tensor]:
         "item_ids": torch.from_numpy(b.item_ids),
         "item_w": torch.from_numpy(b.item_w),
     }
+
+
+def labels(b: D.Batch) -> tuple[torch.Tensor, ...]:
+    """(click, conv, action or None) of a batch, as the models' loss takes them."""
+    action = None if b.action is None else torch.from_numpy(b.action)
+    return torch.from_numpy(b.click), torch.from_numpy(b.conv), action
 
 
 def make_optimizers(model: torch.nn.Module, lr: float, embed_lr: float) -> list:
@@ -114,9 +132,7 @@ def run_epoch(
         disable=not _show_progress(cfg),
     )
     for b in D.iter_batches(split, contract, order, cfg.batch_size):
-        loss, _ = model.loss(
-            model(**to_torch(b)), torch.from_numpy(b.click), torch.from_numpy(b.conv)
-        )
+        loss, _ = model.loss(model(**to_torch(b)), *labels(b))
         for o in opts:
             o.zero_grad(set_to_none=True)
         loss.backward()
@@ -143,7 +159,7 @@ def predict(
     model.eval()
     out: dict[str, list[np.ndarray]] = {"pctr": [], "pcvr": [], "pctcvr": []}
     for b in D.iter_batches(split, contract, rows, batch_size):
-        for k, v in probabilities(model(**to_torch(b))).items():
+        for k, v in model.probabilities(model(**to_torch(b))).items():
             out[k].append(v.numpy())
     return {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in out.items()}
 
@@ -160,9 +176,7 @@ def objective(
     model.eval()
     total = 0.0
     for b in D.iter_batches(split, contract, rows, batch_size):
-        loss, _ = model.loss(
-            model(**to_torch(b)), torch.from_numpy(b.click), torch.from_numpy(b.conv)
-        )
+        loss, _ = model.loss(model(**to_torch(b)), *labels(b))
         total += loss.item() * len(b.rows)
     return total / max(len(rows), 1)
 
@@ -175,6 +189,53 @@ def evaluate(
 
 
 LR_REFERENCE = {"batch_size": 256, "lr": 0.02, "max_epochs": 8}
+
+
+def fit_calibration(
+    method: str,
+    val_click: np.ndarray,
+    val_conv: np.ndarray,
+    val_pred: dict[str, np.ndarray],
+    test_click: np.ndarray,
+    test_conv: np.ndarray,
+    test_pred: dict[str, np.ndarray],
+) -> tuple[dict, dict]:
+    """Calibrators of pCTR (on every validation impression) and pCVR (on clicked ones), and the
+    test split's expected calibration error before and after (pCTCVR = pCTR' * pCVR')."""
+    vc = np.asarray(val_click) > 0
+    cal = {
+        "pctr": FITS[method](val_pred["pctr"], np.asarray(val_click)),
+        "pcvr": FITS[method](val_pred["pcvr"][vc], np.asarray(val_conv)[vc]),
+    }
+    after = {k: cal[k].apply(test_pred[k]) for k in ("pctr", "pcvr")}
+    after["pctcvr"] = after["pctr"] * after["pcvr"]
+    tc = np.asarray(test_click) > 0
+
+    def eces(p: dict) -> dict[str, float]:
+        return {
+            "ctr": expected_calibration_error(test_click, p["pctr"]),
+            "cvr": expected_calibration_error(np.asarray(test_conv)[tc], p["pcvr"][tc]),
+            "ctcvr": expected_calibration_error(test_conv, p["pctcvr"]),
+        }
+
+    report = {
+        "method": method,
+        "test_ece_before": eces(test_pred),
+        "test_ece_after": eces(after),
+        "test_after": funnel_metrics(
+            test_click, test_conv, after["pctr"], after["pcvr"], after["pctcvr"]
+        ),
+    }
+    log.info(
+        "calibration (%s): test ECE ctr %.4f -> %.4f, cvr %.4f -> %.4f, ctcvr %.4f -> %.4f",
+        method,
+        *(
+            report[k][h]
+            for h in ("ctr", "cvr", "ctcvr")
+            for k in ("test_ece_before", "test_ece_after")
+        ),
+    )
+    return {k: c.to_dict() for k, c in cal.items()}, report
 
 
 def logistic_reference(
@@ -272,13 +333,27 @@ def train(cfg: TrainConfig) -> dict:
             r.orphan_conversions,
             cfg.orphans,
         )
+    if cfg.model in NEEDS_ACTION and (train_split.action is None or test_split.action is None):
+        raise SystemExit(
+            f"--model {cfg.model} needs the post-click action label: {cfg.data} has no "
+            "action_train.csv / action_test.csv (sample_id,action). The generator writes them "
+            "with --action-label."
+        )
     contract = D.fit_contract(contract, train_split, max_buckets=cfg.max_buckets)
     train_rows, val_rows = D.split_sessions(train_split, cfg.val_fraction, cfg.seed)
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise SystemExit("the training file is too small to carve a validation split from")
 
-    model_cfg = ModelConfig(contract.to_dict(), cfg.model, cfg.embed_dim, cfg.hidden)
-    model = ESMM(model_cfg)
+    model_cfg = ModelConfig(
+        contract.to_dict(),
+        cfg.model,
+        cfg.embed_dim,
+        cfg.hidden,
+        cfg.ips_weight,
+        cfg.ips_clip,
+        cfg.experts,
+    )
+    model = build_model(model_cfg)
     opts = make_optimizers(model, cfg.lr, cfg.embed_lr)
     rng = np.random.default_rng(cfg.seed)
     history, best, best_state, best_epoch, stale = [], float("inf"), None, 0, 0
@@ -327,9 +402,16 @@ def train(cfg: TrainConfig) -> dict:
     model.load_state_dict(best_state)
 
     test_rows = np.arange(len(test_split))
+    test_pred = predict(model, test_split, contract, test_rows)
     metrics = {
         "model": cfg.model,
-        **evaluate(model, test_split, contract, test_rows),
+        **funnel_metrics(
+            test_split.click,
+            test_split.conv,
+            test_pred["pctr"],
+            test_pred["pcvr"],
+            test_pred["pctcvr"],
+        ),
         "best_epoch": best_epoch,
         "epochs": history,
         "n_train": int(len(train_rows)),
@@ -339,6 +421,17 @@ def train(cfg: TrainConfig) -> dict:
         "samples_per_second": fit_rows / fit_seconds,
         "embedding_rows": contract.num_rows,
     }
+    calibration = None
+    if cfg.calibration != "none":
+        calibration, metrics["calibration"] = fit_calibration(
+            cfg.calibration,
+            train_split.click[val_rows],
+            train_split.conv[val_rows],
+            predict(model, train_split, contract, val_rows),
+            test_split.click,
+            test_split.conv,
+            test_pred,
+        )
     if cfg.reference:
         metrics["reference"] = logistic_reference(
             contract, train_split, train_rows, val_rows, test_split, cfg.seed
@@ -360,6 +453,7 @@ def train(cfg: TrainConfig) -> dict:
             "model_args": dataclasses.asdict(model_cfg),
             "state_dict": model.state_dict(),
             "metrics": metrics,
+            "calibration": calibration,
             "train_config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
             "samples": {
                 k: torch.from_numpy(np.ascontiguousarray(getattr(sample, k)))
@@ -425,6 +519,23 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         type=lambda s: tuple(int(x) for x in s.split(",")),
         default=d.hidden,
         help="tower widths, e.g. 200,80",
+    )
+    p.add_argument(
+        "--ips-weight",
+        type=float,
+        default=d.ips_weight,
+        help="ESCM2-IPS: weight of the inverse-propensity CVR loss (esmm, esmm-ns; 0: off)",
+    )
+    p.add_argument(
+        "--ips-clip", type=float, default=d.ips_clip, help="ESCM2-IPS: lowest propensity (pCTR)"
+    )
+    p.add_argument("--experts", type=int, default=d.experts, help="mmoe: number of experts")
+    p.add_argument(
+        "--calibration",
+        choices=("none", "platt", "isotonic"),
+        default=d.calibration,
+        help="post-hoc calibration of pCTR and pCVR, fitted on the validation split, stored "
+        "with the model and applied in serving",
     )
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument(

@@ -1,0 +1,96 @@
+"""Every model variant trains, exports through the same split contract (export's own parity check:
+split graphs vs full graph vs PyTorch) and is served unchanged through /rank."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from support import request_for
+
+from features import parity
+from features.calibration import Calibrator
+from features.contract import FeatureContract
+from service.config import Settings
+from service.main import create_app
+
+VARIANTS = {
+    "division": {"model": "division"},
+    "escm2-ips-isotonic": {"model": "esmm", "ips_weight": 0.5, "calibration": "isotonic"},
+    "esmm-ns-platt": {"model": "esmm-ns", "calibration": "platt"},
+    "mmoe": {"model": "mmoe", "experts": 3},
+    "esm2": {"model": "esm2"},
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def variant(request, generated, tmp_path_factory):
+    from training.export import export
+    from training.train import TrainConfig, train
+
+    name = request.param
+    run = tmp_path_factory.mktemp(f"run-{name}")
+    metrics = train(
+        TrainConfig(data=generated, out=run, epochs=1, seed=0, reference=False, **VARIANTS[name])
+    )
+    out = tmp_path_factory.mktemp(f"models-{name}") / name / "v1"
+    export(run, out)
+    return name, metrics, out
+
+
+def test_the_variant_learns_exports_and_serves_its_own_scores_calibrated(variant):
+    name, metrics, folder = variant
+    assert metrics["ctr_auc"] > 0.6 and metrics["cvr_auc"] > 0.55, metrics
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["model"]["kind"] == VARIANTS[name]["model"]
+    assert manifest["parity"]["max_abs_error"] < 1e-4  # division: see features/parity.py
+    contract = FeatureContract.from_dict(manifest["feature_contract"])
+    s = np.load(folder / "samples.npz")
+    cal = {k: Calibrator.from_dict(v) for k, v in (manifest["calibration"] or {}).items()}
+    want = {k: s[k] for k in ("pctr", "pcvr")}
+    want = {k: cal[k].apply(v) if k in cal else v for k, v in want.items()}
+    user = int(s["row_user"][0])
+    body, rows = request_for(contract, s, user)
+    with TestClient(create_app(Settings(model_dir=folder))) as c:
+        out = c.post("/rank", json=body).json()
+        assert c.get("/v1/model").json()["kind"] == VARIANTS[name]["model"]
+    got = {it["item_id"]: it for it in out["items"]}
+    tol = manifest["parity"]["tolerance"]  # what export verified (features/parity.py)
+    assert tol == parity.tolerance(VARIANTS[name]["model"])
+    for r in rows.tolist():
+        assert parity.close(got[r]["pctr"], want["pctr"][r], **tol)
+        assert parity.close(got[r]["pcvr"], want["pcvr"][r], **tol)
+        assert got[r]["pctcvr"] == pytest.approx(got[r]["pctr"] * got[r]["pcvr"], rel=1e-5)
+    if cal:  # served scores are the calibrated ones, not the graphs' raw outputs
+        assert any(abs(got[r]["pcvr"] - s["pcvr"][r]) > 1e-4 for r in rows.tolist())
+        # and calibration lowers the expected calibration error on the generated test split
+        report = metrics["calibration"]
+        before, after = report["test_ece_before"], report["test_ece_after"]
+        assert after["cvr"] < before["cvr"] and after["ctcvr"] < before["ctcvr"], report
+
+
+def test_esm2_without_its_action_label_is_refused_with_a_clear_message(generated, tmp_path):
+    from training.train import TrainConfig, train
+
+    data = tmp_path / "no-action"
+    data.mkdir()
+    for f in generated.glob("*.csv"):
+        if not f.name.startswith("action_"):
+            (data / f.name).symlink_to(f)
+    with pytest.raises(SystemExit, match="needs the post-click action label"):
+        train(TrainConfig(data=data, out=tmp_path / "run", model="esm2", reference=False))
+
+
+def test_the_action_label_is_read_aligned_and_only_on_clicks(generated):
+    from features.contract import FeatureContract as FC
+    from training import data as D
+
+    split = D.load_split(generated, "test", FC.default(), generated / ".encoded")
+    assert split.action is not None and len(split.action) == len(split)
+    clicked = np.asarray(split.click) > 0
+    assert not split.action[~clicked].any()
+    conv = np.asarray(split.conv)[clicked] > 0
+    act = split.action[clicked] > 0
+    assert act[conv].mean() > 0.4 and act[~conv].mean() < 0.2  # it carries purchase signal

@@ -1,0 +1,160 @@
+"""Evidence in the layout of the ESMM paper's Table 2: each model trained with K seeds on one
+data set, CVR AUC on clicked test impressions and CTCVR AUC on all of them, mean +- std.
+
+    python -m training.compare --data DIR --models base,division,esmm-ns,esmm --seeds 3 --out DIR
+
+A model name is a kind of training/model.py, optionally with options after colons:
+`esmm:ips=0.5` (ESCM2-IPS weight), `esmm:cal=isotonic`. Writes OUT/compare.{json,md} and
+OUT/compare.png (mean +- std per model), and keeps each run's metrics.json under OUT/runs/.
+The data is read and encoded once (cached under DATA/.encoded) and reused by every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from training import setup_logging
+from training.train import TrainConfig, train
+
+log = logging.getLogger("training.compare")
+OPTIONS = {"ips": ("ips_weight", float), "cal": ("calibration", str), "experts": ("experts", int)}
+
+
+def parse_model(spec: str) -> dict:
+    """`esmm:ips=0.5:cal=platt` -> TrainConfig fields."""
+    kind, *opts = spec.split(":")
+    fields = {"model": kind}
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        if key not in OPTIONS or not value:
+            raise SystemExit(f"unknown option {opt!r} in {spec!r}; options: {sorted(OPTIONS)}")
+        name, cast = OPTIONS[key]
+        fields[name] = cast(value)
+    return fields
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    out = {}
+    for spec, ms in runs.items():
+        row = {"seeds": len(ms)}
+        for key in ("ctr_auc", "cvr_auc", "ctcvr_auc"):
+            xs = np.array([m[key] for m in ms])
+            row[key] = {
+                "mean": float(xs.mean()),
+                "std": float(xs.std(ddof=1)) if len(xs) > 1 else 0.0,
+            }
+            row[key]["values"] = xs.tolist()
+        row["best_epochs"] = [m["best_epoch"] for m in ms]
+        row["train_seconds"] = float(np.mean([m["train_seconds"] for m in ms]))
+        out[spec] = row
+    return out
+
+
+def markdown(table: dict[str, dict], oracle: dict | None, data: str) -> str:
+    lines = [
+        f"Data: {data}. CVR AUC on clicked test impressions, CTCVR AUC on all test impressions "
+        "(CTR AUC for reference); mean ± std over seeds.",
+        "",
+        "| model | seeds | CVR AUC | CTCVR AUC | CTR AUC |",
+        "|---|---|---|---|---|",
+    ]
+    for spec, row in table.items():
+        cells = [
+            f"{row[k]['mean']:.4f} ± {row[k]['std']:.4f}"
+            for k in ("cvr_auc", "ctcvr_auc", "ctr_auc")
+        ]
+        lines.append(f"| {spec} | {row['seeds']} | " + " | ".join(cells) + " |")
+    if oracle:
+        lines.append(
+            f"| oracle (true probabilities) | | {oracle['cvr_auc']:.4f} | "
+            f"{oracle['ctcvr_auc']:.4f} | {oracle['ctr_auc']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(table)
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.4 * len(names), 3.6))
+    panels = (("cvr_auc", "CVR AUC (clicked)"), ("ctcvr_auc", "CTCVR AUC"))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        means = [table[n][key]["mean"] for n in names]
+        stds = [table[n][key]["std"] for n in names]
+        ax.errorbar(x, means, yerr=stds, fmt="o", capsize=4)
+        for i, n in enumerate(names):
+            ax.scatter([i] * len(table[n][key]["values"]), table[n][key]["values"], s=8, alpha=0.4)
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compare(data: Path, models: list[str], seeds: int, out: Path, epochs: int = 3) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict]] = {}
+    oracle = None
+    for spec in models:
+        fields = parse_model(spec)
+        for seed in range(seeds):
+            run = out / "runs" / f"{spec.replace(':', '_')}-seed{seed}"
+            log.info("training %s, seed %d", spec, seed)
+            m = train(
+                TrainConfig(data=data, out=run, seed=seed, epochs=epochs, reference=False, **fields)
+            )
+            (run / "checkpoint.pt").unlink(missing_ok=True)  # the metrics are what is compared
+            runs.setdefault(spec, []).append(m)
+            oracle = oracle or m.get("oracle")
+    table = summarise(runs)
+    result = {
+        "data": str(data),
+        "seeds": seeds,
+        "epochs": epochs,
+        "models": table,
+        "oracle": oracle,
+    }
+    (out / "compare.json").write_text(json.dumps(result, indent=2))
+    md = markdown(table, oracle, str(data))
+    (out / "compare.md").write_text(md)
+    plot(table, out / "compare.png")
+    print(md)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    p = argparse.ArgumentParser(
+        prog="python -m training.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--models", default="base,division,esmm-ns,esmm")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument(
+        "--epochs", type=int, default=3, help="at most; the best validation epoch is kept"
+    )
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--fresh", action="store_true", help="remove OUT first")
+    a = p.parse_args(argv)
+    if a.seeds < 1:
+        p.error("--seeds must be >= 1")
+    if a.fresh:
+        shutil.rmtree(a.out, ignore_errors=True)
+    compare(a.data, [m for m in a.models.split(",") if m], a.seeds, a.out, a.epochs)
+
+
+if __name__ == "__main__":
+    main()
