@@ -103,11 +103,12 @@ COMPARE_IMPRESSIONS ?= 500000
 COMPARE_SEEDS ?= 3
 COMPARE_MODELS ?= base,division,esmm-ns,esmm,esmm:ips=0.5,mmoe,esm2
 COMPARE_SET ?= --set target_cvr=0.05
+COMPARE_OUT ?= runs/compare
 compare: install
 	test -f $(COMPARE_DATA)/action_train.csv || $(PY) -m training.generate --out $(COMPARE_DATA) \
 	  --impressions $(COMPARE_IMPRESSIONS) --seed 1 --action-label $(COMPARE_SET)
 	$(PY) -m training.compare --data $(COMPARE_DATA) --models $(COMPARE_MODELS) \
-	  --seeds $(COMPARE_SEEDS) --out runs/compare --fresh
+	  --seeds $(COMPARE_SEEDS) --out $(COMPARE_OUT) --fresh
 
 # Serve the newest model under models/ (making the default one first when there is none) with
 # the in-process user cache; set RANKER_REDIS_URL for the shared Redis tier.

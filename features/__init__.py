@@ -1,4 +1,5 @@
-"""The train/serve feature contract (numpy only)."""
+"""What training and serving share, numpy only: the feature contract (contract.py), post-hoc
+calibration (calibration.py) and the definition of equal scores (parity.py)."""
 
 from features.contract import (
     ALL_FIELDS,

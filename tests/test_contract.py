@@ -13,7 +13,8 @@ def fitted(**kw) -> FeatureContract:
 
 def test_contract_imports_neither_torch_nor_web_stack():
     code = (
-        "import sys, features, training.data, training.metrics; "
+        "import sys, features, features.calibration, features.parity, training.data, "
+        "training.metrics; "
         "bad = [m for m in ('torch', 'fastapi', 'onnxruntime') if m in sys.modules]; "
         "assert not bad, bad"
     )
