@@ -219,3 +219,13 @@ def test_esm2_decomposes_cvr_over_the_post_click_action(contract):
     assert parts["ctavr"] == pytest.approx(float(ctavr), rel=1e-4)
     with pytest.raises(ValueError, match="action label"):
         m.loss(logits, click, conv)
+
+
+@pytest.mark.parametrize("kind", ["mmoe", "esm2"])
+def test_single_table_kinds_give_each_tower_only_its_own_head(contract, kind):
+    m = build(contract, kind)
+    ctr = {id(p) for p in m.tower_parameters("ctr")}
+    cvr = {id(p) for p in m.tower_parameters("cvr")}
+    table = {id(p) for p in m.embeddings.parameters()}
+    assert ctr and cvr and not ctr & cvr and not (ctr | cvr) & table
+    assert ctr == {id(p) for p in m.ctr.parameters()}

@@ -175,13 +175,21 @@ class Tower(nn.Module):
         return self.head(user_part + self.item_proj(item_pooled)).squeeze(-1)  # (B,)
 
 
+def _pooled_widths(cfg: ModelConfig) -> tuple[FeatureContract, int, int]:
+    """The contract and the widths of the pooled user and item embeddings (fields x dim)."""
+    contract = FeatureContract.from_dict(cfg.contract)
+    return (
+        contract,
+        len(contract.side_fields("user")) * cfg.embed_dim,
+        len(contract.side_fields("item")) * cfg.embed_dim,
+    )
+
+
 class ESMM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        contract = FeatureContract.from_dict(cfg.contract)
-        n_user = len(contract.side_fields("user")) * cfg.embed_dim
-        n_item = len(contract.side_fields("item")) * cfg.embed_dim
+        contract, n_user, n_item = _pooled_widths(cfg)
         shared = cfg.kind == "esmm"
         self.embeddings = nn.ModuleList(
             FieldPooling(contract, cfg.embed_dim) for _ in range(1 if shared else 2)
@@ -279,9 +287,7 @@ class MMoE(ESMM):
     def __init__(self, cfg: ModelConfig):
         nn.Module.__init__(self)
         self.cfg = cfg
-        contract = FeatureContract.from_dict(cfg.contract)
-        n_user = len(contract.side_fields("user")) * cfg.embed_dim
-        n_item = len(contract.side_fields("item")) * cfg.embed_dim
+        contract, n_user, n_item = _pooled_widths(cfg)
         e, h = cfg.experts, cfg.hidden[0]
         self.embeddings = nn.ModuleList([FieldPooling(contract, cfg.embed_dim)])
         self.expert_user = nn.Linear(n_user, e * h)  # every expert's user half, with biases
@@ -308,17 +314,12 @@ class MMoE(ESMM):
         mixed = torch.bmm(gates, experts)  # (B, 2, h): each task's mixture of experts
         return Logits(self.ctr(mixed[:, 0]).squeeze(-1), self.cvr(mixed[:, 1]).squeeze(-1))
 
-    def tower_parameters(self, tower: str) -> list[nn.Parameter]:
-        return list((self.ctr if tower == "ctr" else self.cvr).parameters())
-
 
 class ESM2(ESMM):
     def __init__(self, cfg: ModelConfig):
         nn.Module.__init__(self)
         self.cfg = cfg
-        contract = FeatureContract.from_dict(cfg.contract)
-        n_user = len(contract.side_fields("user")) * cfg.embed_dim
-        n_item = len(contract.side_fields("item")) * cfg.embed_dim
+        contract, n_user, n_item = _pooled_widths(cfg)
         self.embeddings = nn.ModuleList([FieldPooling(contract, cfg.embed_dim)])
         # y1 click, y2 DAction | click, y3 buy | DAction, y4 buy | OAction
         self.towers = nn.ModuleList(Tower(n_user, n_item, cfg.hidden) for _ in range(4))
@@ -358,9 +359,6 @@ class ESM2(ESMM):
         ctcvr_loss = _bce_prob(pctcvr, conv)
         parts = {"ctr": ctr_loss.item(), "ctavr": ctavr_loss.item(), "ctcvr": ctcvr_loss.item()}
         return ctr_loss + ctavr_loss + ctcvr_loss, parts
-
-    def tower_parameters(self, tower: str) -> list[nn.Parameter]:
-        return list((self.ctr if tower == "ctr" else self.cvr).parameters())
 
 
 def _bce_prob(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
