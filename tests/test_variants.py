@@ -89,6 +89,9 @@ def test_the_action_label_is_read_aligned_and_only_on_clicks(generated):
 
     split = D.load_split(generated, "test", FC.default(), generated / ".encoded")
     assert split.action is not None and len(split.action) == len(split)
+    assert list((generated / ".encoded").glob("test-*/action-*.npy"))  # parsed once, then kept
+    again = D.load_split(generated, "test", FC.default(), generated / ".encoded")
+    assert np.array_equal(again.action, split.action)
     clicked = np.asarray(split.click) > 0
     assert not split.action[~clicked].any()
     conv = np.asarray(split.conv)[clicked] > 0

@@ -390,8 +390,26 @@ def load_split(
         arr["conv"][:n],
         arr["sample_id"][:n],
         ReadReport(**meta["report"]),
-        read_action(data_dir, split, np.asarray(arr["sample_id"][:n]), arr["click"][:n]),
+        _cached_action(data_dir, split, target, arr["sample_id"][:n], arr["click"][:n]),
     )
+
+
+def _cached_action(
+    data_dir: Path, split: str, target: Path, sample_id: np.ndarray, click: np.ndarray
+) -> np.ndarray | None:
+    """read_action, kept beside the encoded split (keyed by the label file's size and mtime):
+    parsing a 2M-line label file costs seconds, and a comparison loads each split per run."""
+    path = Path(data_dir) / f"action_{split}.csv"
+    if not path.is_file():
+        return None
+    st = path.stat()
+    cached = target / f"action-{st.st_size}-{st.st_mtime_ns}.npy"
+    if not cached.is_file():
+        action = read_action(data_dir, split, np.asarray(sample_id), click)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.npy")
+        np.save(tmp, action)
+        os.replace(tmp, cached)
+    return np.load(cached, mmap_mode="r")
 
 
 def fit_contract(contract: FeatureContract, train: EncodedSplit, **kwargs) -> FeatureContract:
