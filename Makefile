@@ -108,7 +108,7 @@ compare: install
 	test -f $(COMPARE_DATA)/action_train.csv || $(PY) -m training.generate --out $(COMPARE_DATA) \
 	  --impressions $(COMPARE_IMPRESSIONS) --seed 1 --action-label $(COMPARE_SET)
 	$(PY) -m training.compare --data $(COMPARE_DATA) --models $(COMPARE_MODELS) \
-	  --seeds $(COMPARE_SEEDS) --out $(COMPARE_OUT) --fresh
+	  --seeds $(COMPARE_SEEDS) --out $(COMPARE_OUT)
 
 # Serve the newest model under models/ (making the default one first when there is none) with
 # the in-process user cache; set RANKER_REDIS_URL for the shared Redis tier.

@@ -205,3 +205,27 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
     assert a == b
     assert a.keys() == c.keys()
     assert all(a[name] != c[name] for name in a)
+
+
+def _truth(out: Path) -> tuple[np.ndarray, np.ndarray]:
+    t = np.loadtxt(out / "truth_train.csv", delimiter=",", skiprows=1)
+    return t[:, 1], t[:, 2]
+
+
+def test_shared_relevance_plants_a_selection_bias_and_leaves_clicks_alone(tmp_path: Path) -> None:
+    """w_conv_relevance makes conversion depend on the click's relevance: clicked impressions
+    then convert more than impressions at large (ESMM's sample selection bias). Clicks, users
+    and items do not change."""
+    generate(tmp_path / "indep", impressions=30_000, seed=5)
+    generate(tmp_path / "shared", impressions=30_000, seed=5, overrides={"w_conv_relevance": 1.5})
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    (c0, v0), (c1, v1) = _truth(tmp_path / "indep"), _truth(tmp_path / "shared")
+    assert np.array_equal(c0, c1)
+    for name in ("common_features_train.csv", "common_features_test.csv"):
+        assert (tmp_path / "indep" / name).read_bytes() == (tmp_path / "shared" / name).read_bytes()
+    assert abs(np.corrcoef(logit(c0), logit(v0))[0, 1]) < 0.15
+    assert np.corrcoef(logit(c1), logit(v1))[0, 1] > 0.2
+    # both hit the target among clicks; only the shared one is lower across all impressions
+    for v in (v0, v1):
+        assert np.average(v, weights=c0) == pytest.approx(0.15, rel=0.05)
+    assert v0.mean() > 0.9 * 0.15 > v1.mean()

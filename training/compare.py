@@ -6,7 +6,9 @@ data set, CVR AUC on clicked test impressions and CTCVR AUC on all of them, mean
 A model name is a kind of training/model.py, optionally with options after colons:
 `esmm:ips=0.5` (ESCM2-IPS weight), `esmm:cal=isotonic`. Writes OUT/compare.{json,md} and
 OUT/compare.png (mean +- std per model), and keeps each run's metrics.json under OUT/runs/.
-The data is read and encoded once (cached under DATA/.encoded) and reused by every run.
+The data is read and encoded once (cached under DATA/.encoded) and reused by every run. A run
+already in OUT for the same model, seed, epoch cap and data files is reused (`--fresh` starts
+over), so an interrupted comparison resumes and seeds or models can be added later.
 """
 
 from __future__ import annotations
@@ -102,7 +104,32 @@ def plot(table: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+def run_key(data: Path, spec: str, seed: int, epochs: int) -> dict:
+    """What a finished run's metrics depend on: the model spec, seed, epoch cap and the data
+    files (by name, size and modification time)."""
+    files = sorted(p for p in Path(data).glob("*.csv") if p.is_file())
+    return {
+        "spec": spec,
+        "seed": seed,
+        "epochs": epochs,
+        "data": str(Path(data).resolve()),
+        "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+    }
+
+
+def _finished(run: Path, key: dict) -> dict | None:
+    """The metrics of an earlier run with the same key, or None."""
+    try:
+        if json.loads((run / "run_key.json").read_text()) == key:
+            return json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def compare(data: Path, models: list[str], seeds: int, out: Path, epochs: int = 3) -> dict:
+    """Train what is missing and tabulate. A run already in OUT with the same key is reused, so
+    an interrupted comparison resumes and more seeds or models can be added later."""
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {}
     oracle = None
@@ -110,11 +137,20 @@ def compare(data: Path, models: list[str], seeds: int, out: Path, epochs: int = 
         fields = parse_model(spec)
         for seed in range(seeds):
             run = out / "runs" / f"{spec.replace(':', '_')}-seed{seed}"
-            log.info("training %s, seed %d", spec, seed)
-            m = train(
-                TrainConfig(data=data, out=run, seed=seed, epochs=epochs, reference=False, **fields)
-            )
-            (run / "checkpoint.pt").unlink(missing_ok=True)  # the metrics are what is compared
+            key = run_key(data, spec, seed, epochs)
+            m = _finished(run, key)
+            if m is not None:
+                log.info("reusing %s, seed %d (%s)", spec, seed, run)
+            else:
+                log.info("training %s, seed %d", spec, seed)
+                (run / "run_key.json").unlink(missing_ok=True)
+                m = train(
+                    TrainConfig(
+                        data=data, out=run, seed=seed, epochs=epochs, reference=False, **fields
+                    )
+                )
+                (run / "checkpoint.pt").unlink(missing_ok=True)  # the metrics are compared
+                (run / "run_key.json").write_text(json.dumps(key))
             runs.setdefault(spec, []).append(m)
             oracle = oracle or m.get("oracle")
     table = summarise(runs)

@@ -15,6 +15,11 @@ weights are `Params`):
                 + w_brand * log1p(count of the item's brand in the user's 127_14)    (702 value)
                 + w_price * (1 - |consumption level (127) - price tier[category] (206)|)
                 + w_126 * (level 126 - 1), 0 where the user has no field 126
+                + w_conv_relevance * relevance     (0 by default)
+where relevance = w_aff * log1p(n508) + w_int * min(n853, 3), the click logit's personal part.
+With w_conv_relevance > 0 the two tasks share a factor that clicked impressions over-represent
+(the sample selection bias ESMM is about), and with quality_attract_corr > 0 items that draw
+clicks also convert: the regime where the paper expects entire-space training to pay.
 b0 and c0 are solved so that CTR and P(conversion | click) hit their targets; labels are drawn
 from exactly the probabilities written to truth_*.csv. Most of the click signal sits on shared
 ids (category, class, scene, affinity), so a model can learn it from a few hundred thousand rows.
@@ -93,6 +98,7 @@ class Params:
     w_brand_affinity: float = 0.6
     w_price_fit: float = 0.8
     w_126: float = 0.2
+    w_conv_relevance: float = 0.0  # weight of the click's relevance in the conversion logit
     # the optional post-click action label (cart / wish: ESM2's DAction), drawn for clicked
     # impressions from its own random stream, so the other files are the same with or without it
     action_given_buy: float = 0.6
@@ -477,7 +483,8 @@ def _make_impressions(
         + p.w_intent * np.minimum(n853, 3)
         + scene_effect[scene]
     )
-    z_conv = _conversion_logit(p, w, users, user, item, n702)
+    relevance = p.w_category_affinity * np.log1p(n508) + p.w_intent * np.minimum(n853, 3)
+    z_conv = _conversion_logit(p, w, users, user, item, n702) + p.w_conv_relevance * relevance
     b0 = _solve_intercept(z_click, np.ones_like(z_click), p.target_ctr)
     p_click = _quantise(_sigmoid(b0 + z_click))
     c0 = _solve_intercept(z_conv, p_click, p.target_cvr)
