@@ -9,16 +9,18 @@ import pytest
 
 from training.compare import compare, parse_model, run_key
 
+CAL = "esmm:cal=platt"
+
 
 @pytest.fixture(scope="module")
 def compared(generated, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    return out, compare(generated, ["base", "esmm"], seeds=2, out=out, epochs=1)
+    return out, compare(generated, ["base", CAL], seeds=2, out=out, epochs=1)
 
 
 def test_the_table_has_every_model_with_mean_and_spread(compared):
     out, result = compared
-    assert list(result["models"]) == ["base", "esmm"]
+    assert list(result["models"]) == ["base", CAL]
     for row in result["models"].values():
         assert row["seeds"] == 2
         for key in ("cvr_auc", "ctcvr_auc", "ctr_auc"):
@@ -27,12 +29,17 @@ def test_the_table_has_every_model_with_mean_and_spread(compared):
             assert min(values) <= row[key]["mean"] <= max(values)
             assert row[key]["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
     # different seeds really train differently
-    assert len(set(result["models"]["esmm"]["cvr_auc"]["values"])) == 2
+    assert len(set(result["models"][CAL]["cvr_auc"]["values"])) == 2
     best = max(r["cvr_auc"]["mean"] for r in result["models"].values())
     assert result["oracle"]["cvr_auc"] > best
     assert json.loads((out / "compare.json").read_text()) == result
     md = (out / "compare.md").read_text()
-    assert "| base | 2 |" in md and "| esmm | 2 |" in md and "oracle" in md
+    assert "| base | 2 |" in md and f"| {CAL} | 2 |" in md and "oracle" in md
+    # the calibrated model gets its ECE before and after, the uncalibrated one none
+    assert "ece" not in result["models"]["base"]
+    ece = result["models"][CAL]["ece"]
+    assert ece["after"]["cvr"]["mean"] < ece["before"]["cvr"]["mean"]
+    assert "| model | ECE pCTR | ECE pCVR | ECE pCTCVR |" in md and f"| {CAL} | 0." in md
     assert (out / "compare.png").stat().st_size > 1000
     assert not list(out.glob("runs/*/checkpoint.pt"))
 
@@ -41,15 +48,13 @@ def test_a_comparison_resumes_and_grows(compared, generated, caplog):
     """Finished runs are reused (same figures, no training); only the new seed trains."""
     out, first = compared
     with caplog.at_level(logging.INFO, logger="training.compare"):
-        again = compare(generated, ["esmm"], seeds=3, out=out, epochs=1)
+        again = compare(generated, [CAL], seeds=3, out=out, epochs=1)
     messages = [r.getMessage() for r in caplog.records if r.name == "training.compare"]
-    assert sum(m.startswith("reusing esmm") for m in messages) == 2
-    assert messages.count("training esmm, seed 2") == 1
-    assert (
-        again["models"]["esmm"]["cvr_auc"]["values"][:2]
-        == (first["models"]["esmm"]["cvr_auc"]["values"])
-    )
-    assert again["models"]["esmm"]["seeds"] == 3
+    assert sum(m.startswith(f"reusing {CAL}") for m in messages) == 2
+    assert messages.count(f"training {CAL}, seed 2") == 1
+    was, now = first["models"][CAL], again["models"][CAL]
+    assert now["cvr_auc"]["values"][:2] == was["cvr_auc"]["values"]
+    assert now["seeds"] == 3
 
 
 def test_a_run_is_keyed_by_its_data_files_spec_seed_and_epochs(tmp_path):
@@ -70,5 +75,15 @@ def test_model_specs_parse_and_bad_options_are_named():
         "calibration": "platt",
     }
     assert parse_model("mmoe:experts=8") == {"model": "mmoe", "experts": 8}
+    assert parse_model("mmoe:experts=8:hidden=64x32")["hidden"] == (64, 32)
     with pytest.raises(SystemExit, match="unknown option 'depth=3'"):
         parse_model("esmm:depth=3")
+    for bad in ("esmm:cal=sigmoid", "mmoe:hidden=64x0", "mmoe:experts=many", "esmm:ips="):
+        with pytest.raises(SystemExit, match=bad.split(":")[-1]):
+            parse_model(bad)
+
+
+def test_a_bad_spec_stops_the_comparison_before_any_training(generated, tmp_path):
+    with pytest.raises(SystemExit, match="cal=sigmoid"):
+        compare(generated, ["esmm", "esmm:cal=sigmoid"], seeds=1, out=tmp_path, epochs=1)
+    assert not (tmp_path / "runs").exists()

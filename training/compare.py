@@ -4,7 +4,8 @@ data set, CVR AUC on clicked test impressions and CTCVR AUC on all of them, mean
     python -m training.compare --data DIR --models base,division,esmm-ns,esmm --seeds 3 --out DIR
 
 A model name is a kind of training/model.py, optionally with options after colons:
-`esmm:ips=0.5` (ESCM2-IPS weight), `esmm:cal=isotonic`. Writes OUT/compare.{json,md} and
+`esmm:ips=0.5` (ESCM2-IPS weight), `esmm:cal=isotonic` (adds a table of test ECE before and
+after), `mmoe:experts=8:hidden=64x32`. Writes OUT/compare.{json,md} and
 OUT/compare.png (mean +- std per model), and keeps each run's metrics.json under OUT/runs/.
 The data is read and encoded once (cached under DATA/.encoded) and reused by every run. A run
 already in OUT for the same model, seed, epoch cap and data files is reused (`--fresh` starts
@@ -21,11 +22,34 @@ from pathlib import Path
 
 import numpy as np
 
+from features.calibration import FITS
 from training import setup_logging
 from training.train import TrainConfig, train
 
 log = logging.getLogger("training.compare")
-OPTIONS = {"ips": ("ips_weight", float), "cal": ("calibration", str), "experts": ("experts", int)}
+
+
+def _widths(value: str) -> tuple[int, ...]:
+    """`64x32` -> (64, 32)."""
+    widths = tuple(int(w) for w in value.split("x"))
+    if not widths or min(widths) < 1:
+        raise ValueError(value)
+    return widths
+
+
+def _calibration(value: str) -> str:
+    if value not in FITS:
+        raise ValueError(value)
+    return value
+
+
+OPTIONS = {
+    "ips": ("ips_weight", float),
+    "cal": ("calibration", _calibration),
+    "experts": ("experts", int),
+    "hidden": ("hidden", _widths),
+}
+ECE_HEADS = ("ctr", "cvr", "ctcvr")
 
 
 def parse_model(spec: str) -> dict:
@@ -37,8 +61,20 @@ def parse_model(spec: str) -> dict:
         if key not in OPTIONS or not value:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}; options: {sorted(OPTIONS)}")
         name, cast = OPTIONS[key]
-        fields[name] = cast(value)
+        try:
+            fields[name] = cast(value)
+        except ValueError:
+            raise SystemExit(f"bad value in {opt!r} of {spec!r}") from None
     return fields
+
+
+def _stats(values: list[float]) -> dict:
+    xs = np.array(values, dtype=np.float64)
+    return {
+        "mean": float(xs.mean()),
+        "std": float(xs.std(ddof=1)) if len(xs) > 1 else 0.0,
+        "values": xs.tolist(),
+    }
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
@@ -46,12 +82,15 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
     for spec, ms in runs.items():
         row = {"seeds": len(ms)}
         for key in ("ctr_auc", "cvr_auc", "ctcvr_auc"):
-            xs = np.array([m[key] for m in ms])
-            row[key] = {
-                "mean": float(xs.mean()),
-                "std": float(xs.std(ddof=1)) if len(xs) > 1 else 0.0,
+            row[key] = _stats([m[key] for m in ms])
+        if all("calibration" in m for m in ms):
+            row["ece"] = {
+                when: {
+                    head: _stats([m["calibration"][f"test_ece_{when}"][head] for m in ms])
+                    for head in ECE_HEADS
+                }
+                for when in ("before", "after")
             }
-            row[key]["values"] = xs.tolist()
         row["best_epochs"] = [m["best_epoch"] for m in ms]
         row["train_seconds"] = float(np.mean([m["train_seconds"] for m in ms]))
         out[spec] = row
@@ -77,6 +116,23 @@ def markdown(table: dict[str, dict], oracle: dict | None, data: str) -> str:
             f"| oracle (true probabilities) | | {oracle['cvr_auc']:.4f} | "
             f"{oracle['ctcvr_auc']:.4f} | {oracle['ctr_auc']:.4f} |"
         )
+    calibrated = {spec: row["ece"] for spec, row in table.items() if "ece" in row}
+    if calibrated:
+        lines += [
+            "",
+            "Expected calibration error on the test split (20 equal-mass bins; pCVR on clicked "
+            "impressions), before -> after the calibration fitted on the validation split:",
+            "",
+            "| model | ECE pCTR | ECE pCVR | ECE pCTCVR |",
+            "|---|---|---|---|",
+        ]
+        for spec, ece in calibrated.items():
+            cells = [
+                f"{ece['before'][h]['mean']:.4f} -> {ece['after'][h]['mean']:.4f} "
+                f"(± {ece['after'][h]['std']:.4f})"
+                for h in ECE_HEADS
+            ]
+            lines.append(f"| {spec} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -133,8 +189,8 @@ def compare(data: Path, models: list[str], seeds: int, out: Path, epochs: int = 
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {}
     oracle = None
-    for spec in models:
-        fields = parse_model(spec)
+    parsed = {spec: parse_model(spec) for spec in models}  # every spec checked before any run
+    for spec, fields in parsed.items():
         for seed in range(seeds):
             run = out / "runs" / f"{spec.replace(':', '_')}-seed{seed}"
             key = run_key(data, spec, seed, epochs)
