@@ -27,6 +27,25 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def soft_auc(target: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC against probabilistic labels: row i counts as a positive with weight target[i]
+    and as a negative with weight 1 - target[i] (pairs of a row with itself left out, ties half).
+    With the generator's true P(conversion | click) as target this is the expected AUC of pCVR
+    over every impression had each been clicked: the entire space a ranker scores."""
+    q = np.asarray(target, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(s, kind="mergesort")
+    s, q = s[order], q[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    pos = np.add.reduceat(q, starts) if len(q) else q
+    neg = np.add.reduceat(1.0 - q, starts) if len(q) else q
+    below = np.cumsum(neg) - neg  # negative weight strictly below each run of equal scores
+    self_pairs = float(np.dot(q, 1.0 - q))
+    wins = float(np.dot(pos, below) + 0.5 * (np.dot(pos, neg) - self_pairs))
+    pairs = float(q.sum() * (1.0 - q).sum() - self_pairs)
+    return wins / pairs if pairs > 0 else float("nan")
+
+
 def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
     y = np.asarray(labels, dtype=np.float64)
     p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)

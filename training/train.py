@@ -31,7 +31,7 @@ from features.calibration import FITS, expected_calibration_error
 from features.contract import DEFAULT_MAX_LEN, FeatureContract
 from training import data as D
 from training import setup_logging
-from training.metrics import auc, funnel_metrics
+from training.metrics import auc, funnel_metrics, soft_auc
 from training.model import (
     ESMM,
     KINDS,
@@ -291,13 +291,14 @@ def _scores(
     return np.concatenate([model(**to_torch(b)).numpy() for b in batches])
 
 
-def oracle_metrics(data_dir: Path, test: D.EncodedSplit) -> dict[str, float] | None:
-    truth = D.read_truth(data_dir, "test", np.asarray(test.sample_id))
-    if truth is None:
-        return None
+def oracle_metrics(truth: dict[str, np.ndarray], test: D.EncodedSplit) -> dict[str, float]:
+    """The AUCs of the true probabilities: the ceiling of every model's."""
     pc, pv = truth["p_click"], truth["p_conversion"]
     m = funnel_metrics(test.click, test.conv, pc, pv, pc * pv)
-    return {k: v for k, v in m.items() if k.endswith("_auc")}
+    return {
+        **{k: v for k, v in m.items() if k.endswith("_auc")},
+        "cvr_auc_entire": soft_auc(pv, pv),
+    }
 
 
 def _show_progress(cfg: TrainConfig) -> bool:
@@ -436,9 +437,10 @@ def train(cfg: TrainConfig) -> dict:
         metrics["reference"] = logistic_reference(
             contract, train_split, train_rows, val_rows, test_split, cfg.seed
         )
-    oracle = oracle_metrics(cfg.data, test_split)
-    if oracle is not None:
-        metrics["oracle"] = oracle
+    truth = D.read_truth(cfg.data, "test", np.asarray(test_split.sample_id))
+    if truth is not None:  # generated data: score pCVR where it serves, on every impression
+        metrics["cvr_auc_entire"] = soft_auc(truth["p_conversion"], test_pred["pcvr"])
+        metrics["oracle"] = oracle_metrics(truth, test_split)
     metrics["data"] = {
         "train": dataclasses.asdict(train_split.report),
         "test": dataclasses.asdict(test_split.report),
