@@ -51,6 +51,8 @@ def test_no_dead_collapsed_or_leaking_tower(metrics):
     # a dead CVR tower gives AUC 0.5; a label leaking into features gives ~1.0
     assert 0.58 < metrics["cvr_auc"] < metrics["oracle"]["cvr_auc"] + 0.02
     assert 0.6 < metrics["ctcvr_auc"] < metrics["oracle"]["ctcvr_auc"] + 0.02
+    # pCVR over every impression against the true P(conversion | click): learnt, under the ceiling
+    assert 0.55 < metrics["cvr_auc_entire"] < metrics["oracle"]["cvr_auc_entire"]
     # towers that collapse pCVR to 0 (shared weights) fail calibration-in-the-large
     for head in ("ctr", "cvr", "ctcvr"):
         pred, seen = metrics[f"{head}_mean_pred"], metrics[f"{head}_observed"]
