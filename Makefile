@@ -96,17 +96,21 @@ bench-train: install
 	$(PY) -m training.bench --impressions 1000000 --models esmm,base --out runs/bench
 
 # Evidence like the ESMM paper's Table 2 (training/compare.py): every model of COMPARE_MODELS
-# trained with COMPARE_SEEDS seeds on one generated set (with ESM2's action label); the table,
-# JSON and plot go to runs/compare/. Run alone: it is several minutes of both cores.
-COMPARE_DATA ?= data/compare
-COMPARE_IMPRESSIONS ?= 500000
-COMPARE_SEEDS ?= 3
-COMPARE_MODELS ?= base,division,esmm-ns,esmm,esmm:ips=0.5,mmoe,esm2
-COMPARE_SET ?= --set target_cvr=0.05
-COMPARE_OUT ?= runs/compare
+# trained with COMPARE_SEEDS seeds on one generated set (a named regime of training/generate.py's
+# PRESETS, with ESM2's action label; COMPARE_SET adds --set NAME=VALUE overrides). The table,
+# JSON and plot go to COMPARE_OUT; finished runs there are reused. Run alone: about 1.5 minutes
+# of both cores per run at 2M impressions.
+COMPARE_PRESET ?= shared
+COMPARE_SET ?=
+COMPARE_IMPRESSIONS ?= 2000000
+COMPARE_DATA ?= data/compare-$(COMPARE_PRESET)
+COMPARE_SEEDS ?= 5
+COMPARE_MODELS ?= base,esmm-ns,esmm,division
+COMPARE_OUT ?= runs/compare-$(COMPARE_PRESET)
 compare: install
 	test -f $(COMPARE_DATA)/action_train.csv || $(PY) -m training.generate --out $(COMPARE_DATA) \
-	  --impressions $(COMPARE_IMPRESSIONS) --seed 1 --action-label $(COMPARE_SET)
+	  --impressions $(COMPARE_IMPRESSIONS) --seed 1 --action-label --preset $(COMPARE_PRESET) \
+	  $(COMPARE_SET)
 	$(PY) -m training.compare --data $(COMPARE_DATA) --models $(COMPARE_MODELS) \
 	  --seeds $(COMPARE_SEEDS) --out $(COMPARE_OUT)
 

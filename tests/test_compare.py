@@ -34,12 +34,25 @@ def test_the_table_has_every_model_with_mean_and_spread(compared):
     assert result["oracle"]["cvr_auc"] > best
     assert json.loads((out / "compare.json").read_text()) == result
     md = (out / "compare.md").read_text()
+    # generated data: the entire-space CVR AUC too, under its ceiling
+    for row in result["models"].values():
+        assert 0.5 < row["cvr_auc_entire"]["mean"] < result["oracle"]["cvr_auc_entire"]
+    assert "CVR AUC, entire space |" in md
     assert "| base | 2 |" in md and f"| {CAL} | 2 |" in md and "oracle" in md
+    # each model against the first: the mean difference and its standard error
+    d = result["differences"]["models"][CAL]["cvr_auc"]
+    base, cal = result["models"]["base"]["cvr_auc"], result["models"][CAL]["cvr_auc"]
+    assert d["diff"] == pytest.approx(cal["mean"] - base["mean"])
+    assert d["se"] == pytest.approx(((cal["std"] ** 2 + base["std"] ** 2) / 2) ** 0.5)
+    assert "Difference from base" in md and f"| {CAL} | {d['diff']:+.4f} ± {d['se']:.4f} |" in md
     # the calibrated model gets its ECE before and after, the uncalibrated one none
     assert "ece" not in result["models"]["base"]
     ece = result["models"][CAL]["ece"]
     assert ece["after"]["cvr"]["mean"] < ece["before"]["cvr"]["mean"]
     assert "| model | ECE pCTR | ECE pCVR | ECE pCTCVR |" in md and f"| {CAL} | 0." in md
+    # the true probabilities' ECE on the same labels: what no calibration can go below
+    assert result["ece_floor"]["cvr"] < ece["before"]["cvr"]["mean"]
+    assert "| true probabilities (the floor) | 0." in md
     assert (out / "compare.png").stat().st_size > 1000
     assert not list(out.glob("runs/*/checkpoint.pt"))
 

@@ -778,6 +778,24 @@ def generate(
     return summary
 
 
+# Named regimes for the model comparison (`--preset`; `--set` applies on top).
+PRESETS: dict[str, dict[str, float]] = {
+    # the default click model, conversions scarcer: the tasks depend on different factors
+    "independent": {"target_cvr": 0.05},
+    # the tasks share factors (items that draw clicks convert, relevant impressions convert)
+    # and clicks are scarce per item: the sample selection bias and data sparsity of the paper
+    "shared": {
+        "target_ctr": 0.02,
+        "target_cvr": 0.15,
+        "w_conv_relevance": 1.0,
+        "quality_attract_corr": 0.8,
+        "sd_item_quality": 1.0,
+        "sd_item_attract": 1.0,
+        "impressions_per_item": 200,
+    },
+}
+
+
 def with_overrides(p: Params, overrides: dict[str, float]) -> Params:
     numeric = {
         f.name: type(getattr(p, f.name))
@@ -807,6 +825,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-fraction", type=float, default=0.25)
     ap.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a named regime of parameters (PRESETS); --set overrides apply on top",
+    )
+    ap.add_argument(
         "--set",
         type=_override,
         action="append",
@@ -827,7 +850,7 @@ def main(argv: list[str] | None = None) -> None:
             args.impressions,
             args.seed,
             args.test_fraction,
-            dict(args.set),
+            {**PRESETS.get(args.preset, {}), **dict(args.set)},
             args.action_label,
         )
     except ValueError as e:

@@ -191,6 +191,16 @@ def evaluate(
 LR_REFERENCE = {"batch_size": 256, "lr": 0.02, "max_epochs": 8}
 
 
+def funnel_eces(click: np.ndarray, conv: np.ndarray, pred: dict[str, np.ndarray]) -> dict:
+    """Expected calibration error of each head, pCVR on clicked impressions only."""
+    clicked = np.asarray(click) > 0
+    return {
+        "ctr": expected_calibration_error(click, pred["pctr"]),
+        "cvr": expected_calibration_error(np.asarray(conv)[clicked], pred["pcvr"][clicked]),
+        "ctcvr": expected_calibration_error(conv, pred["pctcvr"]),
+    }
+
+
 def fit_calibration(
     method: str,
     val_click: np.ndarray,
@@ -209,19 +219,10 @@ def fit_calibration(
     }
     after = {k: cal[k].apply(test_pred[k]) for k in ("pctr", "pcvr")}
     after["pctcvr"] = after["pctr"] * after["pcvr"]
-    tc = np.asarray(test_click) > 0
-
-    def eces(p: dict) -> dict[str, float]:
-        return {
-            "ctr": expected_calibration_error(test_click, p["pctr"]),
-            "cvr": expected_calibration_error(np.asarray(test_conv)[tc], p["pcvr"][tc]),
-            "ctcvr": expected_calibration_error(test_conv, p["pctcvr"]),
-        }
-
     report = {
         "method": method,
-        "test_ece_before": eces(test_pred),
-        "test_ece_after": eces(after),
+        "test_ece_before": funnel_eces(test_click, test_conv, test_pred),
+        "test_ece_after": funnel_eces(test_click, test_conv, after),
         "test_after": funnel_metrics(
             test_click, test_conv, after["pctr"], after["pcvr"], after["pctcvr"]
         ),
@@ -441,6 +442,11 @@ def train(cfg: TrainConfig) -> dict:
     if truth is not None:  # generated data: score pCVR where it serves, on every impression
         metrics["cvr_auc_entire"] = soft_auc(truth["p_conversion"], test_pred["pcvr"])
         metrics["oracle"] = oracle_metrics(truth, test_split)
+        if "calibration" in metrics:  # the floor: the true probabilities' ECE on these labels
+            pc, pv = truth["p_click"], truth["p_conversion"]
+            metrics["calibration"]["test_ece_oracle"] = funnel_eces(
+                test_split.click, test_split.conv, {"pctr": pc, "pcvr": pv, "pctcvr": pc * pv}
+            )
     metrics["data"] = {
         "train": dataclasses.asdict(train_split.report),
         "test": dataclasses.asdict(test_split.report),
