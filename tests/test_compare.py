@@ -91,6 +91,15 @@ def test_model_specs_parse_and_bad_options_are_named():
     assert parse_model("mmoe:experts=8:hidden=64x32")["hidden"] == (64, 32)
     with pytest.raises(SystemExit, match="unknown option 'depth=3'"):
         parse_model("esmm:depth=3")
+    # what training would refuse is refused here, before any run: a wrong kind, ESCM2-IPS on a
+    # kind without it, no experts
+    for bad, why in (
+        ("esmn", "unknown model kind"),
+        ("base:ips=0.5", "ESCM2-IPS applies to"),
+        ("mmoe:experts=0", "experts must be >= 1"),
+    ):
+        with pytest.raises(SystemExit, match=why):
+            parse_model(bad)
     for bad in ("esmm:cal=sigmoid", "mmoe:hidden=64x0", "mmoe:experts=many", "esmm:ips="):
         with pytest.raises(SystemExit, match=bad.split(":")[-1]):
             parse_model(bad)

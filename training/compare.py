@@ -23,7 +23,6 @@ import logging
 import shutil
 from pathlib import Path
 
-from features.calibration import FITS
 from training import setup_logging
 from training.compare_report import differences, markdown, plot, summarise
 from training.train import TrainConfig, train
@@ -39,15 +38,9 @@ def _widths(value: str) -> tuple[int, ...]:
     return widths
 
 
-def _calibration(value: str) -> str:
-    if value not in FITS:
-        raise ValueError(value)
-    return value
-
-
 OPTIONS = {
     "ips": ("ips_weight", float),
-    "cal": ("calibration", _calibration),
+    "cal": ("calibration", str),
     "experts": ("experts", int),
     "hidden": ("hidden", _widths),
 }
@@ -66,6 +59,10 @@ def parse_model(spec: str) -> dict:
             fields[name] = cast(value)
         except ValueError:
             raise SystemExit(f"bad value in {opt!r} of {spec!r}") from None
+    try:  # the kind and its options, as training itself checks them
+        TrainConfig(Path("."), Path("."), **fields)
+    except ValueError as e:
+        raise SystemExit(f"{spec!r}: {e}") from None
     return fields
 
 

@@ -62,15 +62,21 @@ class ModelConfig:
     experts: int = 4  # mmoe only
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown model kind {self.kind!r}; choose one of {KINDS}")
-        if self.ips_weight < 0 or not 0 < self.ips_clip <= 1:
-            raise ValueError("ips_weight must be >= 0 and ips_clip in (0, 1]")
-        if self.ips_weight > 0 and self.kind not in IPS_KINDS:
-            raise ValueError(f"ESCM2-IPS applies to {', '.join(IPS_KINDS)}, not {self.kind}")
-        if self.experts < 1:
-            raise ValueError("experts must be >= 1")
+        check_options(self.kind, self.ips_weight, self.ips_clip, self.experts)
         self.hidden = tuple(self.hidden)
+
+
+def check_options(kind: str, ips_weight: float, ips_clip: float, experts: int) -> None:
+    """ValueError naming what is wrong with a kind and its options; training checks them before
+    it reads data, a comparison before its first run."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {KINDS}")
+    if ips_weight < 0 or not 0 < ips_clip <= 1:
+        raise ValueError("ips_weight must be >= 0 and ips_clip in (0, 1]")
+    if ips_weight > 0 and kind not in IPS_KINDS:
+        raise ValueError(f"ESCM2-IPS applies to {', '.join(IPS_KINDS)}, not {kind}")
+    if experts < 1:
+        raise ValueError("experts must be >= 1")
 
 
 class Logits(NamedTuple):

@@ -39,9 +39,11 @@ from training.model import (
     LogisticRegression,
     ModelConfig,
     build_model,
+    check_options,
 )
 
 log = logging.getLogger("training.train")
+CALIBRATIONS = ("none", *FITS)
 SAMPLE_ROWS = 512
 # Pooling choices -> feature-contract flags. The default averages multi-hot lists weighted by
 # their values (counts): with Adam every id of a summed list moves at the full step, so a
@@ -81,6 +83,14 @@ class TrainConfig:
     cache: Path | None = None
     reference: bool = True
     progress: bool | None = None  # None: only on a terminal
+
+    def __post_init__(self) -> None:
+        """The model's options and the calibration are checked here, before any data is read."""
+        check_options(self.model, self.ips_weight, self.ips_clip, self.experts)
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(
+                f"unknown calibration {self.calibration!r}; choose one of {CALIBRATIONS}"
+            )
 
 
 def to_torch(b: D.Batch) -> dict[str, torch.Tensor]:
@@ -540,7 +550,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--experts", type=int, default=d.experts, help="mmoe: number of experts")
     p.add_argument(
         "--calibration",
-        choices=("none", "platt", "isotonic"),
+        choices=CALIBRATIONS,
         default=d.calibration,
         help="post-hoc calibration of pCTR and pCVR, fitted on the validation split, stored "
         "with the model and applied in serving",
@@ -592,7 +602,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     if not 0 < a.val_fraction < 1:
         p.error("--val-fraction must be between 0 and 1")
     fields = {f.name for f in dataclasses.fields(TrainConfig)} & set(vars(a))
-    return TrainConfig(**{k: getattr(a, k) for k in fields}, max_len=_max_len(a.max_len_items))
+    try:
+        return TrainConfig(**{k: getattr(a, k) for k in fields}, max_len=_max_len(a.max_len_items))
+    except ValueError as e:
+        p.error(str(e))
 
 
 def main(argv: list[str] | None = None) -> None:
