@@ -49,8 +49,10 @@ bench: install
 	@test -n "$$(find $(MODELS) -name manifest.json -print -quit 2>/dev/null)" || $(MAKE) train
 	$(PY) -m service.bench --model-dir $(MODELS)
 
-# Locust, headless, against a running ranker (start one with `make run`); CSV, the HTML report,
-# summary.{json,md} and, for MODE=step, latency.png under loadtest/results/ (git-ignored).
+# Locust, headless, against a running ranker (start one with `make run`); every request
+# (requests.csv), Locust's CSV and HTML report, summary.{json,md} and, for MODE=step, the step
+# schedule and latency.png under loadtest/results/ (git-ignored). summarize.py computes each
+# step's figures from that step's requests (Locust's history CSV accumulates from the start).
 #   MODE=closed USERS=16 | MODE=step STEP_USERS=2 STEP_SECONDS=20 STEPS=8 | MODE=open RATE=40
 HOST ?= http://127.0.0.1:8000
 MODE ?= closed
@@ -71,8 +73,7 @@ loadtest: install
 	  ../$(VENV)/bin/locust -f locustfile.py $(LOCUST_CLASS) --headless --host $(HOST) \
 	  -u $(USERS) -r $(USERS) -t $(LOCUST_TIME) --csv results/run --html results/report.html \
 	  --only-summary
-	$(PY) loadtest/summarize.py --results loadtest/results --p99-ms $(P99_MS) \
-	  --step-seconds $(STEP_SECONDS)
+	$(PY) loadtest/summarize.py --results loadtest/results --p99-ms $(P99_MS)
 
 # Faults under load (loadtest/chaos.py): Redis killed and restarted, the model reloaded, then
 # SIGTERM; prints requests by status and the p99, fails on any failed request. CI: CHAOS_SECONDS=20.

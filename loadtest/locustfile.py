@@ -6,23 +6,32 @@
     make loadtest MODE=open RATE=60    open loop: Poisson arrivals at RATE requests/s whatever
                                        the latency (closed loops understate tail latency)
 The compose `loadtest` profile runs this file with Locust's web UI on :8089.
+
+Every request is recorded as it completes (Locust's request event) in
+$LOADTEST_RESULTS/requests.csv (default results/, beside this file under make): its end since
+the test started, latency, outcome and candidates; a step-load run also writes its schedule to
+steps.json. summarize.py computes the whole run's and each step's figures from them. Recording
+assumes one Locust process (as make and the compose profile run it), not master and workers.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import time
 from pathlib import Path
 
 import gevent
 import orjson
 from locust import FastHttpUser, LoadTestShape, constant, events, task
+from summarize import SAMPLES, SCHEDULE, SampleWriter  # beside this file, as traffic.py
 from traffic import Traffic  # beside this file: locust puts its folder on sys.path
 
 MODE = os.environ.get("LOADTEST_MODE", "closed")
 SEED = int(os.environ.get("LOADTEST_SEED", "0"))
-CANDIDATES = {"sent": 0, "ok": 0}
+RESULTS = Path(os.environ.get("LOADTEST_RESULTS", "results"))
 
 
 def bucket(n: int) -> str:
@@ -38,17 +47,15 @@ class _Ranker(FastHttpUser):
     def send(self) -> None:
         body = self.traffic.request()
         n = len(body["candidates"])
-        CANDIDATES["sent"] += n
         with self.client.post(
             "/rank",
             data=orjson.dumps(body),
             name=f"/rank ({bucket(n)})",
             headers={"content-type": "application/json"},
             catch_response=True,
+            context={"candidates": n},
         ) as r:
-            if r.status_code == 200:
-                CANDIDATES["ok"] += n
-            else:
+            if r.status_code != 200:
                 r.failure(f"status {r.status_code}: {r.text[:200]}")
 
 
@@ -93,8 +100,42 @@ if MODE == "step":
             return (k + 1) * self.users, (k + 1) * self.users
 
 
-@events.quitting.add_listener
-def _write_candidates(environment, **_) -> None:
-    out = Path(os.environ.get("LOADTEST_RESULTS", "results"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "candidates.json").write_text(json.dumps(CANDIDATES))
+_RECORDING: dict = {}  # the writer and the test's start while a test runs
+
+
+@events.test_start.add_listener
+def _start_recording(environment, **_) -> None:
+    shape = environment.shape_class
+    try:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        writer = SampleWriter(RESULTS / SAMPLES)
+        if shape is None:
+            (RESULTS / SCHEDULE).unlink(missing_ok=True)
+        else:
+            schedule = {
+                "step_users": shape.users,
+                "step_seconds": shape.seconds,
+                "steps": shape.steps,
+            }
+            (RESULTS / SCHEDULE).write_text(json.dumps(schedule))
+    except OSError as e:  # e.g. a read-only folder in a container: the run goes on unrecorded
+        logging.warning("not recording requests in %s: %s", RESULTS, e)
+        return
+    # The step schedule's clock starts just before test_start fires (milliseconds earlier);
+    # summarize.py's warm-up skip at each step boundary covers the difference.
+    _RECORDING.update(writer=writer, t0=time.perf_counter())
+
+
+@events.request.add_listener
+def _record(response_time, exception, context, **_) -> None:
+    writer = _RECORDING.get("writer")
+    if writer is not None:
+        end = time.perf_counter() - _RECORDING["t0"]
+        writer.add(end, response_time, exception is None, context.get("candidates", 0))
+
+
+@events.test_stop.add_listener
+def _stop_recording(**_) -> None:
+    writer = _RECORDING.pop("writer", None)
+    if writer is not None:
+        writer.close()
