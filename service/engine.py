@@ -8,7 +8,6 @@ falls back to the CPU when CUDA libraries are missing, so the requested list pro
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -17,13 +16,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from features import parity
+from features import manifest, parity
 from features.calibration import Calibrator
-from features.contract import FeatureContract
+from features.manifest import OUTPUTS
 
 log = logging.getLogger("service.engine")
-OUTPUTS = ("pctr", "pcvr", "pctcvr")
-GRAPHS = ("user_tower", "item_scorer", "full")
 
 
 class ModelError(RuntimeError):
@@ -34,9 +31,11 @@ def newest_version(model_dir: Path) -> Path:
     """model_dir itself when it holds a manifest, else its newest NAME/VERSION (or VERSION)
     folder by version name (versions are UTC timestamps, so the name sorts by age)."""
     model_dir = Path(model_dir)
-    if (model_dir / "manifest.json").is_file():
+    if (model_dir / manifest.FILE).is_file():
         return model_dir
-    found = sorted(model_dir.glob("*/manifest.json")) + sorted(model_dir.glob("*/*/manifest.json"))
+    found = sorted(model_dir.glob(f"*/{manifest.FILE}")) + sorted(
+        model_dir.glob(f"*/*/{manifest.FILE}")
+    )
     if not found:
         raise ModelError(f"no exported model under {model_dir} (run `make train`)")
     return max(found, key=lambda p: (p.parent.name, str(p))).parent
@@ -53,31 +52,32 @@ class Engine:
     def __init__(self, folder: Path, providers: str = "auto", intra_op_threads: int = 1):
         self.folder = Path(folder)
         try:
-            self.manifest = json.loads((self.folder / "manifest.json").read_text())
-            self.contract = FeatureContract.from_dict(self.manifest["feature_contract"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ModelError(f"{self.folder}: unreadable manifest ({e})") from e
-        self.version = f"{self.manifest['name']}/{self.manifest['version']}"
+            self.manifest = manifest.read(self.folder)
+        except manifest.ManifestError as e:
+            raise ModelError(f"{self.folder.name}: {e}") from None
+        m = self.manifest
+        self.contract, self.version, self.digest = m.contract, m.label, m.digest
         try:
-            cal = self.manifest.get("calibration") or {}
-            self.calibration = {k: Calibrator.from_dict(v) for k, v in cal.items()}
+            self.calibration = {
+                k: Calibrator.from_dict(v) for k, v in (m.calibration or {}).items()
+            }
         except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(f"{self.folder}: bad calibration in the manifest ({e})") from e
+            raise ModelError(f"{self.version}: bad calibration in the manifest ({e})") from e
         if set(self.calibration) - {"pctr", "pcvr"}:
-            raise ModelError(f"{self.folder}: calibration is for pctr and pcvr only")
-        self.repr_dim = int(self.manifest["model"]["user_repr_dim"])
+            raise ModelError(f"{self.version}: calibration is for pctr and pcvr only")
+        self.repr_dim = m.user_repr_dim
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         wanted = _providers(providers)
         self.sessions = {}
-        for name in GRAPHS:
-            path = self.folder / f"{name}.onnx"
+        for name in manifest.GRAPHS:
+            path = self.folder / m.graphs[name].file
             try:
                 self.sessions[name] = ort.InferenceSession(str(path), opts, providers=wanted)
             except Exception as e:  # onnxruntime raises its own untyped errors
-                raise ModelError(f"{path}: cannot load ({e})") from e
+                raise ModelError(f"{path.name}: cannot load ({e})") from e
             self._check_signature(name)
         self.providers = self.sessions["item_scorer"].get_providers()
         self.warm_timings: dict[int, float] = {}  # rows -> seconds of one warm item-scorer run
@@ -86,13 +86,13 @@ class Engine:
                 "RANKER_PROVIDERS=cuda but ONNX Runtime runs on "
                 f"{self.providers} (CUDA libraries missing?)"
             )
-        log.info("loaded %s on %s", self.version, self.providers)
+        log.info("loaded %s (%s) on %s", self.version, self.digest[:12], self.providers)
 
     def _check_signature(self, name: str) -> None:
         s = self.sessions[name]
-        spec = self.manifest["graphs"][name]
+        spec = self.manifest.graphs[name]
         got = [i.name for i in s.get_inputs()], [o.name for o in s.get_outputs()]
-        want = [i["name"] for i in spec["inputs"]], [o["name"] for o in spec["outputs"]]
+        want = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
         if got != want:
             raise ModelError(f"{name}.onnx has inputs/outputs {got}, the manifest says {want}")
         widths = {"user_ids": self.contract.width("user"), "item_ids": self.contract.width("item")}
@@ -106,7 +106,7 @@ class Engine:
     # ---- runs (synchronous; callers keep them off the event loop) ----------------------------
     def user_repr(self, user_ids: np.ndarray, user_weights: np.ndarray) -> np.ndarray:
         (out,) = self.sessions["user_tower"].run(
-            None, {"user_ids": user_ids, "user_weights": user_weights}
+            ["user_repr"], {"user_ids": user_ids, "user_weights": user_weights}
         )
         return out
 
@@ -140,7 +140,7 @@ class Engine:
     ) -> Scores:
         """The item scorer's own outputs."""
         out = self.sessions["item_scorer"].run(
-            None,
+            OUTPUTS,
             {
                 "user_repr": user_repr,
                 "user_index": user_index,
@@ -148,7 +148,7 @@ class Engine:
                 "item_weights": item_weights,
             },
         )
-        return Scores(*out)
+        return Scores(**dict(zip(OUTPUTS, out, strict=True)))
 
     def score_full(
         self,
@@ -159,7 +159,7 @@ class Engine:
     ) -> Scores:
         """The single-graph path (user features tiled per row), calibrated: the naive baseline."""
         out = self.sessions["full"].run(
-            None,
+            OUTPUTS,
             {
                 "user_ids": user_ids,
                 "user_weights": user_weights,
@@ -167,18 +167,18 @@ class Engine:
                 "item_weights": item_weights,
             },
         )
-        return self.calibrated(Scores(*out))
+        return self.calibrated(Scores(**dict(zip(OUTPUTS, out, strict=True))))
 
     def warm(self, batch_sizes: tuple[int, ...] = (1, 64, 512)) -> None:
         """Check the stored sample rows reproduce their exported probabilities (a parity smoke
         test of this build of ONNX Runtime on these graphs), then run the scorer twice per batch
         size so the first requests pay no set-up cost; the second run is timed."""
-        s = np.load(self.folder / self.manifest.get("samples", "samples.npz"))
+        s = np.load(self.folder / self.manifest.samples)
         uid, uw = self.contract.hash_side("user", s["user_ids"], s["user_vals"])
         iid, iw = self.contract.hash_side("item", s["item_ids"], s["item_vals"])
         got = self.score_raw(self.user_repr(uid, uw), s["row_user"].astype(np.int64), iid, iw)
-        tol = self.manifest.get("parity", {}).get("tolerance")
-        tol = tol if isinstance(tol, dict) else parity.tolerance(self.manifest["model"]["kind"])
+        tol = self.manifest.parity.get("tolerance")
+        tol = tol if isinstance(tol, dict) else parity.tolerance(self.manifest.kind)
         if not all(parity.close(getattr(got, k), s[k], tol["atol"], tol["rtol"]) for k in OUTPUTS):
             err = max(float(np.abs(getattr(got, k) - s[k]).max()) for k in OUTPUTS)
             raise ModelError(f"{self.version}: sample rows differ from export by {err:.2e}")

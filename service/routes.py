@@ -117,13 +117,14 @@ async def model(request: Request) -> Response:
     return json_response(
         {
             "model_version": e.version,
-            "kind": e.manifest["model"]["kind"],
+            "model_digest": e.digest,
+            "kind": e.manifest.kind,
             "providers": e.providers,
             "user_repr_dim": e.repr_dim,
             "calibration": {k: c.method for k, c in e.calibration.items()},
             "features": contract_summary(e.contract),
             "metrics": {
-                k: e.manifest["metrics"].get(k) for k in ("ctr_auc", "cvr_auc", "ctcvr_auc")
+                k: e.manifest.metrics.get(k) for k in ("ctr_auc", "cvr_auc", "ctcvr_auc")
             },
         }
     )

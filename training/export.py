@@ -2,14 +2,9 @@
 
     python -m training.export --run RUN_DIR --out models/NAME/VERSION
 
-Writes into VERSION/:
-  user_tower.onnx   user_ids, user_weights [U, user width]          -> user_repr [U, R]
-  item_scorer.onnx  user_repr [U, R], user_index [N], item_ids, item_weights [N, item width]
-                                                                     -> pctr, pcvr, pctcvr [N]
-  full.onnx         user_ids, user_weights [N, ...], item_ids, item_weights [N, ...]
-                                                                     -> pctr, pcvr, pctcvr [N]
-  samples.npz       real test rows (raw ids) and the probabilities PyTorch gives them
-  manifest.json     version, feature contract, graph signatures, metrics, parity figures
+Writes VERSION/ as features/manifest.py defines it: the user tower, item scorer and full
+graphs, samples.npz (real test rows with the probabilities PyTorch gives them) and
+manifest.json (feature contract, graph signatures, content digest, metrics, parity figures).
 Ids are embedding rows from `features.contract.FeatureContract.hash_side`; weights are its
 pooling weights. The export checks that the split path (user tower, then item scorer) and the
 full graph agree with PyTorch to 1e-5 on random and on real rows at batch sizes 1, 7 and 257,
@@ -21,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import hashlib
 import json
 import logging
 import shutil
@@ -35,15 +29,15 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from features import parity
+from features import manifest, parity
 from features.contract import FeatureContract
+from features.manifest import OUTPUTS, SIGNATURES
 from training import setup_logging
 from training.model import ESMM, ModelConfig, build_model
 
 log = logging.getLogger("training.export")
 OPSET = 18
 PARITY_BATCHES = (1, 7, 257)
-OUTPUTS = ("pctr", "pcvr", "pctcvr")
 
 
 class UserTower(nn.Module):
@@ -138,8 +132,8 @@ def sample_case(contract: FeatureContract, samples: dict, n: int) -> dict:
 def _export(
     module: nn.Module,
     example: dict,
-    names: list[str],
-    outputs: list[str],
+    names: tuple[str, ...],
+    outputs: tuple[str, ...],
     dynamic: dict[str, dict[int, str]],
     path: Path,
 ) -> None:
@@ -185,16 +179,14 @@ def export_graphs(model: ESMM, contract: FeatureContract, out: Path) -> None:
     _export(
         UserTower(side_model(model, contract, "user")),
         example,
-        ["user_ids", "user_weights"],
-        ["user_repr"],
+        *SIGNATURES["user_tower"],
         {"user_ids": {0: "U"}, "user_weights": {0: "U"}},
         out / "user_tower.onnx",
     )
     _export(
         ItemScorer(side_model(model, contract, "item")),
         example,
-        ["user_repr", "user_index", "item_ids", "item_weights"],
-        list(OUTPUTS),
+        *SIGNATURES["item_scorer"],
         {
             "user_repr": {0: "U"},
             "user_index": {0: "N"},
@@ -206,9 +198,8 @@ def export_graphs(model: ESMM, contract: FeatureContract, out: Path) -> None:
     _export(
         FullModel(model),
         per_row,
-        ["user_ids", "user_weights", "item_ids", "item_weights"],
-        list(OUTPUTS),
-        {k: {0: "N"} for k in ("user_ids", "user_weights", "item_ids", "item_weights")},
+        *SIGNATURES["full"],
+        {k: {0: "N"} for k in SIGNATURES["full"][0]},
         out / "full.onnx",
     )
 
@@ -233,7 +224,7 @@ class Graphs:
             name: ort.InferenceSession(
                 str(folder / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"]
             )
-            for name in ("user_tower", "item_scorer", "full")
+            for name in manifest.GRAPHS
         }
 
     def run(self, name: str, feeds: dict) -> list[np.ndarray]:
@@ -294,24 +285,20 @@ def verify(model: ESMM, contract: FeatureContract, folder: Path, samples: dict) 
 
 
 # ---- manifest -----------------------------------------------------------------------------
-def _signature(path: Path) -> dict:
+def _graph_spec(path: Path) -> manifest.Graph:
     m = onnx.load(str(path), load_external_data=False)
 
-    def describe(v) -> dict:
+    def describe(v) -> manifest.Tensor:
         t = v.type.tensor_type
-        shape = [d.dim_param or d.dim_value for d in t.shape.dim]
-        return {
-            "name": v.name,
-            "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-            "shape": shape,
-        }
+        return manifest.Tensor(
+            v.name,
+            onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+            tuple(d.dim_param or d.dim_value for d in t.shape.dim),
+        )
 
-    return {
-        "file": path.name,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "inputs": [describe(v) for v in m.graph.input],
-        "outputs": [describe(v) for v in m.graph.output],
-    }
+    return manifest.graph_spec(
+        path, [describe(v) for v in m.graph.input], [describe(v) for v in m.graph.output]
+    )
 
 
 def export(run_dir: Path, out: Path, force: bool = False) -> dict:
@@ -328,42 +315,36 @@ def export(run_dir: Path, out: Path, force: bool = False) -> dict:
         parity = verify(model, contract, tmp, samples)
         real = sample_case(contract, samples, len(samples["row_user"]))
         np.savez(tmp / "samples.npz", **samples, **torch_probs(model, real))
-        manifest = {
-            "format_version": 1,
-            "name": out.parent.name,
-            "version": out.name,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "model": {
+        written = manifest.Manifest(
+            name=out.parent.name,
+            version=out.name,
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            model={
                 k: ckpt["model_args"].get(k)
                 for k in ("kind", "embed_dim", "hidden", "ips_weight", "ips_clip", "experts")
             }
             | {"user_repr_dim": model.repr_dim},
-            "feature_contract": contract.to_dict(),
-            "graphs": {
-                g: _signature(tmp / f"{g}.onnx") for g in ("user_tower", "item_scorer", "full")
-            },
-            "outputs": list(OUTPUTS),
-            # post-hoc calibrators of pctr and pcvr (features/calibration.py), applied by the
-            # service after the graphs; samples.npz holds the graphs' own (raw) outputs
-            "calibration": ckpt.get("calibration"),
-            "samples": "samples.npz",
-            "metrics": ckpt["metrics"],
-            "parity": parity,
-            "exported_with": {
+            contract=contract,
+            graphs={g: _graph_spec(tmp / f"{g}.onnx") for g in manifest.GRAPHS},
+            calibration=ckpt.get("calibration"),
+            metrics=ckpt["metrics"],
+            parity=parity,
+            exported_with={
                 "torch": torch.__version__,
                 "onnx": onnx.__version__,
                 "onnxruntime": ort.__version__,
                 "opset": OPSET,
             },
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        ).with_digest()
+        written.write(tmp)
+        manifest.read(tmp)  # what the service will read: checked before the folder appears
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s (parity max abs error %.2e)", out, parity["max_abs_error"])
-    return manifest
+    return written.to_dict()
 
 
 def main(argv: list[str] | None = None) -> None:
