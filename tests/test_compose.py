@@ -1,13 +1,22 @@
 """The compose files, checked without a container engine: they validate against the compose
 specification schema of docker-compose 1.29 (tests/data/compose_spec.json, so both 1.29 and v2
-accept them), every RANKER_* variable they set is a setting the service knows, and the
-Dockerfile's stages are the ones compose builds."""
+accept them), every RANKER_* variable they set is a setting the service knows, the
+Dockerfile's stages are the ones compose builds, only the ranker publishes a port beyond this
+host, and Redis runs as the compose file starts it: with a password that has no default, which
+the ranker's URL and the healthcheck carry (checked on a real redis-server)."""
 
+import os
 import re
+import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
+import redis
 import yaml
 
 from service.config import Settings
@@ -51,10 +60,134 @@ def test_compose_stack_shape():
     s = doc["services"]
     assert s["ranker"]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "/readyz" in " ".join(s["ranker"]["healthcheck"]["test"])
-    assert s["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     assert s["loadtest"]["profiles"] == ["loadtest"]
     stages = set(re.findall(r"^FROM \S+ AS (\S+)", (REPO / "Dockerfile").read_text(), re.M))
     assert {s["ranker"]["build"]["target"], s["loadtest"]["build"]["target"]} <= stages
     dockerfile = (REPO / "Dockerfile").read_text()
     runtime = dockerfile.split("AS runtime", 1)[1].split("AS loadtest", 1)[0]
     assert "USER ranker" in runtime and "[train]" not in runtime  # non-root, torch-free
+
+
+_VAR = re.compile(r"\$(?:(\$)|\{(\w+)(?:(:?[-?])([^}]*))?\}|(\w+))")
+PASSWORD = "RANKER_REDIS_PASSWORD"
+LOOPBACK = {"127.0.0.1", "::1", "[::1]", "localhost"}
+
+
+def interpolate(value, env: dict[str, str]):
+    """Compose's variable substitution in every value, the forms compose files use: $$, $V,
+    ${V}, ${V:-default}, ${V-default}, ${V:?error}, ${V?error} (a missing one raises)."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match) -> str:
+        dollar, name, op, arg, bare = m.groups()
+        if dollar:
+            return "$"
+        name = name or bare
+        val = env.get(name)
+        missing = val is None or (op or "").startswith(":") and val == ""
+        if op and op.endswith("?") and missing:
+            raise ValueError(f"{name} is required: {arg}")
+        if op and op.endswith("-") and missing:
+            return arg
+        return val or ""
+
+    return _VAR.sub(sub, value)
+
+
+def host_ip(port) -> str | None:
+    """The address a `ports:` entry publishes on; None: every interface."""
+    if isinstance(port, dict):
+        return port.get("host_ip")
+    parts = str(port).split("/")[0].rsplit(":", 2)
+    return parts[0] if len(parts) == 3 else None
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_only_the_ranker_publishes_a_port_beyond_this_host(name):
+    services = interpolate(load(name), {PASSWORD: "x"})["services"]
+    for service, spec in services.items():
+        assert spec.get("network_mode") != "host", f"{name}: {service} on the host's network"
+        if service == "ranker":
+            continue  # the API its callers reach; RANKER_PUBLISHED_PORT=127.0.0.1:8000 keeps it in
+        for port in spec.get("ports", []):
+            assert host_ip(port) in LOOPBACK, f"{name}: {service} publishes {port} everywhere"
+    assert "ports" not in services.get("redis", {})
+
+
+def test_the_ranker_port_can_be_kept_on_this_host():
+    env = {PASSWORD: "x", "RANKER_PUBLISHED_PORT": "127.0.0.1:8000"}
+    (port,) = interpolate(load("docker-compose.yml"), env)["services"]["ranker"]["ports"]
+    assert host_ip(port) == "127.0.0.1"
+    assert host_ip("8000:8000") is None and host_ip({"published": 1, "target": 2}) is None
+
+
+def test_redis_requires_a_password_that_has_no_default():
+    doc = load("docker-compose.yml")
+    text = (REPO / "docker-compose.yml").read_text()
+    uses = re.findall(r"\$\{" + PASSWORD + r"([^}]*)\}", text)
+    assert len(uses) >= 2 and all(u.startswith(":?") for u in uses)  # required, never a default
+    for service in ("redis", "ranker"):
+        with pytest.raises(ValueError, match=PASSWORD):
+            interpolate(doc["services"][service], {})
+        with pytest.raises(ValueError, match=PASSWORD):
+            interpolate(doc["services"][service], {PASSWORD: ""})
+    s = interpolate(doc, {PASSWORD: "pw"})["services"]
+    command = s["redis"]["command"]
+    assert command[command.index("--requirepass") + 1] == "pw"
+    url = urlsplit(s["ranker"]["environment"]["RANKER_REDIS_URL"])
+    assert (url.scheme, url.password, url.hostname, url.port) == ("redis", "pw", "redis", 6379)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_redis_as_composed_refuses_clients_without_the_password(tmp_path):
+    """The compose file's command on a real redis-server: a client without the password gets
+    NOAUTH, the healthcheck passes only with the right password (redis-cli exits 0 even on an
+    error reply), and the ranker's URL authenticates."""
+    pw = "compose-test-" + os.urandom(8).hex()
+    s = interpolate(load("docker-compose.yml"), {PASSWORD: pw})["services"]
+    command, port = s["redis"]["command"], _free_port()
+    assert command[0] == "redis-server"
+    server = shutil.which("redis-server")
+    assert server, "redis-server is missing (`make redis-server` installs it)"
+    local = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    proc = subprocess.Popen([server, *command[1:], *local], stdout=subprocess.DEVNULL)
+    env = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        cmd = ["redis-cli", "-p", str(port), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+    try:
+        deadline = time.monotonic() + 10
+        while "Could not connect" in cli("ping").stderr:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        assert "NOAUTH" in cli("ping").stdout
+        kind, check = s["redis"]["healthcheck"]["test"]
+        assert kind == "CMD-SHELL"
+        check = check.replace("redis-cli", f"redis-cli -p {port}")
+        container_env = s["redis"].get("environment", {})
+
+        def healthy(variables: dict) -> bool:
+            run = subprocess.run(["sh", "-c", check], env={**env, **variables}, capture_output=True)
+            return run.returncode == 0
+
+        assert healthy(container_env)
+        assert not healthy({k: "wrong" for k in container_env})
+        url = urlsplit(s["ranker"]["environment"]["RANKER_REDIS_URL"])
+        assert redis.Redis.from_url(url._replace(netloc=f":{pw}@127.0.0.1:{port}").geturl()).ping()
+        with pytest.raises(redis.RedisError, match="(?i)auth"):
+            redis.Redis(port=port, socket_timeout=2).ping()
+    finally:
+        proc.terminate()
+        proc.wait(10)

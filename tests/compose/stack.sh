@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make compose-test: build and run the compose stack for real, with Podman (no Docker engine runs
 # on these machines), send real /rank requests through the published port, check the Redis tier
-# is used, then bring it down and clean up what it created.
+# is used and refuses clients without its password, then bring it down and clean up what it
+# created. Redis's password is random for every run.
 #
 # The project's Dockerfile and compose file are used unchanged; only this harness provides what
 # a registry would: stand-in base images (python:3.11-slim-bookworm, redis:7-bookworm) built from
@@ -66,6 +67,8 @@ podman build --network host --pull=never "${mounts[@]}" --target runtime -t rank
   >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; exit 1; }
 
 # 4. up, and always down again
+RANKER_REDIS_PASSWORD=$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(24))')
+export RANKER_REDIS_PASSWORD
 compose() { RANKER_PUBLISHED_PORT=$PORT "$REPO/$VENV/bin/podman-compose" "$@"; }
 cleanup() {
   say "down"
@@ -100,8 +103,27 @@ echo "$first" | grep -q '"user_cache":"miss"' || { echo "first /rank: $first" >&
 echo "$first" | grep -q '"item_id":"a"' || { echo "first /rank: $first" >&2; exit 1; }
 container() { podman ps -q --filter "label=com.docker.compose.service=$1" | head -n1; }
 redis=$(container redis)
-keys=$(podman exec "$redis" redis-cli --scan --pattern 'ranker:*' | wc -l)
+# redis-cli exits 0 on an error reply: read what it says. REDIS_PASSWORD is the redis
+# container's variable from the compose file.
+keys=$(podman exec "$redis" sh -c 'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli --scan' \
+  | grep -c '^ranker:' || true)
 [ "$keys" -ge 1 ] || { echo "the ranker wrote nothing to Redis" >&2; exit 1; }
+# The compose file's healthcheck as written there (podman-compose runs none here).
+check=$("$VENV/bin/python" -c 'import yaml; t = yaml.safe_load(open("docker-compose.yml"))
+print(t["services"]["redis"]["healthcheck"]["test"][1].replace("$$", "$"))')
+podman exec "$redis" sh -c "$check" || { echo "redis healthcheck failed: $check" >&2; exit 1; }
+# Without the password Redis answers nothing: to redis-cli in its own container, and to a client
+# in another container on the compose network (the ranker's, with its redis library).
+noauth=$(podman exec "$redis" redis-cli ping 2>&1 || true)
+echo "$noauth" | grep -q NOAUTH || { echo "redis-cli ping without auth: $noauth" >&2; exit 1; }
+podman exec "$(container ranker)" /opt/ranker/bin/python -c '
+import sys, redis
+try:
+    redis.Redis(host="redis", socket_timeout=2).ping()
+except redis.RedisError as e:
+    sys.exit(0 if "auth" in str(e).lower() else f"not an authentication error: {e!r}")
+sys.exit("redis answered a client without the password")' \
+  || { echo "redis did not refuse an unauthenticated client on the network" >&2; exit 1; }
 # A restarted ranker has an empty in-process cache: only Redis can answer with a hit.
 podman restart "$(container ranker)" >/dev/null
 for _ in $(seq 120); do curl -fsS "$url/readyz" >/dev/null 2>&1 && break; sleep 1; done
@@ -112,7 +134,8 @@ curl -fsS "$url/metrics" | grep -q 'ranker_user_cache_total{outcome="hit",tier="
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$url/rank" \
   -H 'content-type: application/json' -d '{"user_id": 1}')
 [ "$code" = 422 ] || { echo "bad request answered $code" >&2; exit 1; }
-say "passed: /rank miss then Redis hit after a restart, $keys key(s) in Redis, bad input 422"
+say "passed: /rank miss then Redis hit after a restart, $keys key(s) in Redis, Redis healthy" \
+  "with its password and NOAUTH without it (in its container and over the network), bad input 422"
 trap - EXIT
 cleanup
 say "done"
