@@ -1,4 +1,5 @@
-"""ESMM (Ma et al., SIGIR 2018) and the paper's baselines, with the loss that belongs to them.
+"""ESMM (Ma et al., SIGIR 2018) and the paper's baselines, one class per kind, each with the loss
+that belongs to it.
 
 Every model here is split the way the service runs it:
   user_repr(user features)                      -> (U, R)  computed once per user
@@ -8,15 +9,17 @@ so the user representation is the pooled user embeddings pushed through the user
 tower's first layer. That is exact, and it is also how training runs: a batch pools each of its
 users once and gathers the result per row.
 
-Kinds:
-  esmm     one embedding table shared by a CTR and a CVR tower; loss over all impressions:
+Kinds (`RankingModel` holds what they share; `build_model` picks the class of `cfg.kind`):
+  esmm     ESMM: one embedding table shared by a CTR and a CVR tower; loss over all impressions:
            BCE(click, pCTR) + BCE(click & conversion, pCTCVR), pCTCVR = pCTR * pCVR.
-  esmm-ns  the same loss, but each tower has its own embedding table (ESMM-NS in the paper).
-  base     a CTR net and a CVR net with nothing shared; the CVR net is trained on clicked
+  esmm-ns  ESMMNS: the same loss, but each tower has its own embedding table (ESMM-NS in the
+           paper).
+  base     Base: a CTR net and a CVR net with nothing shared; the CVR net is trained on clicked
            impressions only (BASE in the paper).
-  division a CTR net and a CTCVR net with nothing shared, each trained on all impressions;
-           pCVR = pCTCVR / pCTR, capped at 1 (DIVISION in the paper). Served through the same
-           contract: pCTCVR is reported as pCTR * pCVR, so it is capped at pCTR too.
+  division Division: a CTR net and a CTCVR net with nothing shared, each trained on all
+           impressions; pCVR = pCTCVR / pCTR, capped at 1 (DIVISION in the paper). Served
+           through the same contract: pCTCVR is reported as pCTR * pCVR, so it is capped at
+           pCTR too.
 
   mmoe     MMoE + ESMM: one shared table; `experts` experts (a ReLU layer of hidden[0] each)
            and one softmax gate per task over the pooled embeddings; each task's tower reads its
@@ -36,19 +39,16 @@ entire-space CVR loss).
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from features.contract import FeatureContract, Side
-
-KINDS = ("esmm", "esmm-ns", "base", "division", "mmoe", "esm2")
-NEEDS_ACTION = ("esm2",)
-IPS_KINDS = ("esmm", "esmm-ns", "mmoe")
 
 
 @dataclasses.dataclass
@@ -69,11 +69,11 @@ class ModelConfig:
 def check_options(kind: str, ips_weight: float, ips_clip: float, experts: int) -> None:
     """ValueError naming what is wrong with a kind and its options; training checks them before
     it reads data, a comparison before its first run."""
-    if kind not in KINDS:
+    if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {KINDS}")
     if ips_weight < 0 or not 0 < ips_clip <= 1:
         raise ValueError("ips_weight must be >= 0 and ips_clip in (0, 1]")
-    if ips_weight > 0 and kind not in IPS_KINDS:
+    if ips_weight > 0 and not MODELS[kind].takes_ips:
         raise ValueError(f"ESCM2-IPS applies to {', '.join(IPS_KINDS)}, not {kind}")
     if experts < 1:
         raise ValueError("experts must be >= 1")
@@ -85,6 +85,7 @@ class Logits(NamedTuple):
     extra: tuple = ()  # further heads of kinds that have them (esm2: y3, y4)
 
 
+# ---- layers --------------------------------------------------------------------------------
 class FieldPooling(nn.Module):
     """One embedding table over every field's hashed rows; per-field weighted sum pooling.
 
@@ -181,27 +182,110 @@ class Tower(nn.Module):
         return self.head(user_part + self.item_proj(item_pooled)).squeeze(-1)  # (B,)
 
 
-def _pooled_widths(cfg: ModelConfig) -> tuple[FeatureContract, int, int]:
-    """The contract and the widths of the pooled user and item embeddings (fields x dim)."""
-    contract = FeatureContract.from_dict(cfg.contract)
-    return (
-        contract,
-        len(contract.side_fields("user")) * cfg.embed_dim,
-        len(contract.side_fields("item")) * cfg.embed_dim,
-    )
+def _head(hidden: tuple[int, ...]) -> nn.Sequential:
+    """A task tower over a mixture of experts (already through a ReLU): hidden[1:] then 1."""
+    layers: list[nn.Module] = []
+    for a, b in zip(hidden, hidden[1:], strict=False):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(hidden[-1], 1))
+    return nn.Sequential(*layers)
 
 
-class ESMM(nn.Module):
+# ---- the common base -----------------------------------------------------------------------
+class RankingModel(nn.Module, abc.ABC):
+    """What every kind shares: its config, its embedding tables (`embeddings`, built here before
+    any layer of the kind's, so a seed draws the tables first in every kind), the pooled widths
+    its first layers read, the forward pass as user_repr then score, and sigmoid probabilities.
+    A kind sets the class attributes, builds its layers after this __init__, names a `ctr` and
+    a `cvr` module, and defines repr_dim, user_repr, score and its loss."""
+
+    kind: ClassVar[str]
+    tables: ClassVar[int] = 1  # 1: one table shared by every tower; 2: the CTR's, the CVR's
+    takes_ips: ClassVar[bool] = False  # accepts the ESCM2-IPS option
+    needs_action: ClassVar[bool] = False  # trains on the post-click action label
+
+    ctr: nn.Module
+    cvr: nn.Module
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.kind != self.kind:
+            raise ValueError(f"{type(self).__name__} is kind {self.kind!r}, not {cfg.kind!r}")
         self.cfg = cfg
-        contract, n_user, n_item = _pooled_widths(cfg)
-        shared = cfg.kind == "esmm"
+        contract = FeatureContract.from_dict(cfg.contract)
         self.embeddings = nn.ModuleList(
-            FieldPooling(contract, cfg.embed_dim) for _ in range(1 if shared else 2)
+            FieldPooling(contract, cfg.embed_dim) for _ in range(self.tables)
         )
-        self.ctr = Tower(n_user, n_item, cfg.hidden)
-        self.cvr = Tower(n_user, n_item, cfg.hidden)
+        # the pooled user and item embeddings' widths (fields x dim)
+        self.user_width = len(contract.side_fields("user")) * cfg.embed_dim
+        self.item_width = len(contract.side_fields("item")) * cfg.embed_dim
+
+    @property
+    @abc.abstractmethod
+    def repr_dim(self) -> int:
+        """Width of user_repr's output: what the service caches per user."""
+
+    @abc.abstractmethod
+    def user_repr(self, user_ids: torch.Tensor, user_w: torch.Tensor) -> torch.Tensor:
+        """(U, user width) -> (U, repr_dim)."""
+
+    @abc.abstractmethod
+    def score(
+        self,
+        user_repr: torch.Tensor,
+        user_index: torch.Tensor,
+        item_ids: torch.Tensor,
+        item_w: torch.Tensor,
+    ) -> Logits:
+        """The logits of every row; `user_index` picks each row's user in `user_repr`."""
+
+    @abc.abstractmethod
+    def loss(
+        self,
+        logits: Logits,
+        click: torch.Tensor,
+        conv: torch.Tensor,
+        action: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training objective of this kind and its parts; `conv` is conversion-and-click,
+        `action` the post-click action and click (read by kinds that need it only)."""
+
+    def forward(
+        self,
+        user_ids: torch.Tensor,
+        user_w: torch.Tensor,
+        user_index: torch.Tensor,
+        item_ids: torch.Tensor,
+        item_w: torch.Tensor,
+    ) -> Logits:
+        return self.score(self.user_repr(user_ids, user_w), user_index, item_ids, item_w)
+
+    def probabilities(self, logits: Logits) -> dict[str, torch.Tensor]:
+        """pctr, pcvr, pctcvr of this kind's heads (pctcvr = pctr * pcvr for every kind)."""
+        return probabilities(logits)
+
+    def tower_parameters(self, tower: str) -> list[nn.Parameter]:
+        """The parameters one tower owns (its layers and, when not shared, its embedding)."""
+        own = list((self.ctr if tower == "ctr" else self.cvr).parameters())
+        if len(self.embeddings) == 2:
+            own += list(self.embeddings[0 if tower == "ctr" else 1].parameters())
+        return own
+
+
+def probabilities(logits: Logits) -> dict[str, torch.Tensor]:
+    pctr, pcvr = torch.sigmoid(logits.ctr), torch.sigmoid(logits.cvr)
+    return {"pctr": pctr, "pcvr": pcvr, "pctcvr": pctr * pcvr}
+
+
+# ---- ESMM and the paper's baselines: a CTR tower and a second tower ------------------------
+class TwoTowers(RankingModel):
+    """A CTR tower and a second tower (CVR, or CTCVR for DIVISION) over one shared table or one
+    table each; the kinds below differ in their loss and how they read the second tower."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.ctr = Tower(self.user_width, self.item_width, cfg.hidden)
+        self.cvr = Tower(self.user_width, self.item_width, cfg.hidden)
 
     @property
     def repr_dim(self) -> int:
@@ -231,75 +315,101 @@ class ESMM(nn.Module):
         x_cvr = x_ctr if cvr_emb is ctr_emb else cvr_emb(item_ids, item_w, "item")
         return Logits(self.ctr(r[:, :h], x_ctr), self.cvr(r[:, h:], x_cvr))
 
-    def forward(
-        self,
-        user_ids: torch.Tensor,
-        user_w: torch.Tensor,
-        user_index: torch.Tensor,
-        item_ids: torch.Tensor,
-        item_w: torch.Tensor,
-    ) -> Logits:
-        return self.score(self.user_repr(user_ids, user_w), user_index, item_ids, item_w)
+
+class ESMM(TwoTowers):
+    kind = "esmm"
+    takes_ips = True
+
+    def loss(self, logits, click, conv, action=None):
+        return entire_space_loss(self.cfg, logits, click, conv)
+
+
+class ESMMNS(ESMM):
+    """ESMM without the shared embedding."""
+
+    kind = "esmm-ns"
+    tables = 2
+
+
+class Base(TwoTowers):
+    kind = "base"
+    tables = 2
+
+    def loss(self, logits, click, conv, action=None):
+        ctr_loss = F.binary_cross_entropy_with_logits(logits.ctr, click)
+        clicked = click > 0
+        cvr_loss = (
+            F.binary_cross_entropy_with_logits(logits.cvr[clicked], conv[clicked])
+            if clicked.any()
+            else logits.cvr.sum() * 0.0
+        )
+        return ctr_loss + cvr_loss, {"ctr": ctr_loss.item(), "cvr": cvr_loss.item()}
+
+
+class Division(TwoTowers):
+    """The second tower's logit is pCTCVR's own; pCVR is the ratio."""
+
+    kind = "division"
+    tables = 2
 
     def probabilities(self, logits: Logits) -> dict[str, torch.Tensor]:
-        """pctr, pcvr, pctcvr of this kind's heads (pctcvr = pctr * pcvr for every kind)."""
-        if self.cfg.kind != "division":
-            return probabilities(logits)
         # the ratio in log space: dividing two rounded sigmoids loses digits when pCTR is small
         log_ratio = F.logsigmoid(logits.cvr) - F.logsigmoid(logits.ctr)
         pctr, pcvr = torch.sigmoid(logits.ctr), torch.exp(log_ratio.clamp(max=0.0))
         return {"pctr": pctr, "pcvr": pcvr, "pctcvr": pctr * pcvr}
 
-    def loss(
-        self,
-        logits: Logits,
-        click: torch.Tensor,
-        conv: torch.Tensor,
-        action: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training objective of this kind; `conv` is conversion-and-click, `action` the
-        post-click action and click (used by esm2 only)."""
+    def loss(self, logits, click, conv, action=None):
         ctr_loss = F.binary_cross_entropy_with_logits(logits.ctr, click)
-        if self.cfg.kind == "division":  # the second net's logit is pCTCVR's own
-            ctcvr_loss = F.binary_cross_entropy_with_logits(logits.cvr, conv)
-            return ctr_loss + ctcvr_loss, {"ctr": ctr_loss.item(), "ctcvr": ctcvr_loss.item()}
-        if self.cfg.kind == "base":
-            clicked = click > 0
-            cvr_loss = (
-                F.binary_cross_entropy_with_logits(logits.cvr[clicked], conv[clicked])
-                if clicked.any()
-                else logits.cvr.sum() * 0.0
-            )
-            return ctr_loss + cvr_loss, {"ctr": ctr_loss.item(), "cvr": cvr_loss.item()}
-        ctcvr_loss = ctcvr_bce(logits, conv)
-        parts = {"ctr": ctr_loss.item(), "ctcvr": ctcvr_loss.item()}
-        total = ctr_loss + ctcvr_loss
-        if self.cfg.ips_weight > 0:
-            ips = ips_cvr_bce(logits, click, conv, self.cfg.ips_clip)
-            total = total + self.cfg.ips_weight * ips
-            parts["cvr_ips"] = ips.item()
-        return total, parts
-
-    def tower_parameters(self, tower: str) -> list[nn.Parameter]:
-        """The parameters one tower owns (its MLP and, when not shared, its embedding)."""
-        t = self.ctr if tower == "ctr" else self.cvr
-        own = list(t.parameters())
-        if len(self.embeddings) == 2:
-            own += list(self.embeddings[0 if tower == "ctr" else 1].parameters())
-        return own
+        ctcvr_loss = F.binary_cross_entropy_with_logits(logits.cvr, conv)
+        return ctr_loss + ctcvr_loss, {"ctr": ctr_loss.item(), "ctcvr": ctcvr_loss.item()}
 
 
-class MMoE(ESMM):
+def entire_space_loss(
+    cfg: ModelConfig, logits: Logits, click: torch.Tensor, conv: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """ESMM's loss over all impressions (esmm, esmm-ns, mmoe), with ESCM2-IPS when configured."""
+    ctr_loss = F.binary_cross_entropy_with_logits(logits.ctr, click)
+    ctcvr_loss = ctcvr_bce(logits, conv)
+    parts = {"ctr": ctr_loss.item(), "ctcvr": ctcvr_loss.item()}
+    total = ctr_loss + ctcvr_loss
+    if cfg.ips_weight > 0:
+        ips = ips_cvr_bce(logits, click, conv, cfg.ips_clip)
+        total = total + cfg.ips_weight * ips
+        parts["cvr_ips"] = ips.item()
+    return total, parts
+
+
+def ctcvr_bce(logits: Logits, target: torch.Tensor) -> torch.Tensor:
+    """BCE of pCTCVR = sigmoid(a) * sigmoid(b), from the logits without rounding either factor:
+    log p = logsigmoid(a) + logsigmoid(b), log(1 - p) = log(-expm1(log p))."""
+    log_p = F.logsigmoid(logits.ctr) + F.logsigmoid(logits.cvr)
+    log_p = log_p.clamp(max=-1e-12)  # p == 1 would make log(1 - p) infinite
+    log_not_p = torch.log(-torch.expm1(log_p))
+    return -(target * log_p + (1.0 - target) * log_not_p).mean()
+
+
+def ips_cvr_bce(
+    logits: Logits, click: torch.Tensor, conv: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """ESCM2-IPS: sum over clicked rows of BCE(conv, pCVR) / max(pCTR, clip), over all rows.
+    The propensity is detached: this loss teaches the CVR tower, not the CTR tower."""
+    propensity = torch.sigmoid(logits.ctr).detach().clamp(min=clip)
+    bce = F.binary_cross_entropy_with_logits(logits.cvr, conv, reduction="none")
+    return (click * bce / propensity).mean()
+
+
+# ---- MMoE + ESMM ---------------------------------------------------------------------------
+class MMoE(RankingModel):
+    kind = "mmoe"
+    takes_ips = True
+
     def __init__(self, cfg: ModelConfig):
-        nn.Module.__init__(self)
-        self.cfg = cfg
-        contract, n_user, n_item = _pooled_widths(cfg)
+        super().__init__(cfg)
         e, h = cfg.experts, cfg.hidden[0]
-        self.embeddings = nn.ModuleList([FieldPooling(contract, cfg.embed_dim)])
-        self.expert_user = nn.Linear(n_user, e * h)  # every expert's user half, with biases
-        self.expert_item = nn.Linear(n_item, e * h, bias=False)
-        self.gate_user = nn.Linear(n_user, 2 * e)  # both tasks' gate logits, user half
-        self.gate_item = nn.Linear(n_item, 2 * e, bias=False)
+        self.expert_user = nn.Linear(self.user_width, e * h)  # every expert's user half, biases
+        self.expert_item = nn.Linear(self.item_width, e * h, bias=False)
+        self.gate_user = nn.Linear(self.user_width, 2 * e)  # both tasks' gate logits, user half
+        self.gate_item = nn.Linear(self.item_width, 2 * e, bias=False)
         self.ctr, self.cvr = _head(cfg.hidden), _head(cfg.hidden)
 
     @property
@@ -320,15 +430,23 @@ class MMoE(ESMM):
         mixed = torch.bmm(gates, experts)  # (B, 2, h): each task's mixture of experts
         return Logits(self.ctr(mixed[:, 0]).squeeze(-1), self.cvr(mixed[:, 1]).squeeze(-1))
 
+    def loss(self, logits, click, conv, action=None):
+        return entire_space_loss(self.cfg, logits, click, conv)
 
-class ESM2(ESMM):
+
+# ---- ESM2 ----------------------------------------------------------------------------------
+class ESM2(RankingModel):
+    kind = "esm2"
+    needs_action = True
+
     def __init__(self, cfg: ModelConfig):
-        nn.Module.__init__(self)
-        self.cfg = cfg
-        contract, n_user, n_item = _pooled_widths(cfg)
-        self.embeddings = nn.ModuleList([FieldPooling(contract, cfg.embed_dim)])
+        super().__init__(cfg)
         # y1 click, y2 DAction | click, y3 buy | DAction, y4 buy | OAction
-        self.towers = nn.ModuleList(Tower(n_user, n_item, cfg.hidden) for _ in range(4))
+        self.towers = nn.ModuleList(
+            Tower(self.user_width, self.item_width, cfg.hidden) for _ in range(4)
+        )
+        # registered under both names, so a state_dict holds towers.{0,1}.* and ctr.*, cvr.*
+        # (checkpoints have always carried both)
         self.ctr, self.cvr = self.towers[0], self.towers[1]
 
     @property
@@ -373,42 +491,18 @@ def _bce_prob(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target * torch.log(p) + (1 - target) * torch.log1p(-p)).mean()
 
 
-def _head(hidden: tuple[int, ...]) -> nn.Sequential:
-    """A task tower over a mixture of experts (already through a ReLU): hidden[1:] then 1."""
-    layers: list[nn.Module] = []
-    for a, b in zip(hidden, hidden[1:], strict=False):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    layers.append(nn.Linear(hidden[-1], 1))
-    return nn.Sequential(*layers)
+# ---- the kinds -----------------------------------------------------------------------------
+MODELS: dict[str, type[RankingModel]] = {
+    cls.kind: cls for cls in (ESMM, ESMMNS, Base, Division, MMoE, ESM2)
+}
+KINDS = tuple(MODELS)
+NEEDS_ACTION = tuple(k for k, cls in MODELS.items() if cls.needs_action)
+IPS_KINDS = tuple(k for k, cls in MODELS.items() if cls.takes_ips)
 
 
-def build_model(cfg: ModelConfig) -> ESMM:
-    """The module of `cfg.kind` (every kind has ESMM's interface: user_repr, score, loss...)."""
-    return {"mmoe": MMoE, "esm2": ESM2}.get(cfg.kind, ESMM)(cfg)
-
-
-def ctcvr_bce(logits: Logits, target: torch.Tensor) -> torch.Tensor:
-    """BCE of pCTCVR = sigmoid(a) * sigmoid(b), from the logits without rounding either factor:
-    log p = logsigmoid(a) + logsigmoid(b), log(1 - p) = log(-expm1(log p))."""
-    log_p = F.logsigmoid(logits.ctr) + F.logsigmoid(logits.cvr)
-    log_p = log_p.clamp(max=-1e-12)  # p == 1 would make log(1 - p) infinite
-    log_not_p = torch.log(-torch.expm1(log_p))
-    return -(target * log_p + (1.0 - target) * log_not_p).mean()
-
-
-def ips_cvr_bce(
-    logits: Logits, click: torch.Tensor, conv: torch.Tensor, clip: float
-) -> torch.Tensor:
-    """ESCM2-IPS: sum over clicked rows of BCE(conv, pCVR) / max(pCTR, clip), over all rows.
-    The propensity is detached: this loss teaches the CVR tower, not the CTR tower."""
-    propensity = torch.sigmoid(logits.ctr).detach().clamp(min=clip)
-    bce = F.binary_cross_entropy_with_logits(logits.cvr, conv, reduction="none")
-    return (click * bce / propensity).mean()
-
-
-def probabilities(logits: Logits) -> dict[str, torch.Tensor]:
-    pctr, pcvr = torch.sigmoid(logits.ctr), torch.sigmoid(logits.cvr)
-    return {"pctr": pctr, "pcvr": pcvr, "pctcvr": pctr * pcvr}
+def build_model(cfg: ModelConfig) -> RankingModel:
+    """The module of `cfg.kind`."""
+    return MODELS[cfg.kind](cfg)
 
 
 class LogisticRegression(nn.Module):
