@@ -22,7 +22,7 @@ from pathlib import Path
 
 from features.contract import FeatureContract
 from training import data as D
-from training.train import POOLING, TrainConfig
+from training.config import POOLING, TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = re.compile(r"(<!-- bench:training -->\n).*?(<!-- /bench:training -->)", re.S)

@@ -1,8 +1,11 @@
-"""Whole-set metrics: AUC over every row at once (never averaged per batch), log loss, ECE."""
+"""Whole-set metrics: AUC over every row at once (never averaged per batch), log loss, ECE, and
+the oracle's figures on generated data. numpy only: importing it loads no torch."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from features.calibration import expected_calibration_error
 
 EPS = 1e-7
 
@@ -72,4 +75,32 @@ def funnel_metrics(
         **head_metrics("ctr", click, pctr),
         **head_metrics("cvr", np.asarray(conv)[clicked], np.asarray(pcvr)[clicked]),
         **head_metrics("ctcvr", conv, pctcvr),
+    }
+
+
+def funnel_eces(click: np.ndarray, conv: np.ndarray, pred: dict[str, np.ndarray]) -> dict:
+    """Expected calibration error of each head, pCVR on clicked impressions only."""
+    clicked = np.asarray(click) > 0
+    return {
+        "ctr": expected_calibration_error(click, pred["pctr"]),
+        "cvr": expected_calibration_error(np.asarray(conv)[clicked], pred["pcvr"][clicked]),
+        "ctcvr": expected_calibration_error(conv, pred["pctcvr"]),
+    }
+
+
+def truth_predictions(truth: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The generator's true probabilities (truth_{split}.csv) as a model's three heads."""
+    pc, pv = truth["p_click"], truth["p_conversion"]
+    return {"pctr": pc, "pcvr": pv, "pctcvr": pc * pv}
+
+
+def oracle_metrics(
+    truth: dict[str, np.ndarray], click: np.ndarray, conv: np.ndarray
+) -> dict[str, float]:
+    """The AUCs of the true probabilities: the ceiling of every model's."""
+    p = truth_predictions(truth)
+    m = funnel_metrics(click, conv, p["pctr"], p["pcvr"], p["pctcvr"])
+    return {
+        **{k: v for k, v in m.items() if k.endswith("_auc")},
+        "cvr_auc_entire": soft_auc(p["pcvr"], p["pcvr"]),
     }

@@ -503,25 +503,3 @@ IPS_KINDS = tuple(k for k, cls in MODELS.items() if cls.takes_ips)
 def build_model(cfg: ModelConfig) -> RankingModel:
     """The module of `cfg.kind`."""
     return MODELS[cfg.kind](cfg)
-
-
-class LogisticRegression(nn.Module):
-    """Sparse logistic regression over every hashed feature: the cheap reference for CVR."""
-
-    def __init__(self, contract: FeatureContract):
-        super().__init__()
-        self.weights = FieldPooling(contract, 1)
-        nn.init.zeros_(self.weights.table.weight)
-        self.bias = nn.Parameter(torch.zeros(()))
-
-    def forward(
-        self,
-        user_ids: torch.Tensor,
-        user_w: torch.Tensor,
-        user_index: torch.Tensor,
-        item_ids: torch.Tensor,
-        item_w: torch.Tensor,
-    ) -> torch.Tensor:
-        u = self.weights(user_ids, user_w, "user").sum(1)  # (U,)
-        x = self.weights(item_ids, item_w, "item").sum(1)  # (B,)
-        return u.index_select(0, user_index) + x + self.bias
