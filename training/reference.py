@@ -12,8 +12,8 @@ from torch import nn
 
 from features.contract import FeatureContract
 from training import data as D
+from training.layers import FieldPooling
 from training.metrics import auc
-from training.model import FieldPooling
 from training.optim import make_optimizers, step, to_torch
 
 # Small batches and one learning rate for the weights and the bias; epochs until the validation
