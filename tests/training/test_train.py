@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from training.train import parse_args
+from training.train import main, parse_args
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +78,16 @@ def test_cli_validates_arguments():
         parse_args(["--data", "d", "--out", "o", "--val-fraction", "1.5"])
     cfg = parse_args(["--data", "d", "--out", "o", "--max-len", "110_14=64", "--hidden", "64,32"])
     assert cfg.max_len == {"110_14": 64} and cfg.hidden == (64, 32)
+
+
+def test_main_takes_argv_and_prints_the_summary(tmp_path, capsys):
+    """What the `ranker train ...` console script will call."""
+    from training.generate import generate
+
+    generate(tmp_path / "data", impressions=1500, seed=1)
+    main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    printed = json.loads(capsys.readouterr().out)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert printed["ctr_auc"] == written["ctr_auc"] and printed["reference"] == written["reference"]
+    assert printed["oracle"] == written["oracle"]
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()

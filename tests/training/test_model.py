@@ -5,7 +5,22 @@ import torch.nn.functional as F
 
 from features.contract import ALL_FIELDS, FeatureContract
 from training.export import random_case
-from training.model import ESMM, Logits, ModelConfig, build_model, ctcvr_bce, probabilities
+from training.model import (
+    ESM2,
+    ESMM,
+    ESMMNS,
+    KINDS,
+    MODELS,
+    Base,
+    Division,
+    Logits,
+    MMoE,
+    ModelConfig,
+    RankingModel,
+    build_model,
+    ctcvr_bce,
+    probabilities,
+)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +139,7 @@ def test_loss_is_finite_and_falls(contract, kind):
     g = torch.Generator().manual_seed(0)
     click = (torch.rand(256, generator=g) < 0.3).float()
     conv = click * (torch.rand(256, generator=g) < 0.5).float()
-    from training.train import make_optimizers
+    from training.optim import make_optimizers
 
     opts = make_optimizers(m, 1e-3, 1e-2)
     losses = []
@@ -229,3 +244,63 @@ def test_single_table_kinds_give_each_tower_only_its_own_head(contract, kind):
     table = {id(p) for p in m.embeddings.parameters()}
     assert ctr and cvr and not ctr & cvr and not (ctr | cvr) & table
     assert ctr == {id(p) for p in m.ctr.parameters()}
+
+
+def test_one_class_per_kind_each_built_through_the_common_base(contract):
+    classes = {"esmm": ESMM, "esmm-ns": ESMMNS, "base": Base, "division": Division}
+    classes |= {"mmoe": MMoE, "esm2": ESM2}
+    assert KINDS == ("esmm", "esmm-ns", "base", "division", "mmoe", "esm2")
+    assert classes == MODELS
+    for kind, cls in classes.items():
+        m = build(contract, kind)
+        assert type(m) is cls and cls.kind == kind and m.cfg.kind == kind
+        assert len(m.embeddings) == cls.tables  # the base's __init__ built them
+        assert m.user_width == 18 * len(contract.side_fields("user"))
+        assert m.item_width == 18 * len(contract.side_fields("item"))
+    with pytest.raises(TypeError):
+        RankingModel(ModelConfig(contract.to_dict()))  # abstract: a kind defines the rest
+    with pytest.raises(ValueError, match="is kind 'esmm', not 'mmoe'"):
+        ESMM(ModelConfig(contract.to_dict(), kind="mmoe"))
+
+
+TOWER = ["user_proj.weight", "user_proj.bias", "item_proj.weight"]
+TOWER += ["head.1.weight", "head.1.bias", "head.3.weight", "head.3.bias"]
+HEAD = ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+def keys(prefix: str, names: list[str]) -> list[str]:
+    return [f"{prefix}.{n}" for n in names]
+
+
+STATE_KEYS = {  # as checkpoints have always held them: old runs must still load
+    "esmm": ["embeddings.0.table.weight", *keys("ctr", TOWER), *keys("cvr", TOWER)],
+    "esmm-ns": [
+        "embeddings.0.table.weight",
+        "embeddings.1.table.weight",
+        *keys("ctr", TOWER),
+        *keys("cvr", TOWER),
+    ],
+    "mmoe": [
+        "embeddings.0.table.weight",
+        "expert_user.weight",
+        "expert_user.bias",
+        "expert_item.weight",
+        "gate_user.weight",
+        "gate_user.bias",
+        "gate_item.weight",
+        *keys("ctr", HEAD),
+        *keys("cvr", HEAD),
+    ],
+    "esm2": [
+        "embeddings.0.table.weight",
+        *(k for t in range(4) for k in keys(f"towers.{t}", TOWER)),
+        *keys("ctr", TOWER),  # towers 0 and 1, registered under both names
+        *keys("cvr", TOWER),
+    ],
+}
+STATE_KEYS["base"] = STATE_KEYS["division"] = STATE_KEYS["esmm-ns"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_dict_keys_are_those_checkpoints_carry(contract, kind):
+    assert list(build(contract, kind).state_dict()) == STATE_KEYS[kind]
