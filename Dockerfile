@@ -31,6 +31,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY features features
 COPY service service
+COPY ranker ranker
 RUN python -m venv /opt/ranker && /opt/ranker/bin/pip install --quiet ".[${EXTRA}]" \
  && useradd --system --uid 10001 --home /app ranker
 COPY --from=builder --chown=ranker /src/models /app/models
@@ -38,7 +39,7 @@ USER ranker
 EXPOSE 8000
 HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=5 \
   CMD ["/opt/ranker/bin/python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
-CMD ["/opt/ranker/bin/python", "-m", "service"]
+CMD ["/opt/ranker/bin/ranker", "serve"]
 
 # Locust against the ranker (compose profile `loadtest`).
 FROM ${PYTHON_IMAGE} AS loadtest

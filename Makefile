@@ -40,14 +40,14 @@ lint: install
 # The default model: a generated data set, ESMM trained on it, exported to models/NAME/VERSION.
 train: install
 	test -f $(DATA)/sample_skeleton_train.csv || \
-	  $(PY) -m training.generate --out $(DATA) --impressions $(IMPRESSIONS) --seed 0
-	$(PY) -m training.train --data $(DATA) --out $(RUN) --model esmm
-	$(PY) -m training.export --run $(RUN) --out $(MODELS)/$(MODEL_NAME)/$$(date -u +%Y%m%dT%H%M%SZ)
+	  $(VENV)/bin/ranker generate --out $(DATA) --impressions $(IMPRESSIONS) --seed 0
+	$(VENV)/bin/ranker train --data $(DATA) --out $(RUN) --model esmm
+	$(VENV)/bin/ranker export --run $(RUN) --out $(MODELS)/$(MODEL_NAME)/$$(date -u +%Y%m%dT%H%M%SZ)
 
 # Serving benchmark: raw item-scorer ceiling, /rank over HTTP (hit, miss), naive baseline.
 bench: install
 	@test -n "$$(find $(MODELS) -name manifest.json -print -quit 2>/dev/null)" || $(MAKE) train
-	$(PY) -m service.bench --model-dir $(MODELS)
+	$(VENV)/bin/ranker bench --model-dir $(MODELS)
 
 # Locust, headless, against a running ranker (start one with `make run`); every request
 # (requests.csv), Locust's CSV and HTML report, summary.{json,md} and, for MODE=step, the step
@@ -80,13 +80,13 @@ loadtest: install
 CHAOS_SECONDS ?= 60
 chaos: install redis-server
 	@test -n "$$(find $(MODELS) -name manifest.json -print -quit 2>/dev/null)" || $(MAKE) train
-	$(PY) -m loadtest.chaos --models $(MODELS) --seconds $(CHAOS_SECONDS)
+	$(VENV)/bin/ranker chaos --models $(MODELS) --seconds $(CHAOS_SECONDS)
 
 # Saturation, then twice that offered open-loop (loadtest/overload.py): accepted p99, refusals,
 # 5xx and RSS into runs/overload/overload.{json,md}. Run alone: it measures the machine.
 overload: install
 	@test -n "$$(find $(MODELS) -name manifest.json -print -quit 2>/dev/null)" || $(MAKE) train
-	$(PY) -m loadtest.overload --models $(MODELS)
+	$(VENV)/bin/ranker overload --models $(MODELS)
 
 # The compose stack built and run for real under Podman (see tests/compose/stack.sh).
 compose-test: install
@@ -94,7 +94,7 @@ compose-test: install
 
 # Training benchmark: 1M generated impressions, ESMM and BASE, export; figures into README.md.
 bench-train: install
-	$(PY) -m training.bench --impressions 1000000 --models esmm,base --out runs/bench
+	$(VENV)/bin/ranker bench-train --impressions 1000000 --models esmm,base --out runs/bench
 
 # Evidence like the ESMM paper's Table 2 (training/compare.py): every model of COMPARE_MODELS
 # trained with COMPARE_SEEDS seeds on one generated set (a named regime of training/generate.py's
@@ -109,17 +109,17 @@ COMPARE_SEEDS ?= 5
 COMPARE_MODELS ?= base,esmm-ns,esmm,division
 COMPARE_OUT ?= runs/compare-$(COMPARE_PRESET)
 compare: install
-	test -f $(COMPARE_DATA)/action_train.csv || $(PY) -m training.generate --out $(COMPARE_DATA) \
+	test -f $(COMPARE_DATA)/action_train.csv || $(VENV)/bin/ranker generate --out $(COMPARE_DATA) \
 	  --impressions $(COMPARE_IMPRESSIONS) --seed 1 --action-label --preset $(COMPARE_PRESET) \
 	  $(COMPARE_SET)
-	$(PY) -m training.compare --data $(COMPARE_DATA) --models $(COMPARE_MODELS) \
+	$(VENV)/bin/ranker compare --data $(COMPARE_DATA) --models $(COMPARE_MODELS) \
 	  --seeds $(COMPARE_SEEDS) --out $(COMPARE_OUT)
 
 # Serve the newest model under models/ (making the default one first when there is none) with
 # the in-process user cache; set RANKER_REDIS_URL for the shared Redis tier.
 run: install
 	@test -n "$$(find $(MODELS) -name manifest.json -print -quit 2>/dev/null)" || $(MAKE) train
-	RANKER_MODEL_DIR=$(MODELS) $(PY) -m service
+	RANKER_MODEL_DIR=$(MODELS) $(VENV)/bin/ranker serve
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

@@ -1,9 +1,16 @@
-"""python -m service: serve the newest model under RANKER_MODEL_DIR on RANKER_HOST:RANKER_PORT."""
+"""Serve the newest model under RANKER_MODEL_DIR on RANKER_HOST:RANKER_PORT.
+
+`ranker serve`, or `python -m service`. Every setting is a RANKER_* environment variable
+(service/config.py); the command line takes --help only, which lists them and loads nothing.
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
+import textwrap
+import typing
 
 from pydantic import ValidationError
 
@@ -26,7 +33,34 @@ def load_settings() -> Settings:
         sys.exit("invalid settings:\n  " + "\n  ".join(lines))
 
 
-def main() -> None:
+def settings_help() -> str:
+    """Every variable Settings reads: its name and default, then its description and choices."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    lines = ["settings (environment variables; a bad value stops the start, naming it):"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        lines.append(f"  {prefix}{name.upper()}={'(unset)' if default is None else default}")
+        notes = [field.description] if field.description else []
+        if typing.get_origin(field.annotation) is typing.Literal:
+            notes.append("one of: " + ", ".join(map(str, typing.get_args(field.annotation))))
+        lines += [
+            textwrap.fill(note, 100, initial_indent=" " * 6, subsequent_indent=" " * 6)
+            for note in notes
+        ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> None:
+    """--help, and nothing else: the settings come from the environment."""
+    argparse.ArgumentParser(
+        description=__doc__,
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parse_args(argv)
     install_log_field()
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = load_settings()

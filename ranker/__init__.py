@@ -1,0 +1,1 @@
+"""The ranker's one command line: `ranker <verb> [options]` (ranker/cli.py)."""
