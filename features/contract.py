@@ -81,7 +81,7 @@ class Field:
     offset: int = 0  # first embedding row of this field
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser on uint64 (numpy wraps uint64 arithmetic silently, as wanted)."""
     x = x.astype(np.uint64, copy=True)
     x += np.uint64(0x9E3779B97F4A7C15)
@@ -200,7 +200,7 @@ class FeatureContract:
         for f, cols in self.columns(side):
             ids = raw_ids[:, cols]
             salt = np.uint64((self.seed << 32) ^ zlib.crc32(f.name.encode()))
-            h = _splitmix64(ids.view(np.uint64) ^ salt) & _MASK64
+            h = splitmix64(ids.view(np.uint64) ^ salt) & _MASK64
             rows = (h % np.uint64(f.buckets)).astype(np.int64) + f.offset
             out[:, cols] = np.where(present[:, cols], rows, PAD_ROW)
         if self.weighted:

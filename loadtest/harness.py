@@ -1,6 +1,7 @@
 """Real parts to break on purpose: a redis-server that can be killed, restarted and paused, the
 service as a process, model version folders, and an asyncio load driver that counts every
-answer. `make chaos`, `make overload` and the reliability tests are built from these.
+answer. `make chaos`, `make overload`, `make bench` and the reliability tests are built from
+these.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,9 +101,10 @@ class RedisServer:
 
 
 class ServiceProcess:
-    """`python -m service` on a free port, configured through RANKER_* variables."""
+    """`python -m service` on a free port, configured through RANKER_* variables (`module`: another
+    server that reads the same settings, such as the benchmark's naive baseline)."""
 
-    def __init__(self, log_path: Path | None = None, **settings):
+    def __init__(self, log_path: Path | None = None, module: str = "service", **settings):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "RANKER_PORT": str(self.port)}
@@ -110,7 +112,7 @@ class ServiceProcess:
         self.log_path = log_path
         out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT
         )
 
     def wait_ready(self, timeout_s: float = 120.0) -> ServiceProcess:
@@ -159,6 +161,7 @@ class LoadResult:
     statuses: Counter = field(default_factory=Counter)  # status code, or "conn-error"
     types: Counter = field(default_factory=Counter)  # error type of non-200 answers
     versions: Counter = field(default_factory=Counter)  # model_version of 200 answers
+    user_cache: Counter = field(default_factory=Counter)  # "hit" or "miss" of 200 answers
     accepted_s: list[float] = field(default_factory=list)  # latency of 200 answers
     refused_s: list[float] = field(default_factory=list)  # latency of 503 answers
     problems: list[str] = field(default_factory=list)  # what `check` found wrong
@@ -185,6 +188,7 @@ class LoadResult:
             "by_status": {str(k): v for k, v in sorted(self.statuses.items(), key=str)},
             "by_error_type": dict(self.types),
             "versions": dict(self.versions),
+            "user_cache": dict(self.user_cache),
             "accepted_per_s": round(self.statuses.get(200, 0) / max(self.seconds, 1e-9), 1),
             "accepted_p50_ms": self.pct(50),
             "accepted_p99_ms": self.pct(99),
@@ -229,12 +233,14 @@ class _Conn:
 class Load:
     """Sends /rank requests, closed loop (`concurrency` workers back to back) or open loop
     (Poisson arrivals at `rate` per second, however slowly the server answers), and records
-    every answer. Bodies are pre-encoded bytes, so the driver costs little of the machine."""
+    every answer. Bodies are pre-encoded bytes, so the driver costs little of the machine; worker
+    `w` sends bodies w, w + concurrency, ... (modulo their number), so a sequence that builds each
+    body when indexed can stand for more bodies than memory holds."""
 
     def __init__(
         self,
         url: str,
-        bodies: list[bytes],
+        bodies: Sequence[bytes],
         concurrency: int = 8,
         rate: float | None = None,
         check: Check | None = None,
@@ -329,6 +335,7 @@ class Load:
             r.accepted_s.append(dt)
             out = orjson.loads(data)
             r.versions[out["model_version"]] += 1
+            r.user_cache[out["user_cache"]] += 1
             if self.check is not None and (problem := self.check(i, out)):
                 r.problems.append(problem)
             return

@@ -71,10 +71,12 @@ class Traffic:
     def candidates(self) -> int:
         return int(np.clip(np.rint(300 * np.exp(0.6 * self.rng.standard_normal())), 50, 1000))
 
-    def request(self) -> dict:
+    def request(self, user: int | None = None, candidates: int | None = None) -> dict:
+        """One body: a user drawn by popularity and a drawn number of candidates, or the ones
+        given (the benchmark's fixed shape: the same few users, 500 candidates each)."""
         rng = self.rng
-        uid = int(rng.choice(self.n_users, p=self.user_p))
-        n = self.candidates()
+        uid = int(rng.choice(self.n_users, p=self.user_p)) if user is None else user
+        n = self.candidates() if candidates is None else candidates
         rows = rng.choice(len(self.price), size=n, replace=False)
         cands = [
             {

@@ -1,20 +1,30 @@
 """Admission control: shed load at the door instead of melting (standard library only).
 
-The bound is candidate rows admitted and not yet scored, not requests: one 2,000-candidate
-request costs what forty 50-candidate ones do. A request is refused at once when
+The unit is candidate rows admitted and not yet scored, not requests: one 2,000-candidate
+request costs what forty 50-candidate ones do. A request is admitted when nothing is queued (an
+idle server never refuses a valid request); otherwise it is refused at once when
 
-- its rows would take the admitted rows over `max_rows` (the queue is full), or
-- the rows already admitted, at the measured scoring rate, would not be done before its
-  deadline (it would only be run to be thrown away), or
-- the service is draining for shutdown.
+- the rows queued ahead of it and its own, at the measured scoring rate, would not be done
+  before its deadline: it would only wait to be thrown away (reason `deadline`); or
+- its rows would take the admitted rows over `max_rows`, a bound on memory set well above what
+  deadlines let in (reason `queue_full`); or
+- the service is draining for shutdown (reason `draining`).
+
+So a request that would meet its deadline is served, and under overload the queue holds about
+one deadline's worth of work: goodput stays at the saturation rate while the excess is refused
+cheaply, each refusal carrying `Retry-After`.
 
 The rate is measured end to end: candidate rows released per second of busy time (time with
 rows admitted), so it counts everything a request costs (decoding, encoding, the user tower,
 scoring, the response), not the model alone; on two cores the event loop's share is most of it.
 Until a second of busy time has been seen, `seed_rows_per_s` (the model's own rate) stands in.
 
-A refusal carries `retry_after_s`: the time the admitted rows take to drain at the measured rate,
-rounded up to whole seconds, at least 1. Admission itself costs a few attribute reads.
+Before a body is read only the memory bound can refuse (`full`): nothing else is known yet. A
+body larger than allowed (413) or with too many candidates (422) is the client's error, told as
+such, never as overload.
+
+`retry_after_s`: the time the admitted rows take to drain at the measured rate, rounded up to
+whole seconds, at least 1. Admission itself costs a few attribute reads.
 """
 
 from __future__ import annotations
@@ -46,7 +56,6 @@ class Admission:
         self.draining = False
         self.refused: dict[str, int] = {"queue_full": 0, "deadline": 0, "draining": 0}
         self.measured_rows_per_s: float | None = None
-        self.bytes_per_row: float | None = None  # of request bodies, for refusals before decoding
         self._busy_since = 0.0
         self._busy_s = 0.0  # busy time and rows released in the current measuring window
         self._done_rows = 0
@@ -59,29 +68,15 @@ class Admission:
         rate = self.rows_per_s
         return None if not rate else (self.rows + extra_rows) / rate
 
-    def learn_size(self, body_bytes: int, rows: int) -> None:
-        """Fold one decoded request into the bytes-per-row estimate that `full` uses."""
-        if rows > 0 and body_bytes > 0:
-            b = body_bytes / rows
-            self.bytes_per_row = (
-                b if self.bytes_per_row is None else 0.9 * self.bytes_per_row + 0.1 * b
-            )
-
-    def full(self, body_bytes: int = 0) -> bool:
-        """True when a request of `body_bytes` (its Content-Length) would not fit: refuse it
-        before its body is read and decoded, which under overload is most of a refusal's cost.
-        Its rows are estimated from the bytes per row of recent requests, with a 20% margin
-        so that an estimate refuses only what clearly would not fit."""
-        est = 0.8 * body_bytes / self.bytes_per_row if self.bytes_per_row else 0.0
-        return self.draining or self.rows + max(est, 1.0) > self.max_rows
+    def full(self) -> bool:
+        """True when no request could be admitted now: refuse it before its body is read."""
+        return self.draining or self.rows >= self.max_rows
 
     def refuse_now(self) -> None:
         if self.draining:
             self._refuse("draining", "the service is shutting down")
         self._refuse(
-            "queue_full",
-            f"overloaded: {self.rows} candidate rows queued; this request's would pass the "
-            f"bound of {self.max_rows}",
+            "queue_full", f"overloaded: {self.rows} candidate rows queued, the bound is full"
         )
 
     def retry_after_s(self) -> int:
@@ -92,20 +87,22 @@ class Admission:
         """Take `rows` in, or raise Refused. The caller must `release(rows)` once scored."""
         if self.draining:
             self._refuse("draining", "the service is shutting down")
-        if self.rows + rows > self.max_rows:
-            self._refuse(
-                "queue_full",
-                f"overloaded: {self.rows} candidate rows queued, {rows} more would pass the "
-                f"bound of {self.max_rows}",
-            )
-        wait = self.expected_wait_s(rows)
-        if wait is not None and wait > timeout_s:
-            self._refuse(
-                "deadline",
-                f"overloaded: the rows queued take about {wait * 1000:.0f} ms, over this "
-                f"request's timeout of {timeout_s * 1000:.0f} ms",
-            )
-        if self.rows == 0:
+        if self.rows > 0:
+            wait = self.expected_wait_s(rows)
+            if wait is not None and wait > timeout_s:
+                self._refuse(
+                    "deadline",
+                    f"overloaded: the rows queued and this request's take about "
+                    f"{wait * 1000:.0f} ms, over "
+                    f"this request's timeout of {timeout_s * 1000:.0f} ms",
+                )
+            if self.rows + rows > self.max_rows:
+                self._refuse(
+                    "queue_full",
+                    f"overloaded: {self.rows} candidate rows queued, {rows} more would pass the "
+                    f"bound of {self.max_rows}",
+                )
+        else:
             self._busy_since = self.clock()
         self.rows += rows
 

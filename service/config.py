@@ -37,14 +37,30 @@ class Settings(BaseSettings):
     # request limits
     max_candidates: int = Field(2000, ge=1)
     max_body_bytes: int = Field(4 << 20, ge=1024)
-    default_timeout_ms: int = Field(1000, ge=1)
+    default_timeout_ms: int = Field(1000, ge=1, le=60_000)
+
+    # connections: what a slow or hostile client may hold
+    max_connections: int = Field(
+        1024, ge=1, description="open connections and requests in flight; past it: 503"
+    )
+    header_timeout_s: float = Field(
+        5.0, gt=0, description="a connection's request head must arrive within this"
+    )
+    body_timeout_s: float = Field(10.0, gt=0, description="a request body must arrive within this")
+    max_header_bytes: int = Field(
+        16 << 10, ge=1024, description="request line and headers; past it the connection closes"
+    )
 
     # batching: rows from many requests in one run
     max_batch_rows: int = Field(2048, ge=1)
 
     # overload: admission is bounded in candidate rows admitted and not yet scored
     max_queued_rows: int = Field(
-        8192, ge=1, description="past this a request is refused at once (503, Retry-After)"
+        32768,
+        ge=1,
+        description="candidate rows admitted and not yet scored, a memory bound; past it a "
+        "request is refused at once (503, Retry-After). The usual refusal is the deadline's: "
+        "rows queued that would not be scored within the request's timeout",
     )
 
     # model reload and shutdown
@@ -64,6 +80,9 @@ class Settings(BaseSettings):
 
     # user cache
     cache_size: int = Field(50_000, ge=0, description="users held in process (0: off)")
+    cache_bytes: int = Field(
+        256 << 20, ge=0, description="bytes the process tier may hold (keys, vectors, overhead)"
+    )
     cache_ttl_s: float = Field(600.0, gt=0)
     redis_url: str | None = Field(None, description="redis://host:port/db; unset: no Redis tier")
     redis_timeout_ms: int = Field(50, ge=1, description="hard limit of one Redis call")
@@ -75,8 +94,10 @@ class Settings(BaseSettings):
     fusion_a: float = 1.0
     fusion_b: float = 1.0
     fusion_c: float = 0.0
-    fusion_min: float = -4.0
-    fusion_max: float = 4.0
+    # per-request exponents stay within [fusion_min, fusion_max], a part of [-8, 8] (the range
+    # over which every score stays finite in float64: service/request.py)
+    fusion_min: float = Field(-4.0, ge=-8.0, le=8.0)
+    fusion_max: float = Field(4.0, ge=-8.0, le=8.0)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -1,16 +1,29 @@
-"""A decoded /rank request -> raw contract rows, each field checked (numpy, no I/O).
+"""A decoded /rank request -> the embedding rows of both sides, through one model version's
+feature contract (numpy, no I/O).
 
-The Ranker encodes every request through this; the benchmark uses it too, so its raw ceiling
-scores exactly what the service would.
+The one place a request's features become model input: each field is checked against the
+contract (known, on the right side, one id where the field takes one), lists longer than a
+field's columns are truncated by the contract's rule, and both sides are hashed. The Ranker
+encodes every request through this; the benchmark uses it too, so its raw ceiling scores exactly
+what the service would.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
 from features.contract import FeatureContract, Field, Side, truncate
 from service.errors import ClientError
-from service.wire import RankRequest, WeightedIds
+from service.request import RankRequest, WeightedIds
+
+
+class Encoded(NamedTuple):
+    user_ids: np.ndarray  # (1, user width) embedding rows, int64
+    user_weights: np.ndarray  # (1, user width) pooling weights, float32
+    item_ids: np.ndarray  # (candidates, item width)
+    item_weights: np.ndarray
 
 
 class RequestEncoder:
@@ -50,12 +63,17 @@ class RequestEncoder:
             ids, weights = kept[0].tolist(), kept[1].tolist()
         return f, ids, weights
 
+    def encode(self, req: RankRequest) -> Encoded:
+        return Encoded(*self.encode_user(req), *self.encode_items(req))
+
     def encode_user(self, req: RankRequest) -> tuple[np.ndarray, np.ndarray]:
+        """The user's features -> one hashed row (1, user width)."""
         feats = {}
         for name, value in req.user_features.items():
             _, ids, weights = self._field("user", name, value, "user_features")
             feats[name] = (ids, weights)
-        return self.contract.encode_entity("user", feats)
+        raw_ids, raw_vals = self.contract.encode_entity("user", feats)
+        return self.contract.hash_side("user", raw_ids[None], raw_vals[None])
 
     def encode_items(self, req: RankRequest) -> tuple[np.ndarray, np.ndarray]:
         """Candidates -> hashed item rows. Built as Python lists and converted once (a numpy

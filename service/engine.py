@@ -77,7 +77,8 @@ class Engine:
             try:
                 self.sessions[name] = ort.InferenceSession(str(path), opts, providers=wanted)
             except Exception as e:  # onnxruntime raises its own untyped errors
-                raise ModelError(f"{path.name}: cannot load ({e})") from e
+                why = str(e).replace(str(self.folder.resolve()), self.folder.name)
+                raise ModelError(f"{path.name}: cannot load ({why})") from e
             self._check_signature(name)
         self.providers = self.sessions["item_scorer"].get_providers()
         self.warm_timings: dict[int, float] = {}  # rows -> seconds of one warm item-scorer run

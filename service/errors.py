@@ -1,4 +1,4 @@
-"""One error hierarchy, mapped to HTTP once (in main.py).
+"""One error hierarchy, mapped to HTTP once (in handlers.py).
 
 A client's mistake is a ClientError: a 4xx whose message says what to fix and names the field.
 Load the service sheds is a 503 with Retry-After; a request not scored in time is a 504.
@@ -26,20 +26,46 @@ class ClientError(ServiceError):
     type = "invalid_request"
 
 
-class PayloadTooLarge(ClientError):
+class MalformedJson(ClientError):
+    type = "malformed_json"
+
+
+class _Closes:
+    """Answered before the body was read whole: the connection closes after the answer."""
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
+class PayloadTooLarge(_Closes, ClientError):
     status = 413
     type = "payload_too_large"
 
 
-class Unauthorized(ClientError):
+class RequestTimeout(_Closes, ClientError):
+    status = 408
+    type = "request_timeout"
+
+
+class ClientClosed(ClientError):
+    """The client hung up before its request was read: nobody receives the answer; counted
+    under nginx's 499 and never logged as an error."""
+
+    status = 499
+    type = "client_closed"
+
+
+class Unauthorized(_Closes, ClientError):
+    """Refused before the body is read, so the connection closes after the answer."""
+
     status = 401
     type = "unauthorized"
 
     def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": "Bearer"}
+        return {"WWW-Authenticate": "Bearer", **super().headers()}
 
 
-class Forbidden(ClientError):
+class Forbidden(_Closes, ClientError):
     status = 403
     type = "forbidden"
 
@@ -76,3 +102,7 @@ class Overloaded(Unavailable):
 class Timeout(ServiceError):
     status = 504
     type = "timeout"
+
+
+class ScoringError(ServiceError):
+    """The model produced what no response may hold (a non-finite score): a 500, logged."""

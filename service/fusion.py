@@ -1,4 +1,5 @@
-"""Fusion policies: pure functions from head probabilities (and price) to a ranking score."""
+"""Fusion policies: pure functions from head probabilities (and price) to a ranking score. The
+bounds on their parameters are request rules (service/request.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-
-from service.errors import ClientError
 
 Policy = Literal["product", "sum"]
 
@@ -22,20 +21,6 @@ class FusionParams:
     @property
     def needs_price(self) -> bool:
         return self.c != 0
-
-
-def resolve(default: FusionParams, override: dict | None, lo: float, hi: float) -> FusionParams:
-    """The default policy with a request's overrides applied, each within [lo, hi]."""
-    values = {"policy": default.policy, "a": default.a, "b": default.b, "c": default.c}
-    for key, v in (override or {}).items():
-        if v is None:
-            continue
-        if key != "policy" and not (np.isfinite(v) and lo <= v <= hi):
-            raise ClientError(
-                f"fusion.{key}={v} is outside the allowed range [{lo}, {hi}]", field=f"fusion.{key}"
-            )
-        values[key] = v
-    return FusionParams(**values)
 
 
 def score(

@@ -9,13 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
-from service import fusion
+from service import admin, request
 from service.admission import Admission
 from service.config import Settings
 from service.engine import newest_version
-from service.handlers import install_error_handlers, install_openapi
+from service.handlers import install_error_handlers
 from service.metrics import Metrics
+from service.openapi import install_openapi
 from service.ranking import Ranker
 from service.reload import ModelLoader, Reloader
 from service.requestid import RequestIdMiddleware, install_log_field
@@ -26,14 +28,15 @@ from service.user_cache import Breaker, RedisTier
 log = logging.getLogger("service")
 
 
-def create_app(settings: Settings, ranker_cls: type[Ranker] = Ranker) -> FastAPI:
-    """The app; `ranker_cls` is swapped only by the benchmark's naive baseline."""
+def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         st, s = app.state, settings
         # One thread runs every ONNX graph, of every version: runs never overlap on 2 cores.
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
+        # Large bodies are decoded and encoded here, off the event loop (ranking.py).
+        workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
         redis = None
         if s.redis_url:
             breaker = Breaker(s.redis_breaker_failures, s.redis_breaker_reset_s)
@@ -52,15 +55,8 @@ def create_app(settings: Settings, ranker_cls: type[Ranker] = Ranker) -> FastAPI
             lambda: slot.current.batcher.rows_per_s,
             on_refuse=lambda reason: st.metrics.shed.labels(reason).inc(),
         )
-        default = fusion.FusionParams(s.fusion_policy, s.fusion_a, s.fusion_b, s.fusion_c)
-        st.ranker = ranker_cls(
-            slot,
-            st.admission,
-            default,
-            (s.fusion_min, s.fusion_max),
-            s.max_candidates,
-            s.default_timeout_ms,
-        )
+        rules = request.Rules.from_settings(s)
+        st.ranker = Ranker(slot, st.admission, rules, workers, st.metrics.candidates.observe)
         st.reloader = Reloader(s, loader, slot, st.metrics)
         watcher = (
             asyncio.get_running_loop().create_task(st.reloader.watch(s.reload_poll_s))
@@ -86,10 +82,15 @@ def create_app(settings: Settings, ranker_cls: type[Ranker] = Ranker) -> FastAPI
                     await watcher
             await slot.close()
             executor.shutdown(wait=True)
+            workers.shutdown(wait=True)
             if redis is not None:
                 await redis.close()
 
-    app = FastAPI(
+    # /docs from assets served by the app itself (Swagger UI 5, which renders OpenAPI 3.1): the
+    # default page loads them from a CDN and is blank on a host that cannot reach one
+    app = FastAPIOffline(
+        static_url="/docs/assets",
+        redoc_url=None,
         title="ranker",
         version="0.1.0",
         lifespan=lifespan,
@@ -99,12 +100,13 @@ def create_app(settings: Settings, ranker_cls: type[Ranker] = Ranker) -> FastAPI
     app.state.settings, app.state.metrics = settings, Metrics()
     app.state.loaded = app.state.ready = False  # ready: loaded and not shutting down
     app.include_router(router)
+    app.include_router(admin.router)
     install_error_handlers(app)
     install_openapi(app)
     install_log_field()
     app.add_middleware(
         RequestIdMiddleware,
         access_log=settings.access_log,
-        on_crash=lambda: app.state.metrics.responses.labels("500", "internal").inc(),
+        on_response=app.state.metrics.on_response,
     )
     return app

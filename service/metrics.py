@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
+PATHS = frozenset(
+    ("/rank", "/admin/reload", "/healthz", "/readyz", "/metrics", "/v1/model", "/docs")
+)
+
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.latency = Histogram(
             "ranker_request_seconds",
-            "POST /rank latency",
+            "latency of every response, by path and status",
+            ["path", "status"],
             registry=r,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 5),
         )
         self.candidates = Histogram(
             "ranker_candidates_per_request",
@@ -40,7 +45,10 @@ class Metrics:
             "ranker_user_cache", "user cache lookups", ["tier", "outcome"], registry=r
         )
         self.responses = Counter(
-            "ranker_responses", "responses by status and error type", ["status", "type"], registry=r
+            "ranker_responses",
+            "every response, by path, status and type (ok, or the error type)",
+            ["path", "status", "type"],
+            registry=r,
         )
         self.shed = Counter(
             "ranker_shed_requests",
@@ -59,6 +67,14 @@ class Metrics:
         )
         self.model = Gauge("ranker_model_info", "the served model version", ["version"], registry=r)
         ProcessCollector(registry=r)  # process_resident_memory_bytes and friends
+
+    def on_response(
+        self, method: str, path: str, status: int, error_type: str | None, seconds: float
+    ) -> None:
+        path = path if path in PATHS else "other"  # a label per known path, not per URL
+        code = str(status)
+        self.responses.labels(path, code, error_type or ("ok" if status < 400 else "http")).inc()
+        self.latency.labels(path, code).observe(seconds)
 
     def on_run(self, rows: int, jobs: int) -> None:
         self.runs.inc()

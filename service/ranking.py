@@ -1,31 +1,36 @@
-"""The one place that knows every part: request -> admission -> model -> cache -> batcher ->
-fusion.
+"""The one place that knows every part: body -> request -> admission -> model -> cache ->
+batcher -> fusion -> response.
 
-Flow of one request: its size, fusion and prices are checked; admission takes its candidate
+Flow of one request: its body is decoded and checked (request.py); admission takes its candidate
 rows in or refuses them at once (admission.py); it leases the current model version (served.py)
-and keeps that lease to the end, so a reload never changes the model under it. Its features are
-encoded through that version's feature contract; the user part is looked up in the version's
-user cache, or the user tower runs once (off the event loop). Its candidates become item rows in
-jobs of at most `max_batch_rows`, scored by the batcher together with other requests' rows,
-before the request's deadline or not at all. Fusion turns pCTR/pCVR/price into the score; items
-come back sorted, with the version that scored them. Duplicate item ids are allowed: each
-candidate is its own row.
+and keeps that lease to the end, so a reload never changes the model under it. Both sides are
+encoded through that version's feature contract (encoding.py); the user part is looked up in the
+version's user cache, or the user tower runs once (off the event loop). Its candidates become
+item rows in jobs of at most `max_batch_rows`, scored by the batcher together with other
+requests' rows, before the request's deadline or not at all. Fusion turns pCTR/pCVR/price into
+the score; items come back sorted, with the version that scored them. Duplicate item ids are
+allowed: each candidate is its own row.
+
+Large bodies are decoded and encoded in a worker thread, so one 4 MB request does not hold the
+event loop (and every other request) for the tens of milliseconds its Python work takes; small
+ones stay on the loop, where a thread hop would cost more than the work.
 """
 
 from __future__ import annotations
 
 import asyncio
-
-import msgspec
-import numpy as np
+from collections.abc import Callable
+from concurrent.futures import Executor
 
 from features.contract import FeatureContract
-from service import fusion
+from service import fusion, request
 from service.admission import Admission, Refused
-from service.engine import Scores
-from service.errors import ClientError, Overloaded, Timeout
+from service.encoding import Encoded
+from service.errors import Overloaded, Timeout
+from service.response import RankResponse, ranked
 from service.served import ModelSlot, ServedModel
-from service.wire import RankRequest
+
+OFF_LOOP_BYTES = 64 << 10  # bodies this large are decoded and encoded off the event loop
 
 
 class Ranker:
@@ -33,90 +38,56 @@ class Ranker:
         self,
         slot: ModelSlot,
         admission: Admission,
-        default_fusion: fusion.FusionParams,
-        fusion_bounds: tuple[float, float],
-        max_candidates: int,
-        default_timeout_ms: int,
+        rules: request.Rules,
+        workers: Executor,
+        on_request: Callable[[int], None] = lambda candidates: None,
     ):
-        self.slot, self.admission = slot, admission
-        self.default_fusion, self.fusion_bounds = default_fusion, fusion_bounds
-        self.max_candidates, self.default_timeout_ms = max_candidates, default_timeout_ms
+        self.slot, self.admission, self.rules, self.workers = slot, admission, rules, workers
+        self.on_request = on_request
 
-    def refuse_early(self, body_bytes: int) -> None:
-        """Before a body is read: refuse at once when it would not be admitted anyway."""
-        if self.admission.full(body_bytes):
+    def refuse_early(self) -> None:
+        """Before a body is read: refuse at once when no request could be admitted now."""
+        if self.admission.full():
             try:
                 self.admission.refuse_now()
             except Refused as e:
                 raise Overloaded(e.message, e.retry_after_s) from None
 
-    async def rank(self, req: RankRequest, body_bytes: int = 0) -> dict:
-        n = len(req.candidates)
-        self.admission.learn_size(body_bytes, n)
-        if n > self.max_candidates:
-            raise ClientError(f"{n} candidates; at most {self.max_candidates}", field="candidates")
-        params = fusion.resolve(
-            self.default_fusion,
-            msgspec.structs.asdict(req.fusion) if req.fusion else None,
-            *self.fusion_bounds,
-        )
-        prices = np.array([np.nan if c.price is None else c.price for c in req.candidates])
-        bad = np.flatnonzero(np.isinf(prices))
-        if bad.size:
-            raise ClientError("price must be a finite number", field=f"candidates[{bad[0]}].price")
-        price = None
-        if params.needs_price:
-            missing = [i for i, c in enumerate(req.candidates) if c.price is None]
-            if missing:
-                raise ClientError(
-                    f"the fusion uses price (c={params.c}) but candidate {missing[0]} has none",
-                    field=f"candidates[{missing[0]}].price",
-                )
-            price = prices
-        timeout = (req.timeout_ms or self.default_timeout_ms) / 1000
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def rank(self, body: bytes) -> RankResponse:
+        large = len(body) >= OFF_LOOP_BYTES
+        if large:
+            r = await self._off_loop(request.decode, body, self.rules)
+        else:
+            r = request.decode(body, self.rules)
+        self.on_request(r.rows)
+        deadline = asyncio.get_running_loop().time() + r.timeout_s
         try:
-            self.admission.admit(n, timeout)
+            self.admission.admit(r.rows, r.timeout_s)
         except Refused as e:
             raise Overloaded(e.message, e.retry_after_s) from None
         try:
             async with self.slot.lease() as model:
-                raw_uid, raw_uval = model.encoder.encode_user(req)
-                item_ids, item_w = model.encoder.encode_items(req)
+                if large:
+                    rows = await self._off_loop(model.encoder.encode, r.req)
+                else:
+                    rows = model.encoder.encode(r.req)
                 try:
                     async with asyncio.timeout_at(deadline):
-                        scores, hit = await self._score(
-                            model, req.user_id, raw_uid, raw_uval, item_ids, item_w, deadline
-                        )
+                        scores, hit = await self._score(model, r.req.user_id, rows, deadline)
                 except TimeoutError:  # also the batcher's DeadlineExceeded: never run
-                    raise Timeout(f"not scored within {timeout * 1000:.0f} ms") from None
-                version = model.version
+                    raise Timeout(f"not scored within {r.timeout_s * 1000:.0f} ms") from None
         finally:
-            self.admission.release(n)
-        fused = fusion.score(params, scores.pctr, scores.pcvr, price)
-        order = np.argsort(-fused, kind="stable")[: req.top_k]
-        items = [
-            {
-                "item_id": req.candidates[i].item_id,
-                "pctr": float(scores.pctr[i]),
-                "pcvr": float(scores.pcvr[i]),
-                "pctcvr": float(scores.pctcvr[i]),
-                "score": float(fused[i]),
-            }
-            for i in order.tolist()
-        ]
-        return {
-            "model_version": version,
-            "user_cache": "hit" if hit else "miss",
-            "fusion": {"policy": params.policy, "a": params.a, "b": params.b, "c": params.c},
-            "items": items,
-        }
+            self.admission.release(r.rows)
+        fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, r.price)
+        item_ids = [c.item_id for c in r.req.candidates]
+        return ranked(model.version, hit, r.fusion, item_ids, scores, fused, r.req.top_k)
 
-    async def _score(
-        self, model: ServedModel, user_id, raw_uid, raw_uval, item_ids, item_w, deadline: float
-    ) -> tuple[Scores, bool]:
-        user_repr, hit = await model.user_repr(user_id, raw_uid, raw_uval)
-        return await model.score(user_repr, item_ids, item_w, deadline), hit
+    async def _off_loop(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.workers, fn, *args)
+
+    async def _score(self, model: ServedModel, user_id, rows: Encoded, deadline: float):
+        user_repr, hit = await model.user_repr(user_id, rows.user_ids, rows.user_weights)
+        return await model.score(user_repr, rows.item_ids, rows.item_weights, deadline), hit
 
 
 def contract_summary(contract: FeatureContract) -> dict:

@@ -9,7 +9,11 @@ serving goes on meanwhile.
 `Reloader` swaps a built version into the slot (served.py), one reload at a time. A version that
 cannot be loaded or does not pass its checks is refused with a log line that says why, and the
 old one keeps serving. Triggers: `POST /admin/reload` and, when `RANKER_RELOAD_POLL_S` > 0, a
-watcher that notices a newer version folder under `RANKER_MODEL_DIR`.
+watcher that notices a newer version folder under `RANKER_MODEL_DIR`, unless a version is pinned
+(a reload that names its folder pins it; one that names none unpins: see admin.py).
+
+Messages name folders relative to RANKER_MODEL_DIR: a refusal tells a client what was wrong
+with the model, not where the server keeps its files.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 
 from service.config import Settings
 from service.engine import Engine, ModelError, newest_version
-from service.errors import ModelRefused
+from service.errors import ClientError, ModelRefused
 from service.metrics import Metrics
 from service.served import ModelSlot, ServedModel
 from service.user_cache import LocalLRU, RedisTier, UserCache
@@ -47,12 +51,12 @@ class ModelLoader:
         except ModelError:
             raise
         except Exception as e:  # a missing or damaged samples.npz, a graph that fails to run
-            raise ModelError(f"{folder}: warm-up failed ({type(e).__name__}: {e})") from e
+            raise ModelError(f"{engine.version}: warm-up failed ({type(e).__name__})") from e
         cache = UserCache(
-            engine.version,
+            engine.digest,
             engine.repr_dim,
-            LocalLRU(s.cache_size, s.cache_ttl_s),  # each version has its own process tier
-            self.redis,  # shared: keys and values carry the version
+            LocalLRU(s.cache_size, s.cache_ttl_s, s.cache_bytes),  # each version has its own
+            self.redis,  # shared: keys and values carry the model's content digest
             self.metrics.on_cache,
         )
         return ServedModel(engine, cache, s.max_batch_rows, self.executor, self.metrics.on_run)
@@ -72,50 +76,81 @@ def warm_rows_for(recent: list[int], max_batch_rows: int) -> tuple[int, ...]:
 class Reloader:
     def __init__(self, settings: Settings, loader: ModelLoader, slot: ModelSlot, metrics: Metrics):
         self.settings, self.loader, self.slot, self.metrics = settings, loader, slot, metrics
+        self.root = Path(settings.model_dir).resolve()
         self.refused: dict[Path, str] = {}  # folder -> why; the watcher does not retry these
+        self.pinned: str | None = None  # a version folder (relative): the watcher leaves it be
         self._lock = asyncio.Lock()
 
-    async def reload(self, folder: Path | None = None) -> dict:
-        """Load `folder` (default: the newest version under the model folder) and swap it in.
-        Raises ModelRefused, and keeps the current version, when it cannot be served."""
+    def version_folder(self, path: str) -> Path:
+        """A client's relative path -> a folder inside the model folder, or a ClientError."""
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in path) or path.startswith(("/", "\\")):
+            raise ClientError(
+                "path must be a relative path without control characters", field="path"
+            )
+        folder = (self.root / path).resolve()
+        if not folder.is_relative_to(self.root) or folder == self.root:
+            raise ClientError(
+                "path must name a version folder inside RANKER_MODEL_DIR", field="path"
+            )
+        return folder
+
+    def _shown(self, folder: Path) -> str:
+        folder = Path(folder).resolve()
+        return str(folder.relative_to(self.root)) if folder.is_relative_to(self.root) else "."
+
+    async def reload(self, folder: Path | None = None, pin: bool = False) -> dict:
+        """Load `folder` (default: the newest version under the model folder) and swap it in;
+        `pin` keeps the watcher off it (False: the watcher follows the newest again). Raises
+        ModelRefused, and keeps the current version, when it cannot be served."""
         async with self._lock:
             current = self.slot.current
             try:
                 target = newest_version(self.settings.model_dir) if folder is None else folder
-            except ModelError as e:
-                raise self._refuse(self.settings.model_dir, str(e), current.version) from None
+            except ModelError:
+                raise self._refuse(self.root, "no model version found", current.version) from None
             target = Path(target).resolve()
+            if not (target / "manifest.json").is_file():
+                raise self._refuse(target, "not a model version folder", current.version)
             if target == current.engine.folder.resolve():
-                return {"status": "unchanged", "model_version": current.version}
+                self.pinned = self._shown(target) if pin else None
+                return self._answer("unchanged", current.version)
             warm = warm_rows_for(list(current.batcher.recent_rows), self.settings.max_batch_rows)
             try:
                 new = await asyncio.to_thread(self.loader.build, target, warm)
             except ModelError as e:
                 raise self._refuse(target, str(e), current.version) from None
-            if new.version == current.version:
-                raise self._refuse(
-                    target,
-                    f"{target}: version {new.version} is already served from "
-                    f"{current.engine.folder}; a new model needs a new version",
-                    current.version,
-                )
             old = self.slot.swap(new)
+            self.pinned = self._shown(target) if pin else None
             self.refused.pop(target, None)
             self.metrics.reloads.labels("ok").inc()
             self.metrics.on_model(new.version, old.version)
-            log.info("now serving %s from %s (was %s)", new.version, target, old.version)
-            return {"status": "reloaded", "model_version": new.version, "previous": old.version}
+            log.info(
+                "now serving %s (%s) from %s (was %s)%s",
+                new.version,
+                new.digest[:12],
+                self._shown(target),
+                old.version,
+                "; pinned" if pin else "",
+            )
+            return self._answer("reloaded", new.version, previous=old.version)
+
+    def _answer(self, status: str, version: str, **extra) -> dict:
+        return {"status": status, "model_version": version, "pinned": self.pinned, **extra}
 
     def _refuse(self, folder: Path, why: str, serving: str) -> ModelRefused:
         self.refused[Path(folder).resolve()] = why
         self.metrics.reloads.labels("refused").inc()
-        log.error("refused model %s: %s; still serving %s", folder, why, serving)
-        return ModelRefused(f"refused: {why}; still serving {serving}")
+        shown = self._shown(folder)
+        log.error("refused model %s: %s; still serving %s", shown, why, serving)
+        return ModelRefused(f"refused {shown}: {why}; still serving {serving}")
 
     async def watch(self, interval_s: float) -> None:
-        """Reload when a newer version folder appears; a refused folder is not tried again."""
+        """Reload when a newer version folder appears, unless a version is pinned; a refused
+        folder is not tried again."""
         while True:
             await asyncio.sleep(interval_s)
+            if self.pinned is not None:
+                continue
             try:
                 target = newest_version(self.settings.model_dir).resolve()
             except ModelError:
@@ -127,4 +162,4 @@ class Reloader:
             except ModelRefused:
                 pass
             except Exception:  # the watcher must outlive anything a folder can do to it
-                log.exception("reload of %s failed", target)
+                log.exception("reload of %s failed", self._shown(target))

@@ -5,7 +5,10 @@ objects beyond the id itself).
 A caller's own `X-Request-ID` is kept when it is a sane token (1-128 characters of
 `A-Za-z0-9._:-`), so ids can follow a request across services; otherwise one is made. The
 middleware is also the last line of defence: an exception that escapes everything else becomes
-an opaque 500 with the id, and its trace goes to the log under the same id.
+an opaque 500 with the id, and its trace goes to the log under the same id. It sees every
+response, so it reports each one (`on_response`: method, path, status, error type, seconds) for
+the metrics, errors and successes alike. The access line escapes the path: a `%0a` in a URL
+cannot forge a log line.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import uuid
 import orjson
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# the error type of the response being written (set by handlers.py), in a list the middleware
+# owns, so it reads what a handler wrote whatever context the handler ran in
+ERROR_TYPE: contextvars.ContextVar[list[str | None]] = contextvars.ContextVar("error_type")
 _SANE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 log = logging.getLogger("service.access")
 
@@ -38,9 +44,19 @@ def install_log_field() -> None:
     logging.setLogRecordFactory(factory)
 
 
+def printable(text: str) -> str:
+    """Control and non-ASCII characters escaped: one log line stays one line."""
+    return text.encode("unicode_escape").decode("ascii")
+
+
 class RequestIdMiddleware:
-    def __init__(self, app, access_log: bool = True, on_crash=lambda: None):
-        self.app, self.access_log, self.on_crash = app, access_log, on_crash
+    def __init__(
+        self,
+        app,
+        access_log: bool = True,
+        on_response=lambda method, path, status, error_type, seconds: None,
+    ):
+        self.app, self.access_log, self.on_response = app, access_log, on_response
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -49,6 +65,8 @@ class RequestIdMiddleware:
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
         rid = given.decode() if given is not None and _SANE.fullmatch(given) else uuid.uuid4().hex
         token = REQUEST_ID.set(rid)
+        error_type: list[str | None] = [None]
+        type_token = ERROR_TYPE.set(error_type)
         header = (b"x-request-id", rid.encode())
         status, started, t0 = 500, False, time.perf_counter()
 
@@ -62,8 +80,8 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            self.on_crash()
+            log.exception("unhandled error on %s %s", scope["method"], printable(scope["path"]))
+            status, error_type[0] = 500, "internal"
             if not started:
                 body = orjson.dumps(
                     {"error": {"type": "internal", "message": "internal error", "request_id": rid}}
@@ -77,12 +95,15 @@ class RequestIdMiddleware:
                 )
                 await send({"type": "http.response.body", "body": body})
         finally:
+            seconds = time.perf_counter() - t0
+            self.on_response(scope["method"], scope["path"], status, error_type[0], seconds)
             if self.access_log:
                 log.info(
                     "%s %s %d %.1f ms",
-                    scope["method"],
-                    scope["path"],
+                    printable(scope["method"]),
+                    printable(scope["path"]),
                     status,
-                    (time.perf_counter() - t0) * 1e3,
+                    seconds * 1e3,
                 )
+            ERROR_TYPE.reset(type_token)
             REQUEST_ID.reset(token)

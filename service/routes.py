@@ -1,87 +1,75 @@
-"""Thin endpoints: parse, delegate to the Ranker (or the Reloader), serialise."""
+"""Thin endpoints: read, delegate to the Ranker, serialise. Admin endpoints are in admin.py."""
 
 from __future__ import annotations
 
-import hmac
-import time
-from pathlib import Path
+import asyncio
 
-import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
-from service import wire
-from service.errors import ClientError, Forbidden, NotReady, PayloadTooLarge, Unauthorized
+from service.errors import ClientClosed, NotReady, PayloadTooLarge, RequestTimeout
+from service.openapi import body_schema, error_docs, json_body
 from service.ranking import contract_summary
-from service.schemas import ErrorResponse, RankResponse, ReloadRequest, ReloadResponse
+from service.response import json_response
 
 router = APIRouter()
 
-
-def _doc(description: str) -> dict:
-    return {"model": ErrorResponse, "description": description}
-
-
-RANK_ERRORS = {
-    413: _doc("body over RANKER_MAX_BODY_BYTES"),
-    422: _doc("malformed JSON or an invalid field (named)"),
-    503: _doc(
-        "refused at once, with Retry-After: the queue of candidate rows is full, the rows "
-        "queued would not be scored within timeout_ms, the service is shutting down, or the "
-        "model is not loaded yet"
-    ),
-    504: _doc("not scored within timeout_ms (and, when that ran out while queued, never run)"),
-}
-NOT_READY = {503: _doc("model not loaded or not warm yet, or shutting down")}
+RANK_ERRORS = error_docs(
+    {
+        408: "the body did not arrive within RANKER_BODY_TIMEOUT_S",
+        413: "body over RANKER_MAX_BODY_BYTES (refused before it is read when declared)",
+        422: "malformed JSON, too many candidates, or an invalid field (named)",
+        503: "refused at once, with Retry-After: the rows queued would not be scored within "
+        "timeout_ms, the queue's memory bound is full, the service is shutting down, or the "
+        "model is not loaded yet",
+        504: "not scored within timeout_ms (and, when that ran out while queued, never run)",
+    }
+)
+NOT_READY = error_docs({503: "model not loaded or not warm yet, or shutting down"})
 
 
-def json_response(body: dict, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+def refuse_declared_over(request: Request, limit: int) -> None:
+    """413 before a byte of the body is read, when its declared length is over `limit`."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes; at most {limit}")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused as soon as it passes `limit` bytes (never read whole first)."""
-    if int(request.headers.get("content-length") or 0) > limit:
-        raise PayloadTooLarge(f"body over {limit} bytes")
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refused as soon as it passes `limit` bytes, read within `timeout_s`; a client
+    that hangs up mid-body is ClientClosed."""
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body over {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
+    except ClientDisconnect:
+        raise ClientClosed("the client closed the connection before sending its body") from None
     return b"".join(chunks)
 
 
 @router.post(
     "/rank",
-    response_model=RankResponse,
-    responses=RANK_ERRORS,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/RankRequest"}}
-            },
-        }
-    },
+    responses={200: json_body("RankResponse"), **RANK_ERRORS},
+    openapi_extra=body_schema("RankRequest"),
 )
 async def rank(request: Request) -> Response:
     """Score one user's candidates: pCTR, pCVR, pCTCVR and the fusion score, sorted."""
     state = request.app.state
     if not state.loaded:  # while draining, admission refuses (after RANKER_SHUTDOWN_DELAY_S)
         raise NotReady("the model is not loaded yet")
-    t0 = time.perf_counter()
-    # a request that would not fit is refused before its body costs anything
-    state.ranker.refuse_early(int(request.headers.get("content-length") or 0))
-    body = await _read_body(request, state.settings.max_body_bytes)
-    # Decoded straight from bytes by msgspec: FastAPI's body parameter, or pydantic itself,
-    # costs several times as much (see service/wire.py).
-    req = wire.decode(body)
-    state.metrics.candidates.observe(len(req.candidates))
-    out = await state.ranker.rank(req, len(body))
-    state.metrics.latency.observe(time.perf_counter() - t0)
-    return json_response(out)
+    s = state.settings
+    refuse_declared_over(request, s.max_body_bytes)  # the client's error, before any overload
+    state.ranker.refuse_early()  # before the body costs anything
+    body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
+    return json_response(await state.ranker.rank(body))
 
 
 @router.get("/healthz")
@@ -109,7 +97,8 @@ async def metrics(request: Request) -> Response:
 
 @router.get("/v1/model", responses=NOT_READY)
 async def model(request: Request) -> Response:
-    """The served model: version, feature contract summary, ONNX Runtime providers that run."""
+    """The served model: version, content digest, feature contract summary, ONNX Runtime
+    providers that run, and whether reloads follow the newest version or are pinned."""
     state = request.app.state
     if not state.loaded:
         raise NotReady("the model is not loaded yet")
@@ -123,49 +112,7 @@ async def model(request: Request) -> Response:
             "user_repr_dim": e.repr_dim,
             "calibration": {k: c.method for k, c in e.calibration.items()},
             "features": contract_summary(e.contract),
-            "metrics": {
-                k: e.manifest.metrics.get(k) for k in ("ctr_auc", "cvr_auc", "ctcvr_auc")
-            },
+            "metrics": {k: e.manifest.metrics.get(k) for k in ("ctr_auc", "cvr_auc", "ctcvr_auc")},
+            "pinned": state.reloader.pinned,
         }
     )
-
-
-def _check_token(request: Request) -> None:
-    token = request.app.state.settings.admin_token
-    if token is None:
-        raise Forbidden("admin endpoints are off: the service has no RANKER_ADMIN_TOKEN")
-    given = request.headers.get("authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        value.encode(), token.get_secret_value().encode()
-    ):
-        raise Unauthorized("admin endpoints need `Authorization: Bearer <RANKER_ADMIN_TOKEN>`")
-
-
-@router.post(
-    "/admin/reload",
-    response_model=ReloadResponse,
-    dependencies=[Depends(_check_token)],
-    responses={
-        401: _doc("no or wrong bearer token"),
-        403: _doc("admin endpoints are off (no RANKER_ADMIN_TOKEN)"),
-        409: _doc("the model was refused (the message says why); the old one keeps serving"),
-        422: _doc("malformed JSON, or a path outside RANKER_MODEL_DIR"),
-        503: _doc("not loaded yet, or shutting down"),
-    },
-)
-async def reload(request: Request, body: ReloadRequest | None = None) -> Response:
-    """Load a model version off the serving path (checked, parity-smoked, warmed) and swap it in
-    atomically; requests in flight finish on the version they started with."""
-    state = request.app.state
-    if not state.loaded or state.admission.draining:
-        raise NotReady("not ready: loading, or shutting down")
-    folder = None
-    if body is not None and body.path is not None:
-        root = Path(state.settings.model_dir).resolve()
-        folder = (root / body.path).resolve()
-        if body.path.startswith("/") or not folder.is_relative_to(root) or folder == root:
-            raise ClientError(
-                "path must name a version folder inside RANKER_MODEL_DIR", field="path"
-            )
-    return json_response(await state.reloader.reload(folder))

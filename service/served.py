@@ -2,7 +2,8 @@
 
 `ServedModel` is one loaded version with everything that must follow it: the engine (ONNX
 sessions), the request encoder of its feature contract, its user cache (keys and Redis values
-carry its version) and its own batcher, so a run never mixes rows of two versions.
+carry the model's content digest, never its name) and its own batcher, so a run never mixes
+rows of two versions.
 
 `ModelSlot` holds the current version. A request leases the model once and uses that lease from
 encoding to scores, so a swap never changes the model under a request: requests in flight finish
@@ -46,6 +47,7 @@ class ServedModel:
         on_run: Callable[[int, int], None] = lambda rows, jobs: None,
     ):
         self.engine, self.version, self.contract = engine, engine.version, engine.contract
+        self.digest = engine.digest
         self.encoder = RequestEncoder(self.contract)
         self.cache, self.executor, self.on_run = cache, executor, on_run
         self.max_batch_rows = max_batch_rows
@@ -82,12 +84,12 @@ class ServedModel:
         ]
 
     # ---- on the event loop --------------------------------------------------------------------
-    async def user_repr(self, user_id, raw_uid, raw_uval) -> tuple[np.ndarray, bool]:
-        """(representation, hit): from the cache, or the user tower run once (off the loop)."""
-        key = user_key(self.version, user_id, raw_uid, raw_uval)
+    async def user_repr(self, user_id, uid, uw) -> tuple[np.ndarray, bool]:
+        """(representation, hit) of one user's encoded row (1, user width): from the cache, or
+        the user tower run once (off the loop)."""
+        key = user_key(self.digest, user_id, uid, uw)
 
         async def compute() -> np.ndarray:
-            uid, uw = self.contract.hash_side("user", raw_uid[None], raw_uval[None])
             loop = asyncio.get_running_loop()
             return (await loop.run_in_executor(self.executor, self.engine.user_repr, uid, uw))[0]
 

@@ -20,21 +20,28 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.config import Settings
+from service.protocol import guarded
 
 log = logging.getLogger("service")
 
 
+def server_config(app: FastAPI, settings: Settings, **config) -> uvicorn.Config:
+    """uvicorn's configuration of the service: its connection limits (service/protocol.py) and
+    graceful shutdown, from the settings."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=guarded(settings.header_timeout_s, settings.max_header_bytes),
+        limit_concurrency=settings.max_connections,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+        **config,
+    )
+
+
 class DrainingServer(uvicorn.Server):
     def __init__(self, app: FastAPI, settings: Settings, **config):
-        super().__init__(
-            uvicorn.Config(
-                app,
-                host=settings.host,
-                port=settings.port,
-                timeout_graceful_shutdown=settings.shutdown_grace_s,
-                **config,
-            )
-        )
+        super().__init__(server_config(app, settings, **config))
         self.app, self.settings = app, settings
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,11 +1,18 @@
 """The user representation cache: an in-process LRU with TTL, and Redis as a shared tier.
 
-Keys carry the model version, the user id and a digest of the user's encoded features, so a new
-model never reads an old vector and changed features never reuse a stale one. Values written to
-Redis carry the model version, the vector length and the dtype, and are checked when read: a
-value that does not match is a miss, never used. A Redis error or timeout is a miss too (and
-counted): the user tower runs instead; a circuit breaker keeps a dead or hung Redis from
-costing a timeout per request. Concurrent misses for one key compute once.
+Key layout: `ranker:u:<model digest, 24 hex>:<blake2b of the user id and its encoded rows, 24
+hex>`. The model part is the content digest of the model (features/manifest.py), never its
+folder name, so two exports that share a name never share vectors and a new model never reads
+an old one; changed features never reuse a stale vector. Keys have a fixed size whatever the
+user id. Values written to Redis carry the model digest, the vector length and the dtype, and
+are checked when read: a value that does not match is a miss, never used. A Redis error or
+timeout is a miss too (and counted): the user tower runs instead; a circuit breaker keeps a
+dead or hung Redis from costing a timeout per request.
+
+Concurrent misses for one key compute once (single flight): the computation is a task of its
+own, so a caller that gives up (its deadline, a disconnect) never cancels it under the others,
+and each waiter gets its result or its exception. The process tier is bounded in entries and
+in bytes.
 """
 
 from __future__ import annotations
@@ -24,15 +31,23 @@ log = logging.getLogger("service.user_cache")
 MAGIC = b"RNK1"
 
 
-def user_key(version: str, user_id: str | int, ids: np.ndarray, vals: np.ndarray) -> str:
-    digest = hashlib.blake2b(ids.tobytes() + vals.tobytes(), digest_size=12).hexdigest()
-    return f"ranker:{version}:{type(user_id).__name__}:{user_id}:{digest}"
+def user_key(model: str, user_id: str | int, ids: np.ndarray, vals: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    h.update(f"{type(user_id).__name__}:{user_id}".encode("utf-8", "surrogatepass"))
+    h.update(b"\0" + ids.tobytes() + vals.tobytes())
+    return f"ranker:u:{model[:24]}:{h.hexdigest()}"
+
+
+ENTRY_OVERHEAD = 200  # bytes an entry costs beyond its key and vector (dict, tuple, array header)
 
 
 class LocalLRU:
-    def __init__(self, size: int, ttl_s: float):
-        self.size, self.ttl_s = size, ttl_s
-        self._data: collections.OrderedDict[str, tuple[float, np.ndarray]] = (
+    """LRU with a TTL, bounded in entries and in bytes (keys, vectors and overhead)."""
+
+    def __init__(self, size: int, ttl_s: float, max_bytes: int = 1 << 30):
+        self.size, self.ttl_s, self.max_bytes = size, ttl_s, max_bytes
+        self.bytes = 0
+        self._data: collections.OrderedDict[str, tuple[float, np.ndarray, int]] = (
             collections.OrderedDict()
         )
 
@@ -41,37 +56,43 @@ class LocalLRU:
         if item is None:
             return None
         if item[0] < time.monotonic():
-            del self._data[key]
+            self._drop(key)
             return None
         self._data.move_to_end(key)
         return item[1]
 
     def put(self, key: str, vec: np.ndarray) -> None:
-        if self.size <= 0:
+        cost = len(key) + vec.nbytes + ENTRY_OVERHEAD
+        if self.size <= 0 or cost > self.max_bytes:
             return
-        self._data[key] = (time.monotonic() + self.ttl_s, vec)
-        self._data.move_to_end(key)
-        while len(self._data) > self.size:
-            self._data.popitem(last=False)
+        if key in self._data:
+            self._drop(key)
+        self._data[key] = (time.monotonic() + self.ttl_s, vec, cost)
+        self.bytes += cost
+        while len(self._data) > self.size or self.bytes > self.max_bytes:
+            self._drop(next(iter(self._data)))
+
+    def _drop(self, key: str) -> None:
+        self.bytes -= self._data.pop(key)[2]
 
     def __len__(self) -> int:
         return len(self._data)
 
 
-def encode_value(version: str, vec: np.ndarray) -> bytes:
-    v = version.encode()
+def encode_value(model: str, vec: np.ndarray) -> bytes:
+    v = model.encode()
     vec = np.ascontiguousarray(vec, dtype=np.float32)
     return MAGIC + struct.pack("<HI", len(v), vec.size) + v + vec.tobytes()
 
 
-def decode_value(blob: bytes, version: str, dim: int) -> np.ndarray | None:
+def decode_value(blob: bytes, model: str, dim: int) -> np.ndarray | None:
     """The vector, or None when the value is not this model's float32 vector of `dim`."""
     try:
         if blob[:4] != MAGIC:
             return None
         vlen, size = struct.unpack_from("<HI", blob, 4)
         start = 4 + struct.calcsize("<HI")
-        if blob[start : start + vlen].decode() != version or size != dim:
+        if blob[start : start + vlen].decode() != model or size != dim:
             return None
         data = blob[start + vlen :]
         if len(data) != 4 * dim:
@@ -121,6 +142,18 @@ class Breaker:
         return False
 
 
+def redacted(url: str) -> str:
+    """The URL without its password, for logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
 class RedisTier:
     """Redis behind hard timeouts and a circuit breaker. Reads wait at most `timeout_ms`; writes
     go to the background (bounded), so a slow Redis never delays a response by more than one
@@ -141,11 +174,11 @@ class RedisTier:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        self.url, self.timeout_s = url, timeout_ms / 1000
+        self.url, self.timeout_s = redacted(url), timeout_ms / 1000
         # One immediate retry: a connection Redis dropped on restart fails once, then the retry
         # reconnects. The whole call stays under the hard timeout regardless.
         self.client = redis.Redis.from_url(
-            url,
+            url,  # the real one; self.url is for logs
             socket_timeout=self.timeout_s,
             socket_connect_timeout=self.timeout_s,
             retry=Retry(NoBackoff(), 1),
@@ -202,20 +235,21 @@ class RedisTier:
 
 
 class UserCache:
-    """local -> redis -> compute, with single flight per key. `on_event(tier, outcome)` is
-    called for metrics: tier "local" or "redis", outcome "hit" or "miss"."""
+    """local -> redis -> compute, with single flight per key. `model` is the model's content
+    digest. `on_event(tier, outcome)` is called for metrics: tier "local" or "redis", outcome
+    "hit" or "miss"."""
 
     def __init__(
         self,
-        version: str,
+        model: str,
         dim: int,
         local: LocalLRU,
         redis: RedisTier | None,
         on_event: Callable[[str, str], None] = lambda tier, outcome: None,
     ):
-        self.version, self.dim = version, dim
+        self.model, self.dim = model, dim
         self.local, self.redis, self.on_event = local, redis, on_event
-        self._inflight: dict[str, asyncio.Future] = {}
+        self._inflight: dict[str, asyncio.Task] = {}
 
     async def get_or_compute(
         self, key: str, compute: Callable[[], Awaitable[np.ndarray]]
@@ -225,28 +259,28 @@ class UserCache:
         self.on_event("local", "miss" if vec is None else "hit")
         if vec is not None:
             return vec, True
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending), True
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            vec, hit = await self._fill(key, compute)
-            fut.set_result(vec)
-            return vec, hit
-        except BaseException as e:
-            fut.set_exception(e)
-            fut.exception()  # mark retrieved: waiters get it, nobody else must
-            raise
-        finally:
+        task = self._inflight.get(key)
+        shared = task is not None
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._fill(key, compute))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._finished(key, t))
+        # shield: this caller's cancellation (its deadline) stops its wait, not the work
+        vec, hit = await asyncio.shield(task)
+        return vec, hit or shared
+
+    def _finished(self, key: str, task: asyncio.Task) -> None:
+        if self._inflight.get(key) is task:
             del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: with every waiter gone it must not be logged as lost
 
     async def _fill(
         self, key: str, compute: Callable[[], Awaitable[np.ndarray]]
     ) -> tuple[np.ndarray, bool]:
         if self.redis is not None:
             blob = await self.redis.get(key)
-            vec = None if blob is None else decode_value(blob, self.version, self.dim)
+            vec = None if blob is None else decode_value(blob, self.model, self.dim)
             self.on_event("redis", "miss" if vec is None else "hit")
             if vec is not None:
                 self.local.put(key, vec)
@@ -254,5 +288,5 @@ class UserCache:
         vec = await compute()
         self.local.put(key, vec)
         if self.redis is not None:
-            self.redis.put(key, encode_value(self.version, vec))
+            self.redis.put(key, encode_value(self.model, vec))
         return vec, False

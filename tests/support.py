@@ -14,6 +14,7 @@ import uvicorn
 from loadtest.harness import free_port
 from service.config import Settings
 from service.main import create_app
+from service.server import server_config
 
 
 def entity(contract, side, ids, vals) -> dict:
@@ -47,10 +48,12 @@ def request_for(contract, s, user: int, **extra) -> tuple[dict, np.ndarray]:
 
 @contextmanager
 def serving(**settings):
-    """create_app(Settings(**settings)) under uvicorn on a free port, in a thread: (url, app)."""
+    """create_app(Settings(**settings)) under uvicorn, configured as the service runs it, on a
+    free port, in a thread: (url, app)."""
     port = free_port()
-    app = create_app(Settings(port=port, **settings))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    s = Settings(port=port, **settings)
+    app = create_app(s)
+    srv = uvicorn.Server(server_config(app, s, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
     url = f"http://127.0.0.1:{port}"
@@ -68,3 +71,24 @@ def serving(**settings):
     finally:
         srv.should_exit = True
         t.join(30)
+
+
+def raw_exchange(url: str, data: bytes, wait_s: float = 5.0) -> httpx.Response:
+    """Send `data` as it is (a request head, part of a body...) on one connection and read
+    what the server answers until it closes or `wait_s` passes: for clients that misbehave."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait_s) as s:
+        s.sendall(data)
+        received = b""
+        try:
+            while chunk := s.recv(65536):
+                received += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1]) if lines[0] else 0
+    headers = [tuple(x.split(": ", 1)) for x in lines[1:] if ": " in x]
+    return httpx.Response(status, headers=headers, content=body)

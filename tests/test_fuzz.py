@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi import checks as oa
-from support import request_for, serving
+from support import raw_exchange, request_for, serving
 
 from service.config import Settings
 from service.main import create_app
@@ -188,6 +188,12 @@ def _with(app, attr: str, value, call):
 
 
 def producers(body: dict) -> dict:
+    def slow_body(c):  # over real HTTP: a body that stops arriving
+        settings = dict(model_dir=c.app.state.settings.model_dir, body_timeout_s=0.3)
+        with serving(**settings) as (url, _):
+            head = b"POST /rank HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"
+            return raw_exchange(url, head)
+
     def timeout(c):
         undo = _slow_scorer(c.app, 0.3)
         try:
@@ -197,6 +203,7 @@ def producers(body: dict) -> dict:
 
     return {
         ("/rank", "post", 200): lambda c: c.post("/rank", json=body),
+        ("/rank", "post", 408): slow_body,
         ("/rank", "post", 413): lambda c: c.post("/rank", content=b" " * (5 << 20)),
         ("/rank", "post", 422): lambda c: c.post("/rank", json={**body, "top_k": 0}),
         ("/rank", "post", 503): lambda c: _with(
@@ -218,6 +225,9 @@ def producers(body: dict) -> dict:
         ).post("/admin/reload"),
         ("/admin/reload", "post", 409): lambda c: c.post(
             "/admin/reload", headers=AUTH, json={"path": "missing"}
+        ),
+        ("/admin/reload", "post", 413): lambda c: c.post(
+            "/admin/reload", headers=AUTH, content=b" " * 5000
         ),
         ("/admin/reload", "post", 422): lambda c: c.post(
             "/admin/reload", headers=AUTH, json={"path": 5}

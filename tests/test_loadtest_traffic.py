@@ -5,14 +5,16 @@ import json
 import numpy as np
 
 from loadtest.traffic import Traffic
-from service import wire
+from service import fusion, request
+
+RULES = request.Rules(1000, fusion.FusionParams("product", 1, 1, 0), -4, 4, 1000)
 
 
 def test_requests_are_valid_and_shaped_like_production():
     t = Traffic(seed=3, users=2000)
     reqs = [t.request() for _ in range(300)]
     for r in reqs[:50]:
-        wire.decode(json.dumps(r).encode())  # the service accepts every one
+        request.decode(json.dumps(r).encode(), RULES)  # the service accepts every one
     sizes = np.array([len(r["candidates"]) for r in reqs])
     assert sizes.min() >= 50 and sizes.max() <= 1000 and 200 <= np.median(sizes) <= 400
     users = [r["user_id"] for r in reqs]

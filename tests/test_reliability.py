@@ -8,9 +8,11 @@ import json
 import logging
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -84,17 +86,24 @@ def test_admission_measures_rows_per_second_of_busy_time_end_to_end():
     assert a.measured_rows_per_s == pytest.approx(0.7 * 600 + 0.3 * 200 / 1.0)
 
 
-def test_a_request_that_would_not_fit_is_refused_before_its_body_is_read():
+def test_only_a_full_bound_refuses_before_the_body_is_read():
+    """Before its body is read nothing is known of a request but its size, and a size says
+    nothing reliable of its rows: only a bound already full refuses early."""
     a = Admission(1000)
-    assert not a.full(10**6)  # nothing learnt yet: only a full bound refuses early
-    a.learn_size(body_bytes=100_000, rows=400)  # 250 bytes a row
+    assert not a.full()
     a.admit(600, timeout_s=1.0)
-    assert not a.full(100_000)  # about 320 rows (with the margin): they fit
-    assert a.full(250_000)  # about 800 rows: they do not
+    assert not a.full()
     a.admit(400, timeout_s=1.0)
-    assert a.full(0)  # the bound is full
-    with pytest.raises(Refused, match="would pass the bound of 1000"):
+    assert a.full()
+    with pytest.raises(Refused, match="the bound is full"):
         a.refuse_now()
+
+
+def test_an_idle_server_admits_any_valid_request():
+    """Nothing queued: admitted, whatever the measured rate predicts for its own rows."""
+    a = Admission(1000, lambda: 10.0)  # 10 rows a second: 900 rows would take 90 s
+    a.admit(900, timeout_s=0.001)
+    assert a.rows == 900 and a.refused == {"queue_full": 0, "deadline": 0, "draining": 0}
 
 
 def test_a_job_whose_deadline_passed_in_the_queue_is_never_run():
@@ -259,15 +268,16 @@ def test_redis_values_of_another_version_shape_or_dtype_are_misses(exported, bod
         settings = Settings(model_dir=exported, redis_url=redis.url)
         with TestClient(create_app(settings)) as c:
             first = c.post("/rank", json=bodies[0]).json()
+            digest = c.get("/v1/model").json()["model_digest"]
         import redis as redis_client
 
         r = redis_client.Redis.from_url(redis.url)
         (key,) = r.keys("ranker:*")
-        r.set(key, encode_value(first["model_version"], np.zeros(400, np.float32) + 9)[:-4])
+        r.set(key, encode_value(digest, np.zeros(400, np.float32) + 9)[:-4])
         with TestClient(create_app(settings)) as c:
             again = c.post("/rank", json=bodies[0]).json()
         assert again["user_cache"] == "miss" and again["items"] == first["items"]
-        assert decode_value(r.get(key), first["model_version"], 400) is not None  # rewritten
+        assert decode_value(r.get(key), digest, 400) is not None  # rewritten
 
 
 # ---- model reload ------------------------------------------------------------------------------
@@ -329,6 +339,7 @@ def test_five_reloads_under_load_drop_nothing_and_every_answer_names_its_scorer(
             assert resp.json() == {
                 "status": "reloaded",
                 "model_version": f"esmm/r{k}",
+                "pinned": None,
                 "previous": f"esmm/r{k - 1}",
             }
             load.wait_for(20)
@@ -394,7 +405,7 @@ def test_admin_endpoints_need_the_token(exported, tmp_path):
         r = c.post("/admin/reload", headers=AUTH, json={"path": "../../etc"})
         assert r.status_code == 422 and r.json()["error"]["field"] == "path"
         r = c.post("/admin/reload", headers=AUTH, json={"path": "nothing-here"})
-        assert r.status_code == 409 and "unreadable manifest" in r.json()["error"]["message"]
+        assert r.status_code == 409 and "not a model version" in r.json()["error"]["message"]
         assert c.post("/admin/reload", headers=AUTH).json()["status"] == "unchanged"
 
 
@@ -491,3 +502,92 @@ def test_sigterm_under_load_exits_0_and_drops_nothing(exported, bodies, tmp_path
     log = (tmp_path / "service.log").read_text()
     assert "SIGTERM: draining" in log and "Traceback" not in log
     assert result.failed == 0 and result.total >= 30, result.summary()
+
+
+# ---- defects of the issue "one owner for every contract" ---------------------------------------
+def test_two_exports_sharing_a_name_never_share_user_vectors(exported, second_model, bodies):
+    """Every image build exports `esmm/baked`: the second build's model must not be served the
+    first one's cached user representation (the cache keys on the model's content)."""
+    with RedisServer() as redis, tempfile.TemporaryDirectory() as tmp:
+        a = copy_version(exported, Path(tmp) / "a", "baked")
+        b = copy_version(second_model, Path(tmp) / "b", "baked")
+        one = {**bodies[0], "user_id": "same-user"}
+        ref_b = reference(b, [one])[0]
+        with TestClient(create_app(Settings(model_dir=a, redis_url=redis.url))) as c:
+            assert c.post("/rank", json=one).json()["user_cache"] == "miss"
+        with TestClient(create_app(Settings(model_dir=b, redis_url=redis.url))) as c:
+            out = c.post("/rank", json=one).json()
+            digest_b = c.get("/v1/model").json()["model_digest"]
+        assert out["model_version"] == "esmm/baked" and out["user_cache"] == "miss"
+        assert all(abs(it["pctcvr"] - ref_b[it["item_id"]]) < 1e-6 for it in out["items"])
+        with TestClient(create_app(Settings(model_dir=a, redis_url=redis.url))) as c:
+            assert c.get("/v1/model").json()["model_digest"] != digest_b
+            assert c.post("/rank", json=one).json()["user_cache"] == "hit"  # its own vector
+
+
+def test_a_manifest_whose_digest_does_not_match_its_content_is_refused(exported, tmp_path):
+    from service.engine import Engine, ModelError
+
+    copy = copy_version(exported, tmp_path, "tampered")
+    m = json.loads((copy / "manifest.json").read_text())
+    m["calibration"] = {"pctr": {"method": "platt", "a": 2.0, "b": 0.0}}  # changes every score
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ModelError, match="digest"):
+        Engine(copy)
+
+
+def test_a_rollback_sticks_until_the_newest_is_asked_for_again(exported, tmp_path):
+    root = tmp_path / "models"
+    copy_version(exported, root, "v1")
+    copy_version(exported, root, "v2")
+    with serving(model_dir=root, admin_token=TOKEN, reload_poll_s=0.1) as (url, _):
+        assert httpx.get(f"{url}/readyz").json()["model_version"] == "esmm/v2"
+        resp = httpx.post(f"{url}/admin/reload", headers=AUTH, json={"path": "esmm/v1"})
+        assert resp.json()["pinned"] == "esmm/v1"
+        copy_version(exported, root, "v3")  # a newer version appears while pinned
+        time.sleep(1.0)  # ten polls of the watcher
+        assert httpx.get(f"{url}/readyz").json()["model_version"] == "esmm/v1"
+        assert httpx.get(f"{url}/v1/model").json()["pinned"] == "esmm/v1"
+        resp = httpx.post(f"{url}/admin/reload", headers=AUTH, timeout=60)  # unpin: newest
+        assert resp.json()["model_version"] == "esmm/v3" and resp.json()["pinned"] is None
+        copy_version(exported, root, "v4")
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/readyz").json()["model_version"] != "esmm/v4":
+            assert time.monotonic() < deadline, "the watcher no longer follows after unpinning"
+            time.sleep(0.1)
+
+
+def test_reload_refusals_name_no_server_path(exported, tmp_path):
+    root = tmp_path / "models"
+    copy_version(exported, root, "v1")
+    broken = copy_version(exported, root, "v0")
+    (broken / "item_scorer.onnx").write_bytes(b"not a graph")
+    with TestClient(create_app(Settings(model_dir=root, admin_token=TOKEN))) as c:
+        for path in ("esmm/v0", "esmm/missing", "esmm/v1\x00x"):
+            r = c.post("/admin/reload", headers=AUTH, json={"path": path})
+            assert r.status_code in (409, 422) and str(tmp_path) not in r.text, r.text
+
+
+def test_refusals_carry_the_status_of_their_real_cause(exported, samples):
+    """After a run of small bodies an idle server serves a large one; a declared oversized body
+    is 413 and too many candidates 422, never 503."""
+    contract, s = samples
+    body, _ = request_for(contract, s, int(s["row_user"][0]))
+    small = {**body, "candidates": body["candidates"][:1]}
+    settings = Settings(
+        model_dir=exported, max_candidates=600, max_queued_rows=600, max_body_bytes=1 << 20
+    )
+    with TestClient(create_app(settings)) as c:
+        for _ in range(30):
+            assert c.post("/rank", json=small).status_code == 200
+        big = {**body, "candidates": [body["candidates"][0]] * 600}
+        big["user_features"] = {
+            **body["user_features"],
+            "110_14": {"ids": list(range(5000)), "weights": [1.0] * 5000},
+        }
+        assert c.post("/rank", json=big).status_code == 200  # idle: never refused
+        over = {**body, "candidates": [body["candidates"][0]] * 601}
+        r = c.post("/rank", json=over)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "candidates"
+        r = c.post("/rank", content=b" " * (2 << 20))
+        assert r.status_code == 413

@@ -33,7 +33,7 @@ from features import manifest, parity
 from features.contract import FeatureContract
 from features.manifest import OUTPUTS, SIGNATURES
 from training import setup_logging
-from training.model import ESMM, ModelConfig, build_model
+from training.model import ModelConfig, RankingModel, build_model
 
 log = logging.getLogger("training.export")
 OPSET = 18
@@ -41,7 +41,7 @@ PARITY_BATCHES = (1, 7, 257)
 
 
 class UserTower(nn.Module):
-    def __init__(self, model: ESMM):
+    def __init__(self, model: RankingModel):
         super().__init__()
         self.model = model
 
@@ -50,7 +50,7 @@ class UserTower(nn.Module):
 
 
 class ItemScorer(nn.Module):
-    def __init__(self, model: ESMM):
+    def __init__(self, model: RankingModel):
         super().__init__()
         self.model = model
 
@@ -64,7 +64,7 @@ class ItemScorer(nn.Module):
 class FullModel(nn.Module):
     """User features given per row: the single graph other servers can run as it is."""
 
-    def __init__(self, model: ESMM):
+    def __init__(self, model: RankingModel):
         super().__init__()
         self.model = model
 
@@ -76,7 +76,7 @@ class FullModel(nn.Module):
         return p["pctr"], p["pcvr"], p["pctcvr"]
 
 
-def load_run(run_dir: Path) -> tuple[ESMM, FeatureContract, dict]:
+def load_run(run_dir: Path) -> tuple[RankingModel, FeatureContract, dict]:
     ckpt = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
     model = build_model(ModelConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["state_dict"])
@@ -157,7 +157,7 @@ def _export(
     onnx.checker.check_model(str(path))
 
 
-def side_model(model: ESMM, contract: FeatureContract, side: str) -> ESMM:
+def side_model(model: RankingModel, contract: FeatureContract, side: str) -> RankingModel:
     """The model with embedding tables cut to the rows one side's graph reads."""
     lo, hi = contract.side_rows(side)
     m = copy.deepcopy(model)
@@ -165,7 +165,7 @@ def side_model(model: ESMM, contract: FeatureContract, side: str) -> ESMM:
     return m.eval()
 
 
-def export_graphs(model: ESMM, contract: FeatureContract, out: Path) -> None:
+def export_graphs(model: RankingModel, contract: FeatureContract, out: Path) -> None:
     # Different U and N, both > 1, so that neither dimension is specialised to a constant.
     example = random_case(contract, 7, np.random.default_rng(0))
     example["user_repr"] = (
@@ -242,7 +242,7 @@ class Graphs:
 
 
 @torch.no_grad()
-def torch_probs(model: ESMM, case: dict) -> dict[str, np.ndarray]:
+def torch_probs(model: RankingModel, case: dict) -> dict[str, np.ndarray]:
     t = {k: torch.from_numpy(v) for k, v in case.items()}
     logits = model(
         t["user_ids"], t["user_weights"], t["user_index"], t["item_ids"], t["item_weights"]
@@ -250,7 +250,7 @@ def torch_probs(model: ESMM, case: dict) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in model.probabilities(logits).items()}
 
 
-def verify(model: ESMM, contract: FeatureContract, folder: Path, samples: dict) -> dict:
+def verify(model: RankingModel, contract: FeatureContract, folder: Path, samples: dict) -> dict:
     """Max abs errors of each path against PyTorch; raises unless every output is within
     features/parity.py's tolerance for the model's kind (1e-5 absolute)."""
     graphs, rng, report = Graphs(folder), np.random.default_rng(1), []

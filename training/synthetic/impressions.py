@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from features.contract import _splitmix64
+from features.contract import splitmix64
 from training.synthetic.params import Params
 from training.synthetic.world import Members, Users, World, lognormal_int, standardised
 
@@ -28,7 +28,7 @@ def _session_index(seed: int, n: int) -> list[str]:
     """Unique 16-hex-digit ids: the feature contract's splitmix64 is a bijection of uint64, so
     distinct inputs give distinct ids."""
     high = np.uint64((seed * 0x9E3779B1) & 0xFFFFFFFF) * np.uint64(1 << 32)
-    return [f"{v:016x}" for v in _splitmix64(np.arange(n, dtype=np.uint64) + high).tolist()]
+    return [f"{v:016x}" for v in splitmix64(np.arange(n, dtype=np.uint64) + high).tolist()]
 
 
 def make_sessions(

@@ -1,0 +1,269 @@
+"""make bench: the item scorer's raw ceiling, POST /rank over real HTTP (user cache hit and miss),
+and the naive baseline (loadtest/naive.py: full graph per request, user rows tiled, no cache, no
+batching) on the same HTTP stack, all in one run. Writes OUT/serve.{json,md} and rewrites the
+README's block between `<!-- bench:serving -->` markers.
+
+    python -m loadtest.bench --model-dir models [--candidates 500] [--seconds 8] [--out runs/bench]
+
+Servers are real processes (`python -m service`, `python -m loadtest.naive`) started and loaded by
+loadtest/harness.py; bodies come from loadtest/traffic.py. The load driver runs on the same
+machine, so on 2 cores it takes CPU from the server: figures are end to end on one box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+import msgspec
+import numpy as np
+import orjson
+
+from loadtest.harness import Load, ServiceProcess
+from loadtest.traffic import POPULATION, Traffic
+from service import fusion, request
+from service.config import Settings
+from service.encoding import RequestEncoder
+from service.engine import Engine, newest_version
+from service.response import ranked
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+MARKER = re.compile(r"(<!-- bench:serving -->\n).*?(<!-- /bench:serving -->)", re.S)
+HIT_USERS = 4  # users sent again and again: after the first request, every one a cache hit
+FUSION = {"c": 0.2}  # price in the fusion, so its cost is in every figure
+
+
+class NewUsers(Sequence[bytes]):
+    """`body` again and again under a new user id each time: every request a cache miss. Each
+    body is built when indexed (a splice of bytes), so there are as many as a run sends."""
+
+    def __init__(self, body: bytes, first_id: int = 1 << 40):
+        rest = orjson.loads(body)
+        del rest["user_id"]
+        self.rest, self.first_id = orjson.dumps(rest)[1:], first_id  # `"user_features":...}`
+
+    def __len__(self) -> int:
+        return 1 << 40
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return b'{"user_id":%d,' % (self.first_id + i) + self.rest
+
+
+def bodies(n: int, users: int = HIT_USERS, seed: int = 1) -> list[bytes]:
+    traffic = Traffic(seed=seed)
+    return [
+        orjson.dumps({**traffic.request(user=u, candidates=n), "fusion": FUSION})
+        for u in range(users)
+    ]
+
+
+def behaviour_ids(body: bytes) -> int:
+    feats = orjson.loads(body)["user_features"]
+    return sum(len(feats[f]["ids"]) for f in POPULATION if f in feats)  # the behaviour lists
+
+
+def _time(fn: Callable[[], object], seconds: float) -> float:
+    """Seconds per call: one untimed call, then as many as fit in `seconds` (at least one)."""
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while n == 0 or time.perf_counter() - t0 < seconds:
+        fn()
+        n += 1
+    return (time.perf_counter() - t0) / n
+
+
+def in_process(engine: Engine, body: bytes, rule: request.Rules, seconds: float) -> dict:
+    """The raw ceiling and each step of a request's Python work, timed on one body. Encoded by
+    the service's own decoder and encoder: the ceiling scores exactly what /rank would."""
+    r = request.decode(body, rule)
+    encoder = RequestEncoder(engine.contract)
+    rows = encoder.encode(r.req)
+    n = r.rows
+    user = engine.user_repr(rows.user_ids, rows.user_weights)
+    index = np.zeros(n, np.int64)
+    scores = engine.score(user, index, rows.item_ids, rows.item_weights)
+    fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, r.price)
+    item_ids = [c.item_id for c in r.req.candidates]
+    tiled = np.repeat(rows.user_ids, n, 0), np.repeat(rows.user_weights, n, 0)
+    t_item = _time(lambda: engine.score(user, index, rows.item_ids, rows.item_weights), seconds)
+    return {
+        "ceiling": {
+            "rows": n,
+            "item_scorer_ms": t_item * 1e3,
+            "candidates_per_s": n / t_item,
+            "user_tower_ms": _time(
+                lambda: engine.user_repr(rows.user_ids, rows.user_weights), seconds / 4
+            )
+            * 1e3,
+            "full_graph_ms": _time(
+                lambda: engine.score_full(*tiled, rows.item_ids, rows.item_weights), seconds / 2
+            )
+            * 1e3,
+        },
+        "parsing": {
+            "body_bytes": len(body),
+            # the hot path: typed, strict, every request rule (service/request.py)
+            "decode_ms": _time(lambda: request.decode(body, rule), seconds / 4) * 1e3,
+            # parsing alone, for scale: no types, no rules
+            "msgspec_untyped_ms": _time(lambda: msgspec.json.decode(body), seconds / 4) * 1e3,
+            "orjson_untyped_ms": _time(lambda: orjson.loads(body), seconds / 4) * 1e3,
+            "encode_ms": _time(lambda: encoder.encode(r.req), seconds / 4) * 1e3,
+            "response_ms": _time(
+                lambda: msgspec.json.encode(
+                    ranked(engine.version, True, r.fusion, item_ids, scores, fused, None)
+                ),
+                seconds / 4,
+            )
+            * 1e3,
+        },
+    }
+
+
+def over_http(
+    name: str, folder: Path, scenarios: dict[str, Sequence[bytes]], args: argparse.Namespace
+) -> dict:
+    """Each scenario's load against one server, started for them and stopped after."""
+    module = {"service": "service", "naive": "loadtest.naive"}[name]
+    # no access log: the naive server writes none either
+    svc = ServiceProcess(
+        args.out / f"{name}.log", module, model_dir=folder, access_log=False, reload_poll_s=0
+    )
+    try:
+        svc.wait_ready()
+        for body in scenarios["hit"][:HIT_USERS]:  # warm: the hit users' first requests
+            httpx.post(f"{svc.url}/rank", content=body, timeout=60).raise_for_status()
+        out = {}
+        for scenario, sent in scenarios.items():
+            load = Load(svc.url, sent, concurrency=args.concurrency)
+            r = asyncio.run(load.run(args.seconds))
+            out[scenario] = {
+                **r.summary(),
+                "candidates_per_s": r.statuses.get(200, 0) / r.seconds * args.candidates,
+                "hit_rate": r.user_cache.get("hit", 0) / max(r.statuses.get(200, 0), 1),
+            }
+        return out
+    finally:
+        svc.stop()
+
+
+def run(args: argparse.Namespace) -> dict:
+    folder = newest_version(args.model_dir)
+    engine = Engine(folder)
+    hit = bodies(args.candidates)
+    result = {
+        "model": engine.version,
+        "cpus": os.cpu_count(),
+        "candidates": args.candidates,
+        "behaviour_ids": [behaviour_ids(b) for b in hit],
+        "concurrency": args.concurrency,
+        **in_process(
+            engine, hit[0], request.Rules.from_settings(Settings(model_dir=folder)), args.seconds
+        ),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    service = over_http("service", folder, {"hit": hit, "miss": NewUsers(hit[0])}, args)
+    naive = over_http("naive", folder, {"hit": hit}, args)
+    result |= {"service_hit": service["hit"], "service_miss": service["miss"]}
+    result["naive"] = naive["hit"]
+    return result
+
+
+ROWS = (
+    ("service_hit", "/rank, user cache hit"),
+    ("service_miss", "/rank, user cache miss"),
+    ("naive", "naive: full graph per request, tiled, no cache/batching"),
+)
+
+
+def markdown(r: dict) -> str:
+    c, p = r["ceiling"], r["parsing"]
+    behaviour = r["behaviour_ids"]
+    lines = [
+        f"{r['candidates']} candidates per request (`loadtest/traffic.py`), {len(behaviour)} "
+        f"users of {min(behaviour)}-{max(behaviour)} behaviour ids, {r['concurrency']} "
+        f"concurrent clients on the same {r['cpus']}-core machine, model {r['model']}. User "
+        f"tower {c['user_tower_ms']:.2f} ms, full graph at {r['candidates']} rows "
+        f"{c['full_graph_ms']:.2f} ms.",
+        "",
+        "| path | candidates/s | requests/s | p50 ms | p99 ms | user cache hits |",
+        "|---|---|---|---|---|---|",
+        f"| item scorer in-process (raw ceiling) | {c['candidates_per_s']:,.0f} "
+        f"| {c['item_scorer_ms']:.2f} ms per run |  |  |  |",
+    ]
+    failed = []
+    for key, label in ROWS:
+        x = r[key]
+        lines.append(
+            f"| {label} | {x['candidates_per_s']:,.0f} | {x['accepted_per_s']:,.1f} "
+            f"| {_ms(x['accepted_p50_ms'])} | {_ms(x['accepted_p99_ms'])} "
+            f"| {x['hit_rate']:.0%} |"
+        )
+        bad = {k: v for k, v in x["by_status"].items() if k != "200"}
+        if bad:
+            failed.append(f"{label}: {sum(bad.values())} of {x['requests']} not 200 ({bad})")
+    lines += [
+        "",
+        f"Per request of {p['body_bytes'] / 1e3:.0f} kB: decoding it with every request rule "
+        f"(msgspec, strict: the hot path) {p['decode_ms']:.2f} ms, where parsing it untyped "
+        f"takes {p['msgspec_untyped_ms']:.2f} ms with msgspec and "
+        f"{p['orjson_untyped_ms']:.2f} ms with orjson; encoding it into embedding rows "
+        f"{p['encode_ms']:.2f} ms; the response (sorted, msgspec) {p['response_ms']:.2f} ms; "
+        f"the item scorer's run {c['item_scorer_ms']:.2f} ms.",
+    ]
+    s, nv = r["service_hit"], r["naive"]
+    lines += [
+        "",
+        f"End to end (cache hit) is {s['candidates_per_s'] / c['candidates_per_s']:.0%} "
+        f"of the raw ceiling and {s['candidates_per_s'] / max(nv['candidates_per_s'], 1e-9):.1f}x"
+        " the naive baseline.",
+    ]
+    if failed:
+        lines += ["", "Failed requests: " + "; ".join(failed) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def rewrite_readme(path: Path, md: str) -> bool:
+    """Replace the block between the bench:serving markers with `md`; False when `path` has no
+    such block (nothing is written then)."""
+    text = path.read_text() if path.is_file() else ""
+    if not MARKER.search(text):
+        return False
+    path.write_text(MARKER.sub(lambda m: m.group(1) + md + m.group(2), text))
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model-dir", type=Path, default=Path("models"))
+    p.add_argument("--candidates", type=int, default=500)
+    p.add_argument("--seconds", type=float, default=8.0, help="of load per scenario")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--out", type=Path, default=Path("runs/bench"))
+    p.add_argument("--readme", type=Path, default=README, help="whose bench block is rewritten")
+    args = p.parse_args(argv)
+    r = run(args)
+    md = markdown(r)
+    (args.out / "serve.json").write_text(json.dumps(r, indent=2))
+    (args.out / "serve.md").write_text(md)
+    if not rewrite_readme(args.readme, md):
+        print(f"(no bench:serving block in {args.readme}: not rewritten)")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

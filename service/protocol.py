@@ -1,0 +1,101 @@
+"""uvicorn's httptools protocol with the two limits it lacks: a deadline for a request's head
+and a cap on its size.
+
+Without them a client can hold a connection forever by sending nothing, or a header a byte at a
+time, and can make the server buffer a 32 MB header. Here a connection must deliver each
+request line and headers within `header_timeout_s` of its first byte (or of connecting), and
+at most `max_header_bytes` of them; otherwise it gets 408 or 431 and is closed. Bodies have
+their own deadline in the app (routes read them under RANKER_BODY_TIMEOUT_S), and the number of
+connections is uvicorn's `limit_concurrency`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    header_timeout_s = 5.0
+    max_header_bytes = 16 << 10
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_bytes = 0
+        self._refused = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm()  # a connection that sends nothing is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        if self._head_timer is None:
+            self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def _count(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > self.max_header_bytes:
+            self._refuse(431, b"request line and headers over the limit")
+            # stops the parser (uvicorn sees a parser error and would answer 400: see below)
+            raise ConnectionAbortedError("request head over the limit")
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:  # our refusal already answered and closed
+            super().send_400_response(msg)
+
+    def _arm(self) -> None:
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timeout)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.cycle is None or self.cycle.response_complete:  # idle or mid-head, not mid-body
+            self._refuse(408, b"request head not received in time")
+
+    def _refuse(self, status: int, msg: bytes) -> None:
+        self._disarm()
+        self._refused = True
+        if self.transport.is_closing():
+            return
+        self.transport.write(
+            STATUS_LINE[status]
+            + b"content-type: text/plain; charset=utf-8\r\ncontent-length: "
+            + str(len(msg)).encode()
+            + b"\r\nconnection: close\r\n\r\n"
+            + msg
+        )
+        self.transport.close()
+
+
+def guarded(header_timeout_s: float, max_header_bytes: int) -> type[GuardedHttpToolsProtocol]:
+    """The protocol class with these limits (uvicorn takes a class)."""
+    return type(
+        "GuardedHttpToolsProtocol",
+        (GuardedHttpToolsProtocol,),
+        {"header_timeout_s": header_timeout_s, "max_header_bytes": max_header_bytes},
+    )

@@ -1,0 +1,282 @@
+"""The POST /rank request: its one declaration, its decoding and every rule it must meet.
+
+Declared once, as strict msgspec structs (no coercion: `"price": false` is an error). The
+OpenAPI document's schema is derived from these same structs (service/openapi.py), so the
+document cannot drift from what is decoded. `decode(body, rules)` is the only way a body becomes
+a request: a cheap count of the candidates first (the cap is checked before the work it
+bounds), then one decoding pass from bytes (msgspec: about 1.6 ms for 500 candidates here,
+against 5 ms through pydantic), then the rules that depend on settings. Anything wrong is a
+ClientError naming the field at fault (`candidates[3].features.206.ids[2]`).
+
+Numbers are checked for the arithmetic they feed, so every accepted request has finite scores:
+- feature ids: integers in [0, 2^63 - 1], hashed as int64 by the feature contract;
+- weights: in (0, 1e6]. They scale float32 embeddings summed over a field's ids; positive, so
+  a mean-pooled field always divides by a positive sum. A weight on a single-valued field is the
+  field's value, as in training (it scales the embedding when the contract pools with weights,
+  and is ignored otherwise);
+- price: in [0, 1e9]; fusion exponents within RANKER_FUSION_MIN..MAX (at most 8 in size), so
+  pctr^a * pcvr^b * price^c stays finite in float64 (probabilities are floored at 1e-12);
+- user and item ids: strings of 1-256 characters or int64 integers: what is accepted can be
+  written back, and a cache key stays small;
+- lists: at most 10,000 ids a feature, 64 fields an entity.
+Strings must be valid UTF-8 (JSON escapes included: a lone surrogate is refused).
+
+Room for what comes next: a request that names its candidates by id only adds a field here and
+a rule in `Rules.check`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Literal
+
+import msgspec
+import numpy as np
+
+from service import fusion
+from service.errors import ClientError, MalformedJson
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_KEY_CHARS = 256
+MAX_WEIGHT = 1e6
+MAX_PRICE = 1e9
+MAX_EXPONENT = 8.0
+MAX_IDS = 10_000
+MAX_FIELDS = 64
+MAX_TIMEOUT_MS = 60_000
+
+FeatureId = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+Weight = Annotated[float, msgspec.Meta(gt=0, le=MAX_WEIGHT)]
+Ids = Annotated[list[FeatureId], msgspec.Meta(min_length=1, max_length=MAX_IDS)]
+Key = (
+    Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]
+    | Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+)
+Exponent = Annotated[float, msgspec.Meta(ge=-MAX_EXPONENT, le=MAX_EXPONENT)]
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class WeightedIds(_Strict):
+    ids: Ids
+    weights: Annotated[list[Weight], msgspec.Meta(min_length=1, max_length=MAX_IDS)]
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != len(self.weights):
+            raise ValueError(f"{len(self.ids)} ids but {len(self.weights)} weights")
+
+
+FeatureValue = FeatureId | Ids | WeightedIds
+Features = Annotated[
+    dict[Annotated[str, msgspec.Meta(max_length=32)], FeatureValue],
+    msgspec.Meta(
+        max_length=MAX_FIELDS,
+        description='by field id: an id, a list of ids, or {"ids": [...], "weights": [...]}',
+    ),
+]
+
+
+class Candidate(_Strict):
+    item_id: Annotated[Key, msgspec.Meta(description="your item id, echoed in the response")]
+    features: Annotated[
+        Features, msgspec.Meta(description="item, combination and context fields by field id")
+    ]
+    price: (
+        Annotated[
+            float,
+            msgspec.Meta(ge=0, le=MAX_PRICE, description="required when the fusion uses price"),
+        ]
+        | None
+    ) = None
+
+
+class Fusion(_Strict):
+    policy: Literal["product", "sum"] | None = None
+    a: Exponent | None = None
+    b: Exponent | None = None
+    c: Exponent | None = None
+
+
+class RankRequest(_Strict):
+    user_id: Annotated[
+        Key, msgspec.Meta(description="the user's id, part of its cached representation's key")
+    ]
+    user_features: Annotated[
+        Features, msgspec.Meta(description="user fields (101, 121, ..., 109_14, ...)")
+    ]
+    candidates: Annotated[list[Candidate], msgspec.Meta(min_length=1)]
+    context_features: (
+        Annotated[Features, msgspec.Meta(description="context fields (301)")] | None
+    ) = None
+    fusion: (
+        Annotated[
+            Fusion,
+            msgspec.Meta(
+                description="product: pctr^a * pcvr^b * price^c; sum: a*pctr + b*pcvr + c*price"
+            ),
+        ]
+        | None
+    ) = None
+    top_k: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] | None = None
+    timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=MAX_TIMEOUT_MS)] | None = None
+
+
+EXAMPLE = {
+    "user_id": "u-1001",
+    "user_features": {
+        "101": 1001,
+        "121": 7,
+        "124": 1,
+        "109_14": {"ids": [60001, 60002], "weights": [3.0, 1.0]},
+    },
+    "context_features": {"301": 2},
+    "candidates": [
+        {"item_id": "sku-1", "features": {"205": 5001, "206": 60001, "207": 70001}, "price": 19.9},
+        {"item_id": "sku-2", "features": {"205": 5002, "206": 60002, "210": [1, 2]}, "price": 5.0},
+    ],
+    "fusion": {"a": 1.0, "b": 1.0, "c": 0.2},
+    "top_k": 10,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranking:
+    """A request that met every rule, with what the rules resolved."""
+
+    req: RankRequest
+    fusion: fusion.FusionParams
+    price: np.ndarray | None  # float64 per candidate, when the fusion uses price
+    timeout_s: float
+
+    @property
+    def rows(self) -> int:
+        return len(self.req.candidates)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """The limits that come from settings."""
+
+    max_candidates: int
+    default_fusion: fusion.FusionParams
+    fusion_min: float
+    fusion_max: float
+    default_timeout_ms: int
+
+    @classmethod
+    def from_settings(cls, s) -> Rules:
+        """From a service.config.Settings."""
+        return cls(
+            s.max_candidates,
+            fusion.FusionParams(s.fusion_policy, s.fusion_a, s.fusion_b, s.fusion_c),
+            s.fusion_min,
+            s.fusion_max,
+            s.default_timeout_ms,
+        )
+
+    def check(self, req: RankRequest) -> Ranking:
+        params = self._fusion(req.fusion)
+        price = None
+        if params.needs_price:
+            missing = [i for i, c in enumerate(req.candidates) if c.price is None]
+            if missing:
+                raise ClientError(
+                    f"the fusion uses price (c={params.c}) but candidate {missing[0]} has none",
+                    field=f"candidates[{missing[0]}].price",
+                )
+            price = np.array([c.price for c in req.candidates], dtype=np.float64)
+        timeout_ms = req.timeout_ms or self.default_timeout_ms
+        return Ranking(req, params, price, timeout_ms / 1000)
+
+    def _fusion(self, given: Fusion | None) -> fusion.FusionParams:
+        """The default policy with a request's overrides, each within the configured bounds."""
+        d = self.default_fusion
+        if given is None:
+            return d
+        values = {"policy": given.policy or d.policy}
+        for key in ("a", "b", "c"):
+            v = getattr(given, key)
+            if v is None:
+                values[key] = getattr(d, key)
+            elif not self.fusion_min <= v <= self.fusion_max:
+                raise ClientError(
+                    f"fusion.{key}={v} is outside the allowed range "
+                    f"[{self.fusion_min}, {self.fusion_max}]",
+                    field=f"fusion.{key}",
+                )
+            else:
+                values[key] = v
+        return fusion.FusionParams(**values)
+
+
+class _Count(msgspec.Struct):
+    candidates: list[msgspec.Raw] = []
+
+
+_count = msgspec.json.Decoder(_Count)
+_decoder = msgspec.json.Decoder(RankRequest)
+_any = msgspec.json.Decoder()
+
+
+def decode(body: bytes, rules: Rules) -> Ranking:
+    """Bytes -> a request that met every rule, or a ClientError naming the field at fault."""
+    try:
+        # Counting skips everything but the candidates' boundaries (0.06 ms for 500; 18 ms for
+        # 60,000): a body of too many candidates costs that, not their decoding and encoding.
+        n = len(_count.decode(body).candidates)
+    except msgspec.ValidationError:
+        n = 0  # candidates of the wrong type: the full decode names it
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise MalformedJson(f"malformed JSON: {e}") from None
+    if n > rules.max_candidates:
+        raise ClientError(f"{n} candidates; at most {rules.max_candidates}", field="candidates")
+    try:
+        req = _decoder.decode(body)
+    except msgspec.ValidationError as e:
+        raise _located(body, str(e)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise MalformedJson(f"malformed JSON: {e}") from None
+    return rules.check(req)
+
+
+def _located(body: bytes, message: str) -> ClientError:
+    """msgspec's error with its path made exact: it writes a feature's dict key as `[...]`, so
+    the feature values of that dict are checked one by one to name the key (errors are rare:
+    this costs nothing on the hot path)."""
+    what, _, path = message.rpartition(" - at `")
+    path = path.rstrip("`")
+    if not what:  # no location: the body as a whole
+        return ClientError(f"body: {message}")
+    if path.startswith("key` in `"):  # a dict key itself: a field name
+        path, what = path.removeprefix("key` in `"), f"a field name: {what}"
+    if "[...]" in path:
+        head, _, tail = path.partition("[...]")
+        node = _walk(_any.decode(body), head)
+        if isinstance(node, dict):
+            for key, value in node.items():
+                try:
+                    msgspec.convert(value, FeatureValue, strict=True)
+                except msgspec.ValidationError as e:
+                    inner, _, sub = str(e).rpartition(" - at `")
+                    what = inner or str(e)
+                    tail = sub.rstrip("`")[1:] if inner else ""  # "$..." -> "..."
+                    path = f"{head}.{key}{tail}"
+                    break
+            else:  # the key itself was wrong (too long)
+                path = f"{head}"
+    field = path.removeprefix("$").removeprefix(".") or None
+    return ClientError(f"{field or 'body'}: {what}", field=field)
+
+
+def _walk(obj, path: str):
+    """Follow a msgspec path (`$.candidates[3].features`) into decoded JSON."""
+    for part in path.removeprefix("$").replace("[", ".[").split("."):
+        if not part:
+            continue
+        try:
+            obj = obj[int(part[1:-1])] if part.startswith("[") else obj[part]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None
+    return obj

@@ -1,0 +1,174 @@
+"""The serving benchmark (loadtest/bench.py) and its naive baseline (loadtest/naive.py): the
+baseline scores what the service scores, the report and the README block are written as
+promised, and a short run goes end to end on a real exported model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from features import manifest, parity
+from loadtest import bench
+from loadtest.harness import Load, ServiceProcess
+from service import request
+from service.config import Settings
+
+
+@pytest.fixture(scope="module")
+def servers(exported, tmp_path_factory):
+    """The real service and the naive baseline on the same exported model: {name: url}."""
+    logs = tmp_path_factory.mktemp("servers")
+    procs = {
+        name: ServiceProcess(logs / f"{name}.log", module, model_dir=exported, reload_poll_s=0)
+        for name, module in (("service", "service"), ("naive", "loadtest.naive"))
+    }
+    try:
+        yield {name: p.wait_ready().url for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+def rank(url: str, body: bytes) -> httpx.Response:
+    return httpx.post(f"{url}/rank", content=body, timeout=30)
+
+
+def test_naive_baseline_scores_what_the_service_scores(servers, exported):
+    tol = parity.tolerance(manifest.read(exported).kind)
+    hit = bench.bodies(60, users=2)
+    overrides = orjson.dumps({**orjson.loads(hit[1]), "fusion": {"a": 0.5, "c": 0.3}, "top_k": 7})
+    for body in [*hit, overrides]:
+        got = {name: rank(url, body) for name, url in servers.items()}
+        assert all(r.status_code == 200 for r in got.values()), got
+        service, naive = (got[k].json() for k in ("service", "naive"))
+        assert naive["model_version"] == service["model_version"]
+        assert naive["fusion"] == service["fusion"] and naive["user_cache"] == "miss"
+        assert len(naive["items"]) == len(service["items"])
+        by_id = {x["item_id"]: x for x in naive["items"]}
+        assert set(by_id) == {x["item_id"] for x in service["items"]}  # top_k: the same items
+        for key in ("pctr", "pcvr", "pctcvr"):
+            want = np.array([x[key] for x in service["items"]])
+            have = np.array([by_id[x["item_id"]][key] for x in service["items"]])
+            assert parity.close(have, want, tol["atol"], tol["rtol"]), key
+        want = np.array([x["score"] for x in service["items"]])
+        have = np.array([by_id[x["item_id"]]["score"] for x in service["items"]])
+        np.testing.assert_allclose(have, want, rtol=1e-4, atol=tol["atol"])
+
+
+def test_naive_baseline_refuses_what_the_service_refuses(servers):
+    body = orjson.loads(bench.bodies(3, users=1)[0])
+    body["candidates"][1]["price"] = -1.0
+    got = {name: rank(url, orjson.dumps(body)) for name, url in servers.items()}
+    assert {r.status_code for r in got.values()} == {422}
+    errors = [r.json()["error"] for r in got.values()]
+    assert errors[0]["field"] == errors[1]["field"] == "candidates[1].price"
+    assert all("x-request-id" in r.headers for r in got.values())
+
+
+def test_load_counts_user_cache_hits_and_new_users_miss(servers):
+    (body,) = bench.bodies(20, users=1)
+    for name, sent, want in (
+        ("service", [body], "hit"),
+        ("service", bench.NewUsers(body), "miss"),
+        ("naive", [body], "miss"),
+    ):
+        rank(servers[name], body).raise_for_status()  # a first request: the user is cached
+        r = asyncio.run(Load(servers[name], sent, concurrency=2).run(0.5))
+        assert r.failed == 0 and r.total >= 2, r.summary()
+        assert r.user_cache == {want: r.total}, (name, want, r.summary())
+
+
+def test_new_users_are_one_body_under_new_user_ids():
+    (body,) = bench.bodies(5, users=1)
+    users = bench.NewUsers(body)
+    a, b = (
+        request.decode(users[i], request.Rules.from_settings(Settings())).req for i in (0, 12345)
+    )
+    assert a.user_id != b.user_id
+    assert a.user_features == b.user_features and a.candidates == b.candidates
+
+
+def result(**naive) -> dict:
+    def path(per_s: float, hit: float, **extra) -> dict:
+        return {
+            "requests": 100,
+            "by_status": {"200": 100},
+            "accepted_per_s": per_s,
+            "accepted_p50_ms": 60.0,
+            "accepted_p99_ms": 140.0,
+            "candidates_per_s": per_s * 500,
+            "hit_rate": hit,
+            **extra,
+        }
+
+    return {
+        "model": "esmm/v1",
+        "cpus": 2,
+        "candidates": 500,
+        "behaviour_ids": [300, 700],
+        "concurrency": 8,
+        "ceiling": {
+            "rows": 500,
+            "item_scorer_ms": 2.5,
+            "candidates_per_s": 200_000.0,
+            "user_tower_ms": 0.09,
+            "full_graph_ms": 40.0,
+        },
+        "parsing": {
+            "body_bytes": 77_000,
+            "decode_ms": 0.9,
+            "msgspec_untyped_ms": 0.6,
+            "orjson_untyped_ms": 0.6,
+            "encode_ms": 3.2,
+            "response_ms": 0.25,
+        },
+        "service_hit": path(100.0, 1.0),
+        "service_miss": path(80.0, 0.0),
+        "naive": path(25.0, 0.0, **naive),
+    }
+
+
+def test_report_has_a_row_per_path_and_names_failures():
+    md = bench.markdown(result())
+    assert "| item scorer in-process (raw ceiling) | 200,000 | 2.50 ms per run |" in md
+    assert "| /rank, user cache hit | 50,000 | 100.0 | 60.0 | 140.0 | 100% |" in md
+    assert "| /rank, user cache miss | 40,000 | 80.0 | 60.0 | 140.0 | 0% |" in md
+    assert "| naive: full graph per request, tiled, no cache/batching | 12,500 | 25.0 |" in md
+    assert "25% of the raw ceiling and 4.0x the naive baseline" in md
+    assert "Per request of 77 kB" in md and "Failed" not in md
+    md = bench.markdown(result(requests=10, by_status={"200": 7, "503": 3}))
+    assert "Failed requests: naive: full graph" in md and "3 of 10 not 200" in md
+
+
+def test_readme_block_is_rewritten_in_place_and_nothing_else(tmp_path):
+    readme = tmp_path / "README.md"
+    head, tail = "# Title\n\nbefore\n", "\nafter <!-- bench:training -->\n"
+    readme.write_text(f"{head}<!-- bench:serving -->\nold table\n<!-- /bench:serving -->{tail}")
+    assert bench.rewrite_readme(readme, "new\n")
+    want = f"{head}<!-- bench:serving -->\nnew\n<!-- /bench:serving -->{tail}"
+    assert readme.read_text() == want
+    assert bench.rewrite_readme(readme, "new\n") and readme.read_text() == want
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert not bench.rewrite_readme(plain, "new\n") and plain.read_text() == "no markers\n"
+    assert not bench.rewrite_readme(tmp_path / "missing.md", "new\n")
+
+
+def test_a_short_benchmark_runs_end_to_end(exported, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- bench:serving -->\n<!-- /bench:serving -->\n")
+    out = tmp_path / "bench"
+    args = ["--model-dir", str(exported.parent), "--candidates", "50", "--seconds", "0.3"]
+    bench.main([*args, "--concurrency", "2", "--out", str(out), "--readme", str(readme)])
+    r = json.loads((out / "serve.json").read_text())
+    for key, hits in (("service_hit", 1.0), ("service_miss", 0.0), ("naive", 0.0)):
+        assert r[key]["requests"] > 0 and r[key]["by_status"].keys() == {"200"}, r[key]
+        assert r[key]["hit_rate"] == hits, key
+    assert r["ceiling"]["rows"] == 50 and r["ceiling"]["candidates_per_s"] > 0
+    md = (out / "serve.md").read_text()
+    assert readme.read_text() == f"<!-- bench:serving -->\n{md}<!-- /bench:serving -->\n"
