@@ -3,6 +3,7 @@ the app served over real HTTP from a thread."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from contextlib import contextmanager
 import httpx
 import numpy as np
 import uvicorn
+from fastapi.testclient import TestClient
 
 from loadtest.harness import free_port
 from service.config import Settings
@@ -92,3 +94,20 @@ def raw_exchange(url: str, data: bytes, wait_s: float = 5.0) -> httpx.Response:
     status = int(lines[0].split()[1]) if lines[0] else 0
     headers = [tuple(x.split(": ", 1)) for x in lines[1:] if ": " in x]
     return httpx.Response(status, headers=headers, content=body)
+
+
+TOKEN = "s3cret-token-for-tests"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def encoded(bodies: list[dict]) -> list[bytes]:
+    return [json.dumps(b).encode() for b in bodies]
+
+
+def reference(model_dir, bodies: list[dict]) -> list[dict]:
+    """item id -> pctcvr of each body, as the model in `model_dir` scores it."""
+    with TestClient(create_app(Settings(model_dir=model_dir))) as c:
+        return [
+            {it["item_id"]: it["pctcvr"] for it in c.post("/rank", json=b).json()["items"]}
+            for b in bodies
+        ]

@@ -1,5 +1,5 @@
 """training/calibrate.py: calibrators of pCTR and pCVR fitted on validation rows, judged on test
-rows (features/calibration.py's fits themselves: tests/test_calibration.py)."""
+rows (features/calibration.py's fits themselves: tests/features/test_calibration.py)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
-"""POST /rank against the session's really exported model, in-process and over real HTTP."""
+"""POST /rank end to end on the session's really exported model, in-process and over real
+HTTP: scores equal the export's, caching, fusion, bad input, readiness (main.py, routes.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,17 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 from support import request_for, serving
 
-from loadtest.harness import RedisServer
-from service.batcher import Batcher
 from service.config import Settings
 from service.main import create_app
-
-
-@pytest.fixture(scope="module")
-def client(exported):
-    app = create_app(Settings(model_dir=exported.parent, max_candidates=600))
-    with TestClient(app) as c:
-        yield c
 
 
 def test_scores_equal_the_exported_model_hit_or_miss(client, samples):
@@ -146,49 +136,6 @@ def test_readiness_false_until_warm_and_model_endpoint(exported):
         assert {"413", "422", "503", "504"} <= set(doc["paths"]["/rank"]["post"]["responses"])
 
 
-def test_batcher_scores_queued_jobs_in_one_run_and_splits_by_rows():
-    seen: list[list[int]] = []
-    gate = threading.Event()
-
-    def run_batch(jobs):
-        gate.wait(5)
-        seen.append(list(jobs))
-        return [j * 10 for j in jobs]
-
-    async def go():
-        b = Batcher(run_batch, rows_of=lambda j: j, max_rows=10, executor=ThreadPoolExecutor(1))
-        b.start()
-        first = asyncio.ensure_future(b.submit(1))  # runs at once, alone: nothing else queued
-        await asyncio.sleep(0.05)
-        rest = [asyncio.ensure_future(b.submit(j)) for j in (2, 3, 4, 5, 6)]
-        await asyncio.sleep(0.05)
-        gate.set()
-        out = await asyncio.gather(first, *rest)
-        await b.close()
-        return out
-
-    assert asyncio.run(go()) == [10, 20, 30, 40, 50, 60]
-    assert seen == [[1], [2, 3, 4], [5], [6]]  # rows 2+3+4 = 9 fit in 10; 9+5 would not
-
-
-def test_batcher_fails_every_job_of_a_broken_run_and_keeps_serving():
-    def run_batch(jobs):
-        if 0 in jobs:
-            raise ValueError("boom")
-        return jobs
-
-    async def go():
-        b = Batcher(run_batch, rows_of=lambda j: 1, max_rows=4)
-        b.start()
-        with pytest.raises(ValueError):
-            await b.submit(0)
-        ok = await b.submit(7)
-        await b.close()
-        return ok
-
-    assert asyncio.run(go()) == 7
-
-
 @pytest.fixture(scope="module")
 def server(exported):
     with serving(model_dir=exported) as (url, app):
@@ -225,98 +172,6 @@ def test_concurrent_requests_share_one_run_over_http(server, samples):
     le1 = next(float(line.split()[-1]) for line in jobs if 'le="1.0"' in line)
     total = next(float(line.split()[-1]) for line in jobs if 'le="+Inf"' in line)
     assert total - le1 >= 1  # at least one run held rows of several requests
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    with RedisServer() as redis:
-        yield redis.url
-
-
-def test_redis_tier_is_shared_between_instances(exported, samples, redis_url):
-    contract, s = samples
-    body, _ = request_for(contract, s, int(s["row_user"][0]))
-    body["user_id"] = "redis-user"
-    settings = Settings(model_dir=exported, redis_url=redis_url)
-    with TestClient(create_app(settings)) as a:
-        assert a.post("/rank", json=body).json()["user_cache"] == "miss"
-    with TestClient(create_app(settings)) as b:  # a new process-local cache: Redis answers
-        out = b.post("/rank", json=body).json()
-        assert out["user_cache"] == "hit"
-        text = b.get("/metrics").text
-        assert 'ranker_user_cache_total{outcome="hit",tier="redis"} 1.0' in text
-
-
-@pytest.mark.parametrize(
-    "env, needle",
-    [
-        ({"RANKER_PORT": "eighty"}, "RANKER_PORT"),
-        ({"RANKER_FUSION_A": "9"}, "RANKER_FUSION_A"),
-        ({"RANKER_PROVIDERS": "tpu"}, "RANKER_PROVIDERS"),
-        ({"RANKER_ADMIN_TOKEN": "short"}, "RANKER_ADMIN_TOKEN must be at least 16"),
-        ({"RANKER_MAX_QUEUED_ROWS": "10"}, "RANKER_MAX_QUEUED_ROWS"),
-    ],
-)
-def test_bad_settings_stop_the_start_naming_the_variable(env, needle, tmp_path):
-    import os
-    import sys
-
-    r = subprocess.run(
-        [sys.executable, "-m", "service"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    assert r.returncode != 0 and needle in r.stderr, r.stderr
-
-
-def test_missing_model_is_a_clear_error(tmp_path):
-    from service.engine import ModelError, newest_version
-
-    with pytest.raises(ModelError, match="make train"):
-        newest_version(tmp_path)
-
-
-def test_the_documented_request_schema_is_the_decoders_own(client):
-    """The OpenAPI document's /rank body is derived from the struct the service decodes: no
-    second declaration to drift."""
-    import msgspec
-
-    from service.request import RankRequest
-
-    doc = client.get("/openapi.json").json()["components"]["schemas"]
-    _, derived = msgspec.json.schema_components(
-        [RankRequest], ref_template="#/components/schemas/{name}"
-    )
-    for name, schema in derived.items():
-        assert {k: v for k, v in doc[name].items() if k != "examples"} == schema, name
-
-
-def test_concurrent_misses_for_one_user_compute_once():
-    from service.user_cache import LocalLRU, UserCache
-
-    calls = []
-
-    async def go():
-        cache = UserCache("m/1", 3, LocalLRU(10, 60), None)
-        gate = asyncio.Event()
-
-        async def compute():
-            calls.append(1)
-            await gate.wait()
-            return np.ones(3, np.float32)
-
-        tasks = [asyncio.ensure_future(cache.get_or_compute("k", compute)) for _ in range(5)]
-        await asyncio.sleep(0.01)
-        gate.set()
-        return await asyncio.gather(*tasks)
-
-    out = asyncio.run(go())
-    assert len(calls) == 1
-    assert [hit for _, hit in out] == [False, True, True, True, True]
-    assert all(np.array_equal(v, np.ones(3)) for v, _ in out)
 
 
 def test_a_request_over_the_batch_size_is_split_and_still_exact(exported, samples):

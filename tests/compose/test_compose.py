@@ -21,7 +21,7 @@ import yaml
 
 from service.config import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCHEMA = yaml.safe_load((REPO / "tests/data/compose_spec.json").read_text())
 FILES = ["docker-compose.yml", "docker-compose.gpu.yml"]
 

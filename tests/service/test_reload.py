@@ -1,0 +1,133 @@
+"""service/reload.py: reloads under load, broken models refused, pinning, and what refusals show."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import httpx
+import numpy as np
+from fastapi.testclient import TestClient
+from support import AUTH, TOKEN, encoded, reference, serving
+
+from loadtest.harness import Load, copy_version
+from service.config import Settings
+from service.main import create_app
+
+
+def test_five_reloads_under_load_drop_nothing_and_every_answer_names_its_scorer(
+    exported, second_model, bodies, tmp_path
+):
+    root = tmp_path / "models"
+    copy_version(exported, root, "r0")
+    settings = dict(model_dir=root, admin_token=TOKEN, reload_poll_s=0)
+    ref_a, ref_b = reference(exported, bodies), reference(second_model, bodies)
+    assert ref_a[0] != ref_b[0]  # the two models really score differently
+    family = {f"esmm/r{k}": ref_b if k % 2 else ref_a for k in range(6)}
+    with serving(**settings) as (url, app):
+        assert httpx.post(f"{url}/admin/reload", headers=AUTH).json()["status"] == "unchanged"
+        load = Load(url, encoded(bodies), concurrency=4)
+
+        def check(i: int, out: dict) -> str | None:
+            ref = family.get(out["model_version"])
+            if ref is None:
+                return f"unknown version {out['model_version']}"
+            err = max(abs(it["pctcvr"] - ref[i][it["item_id"]]) for it in out["items"])
+            return f"{out['model_version']} off by {err}" if err > 1e-5 else None
+
+        load.check = check
+        load.start()
+        load.wait_for(20)
+        for k in range(1, 6):
+            copy_version(second_model if k % 2 else exported, root, f"r{k}")
+            resp = httpx.post(f"{url}/admin/reload", headers=AUTH, timeout=60)
+            assert resp.status_code == 200, resp.text
+            assert resp.json() == {
+                "status": "reloaded",
+                "model_version": f"esmm/r{k}",
+                "pinned": None,
+                "previous": f"esmm/r{k - 1}",
+            }
+            load.wait_for(20)
+        r = load.stop()
+        metrics = httpx.get(f"{url}/metrics").text
+    assert r.failed == 0, r.summary()
+    assert not r.problems, r.problems[:5]
+    assert set(r.versions) >= {"esmm/r0", "esmm/r5"} and len(r.versions) >= 4, r.versions
+    assert 'ranker_reloads_total{outcome="ok"} 5.0' in metrics
+    assert 'ranker_model_info{version="esmm/r5"} 1.0' in metrics
+    assert "esmm/r4" not in metrics.split("ranker_model_info")[-1]
+
+
+def test_a_broken_model_is_refused_and_the_old_one_keeps_serving(
+    exported, bodies, tmp_path, caplog
+):
+    root = tmp_path / "models"
+    copy_version(exported, root, "a1")
+    settings = dict(model_dir=root, admin_token=TOKEN, reload_poll_s=0.1)
+    with serving(**settings) as (url, app):
+        before = httpx.post(f"{url}/rank", json=bodies[0]).json()
+        # graphs that cannot load
+        bad = copy_version(exported, root, "a2")
+        (bad / "item_scorer.onnx").write_bytes(b"not a graph")
+        resp = httpx.post(f"{url}/admin/reload", headers=AUTH, timeout=60)
+        assert resp.status_code == 409 and "item_scorer.onnx" in resp.json()["error"]["message"]
+        # stored sample scores that the graphs do not reproduce: the parity smoke test
+        wrong = copy_version(exported, root, "a3")
+        with np.load(wrong / "samples.npz") as z:
+            s = dict(z)
+        s["pctr"] = s["pctr"] + 0.01
+        np.savez(wrong / "samples.npz", **s)
+        resp = httpx.post(f"{url}/admin/reload", headers=AUTH, json={"path": "esmm/a3"}, timeout=60)
+        assert resp.status_code == 409 and "sample rows differ" in resp.json()["error"]["message"]
+        # a manifest that contradicts its graphs
+        lying = copy_version(exported, root, "a4")
+        m = json.loads((lying / "manifest.json").read_text())
+        m["graphs"]["item_scorer"]["outputs"].reverse()
+        (lying / "manifest.json").write_text(json.dumps(m))
+        resp = httpx.post(f"{url}/admin/reload", headers=AUTH, timeout=60)
+        assert resp.status_code == 409 and "the manifest says" in resp.json()["error"]["message"]
+        after = httpx.post(f"{url}/rank", json=bodies[0]).json()
+        assert after["model_version"] == "esmm/a1" and after["items"] == before["items"]
+        assert any("refused model" in rec.message for rec in caplog.records)
+        # the watcher finds a good new version by itself (and skipped the refused ones)
+        copy_version(exported, root, "a5")
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/readyz").json()["model_version"] != "esmm/a5":
+            assert time.monotonic() < deadline, "the watcher never loaded the new version"
+            time.sleep(0.1)
+        assert httpx.post(f"{url}/rank", json=bodies[0]).json()["items"] == before["items"]
+        shutil.rmtree(bad)
+
+
+def test_a_rollback_sticks_until_the_newest_is_asked_for_again(exported, tmp_path):
+    root = tmp_path / "models"
+    copy_version(exported, root, "v1")
+    copy_version(exported, root, "v2")
+    with serving(model_dir=root, admin_token=TOKEN, reload_poll_s=0.1) as (url, _):
+        assert httpx.get(f"{url}/readyz").json()["model_version"] == "esmm/v2"
+        resp = httpx.post(f"{url}/admin/reload", headers=AUTH, json={"path": "esmm/v1"})
+        assert resp.json()["pinned"] == "esmm/v1"
+        copy_version(exported, root, "v3")  # a newer version appears while pinned
+        time.sleep(1.0)  # ten polls of the watcher
+        assert httpx.get(f"{url}/readyz").json()["model_version"] == "esmm/v1"
+        assert httpx.get(f"{url}/v1/model").json()["pinned"] == "esmm/v1"
+        resp = httpx.post(f"{url}/admin/reload", headers=AUTH, timeout=60)  # unpin: newest
+        assert resp.json()["model_version"] == "esmm/v3" and resp.json()["pinned"] is None
+        copy_version(exported, root, "v4")
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/readyz").json()["model_version"] != "esmm/v4":
+            assert time.monotonic() < deadline, "the watcher no longer follows after unpinning"
+            time.sleep(0.1)
+
+
+def test_reload_refusals_name_no_server_path(exported, tmp_path):
+    root = tmp_path / "models"
+    copy_version(exported, root, "v1")
+    broken = copy_version(exported, root, "v0")
+    (broken / "item_scorer.onnx").write_bytes(b"not a graph")
+    with TestClient(create_app(Settings(model_dir=root, admin_token=TOKEN))) as c:
+        for path in ("esmm/v0", "esmm/missing", "esmm/v1\x00x"):
+            r = c.post("/admin/reload", headers=AUTH, json={"path": path})
+            assert r.status_code in (409, 422) and str(tmp_path) not in r.text, r.text
