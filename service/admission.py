@@ -4,8 +4,8 @@ The unit is candidate rows admitted and not yet scored, not requests: one 2,000-
 request costs what forty 50-candidate ones do. A request is admitted when nothing is queued (an
 idle server never refuses a valid request); otherwise it is refused at once when
 
-- the rows queued ahead of it and its own, at the measured scoring rate, would not be done
-  before its deadline: it would only wait to be thrown away (reason `deadline`); or
+- the rows queued ahead of it and its own, at the measured scoring rate, would take more than
+  `DEADLINE_SHARE` (30%) of its timeout: it would likely miss its deadline (reason `deadline`); or
 - its rows would take the admitted rows over `max_rows`, a bound on memory set well above what
   deadlines let in (reason `queue_full`); or
 - the service is draining for shutdown (reason `draining`).
@@ -32,6 +32,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+
+# The share of a request's timeout the admitted rows may take: the rest is for what admission
+# cannot see (the time the request waited to be read, its own decoding, the response) and for the
+# rate's error, so an admitted request meets its deadline as its client measures it. Measured
+# (make overload, 2x saturation open loop): 0.3 kept accepted p99 at half the deadline and
+# refusals fast; 0.4 and 0.5 let accepted p99 pass the deadline. 32 closed-loop clients of 500
+# candidates each (about 0.25 s of queued work) are all admitted.
+DEADLINE_SHARE = 0.3
 
 
 class Refused(Exception):
@@ -89,12 +97,12 @@ class Admission:
             self._refuse("draining", "the service is shutting down")
         if self.rows > 0:
             wait = self.expected_wait_s(rows)
-            if wait is not None and wait > timeout_s:
+            if wait is not None and wait > DEADLINE_SHARE * timeout_s:
                 self._refuse(
                     "deadline",
                     f"overloaded: the rows queued and this request's take about "
-                    f"{wait * 1000:.0f} ms, over "
-                    f"this request's timeout of {timeout_s * 1000:.0f} ms",
+                    f"{wait * 1000:.0f} ms, over {DEADLINE_SHARE:.0%} of this request's timeout of "
+                    f"{timeout_s * 1000:.0f} ms",
                 )
             if self.rows + rows > self.max_rows:
                 self._refuse(

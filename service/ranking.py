@@ -1,8 +1,9 @@
 """The one place that knows every part: body -> request -> admission -> model -> cache ->
 batcher -> fusion -> response.
 
-Flow of one request: its body is decoded and checked (request.py); admission takes its candidate
-rows in or refuses them at once (admission.py); it leases the current model version (served.py)
+Flow of one request: a scan of its body gives its candidate count and timeout (request.py);
+admission takes its rows in or refuses them at once (admission.py); its body is decoded and
+checked (request.py); it leases the current model version (served.py)
 and keeps that lease to the end, so a reload never changes the model under it. Both sides are
 encoded through that version's feature contract (encoding.py); the user part is looked up in the
 version's user cache, or the user tower runs once (off the event loop). Its candidates become
@@ -54,30 +55,36 @@ class Ranker:
                 raise Overloaded(e.message, e.retry_after_s) from None
 
     async def rank(self, body: bytes) -> RankResponse:
+        # Admission first, on what a scan of the body says (rows, timeout): a refused request
+        # costs the scan, never its decoding, and nothing waits unadmitted in a decode queue.
+        size = request.size(body, self.rules)
+        deadline = asyncio.get_running_loop().time() + size.timeout_s
+        try:
+            self.admission.admit(size.rows, size.timeout_s)
+        except Refused as e:
+            raise Overloaded(e.message, e.retry_after_s) from None
+        try:
+            return await self._rank(body, deadline)
+        finally:
+            self.admission.release(size.rows)
+
+    async def _rank(self, body: bytes, deadline: float) -> RankResponse:
         large = len(body) >= OFF_LOOP_BYTES
         if large:
             r = await self._off_loop(request.decode, body, self.rules)
         else:
             r = request.decode(body, self.rules)
         self.on_request(r.rows)
-        deadline = asyncio.get_running_loop().time() + r.timeout_s
-        try:
-            self.admission.admit(r.rows, r.timeout_s)
-        except Refused as e:
-            raise Overloaded(e.message, e.retry_after_s) from None
-        try:
-            async with self.slot.lease() as model:
-                if large:
-                    rows = await self._off_loop(model.encoder.encode, r.req)
-                else:
-                    rows = model.encoder.encode(r.req)
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        scores, hit = await self._score(model, r.req.user_id, rows, deadline)
-                except TimeoutError:  # also the batcher's DeadlineExceeded: never run
-                    raise Timeout(f"not scored within {r.timeout_s * 1000:.0f} ms") from None
-        finally:
-            self.admission.release(r.rows)
+        async with self.slot.lease() as model:
+            if large:
+                rows = await self._off_loop(model.encoder.encode, r.req)
+            else:
+                rows = model.encoder.encode(r.req)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    scores, hit = await self._score(model, r.req.user_id, rows, deadline)
+            except TimeoutError:  # also the batcher's DeadlineExceeded: never run
+                raise Timeout(f"not scored within {r.timeout_s * 1000:.0f} ms") from None
         fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, r.price)
         item_ids = [c.item_id for c in r.req.candidates]
         return ranked(model.version, hit, r.fusion, item_ids, scores, fused, r.req.top_k)

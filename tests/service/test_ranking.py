@@ -174,3 +174,28 @@ def test_a_request_over_the_batch_size_is_split_into_runs():
 
     engine, out = run(go())
     assert len(out.items) == 150 and max(engine.batches) <= 64 and sum(engine.batches) == 150
+
+
+def test_a_refused_request_is_never_decoded(monkeypatch):
+    """Admission judges a scan of the body (rows, timeout): refusing costs no decoding, and no
+    request waits unadmitted in a decode queue."""
+    from service.errors import Overloaded
+
+    calls = []
+    real = request._decoder
+
+    class Spy:
+        def decode(self, raw):
+            calls.append(1)
+            return real.decode(raw)
+
+    monkeypatch.setattr(request, "_decoder", Spy())
+
+    async def go():
+        r = fake_ranker(max_rows=10)
+        r.admission.admit(8, timeout_s=1.0)  # rows of another request, still queued
+        with pytest.raises(Overloaded):
+            await r.rank(body(n=5))
+
+    run(go())
+    assert calls == []

@@ -154,3 +154,11 @@ def test_the_settings_rules_come_from_the_settings():
     assert rules.max_candidates == 7 and rules.default_fusion.c == 0.5 and rules.fusion_max == 2
     with pytest.raises(ValueError, match="fusion_max"):
         Settings(fusion_max=100)  # exponents past 8 could overflow float64
+
+
+def test_size_reads_rows_and_timeout_without_decoding():
+    assert request.size(json.dumps(body(timeout_ms=50)).encode(), RULES) == request.Size(3, 0.05)
+    assert request.size(json.dumps(body()).encode(), RULES) == request.Size(3, 1.0)
+    wrong = body(timeout_ms="soon")  # left to decode, which names it
+    assert request.size(json.dumps(wrong).encode(), RULES) == request.Size(3, 1.0)
+    assert refused(wrong).field == "timeout_ms"
