@@ -71,9 +71,9 @@ class Ranker:
     async def _rank(self, body: bytes, deadline: float) -> RankResponse:
         large = len(body) >= OFF_LOOP_BYTES
         if large:
-            r = await self._off_loop(request.decode, body, self.rules)
+            r = await self._off_loop(request.decode_sized, body, self.rules)
         else:
-            r = request.decode(body, self.rules)
+            r = request.decode_sized(body, self.rules)
         self.on_request(r.rows)
         async with self.slot.lease() as model:
             if large:

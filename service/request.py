@@ -124,18 +124,28 @@ class RankRequest(_Strict):
     timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=MAX_TIMEOUT_MS)] | None = None
 
 
+# A user and two items of the default model's training data (`make train`), shortened: the full
+# request is docs/first-request.json.
 EXAMPLE = {
-    "user_id": "u-1001",
+    "user_id": 10002465,
     "user_features": {
-        "101": 1001,
-        "121": 7,
-        "124": 1,
-        "109_14": {"ids": [60001, 60002], "weights": [3.0, 1.0]},
+        "101": 10002465,
+        "121": 20000002,
+        "124": 40000001,
+        "125": 50000001,
+        "109_14": {"ids": [100000008, 100000033, 100000041], "weights": [3.0, 1.0, 2.0]},
     },
-    "context_features": {"301": 2},
     "candidates": [
-        {"item_id": "sku-1", "features": {"205": 5001, "206": 60001, "207": 70001}, "price": 19.9},
-        {"item_id": "sku-2", "features": {"205": 5002, "206": 60002, "210": [1, 2]}, "price": 5.0},
+        {
+            "item_id": 140004992,
+            "features": {"205": 140004992, "206": 150000069, "207": 160000069, "216": 180000731},
+            "price": 24.9,
+        },
+        {
+            "item_id": 140006390,
+            "features": {"205": 140006390, "206": 150000429, "207": 160000429, "216": 180001094},
+            "price": 39.0,
+        },
     ],
     "fusion": {"a": 1.0, "b": 1.0, "c": 0.2},
     "top_k": 10,
@@ -254,6 +264,11 @@ def size(body: bytes, rules: Rules) -> Size:
 def decode(body: bytes, rules: Rules) -> Ranking:
     """Bytes -> a request that met every rule, or a ClientError naming the field at fault."""
     size(body, rules)  # the cap before the work it bounds
+    return decode_sized(body, rules)
+
+
+def decode_sized(body: bytes, rules: Rules) -> Ranking:
+    """`decode` for a body whose `size` was already taken (the Ranker's: admission needs it)."""
     try:
         req = _decoder.decode(body)
     except msgspec.ValidationError as e:

@@ -112,13 +112,13 @@ def test_a_failed_user_computation_reaches_every_waiter_as_its_own_error():
 
 def test_large_bodies_are_decoded_and_encoded_off_the_event_loop(monkeypatch):
     seen: dict[str, set[int]] = {"decode": set(), "encode": set()}
-    real_decode = request.decode
+    real_decode = request.decode_sized
 
     def decode(*a):
         seen["decode"].add(threading.get_ident())
         return real_decode(*a)
 
-    monkeypatch.setattr(request, "decode", decode)
+    monkeypatch.setattr(request, "decode_sized", decode)
 
     async def go():
         r = fake_ranker()
