@@ -27,6 +27,8 @@ VERBS: dict[str, str] = {
     "compare": "training.compare",
     "bench-train": "training.bench",
     "serve": "service.__main__",
+    "items": "ranker.items",
+    "predict": "ranker.predict",
     "bench": "loadtest.bench",
     "chaos": "loadtest.chaos",
     "overload": "loadtest.overload",
