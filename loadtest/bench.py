@@ -90,7 +90,7 @@ def in_process(engine: Engine, body: bytes, rule: request.Rules, seconds: float)
     index = np.zeros(n, np.int64)
     scores = engine.score(user, index, rows.item_ids, rows.item_weights)
     fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, r.price)
-    item_ids = [c.item_id for c in r.req.candidates]
+    item_ids = r.req.item_keys()
     tiled = np.repeat(rows.user_ids, n, 0), np.repeat(rows.user_weights, n, 0)
     t_item = _time(lambda: engine.score(user, index, rows.item_ids, rows.item_weights), seconds)
     return {

@@ -22,6 +22,11 @@ class Settings(BaseSettings):
         description="a model version folder (holding "
         "manifest.json), or a folder whose newest version is served",
     )
+    item_table: Path | None = Field(
+        None,
+        description="an item feature table (`ranker items build`): candidates by id alone "
+        "(`item_ids`), stored features under inline ones; unset: every candidate brings its own",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     providers: Literal["auto", "cpu", "cuda"] = Field(

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from features.contract import FeatureContract, Field, Side, truncate
+from features.items import ITEM_ID_FIELD, ItemTable
 from service.errors import ClientError
 from service.request import RankRequest, WeightedIds
 
@@ -24,11 +25,40 @@ class Encoded(NamedTuple):
     user_weights: np.ndarray  # (1, user width) pooling weights, float32
     item_ids: np.ndarray  # (candidates, item width)
     item_weights: np.ndarray
+    price: np.ndarray  # (candidates,) float64 from the item table, NaN where it has none
+    unknown: np.ndarray  # candidate positions with no features at all: scored by their id alone
+
+
+class StoredItems:
+    """An item table hashed through one model's contract, once, at load: a request's stored
+    features are then a gather of rows (int32 embedding rows and float32 weights of the item
+    fields' columns), never a hash."""
+
+    def __init__(self, table: ItemTable, contract: FeatureContract):
+        raw_ids, raw_vals = table.rows_for(contract)
+        ids, weights = contract.hash_side("item", raw_ids, raw_vals)
+        columns = dict((f.name, c) for f, c in contract.columns("item"))
+        self.fields = [n for n in table.max_len if n in columns]
+        self.cols = {n: np.arange(columns[n].start, columns[n].stop) for n in self.fields}
+        keep = np.concatenate([self.cols[n] for n in self.fields])
+        self.ids = ids[:, keep].astype(np.int32)  # (items, stored columns)
+        self.weights = weights[:, keep]
+        self.stored = {}  # field -> its columns in self.ids
+        start = 0
+        for n in self.fields:
+            self.stored[n] = np.arange(start, start + len(self.cols[n]))
+            start += len(self.cols[n])
+        self.table, self.digest = table, table.digest
+
+    @property
+    def nbytes(self) -> int:
+        t = self.table
+        return self.ids.nbytes + self.weights.nbytes + t.item_id.nbytes + t.price.nbytes
 
 
 class RequestEncoder:
-    def __init__(self, contract: FeatureContract):
-        self.contract = contract
+    def __init__(self, contract: FeatureContract, items: StoredItems | None = None):
+        self.contract, self.items = contract, items
         self._item_columns = {
             f.name: (c.start, f.max_len) for f, c in self.contract.columns("item")
         }
@@ -75,15 +105,75 @@ class RequestEncoder:
         raw_ids, raw_vals = self.contract.encode_entity("user", feats)
         return self.contract.hash_side("user", raw_ids[None], raw_vals[None])
 
-    def encode_items(self, req: RankRequest) -> tuple[np.ndarray, np.ndarray]:
-        """Candidates -> hashed item rows. Built as Python lists and converted once (a numpy
-        round trip per candidate cost 10x more at 500 candidates); a single id, the common
-        case, is written without building any list."""
+    def encode_items(self, req: RankRequest):
+        """Candidates -> (hashed item rows, weights, table price, unknown positions).
+
+        Features given in the request (inline, and context for every candidate) are built as
+        Python lists and hashed at once; with an item table, a candidate whose integer id it
+        holds gets the stored rows of every item field it did not give inline (a vectorised
+        gather per field). A candidate with no features at all and an id the table lacks is
+        scored by its id alone (field 205) and reported as unknown."""
         width = self.contract.width("item")
         base_ids, base_vals = [-1] * width, [0.0] * width
         context = req.context_features or {}
         for name, value in context.items():
             self._put(base_ids, base_vals, *self._field("item", name, value, "context_features"))
+        id_col = self._item_columns[ITEM_ID_FIELD][0]
+        # str (and negative) ids are never item ids: -1
+        keys = np.array([k if type(k) is int else -1 for k in req.item_keys()], dtype=np.int64)
+        n = len(keys)
+        stored = self.items.fields if self.items is not None else []
+        inline = np.zeros((n, len(stored)), dtype=bool)
+        bare = np.ones(n, dtype=bool)  # no inline features
+        if req.candidates is None:  # by id alone: the context row for every candidate
+            raw_ids = np.tile(np.array(base_ids, dtype=np.int64), (n, 1))
+            raw_vals = np.tile(np.array(base_vals, dtype=np.float32), (n, 1))
+        else:
+            raw_ids, raw_vals = self._inline_rows(req, base_ids, base_vals, context)
+            for i, c in enumerate(req.candidates):
+                if c.features:
+                    bare[i] = False
+                    for k, name in enumerate(stored):
+                        inline[i, k] = name in c.features
+        # a bare candidate's own id is its 205 feature (stored rows replace it when found)
+        raw_ids[bare & (keys >= 0), id_col] = keys[bare & (keys >= 0)]
+        raw_vals[bare & (keys >= 0), id_col] = 1.0
+        ids, weights = self.contract.hash_side("item", raw_ids, raw_vals)
+        price = np.full(n, np.nan)
+        if self.items is None:
+            if req.candidates is None:
+                raise ClientError(
+                    "ranking by item_ids needs an item table (RANKER_ITEM_TABLE)", field="item_ids"
+                )
+            found = np.zeros(n, dtype=bool)
+        else:
+            pos, found = self.items.table.index(keys)
+            found &= keys >= 0
+        useless = np.flatnonzero(bare & ~found & (keys < 0))
+        if useless.size:
+            i = int(useless[0])
+            raise ClientError(
+                f"candidate {i} has no features, and its item_id is not an item id to look up",
+                field=f"candidates[{i}].features",
+            )
+        if self.items is None:
+            return ids, weights, price, np.flatnonzero(bare)
+        for k, name in enumerate(stored):
+            take = found & ~inline[:, k]
+            if take.any():
+                rows = pos[take]
+                cols = self.items.cols[name]
+                ids[np.ix_(take, cols)] = self.items.ids[np.ix_(rows, self.items.stored[name])]
+                weights[np.ix_(take, cols)] = self.items.weights[
+                    np.ix_(rows, self.items.stored[name])
+                ]
+        price[found] = self.items.table.price[pos[found]]
+        return ids, weights, price, np.flatnonzero(bare & ~found)
+
+    def _inline_rows(self, req: RankRequest, base_ids: list, base_vals: list, context: dict):
+        """Raw rows of the candidates' inline features. Built as Python lists and converted
+        once (a numpy round trip per candidate cost 10x more at 500 candidates); a single id,
+        the common case, is written without building any list."""
         columns = self._item_columns
         rows_ids, rows_vals = [], []
         for i, c in enumerate(req.candidates):
@@ -109,9 +199,7 @@ class RequestEncoder:
                     self._put(ids, vals, *self._field("item", name, value, where))
             rows_ids.append(ids)
             rows_vals.append(vals)
-        return self.contract.hash_side(
-            "item", np.array(rows_ids, dtype=np.int64), np.array(rows_vals, dtype=np.float32)
-        )
+        return np.array(rows_ids, dtype=np.int64), np.array(rows_vals, dtype=np.float32)
 
     def _put(self, ids: list, vals: list, f: Field, fids: list, fvals: list) -> None:
         start = self._item_columns[f.name][0]

@@ -56,7 +56,14 @@ def create_app(settings: Settings) -> FastAPI:
             on_refuse=lambda reason: st.metrics.shed.labels(reason).inc(),
         )
         rules = request.Rules.from_settings(s)
-        st.ranker = Ranker(slot, st.admission, rules, workers, st.metrics.candidates.observe)
+        st.ranker = Ranker(
+            slot,
+            st.admission,
+            rules,
+            workers,
+            st.metrics.candidates.observe,
+            st.metrics.unknown_items.inc,
+        )
         st.reloader = Reloader(s, loader, slot, st.metrics)
         watcher = (
             asyncio.get_running_loop().create_task(st.reloader.watch(s.reload_poll_s))

@@ -38,6 +38,11 @@ class Metrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
         )
         self.runs = Counter("ranker_scorer_runs", "item-scorer runs", registry=r)
+        self.unknown_items = Counter(
+            "ranker_unknown_items",
+            "candidates with no features given and an id the item table lacks (scored by id)",
+            registry=r,
+        )
         self.queue_rows = Gauge(
             "ranker_queue_rows", "candidate rows waiting to be scored", registry=r
         )

@@ -20,8 +20,11 @@ ones stay on the loop, where a thread hop would cost more than the work.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Executor
+
+import numpy as np
 
 from features.contract import FeatureContract
 from service import fusion, request
@@ -42,9 +45,10 @@ class Ranker:
         rules: request.Rules,
         workers: Executor,
         on_request: Callable[[int], None] = lambda candidates: None,
+        on_unknown: Callable[[int], None] = lambda candidates: None,
     ):
         self.slot, self.admission, self.rules, self.workers = slot, admission, rules, workers
-        self.on_request = on_request
+        self.on_request, self.on_unknown = on_request, on_unknown
 
     def refuse_early(self) -> None:
         """Before a body is read: refuse at once when no request could be admitted now."""
@@ -80,14 +84,20 @@ class Ranker:
                 rows = await self._off_loop(model.encoder.encode, r.req)
             else:
                 rows = model.encoder.encode(r.req)
+            # the request's price, else the item table's; refused if the fusion needs one
+            price = np.where(np.isnan(r.price), rows.price, r.price)
+            request.missing_price(dataclasses.replace(r, price=price))
             try:
                 async with asyncio.timeout_at(deadline):
                     scores, hit = await self._score(model, r.req.user_id, rows, deadline)
             except TimeoutError:  # also the batcher's DeadlineExceeded: never run
                 raise Timeout(f"not scored within {r.timeout_s * 1000:.0f} ms") from None
-        fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, r.price)
-        item_ids = [c.item_id for c in r.req.candidates]
-        return ranked(model.version, hit, r.fusion, item_ids, scores, fused, r.req.top_k)
+        keys = r.req.item_keys()
+        unknown = [keys[i] for i in rows.unknown.tolist()]
+        if unknown:
+            self.on_unknown(len(unknown))
+        fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, price)
+        return ranked(model.version, hit, r.fusion, keys, scores, fused, r.req.top_k, unknown)
 
     async def _off_loop(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.workers, fn, *args)

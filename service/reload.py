@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from features.items import ItemTable, ItemTableError
 from service.config import Settings
+from service.encoding import StoredItems
 from service.engine import Engine, ModelError, newest_version
 from service.errors import ClientError, ModelRefused
 from service.metrics import Metrics
@@ -59,7 +61,15 @@ class ModelLoader:
             self.redis,  # shared: keys and values carry the model's content digest
             self.metrics.on_cache,
         )
-        return ServedModel(engine, cache, s.max_batch_rows, self.executor, self.metrics.on_run)
+        items = None
+        if s.item_table is not None:
+            try:
+                items = StoredItems(ItemTable.load(s.item_table), engine.contract)
+            except ItemTableError as e:
+                raise ModelError(f"item table {Path(s.item_table).name}: {e}") from None
+        return ServedModel(
+            engine, cache, s.max_batch_rows, self.executor, self.metrics.on_run, items
+        )
 
 
 def warm_rows_for(recent: list[int], max_batch_rows: int) -> tuple[int, ...]:

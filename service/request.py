@@ -80,10 +80,20 @@ Features = Annotated[
 
 
 class Candidate(_Strict):
-    item_id: Annotated[Key, msgspec.Meta(description="your item id, echoed in the response")]
-    features: Annotated[
-        Features, msgspec.Meta(description="item, combination and context fields by field id")
+    item_id: Annotated[
+        Key,
+        msgspec.Meta(
+            description="your item id, echoed in the response; with an item table loaded "
+            "(RANKER_ITEM_TABLE) an integer id is looked up there (Ali-CCP: the id of field 205)"
+        ),
     ]
+    features: Annotated[
+        Features,
+        msgspec.Meta(
+            description="item, combination and context fields by field id; with an item "
+            "table, a field given here overrides the stored one for this candidate"
+        ),
+    ] = {}
     price: (
         Annotated[
             float,
@@ -107,7 +117,18 @@ class RankRequest(_Strict):
     user_features: Annotated[
         Features, msgspec.Meta(description="user fields (101, 121, ..., 109_14, ...)")
     ]
-    candidates: Annotated[list[Candidate], msgspec.Meta(min_length=1)]
+    candidates: Annotated[list[Candidate], msgspec.Meta(min_length=1)] | None = None
+    item_ids: (
+        Annotated[
+            list[Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]],
+            msgspec.Meta(
+                min_length=1,
+                description="candidates by id alone, their features from the item table "
+                "(RANKER_ITEM_TABLE); give this or `candidates`",
+            ),
+        ]
+        | None
+    ) = None
     context_features: (
         Annotated[Features, msgspec.Meta(description="context fields (301)")] | None
     ) = None
@@ -122,6 +143,12 @@ class RankRequest(_Strict):
     ) = None
     top_k: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] | None = None
     timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=MAX_TIMEOUT_MS)] | None = None
+
+    def item_keys(self) -> list:
+        """The candidates' item ids, in request order."""
+        if self.item_ids is not None:
+            return self.item_ids
+        return [c.item_id for c in self.candidates or ()]
 
 
 # A user and two items of the default model's training data (`make train`), shortened: the full
@@ -158,12 +185,12 @@ class Ranking:
 
     req: RankRequest
     fusion: fusion.FusionParams
-    price: np.ndarray | None  # float64 per candidate, when the fusion uses price
+    price: np.ndarray  # float64 per candidate, NaN where the request gives none
     timeout_s: float
 
     @property
     def rows(self) -> int:
-        return len(self.req.candidates)
+        return len(self.req.item_keys())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,16 +215,20 @@ class Rules:
         )
 
     def check(self, req: RankRequest) -> Ranking:
+        """The rules that need no model. Prices a request leaves out may come from the item
+        table: `missing_price` is checked once the table was asked (ranking.py)."""
+        if (req.candidates is None) == (req.item_ids is None):
+            raise ClientError(
+                "give the candidates either as `candidates` or as `item_ids`, not both",
+                field="item_ids" if req.candidates is not None else "candidates",
+            )
         params = self._fusion(req.fusion)
-        price = None
-        if params.needs_price:
-            missing = [i for i, c in enumerate(req.candidates) if c.price is None]
-            if missing:
-                raise ClientError(
-                    f"the fusion uses price (c={params.c}) but candidate {missing[0]} has none",
-                    field=f"candidates[{missing[0]}].price",
-                )
-            price = np.array([c.price for c in req.candidates], dtype=np.float64)
+        if req.candidates is not None:
+            price = np.array(
+                [np.nan if c.price is None else c.price for c in req.candidates], np.float64
+            )
+        else:
+            price = np.full(len(req.item_ids), np.nan)
         timeout_ms = req.timeout_ms or self.default_timeout_ms
         return Ranking(req, params, price, timeout_ms / 1000)
 
@@ -222,8 +253,23 @@ class Rules:
         return fusion.FusionParams(**values)
 
 
+def missing_price(r: Ranking) -> None:
+    """The fusion uses price and a candidate has none, from the request or the item table."""
+    if r.fusion.needs_price:
+        missing = np.flatnonzero(np.isnan(r.price))
+        if missing.size:
+            i = int(missing[0])
+            where = "item_ids" if r.req.item_ids is not None else "candidates"
+            raise ClientError(
+                f"the fusion uses price (c={r.fusion.c}) but candidate {i} has none, in the "
+                "request or the item table",
+                field=f"{where}[{i}]" if where == "item_ids" else f"candidates[{i}].price",
+            )
+
+
 class _Size(msgspec.Struct):
     candidates: list[msgspec.Raw] = []
+    item_ids: list[msgspec.Raw] = []
     timeout_ms: msgspec.Raw = msgspec.Raw(b"null")
 
 
@@ -251,7 +297,7 @@ def size(body: bytes, rules: Rules) -> Size:
         return Size(0, rules.default_timeout_ms / 1000)  # `decode` says what is wrong
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise MalformedJson(f"malformed JSON: {e}") from None
-    n = len(scan.candidates)
+    n = len(scan.candidates) + len(scan.item_ids)
     if n > rules.max_candidates:
         raise ClientError(f"{n} candidates; at most {rules.max_candidates}", field="candidates")
     timeout_ms = rules.default_timeout_ms

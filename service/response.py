@@ -37,6 +37,13 @@ class RankResponse(msgspec.Struct, frozen=True):
     user_cache: Literal["hit", "miss"]
     fusion: FusionUsed
     items: Annotated[list[RankedItem], msgspec.Meta(description="best first")]
+    unknown_items: Annotated[
+        list[Key],
+        msgspec.Meta(
+            description="candidates with no features in the request and an id the item table "
+            "lacks: scored by their id alone (counted in ranker_unknown_items_total)"
+        ),
+    ] = []
 
 
 class ErrorBody(msgspec.Struct, frozen=True):
@@ -65,6 +72,7 @@ def ranked(
     scores: Scores,
     fused: np.ndarray,
     top_k: int | None,
+    unknown: list | None = None,
 ) -> RankResponse:
     """The response: items sorted by fused score (ties keep the request's order). A non-finite
     score is a defect upstream (the request rules keep every input finite): it fails the
@@ -79,6 +87,7 @@ def ranked(
         user_cache="hit" if hit else "miss",
         fusion=FusionUsed(params.policy, params.a, params.b, params.c),
         items=[RankedItem(item_ids[i], pctr[i], pcvr[i], pctcvr[i], f[i]) for i in order.tolist()],
+        unknown_items=unknown or [],
     )
 
 

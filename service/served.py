@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.batcher import Batcher
-from service.encoding import RequestEncoder
+from service.encoding import RequestEncoder, StoredItems
 from service.engine import Engine, Scores
 from service.user_cache import UserCache, user_key
 
@@ -45,10 +45,12 @@ class ServedModel:
         max_batch_rows: int,
         executor: Executor,
         on_run: Callable[[int, int], None] = lambda rows, jobs: None,
+        items: StoredItems | None = None,
     ):
         self.engine, self.version, self.contract = engine, engine.version, engine.contract
         self.digest = engine.digest
-        self.encoder = RequestEncoder(self.contract)
+        self.items = items  # the item table, hashed through this version's contract
+        self.encoder = RequestEncoder(self.contract, items)
         self.cache, self.executor, self.on_run = cache, executor, on_run
         self.max_batch_rows = max_batch_rows
         self.batcher: Batcher[ScoreJob, Scores] = Batcher(

@@ -6,6 +6,7 @@ import json
 import time
 
 import msgspec
+import numpy as np
 import pytest
 
 from service import fusion, request
@@ -140,11 +141,26 @@ def test_errors_name_the_feature_key_msgspec_hides():
 
 
 def test_price_is_required_only_when_the_fusion_uses_it():
+    """A price left out may come from the item table: the rule is checked after it was asked."""
     b = body(fusion={"c": 0.5})
     del b["candidates"][2]["price"]
-    assert refused(b).field == "candidates[2].price"
+    r = request.decode(json.dumps(b).encode(), RULES)
+    assert np.isnan(r.price[2]) and r.price[0] == 2.0
+    with pytest.raises(ClientError) as e:
+        request.missing_price(r)
+    assert e.value.field == "candidates[2].price"
     b["fusion"] = {"c": 0.0}
-    assert request.decode(json.dumps(b).encode(), RULES).price is None
+    request.missing_price(request.decode(json.dumps(b).encode(), RULES))
+
+
+def test_candidates_come_as_candidates_or_as_item_ids():
+    by_ids = {k: v for k, v in body().items() if k != "candidates"} | {"item_ids": [1, 2, 3]}
+    r = request.decode(json.dumps(by_ids).encode(), RULES)
+    assert r.rows == 3 and r.req.item_keys() == [1, 2, 3]
+    assert refused({**body(), "item_ids": [1]}).field == "item_ids"
+    assert refused({k: v for k, v in body().items() if k != "candidates"}).field == "candidates"
+    many = {**by_ids, "item_ids": list(range(2001))}
+    assert "2001 candidates" in refused(many).message
 
 
 def test_the_settings_rules_come_from_the_settings():
