@@ -151,12 +151,7 @@ class ItemTable:
 
     # ---- serving --------------------------------------------------------------------------
     def index(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row of each id, found mask), one vectorised search for all of them."""
-        item_ids = np.asarray(item_ids, dtype=np.int64)
-        pos = np.searchsorted(self.item_id, item_ids)
-        pos = np.minimum(pos, max(len(self) - 1, 0))
-        found = (self.item_id[pos] == item_ids) if len(self) else np.zeros(len(item_ids), bool)
-        return pos, found
+        return lookup(self.item_id, item_ids)
 
     def rows_for(self, contract: FeatureContract) -> tuple[np.ndarray, np.ndarray]:
         """The whole table as raw rows of `contract`'s item side (combination and context
@@ -182,3 +177,12 @@ class ItemTable:
             ids[short, cols] = src_ids[short, : f.max_len]
             vals[short, cols] = src_vals[short, : f.max_len]
         return ids, vals
+
+
+def lookup(sorted_ids: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each id, found mask), one vectorised search for all of them."""
+    item_ids = np.asarray(item_ids, dtype=np.int64)
+    if not len(sorted_ids):
+        return np.zeros(len(item_ids), np.int64), np.zeros(len(item_ids), bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, item_ids), len(sorted_ids) - 1)
+    return pos, sorted_ids[pos] == item_ids

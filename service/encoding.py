@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from features.contract import FeatureContract, Field, Side, truncate
-from features.items import ITEM_ID_FIELD, ItemTable
+from features.items import ITEM_ID_FIELD, ItemTable, lookup
 from service.errors import ClientError
 from service.request import RankRequest, WeightedIds
 
@@ -48,12 +48,18 @@ class StoredItems:
         for n in self.fields:
             self.stored[n] = np.arange(start, start + len(self.cols[n]))
             start += len(self.cols[n])
-        self.table, self.digest = table, table.digest
+        # the raw table is not kept: ids (for lookups) and prices are all a request needs
+        self.item_id, self.price, self.digest = table.item_id, table.price, table.digest
+
+    def __len__(self) -> int:
+        return len(self.item_id)
+
+    def index(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return lookup(self.item_id, keys)
 
     @property
     def nbytes(self) -> int:
-        t = self.table
-        return self.ids.nbytes + self.weights.nbytes + t.item_id.nbytes + t.price.nbytes
+        return self.ids.nbytes + self.weights.nbytes + self.item_id.nbytes + self.price.nbytes
 
 
 class RequestEncoder:
@@ -147,7 +153,7 @@ class RequestEncoder:
                 )
             found = np.zeros(n, dtype=bool)
         else:
-            pos, found = self.items.table.index(keys)
+            pos, found = self.items.index(keys)
             found &= keys >= 0
         useless = np.flatnonzero(bare & ~found & (keys < 0))
         if useless.size:
@@ -167,7 +173,7 @@ class RequestEncoder:
                 weights[np.ix_(take, cols)] = self.items.weights[
                     np.ix_(rows, self.items.stored[name])
                 ]
-        price[found] = self.items.table.price[pos[found]]
+        price[found] = self.items.price[pos[found]]
         return ids, weights, price, np.flatnonzero(bare & ~found)
 
     def _inline_rows(self, req: RankRequest, base_ids: list, base_vals: list, context: dict):
