@@ -153,17 +153,20 @@ class ItemTable:
     def index(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return lookup(self.item_id, item_ids)
 
-    def rows_for(self, contract: FeatureContract) -> tuple[np.ndarray, np.ndarray]:
-        """The whole table as raw rows of `contract`'s item side (combination and context
-        columns empty), each field fitted to the contract's columns by its truncation rule."""
+    def rows_for(
+        self, contract: FeatureContract, rows: slice = slice(None)
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Table rows as raw rows of `contract`'s item side (combination and context columns
+        empty), each field fitted to the contract's columns by its truncation rule."""
+        n = len(self.item_id[rows])
         width = contract.width("item")
-        ids = np.full((len(self), width), -1, dtype=np.int64)
-        vals = np.zeros((len(self), width), dtype=np.float32)
+        ids = np.full((n, width), -1, dtype=np.int64)
+        vals = np.zeros((n, width), dtype=np.float32)
         mine = self.columns()
         for f, cols in contract.columns("item"):
             if f.name not in mine:
                 continue
-            src_ids, src_vals = self.ids[:, mine[f.name]], self.vals[:, mine[f.name]]
+            src_ids, src_vals = self.ids[rows, mine[f.name]], self.vals[rows, mine[f.name]]
             if src_ids.shape[1] <= f.max_len:
                 ids[:, cols.start : cols.start + src_ids.shape[1]] = src_ids
                 vals[:, cols.start : cols.start + src_ids.shape[1]] = src_vals

@@ -10,6 +10,7 @@ what the service would.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import numpy as np
@@ -34,20 +35,25 @@ class StoredItems:
     features are then a gather of rows (int32 embedding rows and float32 weights of the item
     fields' columns), never a hash."""
 
-    def __init__(self, table: ItemTable, contract: FeatureContract):
-        raw_ids, raw_vals = table.rows_for(contract)
-        ids, weights = contract.hash_side("item", raw_ids, raw_vals)
-        columns = dict((f.name, c) for f, c in contract.columns("item"))
+    def __init__(self, table: ItemTable, contract: FeatureContract, chunk: int = 1 << 16):
+        columns = {f.name: c for f, c in contract.columns("item")}
         self.fields = [n for n in table.max_len if n in columns]
         self.cols = {n: np.arange(columns[n].start, columns[n].stop) for n in self.fields}
-        keep = np.concatenate([self.cols[n] for n in self.fields])
-        self.ids = ids[:, keep].astype(np.int32)  # (items, stored columns)
-        self.weights = weights[:, keep]
-        self.stored = {}  # field -> its columns in self.ids
-        start = 0
-        for n in self.fields:
-            self.stored[n] = np.arange(start, start + len(self.cols[n]))
-            start += len(self.cols[n])
+        # The contract cut to the table's fields hashes exactly as the whole one (salts and
+        # rows are per field) and only the columns kept; in chunks, so loading a million items
+        # never holds more than a chunk's temporaries.
+        own = dataclasses.replace(
+            contract,
+            fields=tuple(f for f in contract.fields if f.side == "user" or f.name in self.fields),
+        )
+        width, n = own.width("item"), len(table)
+        self.ids = np.empty((n, width), dtype=np.int32)  # (items, stored columns)
+        self.weights = np.empty((n, width), dtype=np.float32)
+        for a in range(0, n, chunk):
+            part = slice(a, min(a + chunk, n))
+            ids, weights = own.hash_side("item", *table.rows_for(own, part))
+            self.ids[part], self.weights[part] = ids, weights
+        self.stored = {f.name: np.arange(c.start, c.stop) for f, c in own.columns("item")}
         # the raw table is not kept: ids (for lookups) and prices are all a request needs
         self.item_id, self.price, self.digest = table.item_id, table.price, table.digest
 
