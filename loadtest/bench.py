@@ -1,7 +1,8 @@
-"""make bench: the item scorer's raw ceiling, POST /rank over real HTTP (user cache hit and miss),
-and the naive baseline (loadtest/naive.py: full graph per request, user rows tiled, no cache, no
-batching) on the same HTTP stack, all in one run. Writes OUT/serve.{json,md} and rewrites the
-README's block between `<!-- bench:serving -->` markers.
+"""make bench: the item scorer's raw ceiling, POST /rank over real HTTP (user cache hit and miss;
+full-feature requests and requests by item ids, the items' features from an item table built
+from the same traffic), and the naive baseline (loadtest/naive.py: full graph per request, user
+rows tiled, no cache, no batching) on the same HTTP stack, all in one run. Writes
+OUT/serve.{json,md} and rewrites the README's block between `<!-- bench:serving -->` markers.
 
     python -m loadtest.bench --model-dir models [--candidates 500] [--seconds 8] [--out runs/bench]
 
@@ -27,7 +28,7 @@ import numpy as np
 import orjson
 
 from loadtest.harness import Load, ServiceProcess
-from loadtest.traffic import POPULATION, Traffic
+from loadtest.traffic import POPULATION, Traffic, by_ids
 from service import fusion, request
 from service.config import Settings
 from service.encoding import RequestEncoder
@@ -79,7 +80,9 @@ def _time(fn: Callable[[], object], seconds: float) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def in_process(engine: Engine, body: bytes, rule: request.Rules, seconds: float) -> dict:
+def in_process(
+    engine: Engine, body: bytes, rule: request.Rules, seconds: float, table=None
+) -> dict:
     """The raw ceiling and each step of a request's Python work, timed on one body. Encoded by
     the service's own decoder and encoder: the ceiling scores exactly what /rank would."""
     r = request.decode(body, rule)
@@ -115,6 +118,7 @@ def in_process(engine: Engine, body: bytes, rule: request.Rules, seconds: float)
             "msgspec_untyped_ms": _time(lambda: msgspec.json.decode(body), seconds / 4) * 1e3,
             "orjson_untyped_ms": _time(lambda: orjson.loads(body), seconds / 4) * 1e3,
             "encode_ms": _time(lambda: encoder.encode(r.req), seconds / 4) * 1e3,
+            **_by_ids(engine, body, rule, seconds, table),
             "response_ms": _time(
                 lambda: msgspec.json.encode(
                     ranked(engine.version, True, r.fusion, item_ids, scores, fused, None)
@@ -126,19 +130,45 @@ def in_process(engine: Engine, body: bytes, rule: request.Rules, seconds: float)
     }
 
 
+def _by_ids(engine: Engine, body: bytes, rule: request.Rules, seconds: float, table) -> dict:
+    """Decoding and encoding the same request by item ids, the items from the table."""
+    if table is None:
+        return {}
+    from service.encoding import StoredItems
+
+    ids_body = orjson.dumps(by_ids(orjson.loads(body)))
+    r = request.decode(ids_body, rule)
+    encoder = RequestEncoder(engine.contract, StoredItems(table, engine.contract))
+    return {
+        "ids_body_bytes": len(ids_body),
+        "ids_decode_ms": _time(lambda: request.decode(ids_body, rule), seconds / 4) * 1e3,
+        "ids_encode_ms": _time(lambda: encoder.encode(r.req), seconds / 4) * 1e3,
+    }
+
+
 def over_http(
-    name: str, folder: Path, scenarios: dict[str, Sequence[bytes]], args: argparse.Namespace
+    name: str,
+    folder: Path,
+    scenarios: dict[str, Sequence[bytes]],
+    args: argparse.Namespace,
+    **settings,
 ) -> dict:
     """Each scenario's load against one server, started for them and stopped after."""
     module = {"service": "service", "naive": "loadtest.naive"}[name]
     # no access log: the naive server writes none either
     svc = ServiceProcess(
-        args.out / f"{name}.log", module, model_dir=folder, access_log=False, reload_poll_s=0
+        args.out / f"{name}.log",
+        module,
+        model_dir=folder,
+        access_log=False,
+        reload_poll_s=0,
+        **settings,
     )
     try:
         svc.wait_ready()
-        for body in scenarios["hit"][:HIT_USERS]:  # warm: the hit users' first requests
-            httpx.post(f"{svc.url}/rank", content=body, timeout=60).raise_for_status()
+        for scenario, sent in scenarios.items():  # warm: the hit users' first requests
+            for body in sent[:HIT_USERS] if scenario.endswith("hit") else ():
+                httpx.post(f"{svc.url}/rank", content=body, timeout=60).raise_for_status()
         out = {}
         for scenario, sent in scenarios.items():
             load = Load(svc.url, sent, concurrency=args.concurrency)
@@ -157,6 +187,10 @@ def run(args: argparse.Namespace) -> dict:
     folder = newest_version(args.model_dir)
     engine = Engine(folder)
     hit = bodies(args.candidates)
+    ids_hit = [orjson.dumps(by_ids(orjson.loads(b))) for b in hit]
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = Traffic(seed=1).item_table()
+    table.save(args.out / "items.npz")
     result = {
         "model": engine.version,
         "cpus": os.cpu_count(),
@@ -164,13 +198,22 @@ def run(args: argparse.Namespace) -> dict:
         "behaviour_ids": [behaviour_ids(b) for b in hit],
         "concurrency": args.concurrency,
         **in_process(
-            engine, hit[0], request.Rules.from_settings(Settings(model_dir=folder)), args.seconds
+            engine,
+            hit[0],
+            request.Rules.from_settings(Settings(model_dir=folder)),
+            args.seconds,
+            table,
         ),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    service = over_http("service", folder, {"hit": hit, "miss": NewUsers(hit[0])}, args)
+    scenarios = {
+        "hit": hit,
+        "miss": NewUsers(hit[0]),
+        "ids_hit": ids_hit,
+        "ids_miss": NewUsers(ids_hit[0], first_id=1 << 41),  # users the miss run never sent
+    }
+    service = over_http("service", folder, scenarios, args, item_table=args.out / "items.npz")
     naive = over_http("naive", folder, {"hit": hit}, args)
-    result |= {"service_hit": service["hit"], "service_miss": service["miss"]}
+    result |= {f"service_{k}": v for k, v in service.items()}
     result["naive"] = naive["hit"]
     return result
 
@@ -178,6 +221,8 @@ def run(args: argparse.Namespace) -> dict:
 ROWS = (
     ("service_hit", "/rank, user cache hit"),
     ("service_miss", "/rank, user cache miss"),
+    ("service_ids_hit", "/rank by item_ids, user cache hit"),
+    ("service_ids_miss", "/rank by item_ids, user cache miss"),
     ("naive", "naive: full graph per request, tiled, no cache/batching"),
 )
 
@@ -215,14 +260,17 @@ def markdown(r: dict) -> str:
         f"takes {p['msgspec_untyped_ms']:.2f} ms with msgspec and "
         f"{p['orjson_untyped_ms']:.2f} ms with orjson; encoding it into embedding rows "
         f"{p['encode_ms']:.2f} ms; the response (sorted, msgspec) {p['response_ms']:.2f} ms; "
-        f"the item scorer's run {c['item_scorer_ms']:.2f} ms.",
+        f"the item scorer's run {c['item_scorer_ms']:.2f} ms. By item ids "
+        f"({p['ids_body_bytes'] / 1e3:.0f} kB): decoding {p['ids_decode_ms']:.2f} ms, "
+        f"encoding (the items' rows gathered from the table) {p['ids_encode_ms']:.2f} ms.",
     ]
-    s, nv = r["service_hit"], r["naive"]
+    s, ids, nv = r["service_hit"], r["service_ids_hit"], r["naive"]
     lines += [
         "",
         f"End to end (cache hit) is {s['candidates_per_s'] / c['candidates_per_s']:.0%} "
-        f"of the raw ceiling and {s['candidates_per_s'] / max(nv['candidates_per_s'], 1e-9):.1f}x"
-        " the naive baseline.",
+        f"of the raw ceiling by features and {ids['candidates_per_s'] / c['candidates_per_s']:.0%}"
+        f" by item ids; by features it is "
+        f"{s['candidates_per_s'] / max(nv['candidates_per_s'], 1e-9):.1f}x the naive baseline.",
     ]
     if failed:
         lines += ["", "Failed requests: " + "; ".join(failed) + "."]

@@ -102,3 +102,28 @@ class Traffic:
                 "c": float(rng.uniform(0, 0.5)),
             }
         return body
+
+    def item_table(self):
+        """Its items as an item table (features/items.py) with their prices and two intents
+        each (drawn apart: the requests' draws stay as they were), for ranking by ids."""
+        from features.contract import FeatureContract
+        from features.items import ItemTable
+
+        contract = FeatureContract.default()
+        cols = {f.name: c for f, c in contract.columns("item")}
+        n = len(self.price)
+        ids = np.full((n, contract.width("item")), -1, dtype=np.int64)
+        vals = np.zeros(ids.shape, dtype=np.float32)
+        for name, col in self.items.items():
+            ids[:, cols[name].start], vals[:, cols[name].start] = col, 1.0
+        start = cols["210"].start
+        rng = np.random.default_rng(12345)
+        ids[:, start : start + 2] = FIELD_BASE["210"] + rng.integers(0, P.intents, (n, 2))
+        vals[:, start : start + 2] = 1.0
+        return ItemTable.from_rows(contract, ids, vals, self.price, "loadtest/traffic.py")
+
+
+def by_ids(body: dict) -> dict:
+    """The same request with its candidates named by item id alone (field 205)."""
+    out = {k: v for k, v in body.items() if k != "candidates"}
+    return out | {"item_ids": [c["features"]["205"] for c in body["candidates"]]}

@@ -54,6 +54,8 @@ class StoredItems:
             ids, weights = own.hash_side("item", *table.rows_for(own, part))
             self.ids[part], self.weights[part] = ids, weights
         self.stored = {f.name: np.arange(c.start, c.stop) for f, c in own.columns("item")}
+        # the request columns of self.ids' columns, in order: one gather when nothing overrides
+        self.all_cols = np.concatenate([self.cols[f.name] for f, _ in own.columns("item")])
         # the raw table is not kept: ids (for lookups) and prices are all a request needs
         self.item_id, self.price, self.digest = table.item_id, table.price, table.digest
 
@@ -137,9 +139,24 @@ class RequestEncoder:
         stored = self.items.fields if self.items is not None else []
         inline = np.zeros((n, len(stored)), dtype=bool)
         bare = np.ones(n, dtype=bool)  # no inline features
+        if self.items is None:
+            if req.candidates is None:
+                raise ClientError(
+                    "ranking by item_ids needs an item table (RANKER_ITEM_TABLE)", field="item_ids"
+                )
+            pos, found = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        else:
+            pos, found = self.items.index(keys)
+            found &= keys >= 0
         if req.candidates is None:  # by id alone: the context row for every candidate
-            raw_ids = np.tile(np.array(base_ids, dtype=np.int64), (n, 1))
-            raw_vals = np.tile(np.array(base_vals, dtype=np.float32), (n, 1))
+            base = np.array(base_ids, dtype=np.int64)[None], np.array(base_vals, np.float32)[None]
+            h_ids, h_weights = self.contract.hash_side("item", *base)  # hashed once
+            ids, weights = np.repeat(h_ids, n, axis=0), np.repeat(h_weights, n, axis=0)
+            own = np.flatnonzero(~found & (keys >= 0))  # unknown: their id is their feature
+            if own.size:
+                raw_ids, raw_vals = np.repeat(base[0], own.size, 0), np.repeat(base[1], own.size, 0)
+                raw_ids[:, id_col], raw_vals[:, id_col] = keys[own], 1.0
+                ids[own], weights[own] = self.contract.hash_side("item", raw_ids, raw_vals)
         else:
             raw_ids, raw_vals = self._inline_rows(req, base_ids, base_vals, context)
             for i, c in enumerate(req.candidates):
@@ -147,20 +164,11 @@ class RequestEncoder:
                     bare[i] = False
                     for k, name in enumerate(stored):
                         inline[i, k] = name in c.features
-        # a bare candidate's own id is its 205 feature (stored rows replace it when found)
-        raw_ids[bare & (keys >= 0), id_col] = keys[bare & (keys >= 0)]
-        raw_vals[bare & (keys >= 0), id_col] = 1.0
-        ids, weights = self.contract.hash_side("item", raw_ids, raw_vals)
+            # a bare candidate's own id is its 205 feature (stored rows replace it when found)
+            raw_ids[bare & (keys >= 0), id_col] = keys[bare & (keys >= 0)]
+            raw_vals[bare & (keys >= 0), id_col] = 1.0
+            ids, weights = self.contract.hash_side("item", raw_ids, raw_vals)
         price = np.full(n, np.nan)
-        if self.items is None:
-            if req.candidates is None:
-                raise ClientError(
-                    "ranking by item_ids needs an item table (RANKER_ITEM_TABLE)", field="item_ids"
-                )
-            found = np.zeros(n, dtype=bool)
-        else:
-            pos, found = self.items.index(keys)
-            found &= keys >= 0
         useless = np.flatnonzero(bare & ~found & (keys < 0))
         if useless.size:
             i = int(useless[0])
@@ -170,7 +178,11 @@ class RequestEncoder:
             )
         if self.items is None:
             return ids, weights, price, np.flatnonzero(bare)
-        for k, name in enumerate(stored):
+        if not inline.any():  # nothing given inline: every stored column at once
+            rows = np.flatnonzero(found)
+            ids[np.ix_(rows, self.items.all_cols)] = self.items.ids[pos[rows]]
+            weights[np.ix_(rows, self.items.all_cols)] = self.items.weights[pos[rows]]
+        for k, name in enumerate(stored if inline.any() else ()):
             take = found & ~inline[:, k]
             if take.any():
                 rows = pos[take]

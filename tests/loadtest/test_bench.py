@@ -126,9 +126,14 @@ def result(**naive) -> dict:
             "orjson_untyped_ms": 0.6,
             "encode_ms": 3.2,
             "response_ms": 0.25,
+            "ids_body_bytes": 14_000,
+            "ids_decode_ms": 0.07,
+            "ids_encode_ms": 0.9,
         },
         "service_hit": path(100.0, 1.0),
         "service_miss": path(80.0, 0.0),
+        "service_ids_hit": path(300.0, 1.0),
+        "service_ids_miss": path(250.0, 0.0),
         "naive": path(25.0, 0.0, **naive),
     }
 
@@ -139,8 +144,10 @@ def test_report_has_a_row_per_path_and_names_failures():
     assert "| /rank, user cache hit | 50,000 | 100.0 | 60.0 | 140.0 | 100% |" in md
     assert "| /rank, user cache miss | 40,000 | 80.0 | 60.0 | 140.0 | 0% |" in md
     assert "| naive: full graph per request, tiled, no cache/batching | 12,500 | 25.0 |" in md
-    assert "25% of the raw ceiling and 4.0x the naive baseline" in md
-    assert "Per request of 77 kB" in md and "Failed" not in md
+    assert "| /rank by item_ids, user cache hit | 150,000 | 300.0 |" in md
+    assert "25% of the raw ceiling by features and 75% by item ids" in md
+    assert "4.0x the naive baseline" in md
+    assert "Per request of 77 kB" in md and "By item ids (14 kB)" in md and "Failed" not in md
     md = bench.markdown(result(requests=10, by_status={"200": 7, "503": 3}))
     assert "Failed requests: naive: full graph" in md and "3 of 10 not 200" in md
 
@@ -166,7 +173,13 @@ def test_a_short_benchmark_runs_end_to_end(exported, tmp_path):
     args = ["--model-dir", str(exported.parent), "--candidates", "50", "--seconds", "0.3"]
     bench.main([*args, "--concurrency", "2", "--out", str(out), "--readme", str(readme)])
     r = json.loads((out / "serve.json").read_text())
-    for key, hits in (("service_hit", 1.0), ("service_miss", 0.0), ("naive", 0.0)):
+    for key, hits in (
+        ("service_hit", 1.0),
+        ("service_miss", 0.0),
+        ("service_ids_hit", 1.0),
+        ("service_ids_miss", 0.0),
+        ("naive", 0.0),
+    ):
         assert r[key]["requests"] > 0 and r[key]["by_status"].keys() == {"200"}, r[key]
         assert r[key]["hit_rate"] == hits, key
     assert r["ceiling"]["rows"] == 50 and r["ceiling"]["candidates_per_s"] > 0
