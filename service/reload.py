@@ -10,7 +10,10 @@ serving goes on meanwhile.
 cannot be loaded or does not pass its checks is refused with a log line that says why, and the
 old one keeps serving. Triggers: `POST /admin/reload` and, when `RANKER_RELOAD_POLL_S` > 0, a
 watcher that notices a newer version folder under `RANKER_MODEL_DIR`, unless a version is pinned
-(a reload that names its folder pins it; one that names none unpins: see admin.py).
+(a reload that names its folder pins it; one that names none unpins: see admin.py). The item
+table (RANKER_ITEM_TABLE) belongs to a served version: replacing its file and reloading (or
+letting the watcher notice) builds a new version with the new table, with the same guarantees:
+nothing dropped, a broken table refused with its reason while the old one keeps serving.
 
 Messages name folders relative to RANKER_MODEL_DIR: a refusal tells a client what was wrong
 with the model, not where the server keeps its files.
@@ -61,15 +64,28 @@ class ModelLoader:
             self.redis,  # shared: keys and values carry the model's content digest
             self.metrics.on_cache,
         )
-        items = None
+        items, stamp = None, self.table_stamp()
         if s.item_table is not None:
             try:
                 items = StoredItems(ItemTable.load(s.item_table), engine.contract)
             except ItemTableError as e:
                 raise ModelError(f"item table {Path(s.item_table).name}: {e}") from None
-        return ServedModel(
+        served = ServedModel(
             engine, cache, s.max_batch_rows, self.executor, self.metrics.on_run, items
         )
+        served.table_stamp = stamp
+        return served
+
+    def table_stamp(self) -> tuple | None:
+        """The item table file's identity (inode, size, mtime): replacing the file (written
+        beside it and renamed into place, as `ranker items build` does) changes it."""
+        if self.settings.item_table is None:
+            return None
+        try:
+            st = Path(self.settings.item_table).stat()
+        except OSError:
+            return ("missing",)
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def warm_rows_for(recent: list[int], max_batch_rows: int) -> tuple[int, ...]:
@@ -87,7 +103,8 @@ class Reloader:
     def __init__(self, settings: Settings, loader: ModelLoader, slot: ModelSlot, metrics: Metrics):
         self.settings, self.loader, self.slot, self.metrics = settings, loader, slot, metrics
         self.root = Path(settings.model_dir).resolve()
-        self.refused: dict[Path, str] = {}  # folder -> why; the watcher does not retry these
+        # (folder, table stamp) -> why: the watcher does not retry these
+        self.refused: dict[tuple[Path, tuple | None], str] = {}
         self.pinned: str | None = None  # a version folder (relative): the watcher leaves it be
         self._lock = asyncio.Lock()
 
@@ -121,7 +138,8 @@ class Reloader:
             target = Path(target).resolve()
             if not (target / "manifest.json").is_file():
                 raise self._refuse(target, "not a model version folder", current.version)
-            if target == current.engine.folder.resolve():
+            same_table = current.table_stamp == self.loader.table_stamp()
+            if target == current.engine.folder.resolve() and same_table:
                 self.pinned = self._shown(target) if pin else None
                 return self._answer("unchanged", current.version)
             warm = warm_rows_for(list(current.batcher.recent_rows), self.settings.max_batch_rows)
@@ -131,7 +149,7 @@ class Reloader:
                 raise self._refuse(target, str(e), current.version) from None
             old = self.slot.swap(new)
             self.pinned = self._shown(target) if pin else None
-            self.refused.pop(target, None)
+            self.refused.pop((target, new.table_stamp), None)
             self.metrics.reloads.labels("ok").inc()
             self.metrics.on_model(new.version, old.version)
             log.info(
@@ -148,15 +166,15 @@ class Reloader:
         return {"status": status, "model_version": version, "pinned": self.pinned, **extra}
 
     def _refuse(self, folder: Path, why: str, serving: str) -> ModelRefused:
-        self.refused[Path(folder).resolve()] = why
+        self.refused[(Path(folder).resolve(), self.loader.table_stamp())] = why
         self.metrics.reloads.labels("refused").inc()
         shown = self._shown(folder)
         log.error("refused model %s: %s; still serving %s", shown, why, serving)
         return ModelRefused(f"refused {shown}: {why}; still serving {serving}")
 
     async def watch(self, interval_s: float) -> None:
-        """Reload when a newer version folder appears, unless a version is pinned; a refused
-        folder is not tried again."""
+        """Reload when a newer version folder appears or the item table file changes, unless a
+        version is pinned; a refused folder (with that table) is not tried again."""
         while True:
             await asyncio.sleep(interval_s)
             if self.pinned is not None:
@@ -165,7 +183,10 @@ class Reloader:
                 target = newest_version(self.settings.model_dir).resolve()
             except ModelError:
                 continue
-            if target == self.slot.current.engine.folder.resolve() or target in self.refused:
+            current, stamp = self.slot.current, self.loader.table_stamp()
+            if target == current.engine.folder.resolve() and current.table_stamp == stamp:
+                continue
+            if (target, stamp) in self.refused:
                 continue
             try:
                 await self.reload(target)

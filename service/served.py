@@ -50,6 +50,7 @@ class ServedModel:
         self.engine, self.version, self.contract = engine, engine.version, engine.contract
         self.digest = engine.digest
         self.items = items  # the item table, hashed through this version's contract
+        self.table_stamp: tuple | None = None  # the table file it was built from (reload.py)
         self.encoder = RequestEncoder(self.contract, items)
         self.cache, self.executor, self.on_run = cache, executor, on_run
         self.max_batch_rows = max_batch_rows

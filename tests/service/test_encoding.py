@@ -3,6 +3,8 @@ the session's real model and a table built from the same generated logs."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -152,3 +154,49 @@ def test_a_damaged_table_stops_the_start_naming_it(exported, tmp_path):
         TestClient(create_app(Settings(model_dir=exported, item_table=tmp_path / "items.npz"))),
     ):
         pass
+
+
+def test_a_new_table_is_swapped_in_by_a_reload_and_a_broken_one_refused(
+    exported, table_file, samples, tmp_path
+):
+    """The table belongs to a served version: replacing its file and reloading (or letting the
+    watcher notice) serves the new one; a broken file is refused and the old one keeps serving."""
+    import os
+
+    import httpx
+    from support import AUTH, TOKEN, serving
+
+    contract, s = samples
+    user = entity(contract, "user", s["user_ids"][0], s["user_vals"][0])
+    iid = item_id(contract, s["item_ids"][np.flatnonzero(s["row_user"] == 0)[0]])
+    body = {"user_id": "swap", "user_features": user, "item_ids": [iid], "fusion": {"c": 1.0}}
+    t = ItemTable.load(table_file)
+    live = tmp_path / "items.npz"
+
+    def install(price: float) -> None:
+        ItemTable(t.item_id, t.ids, t.vals, np.full(len(t), price), t.max_len).save(
+            tmp_path / "next.npz"
+        )
+        os.replace(tmp_path / "next.npz", live)
+
+    def price_served(url) -> float:
+        it = httpx.post(f"{url}/rank", json=body).json()["items"][0]
+        return it["score"] / (it["pctr"] * it["pcvr"])
+
+    install(3.0)
+    settings = dict(model_dir=exported, item_table=live, admin_token=TOKEN, reload_poll_s=0.2)
+    with serving(**settings) as (url, _):
+        assert abs(price_served(url) - 3.0) < 1e-6
+        install(5.0)
+        r = httpx.post(f"{url}/admin/reload", headers=AUTH, timeout=60)
+        assert r.json()["status"] == "reloaded" and abs(price_served(url) - 5.0) < 1e-6
+        install(8.0)  # the watcher notices the new file by itself
+        deadline = time.monotonic() + 30
+        while abs(price_served(url) - 8.0) > 1e-6:
+            assert time.monotonic() < deadline, "the watcher did not pick the new table up"
+            time.sleep(0.1)
+        (tmp_path / "bad.npz").write_bytes(b"broken")
+        os.replace(tmp_path / "bad.npz", live)
+        r = httpx.post(f"{url}/admin/reload", headers=AUTH, timeout=60)
+        assert r.status_code == 409 and "item table items.npz" in r.json()["error"]["message"]
+        assert abs(price_served(url) - 8.0) < 1e-6  # the old table keeps serving
