@@ -92,7 +92,7 @@ def in_process(
     user = engine.user_repr(rows.user_ids, rows.user_weights)
     index = np.zeros(n, np.int64)
     scores = engine.score(user, index, rows.item_ids, rows.item_weights)
-    fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, r.price)
+    fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, r.prices())
     item_ids = r.req.item_keys()
     tiled = np.repeat(rows.user_ids, n, 0), np.repeat(rows.user_weights, n, 0)
     t_item = _time(lambda: engine.score(user, index, rows.item_ids, rows.item_weights), seconds)

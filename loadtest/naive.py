@@ -76,9 +76,9 @@ def create_app(settings: Settings) -> FastAPI:
             raise NotReady("the model is not loaded yet")
         loop = asyncio.get_running_loop()
         r, rows = await loop.run_in_executor(st.workers, prepare, await req.body())
-        request.missing_price(r)  # no item table here: the request's prices only
+        price = r.prices()  # no item table here: the request's prices only
         scores = await loop.run_in_executor(st.onnx, score_tiled, st.engine, rows)
-        fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, r.price)
+        fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, price)
         item_ids = r.req.item_keys()
         return json_response(
             ranked(st.engine.version, False, r.fusion, item_ids, scores, fused, r.req.top_k)

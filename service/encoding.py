@@ -133,11 +133,13 @@ class RequestEncoder:
         for name, value in context.items():
             self._put(base_ids, base_vals, *self._field("item", name, value, "context_features"))
         id_col = self._item_columns[ITEM_ID_FIELD][0]
-        # str (and negative) ids are never item ids: -1
-        keys = np.array([k if type(k) is int else -1 for k in req.item_keys()], dtype=np.int64)
+        if req.candidates is None:
+            keys = np.array(req.item_ids, dtype=np.int64)
+        else:  # str (and negative) ids are never item ids: -1
+            keys = np.array([k if type(k) is int else -1 for k in req.item_keys()], np.int64)
         n = len(keys)
         stored = self.items.fields if self.items is not None else []
-        inline = np.zeros((n, len(stored)), dtype=bool)
+        inline = np.zeros((n, len(stored)), dtype=bool)  # item fields given inline
         bare = np.ones(n, dtype=bool)  # no inline features
         if self.items is None:
             if req.candidates is None:
@@ -158,12 +160,7 @@ class RequestEncoder:
                 raw_ids[:, id_col], raw_vals[:, id_col] = keys[own], 1.0
                 ids[own], weights[own] = self.contract.hash_side("item", raw_ids, raw_vals)
         else:
-            raw_ids, raw_vals = self._inline_rows(req, base_ids, base_vals, context)
-            for i, c in enumerate(req.candidates):
-                if c.features:
-                    bare[i] = False
-                    for k, name in enumerate(stored):
-                        inline[i, k] = name in c.features
+            raw_ids, raw_vals = self._inline_rows(req, base_ids, base_vals, context, inline, bare)
             # a bare candidate's own id is its 205 feature (stored rows replace it when found)
             raw_ids[bare & (keys >= 0), id_col] = keys[bare & (keys >= 0)]
             raw_vals[bare & (keys >= 0), id_col] = 1.0
@@ -194,14 +191,28 @@ class RequestEncoder:
         price[found] = self.items.price[pos[found]]
         return ids, weights, price, np.flatnonzero(bare & ~found)
 
-    def _inline_rows(self, req: RankRequest, base_ids: list, base_vals: list, context: dict):
-        """Raw rows of the candidates' inline features. Built as Python lists and converted
-        once (a numpy round trip per candidate cost 10x more at 500 candidates); a single id,
-        the common case, is written without building any list."""
+    def _inline_rows(
+        self,
+        req: RankRequest,
+        base_ids: list,
+        base_vals: list,
+        context: dict,
+        inline: np.ndarray,
+        bare: np.ndarray,
+    ):
+        """Raw rows of the candidates' inline features, noting in `inline` which stored fields
+        each gives and in `bare` which give none. Built as Python lists and converted once (a
+        numpy round trip per candidate cost 10x more at 500 candidates); a single id, the
+        common case, is written without building any list."""
         columns = self._item_columns
+        stored = self.items.fields if self.items is not None else ()
         rows_ids, rows_vals = [], []
         for i, c in enumerate(req.candidates):
             ids, vals = base_ids.copy(), base_vals.copy()
+            if c.features:
+                bare[i] = False
+                for k, name in enumerate(stored):
+                    inline[i, k] = name in c.features
             for name, value in c.features.items():
                 col = columns.get(name)
                 kind = type(value)

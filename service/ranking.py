@@ -20,11 +20,8 @@ ones stay on the loop, where a thread hop would cost more than the work.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Executor
-
-import numpy as np
 
 from features.contract import FeatureContract
 from service import fusion, request
@@ -84,9 +81,7 @@ class Ranker:
                 rows = await self._off_loop(model.encoder.encode, r.req)
             else:
                 rows = model.encoder.encode(r.req)
-            # the request's price, else the item table's; refused if the fusion needs one
-            price = np.where(np.isnan(r.price), rows.price, r.price)
-            request.missing_price(dataclasses.replace(r, price=price))
+            price = r.prices(rows.price)  # the request's, else the table's; refused if none
             try:
                 async with asyncio.timeout_at(deadline):
                     scores, hit = await self._score(model, r.req.user_id, rows, deadline)

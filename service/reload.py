@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from features import manifest
 from features.items import ItemTable, ItemTableError
 from service.config import Settings
 from service.encoding import StoredItems
@@ -70,11 +71,9 @@ class ModelLoader:
                 items = StoredItems(ItemTable.load(s.item_table), engine.contract)
             except ItemTableError as e:
                 raise ModelError(f"item table {Path(s.item_table).name}: {e}") from None
-        served = ServedModel(
-            engine, cache, s.max_batch_rows, self.executor, self.metrics.on_run, items
+        return ServedModel(
+            engine, cache, s.max_batch_rows, self.executor, self.metrics.on_run, items, stamp
         )
-        served.table_stamp = stamp
-        return served
 
     def table_stamp(self) -> tuple | None:
         """The item table file's identity (inode, size, mtime): replacing the file (written
@@ -136,7 +135,7 @@ class Reloader:
             except ModelError:
                 raise self._refuse(self.root, "no model version found", current.version) from None
             target = Path(target).resolve()
-            if not (target / "manifest.json").is_file():
+            if not (target / manifest.FILE).is_file():
                 raise self._refuse(target, "not a model version folder", current.version)
             same_table = current.table_stamp == self.loader.table_stamp()
             if target == current.engine.folder.resolve() and same_table:

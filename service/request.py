@@ -190,7 +190,25 @@ class Ranking:
 
     @property
     def rows(self) -> int:
-        return len(self.req.item_keys())
+        return len(self.price)
+
+    def prices(self, stored: np.ndarray | None = None) -> np.ndarray | None:
+        """Each candidate's price for the fusion: the request's, else the item table's
+        (`stored`, NaN where it has none); None when the fusion does not use price. A candidate
+        left with none is a ClientError naming it."""
+        if not self.fusion.needs_price:
+            return None
+        price = self.price if stored is None else np.where(np.isnan(self.price), stored, self.price)
+        missing = np.flatnonzero(np.isnan(price))
+        if missing.size:
+            i = int(missing[0])
+            by_ids = self.req.item_ids is not None
+            raise ClientError(
+                f"the fusion uses price (c={self.fusion.c}) but candidate {i} has none, in the "
+                "request or the item table",
+                field=f"item_ids[{i}]" if by_ids else f"candidates[{i}].price",
+            )
+        return price
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +234,7 @@ class Rules:
 
     def check(self, req: RankRequest) -> Ranking:
         """The rules that need no model. Prices a request leaves out may come from the item
-        table: `missing_price` is checked once the table was asked (ranking.py)."""
+        table: `Ranking.prices` checks them once the table was asked (ranking.py)."""
         if (req.candidates is None) == (req.item_ids is None):
             raise ClientError(
                 "give the candidates either as `candidates` or as `item_ids`, not both",
@@ -251,20 +269,6 @@ class Rules:
             else:
                 values[key] = v
         return fusion.FusionParams(**values)
-
-
-def missing_price(r: Ranking) -> None:
-    """The fusion uses price and a candidate has none, from the request or the item table."""
-    if r.fusion.needs_price:
-        missing = np.flatnonzero(np.isnan(r.price))
-        if missing.size:
-            i = int(missing[0])
-            where = "item_ids" if r.req.item_ids is not None else "candidates"
-            raise ClientError(
-                f"the fusion uses price (c={r.fusion.c}) but candidate {i} has none, in the "
-                "request or the item table",
-                field=f"{where}[{i}]" if where == "item_ids" else f"candidates[{i}].price",
-            )
 
 
 class _Size(msgspec.Struct):

@@ -46,11 +46,12 @@ class ServedModel:
         executor: Executor,
         on_run: Callable[[int, int], None] = lambda rows, jobs: None,
         items: StoredItems | None = None,
+        table_stamp: tuple | None = None,
     ):
         self.engine, self.version, self.contract = engine, engine.version, engine.contract
         self.digest = engine.digest
         self.items = items  # the item table, hashed through this version's contract
-        self.table_stamp: tuple | None = None  # the table file it was built from (reload.py)
+        self.table_stamp = table_stamp  # the table file it was built from (reload.py)
         self.encoder = RequestEncoder(self.contract, items)
         self.cache, self.executor, self.on_run = cache, executor, on_run
         self.max_batch_rows = max_batch_rows
