@@ -13,7 +13,7 @@ RUN ?= runs/default
 MODELS ?= models
 MODEL_NAME ?= esmm
 
-.PHONY: install redis-server test train run bench bench-train loadtest compose-test chaos overload compare lint clean
+.PHONY: install redis-server test train run bench bench-train loadtest compose-test chaos overload compare lint clean gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -123,3 +123,12 @@ run: install
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache
+
+# The GPU check (gpu/README.md): `make gpu-wheels` here packs what a GPU machine lacks into parts
+# of at most 60 MiB (.whl/, git-ignored); `make gpu-check` there installs them and writes the
+# figures to $OUT. GPU_CHECK_PROVIDER=cpu rehearses it on a machine without a GPU.
+gpu-wheels:
+	bash gpu/wheels.sh
+
+gpu-check:
+	bash gpu/check.sh
