@@ -54,6 +54,8 @@ ITEM_FIELDS = ("205", "206", "207", "210", "216")
 COMBINATION_FIELDS = ("508", "509", "702", "853")
 CONTEXT_FIELDS = ("301",)
 ALL_FIELDS = USER_FIELDS + ITEM_FIELDS + COMBINATION_FIELDS + CONTEXT_FIELDS
+# The keys of the feature stores (a user's and an item's own id): every model keeps them.
+KEY_FIELDS = ("101", "205")
 
 # Default column counts of the multi-hot fields (every other field is single-valued). The
 # behaviour fields hold the user's last two weeks of categories / shops / brands / intents:
@@ -106,14 +108,21 @@ class FeatureContract:
         weighted: bool = False,
         mean: bool = False,
         seed: int = 0,
+        without: Sequence[str] = (),
     ) -> FeatureContract:
+        """Every Ali-CCP field but those `without` names (a model may leave fields out: the
+        combination fields, for one served by ids alone). The id fields 101 and 205 stay."""
         lens = {**DEFAULT_MAX_LEN, **(max_len or {})}
         for name, n in lens.items():
             field_side(name)
             if n < 1:
                 raise ValueError(f"max_len of field {name} must be >= 1, got {n}")
+        for name in without:
+            field_side(name)
+            if name in KEY_FIELDS:
+                raise ValueError(f"field {name} is a store key: every model keeps it")
         return cls(
-            tuple(Field(n, field_side(n), lens.get(n, 1)) for n in ALL_FIELDS),
+            tuple(Field(n, field_side(n), lens.get(n, 1)) for n in ALL_FIELDS if n not in without),
             weighted=weighted,
             mean=mean,
             seed=seed,

@@ -28,6 +28,7 @@ VERBS: dict[str, str] = {
     "bench-train": "training.bench",
     "serve": "service.__main__",
     "items": "ranker.items",
+    "users": "ranker.users",
     "predict": "ranker.predict",
     "bench": "loadtest.bench",
     "chaos": "loadtest.chaos",

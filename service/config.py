@@ -94,6 +94,21 @@ class Settings(BaseSettings):
     redis_breaker_failures: int = Field(3, ge=1, description="errors in a row that open it")
     redis_breaker_reset_s: float = Field(1.0, gt=0, description="how long it stays open")
 
+    # user feature store: requests without user_features read the user's stored features
+    user_store: str | None = Field(
+        None,
+        description="redis://host:port/db of the user feature store (`ranker users load`); "
+        "unset: user_features are required",
+    )
+    user_store_timeout_ms: int = Field(50, ge=1, description="hard limit of one store read")
+    user_max_age_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="the staleness bound: a stored user's features are re-checked (one read of "
+        "their 32-byte digest) when last checked longer ago than this; 0: on every request",
+    )
+
     # fusion: score = pctr^a * pcvr^b * price^c (product) or a*pctr + b*pcvr + c*price (sum)
     fusion_policy: Literal["product", "sum"] = "product"
     fusion_a: float = 1.0

@@ -15,15 +15,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from features.contract import FeatureContract, Field, Side, truncate
+from features.contract import ALL_FIELDS, FeatureContract, Field, Side, field_side, truncate
 from features.items import ITEM_ID_FIELD, ItemTable, lookup
 from service.errors import ClientError
 from service.request import RankRequest, WeightedIds
 
 
 class Encoded(NamedTuple):
-    user_ids: np.ndarray  # (1, user width) embedding rows, int64
-    user_weights: np.ndarray  # (1, user width) pooling weights, float32
+    user_ids: np.ndarray | None  # (1, user width) embedding rows, int64; None: from the store
+    user_weights: np.ndarray | None  # (1, user width) pooling weights, float32
     item_ids: np.ndarray  # (candidates, item width)
     item_weights: np.ndarray
     price: np.ndarray  # (candidates,) float64 from the item table, NaN where it has none
@@ -79,11 +79,21 @@ class RequestEncoder:
         self._fields = {
             side: {f.name: f for f in self.contract.side_fields(side)} for side in ("user", "item")
         }
+        # Ali-CCP fields this model leaves out (training's --without): given, they are skipped,
+        # so one request serves models with and without them; other names are refused.
+        used = {f.name for f in self.contract.fields}
+        self.unused = {
+            side: frozenset(n for n in ALL_FIELDS if n not in used and field_side(n) == side)
+            for side in ("user", "item")
+        }
 
-    def _field(self, side: Side, name: str, value, where: str) -> tuple[Field, list, list]:
+    def _field(self, side: Side, name: str, value, where: str) -> tuple[Field, list, list] | None:
         """One request feature -> (contract field, ids, weights), checked; lists truncated to
-        the field's columns by the contract's rule (highest weights kept)."""
+        the field's columns by the contract's rule (highest weights kept). None: a field of
+        the side that this model leaves out."""
         f = self._fields[side].get(name)
+        if f is None and name in self.unused[side]:
+            return None
         if f is None:
             other = "item" if side == "user" else "user"
             hint = (
@@ -110,13 +120,26 @@ class RequestEncoder:
     def encode(self, req: RankRequest) -> Encoded:
         return Encoded(*self.encode_user(req), *self.encode_items(req))
 
-    def encode_user(self, req: RankRequest) -> tuple[np.ndarray, np.ndarray]:
-        """The user's features -> one hashed row (1, user width)."""
+    def encode_user(self, req: RankRequest) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The request's user features -> one hashed row (1, user width); (None, None) when it
+        gives none (its user's features are then read from the store: encode_stored_user)."""
+        if req.user_features is None:
+            return None, None
         feats = {}
         for name, value in req.user_features.items():
-            _, ids, weights = self._field("user", name, value, "user_features")
-            feats[name] = (ids, weights)
+            checked = self._field("user", name, value, "user_features")
+            if checked is not None:
+                feats[name] = checked[1:]
         raw_ids, raw_vals = self.contract.encode_entity("user", feats)
+        return self.contract.hash_side("user", raw_ids[None], raw_vals[None])
+
+    def encode_stored_user(self, feats: dict) -> tuple[np.ndarray, np.ndarray]:
+        """A user's stored raw features (features/users.py, already checked) -> one hashed row;
+        the fields this model leaves out are skipped, long lists truncated by the contract."""
+        used = self._fields["user"]
+        raw_ids, raw_vals = self.contract.encode_entity(
+            "user", {k: v for k, v in feats.items() if k in used}
+        )
         return self.contract.hash_side("user", raw_ids[None], raw_vals[None])
 
     def encode_items(self, req: RankRequest):
@@ -131,7 +154,7 @@ class RequestEncoder:
         base_ids, base_vals = [-1] * width, [0.0] * width
         context = req.context_features or {}
         for name, value in context.items():
-            self._put(base_ids, base_vals, *self._field("item", name, value, "context_features"))
+            self._put(base_ids, base_vals, self._field("item", name, value, "context_features"))
         id_col = self._item_columns[ITEM_ID_FIELD][0]
         if req.candidates is None:
             keys = np.array(req.item_ids, dtype=np.int64)
@@ -231,12 +254,15 @@ class RequestEncoder:
                     vals[start : start + len(value)] = [1.0] * len(value)
                 else:  # weighted ids, long lists, context overrides, unknown fields
                     where = f"candidates[{i}].features"
-                    self._put(ids, vals, *self._field("item", name, value, where))
+                    self._put(ids, vals, self._field("item", name, value, where))
             rows_ids.append(ids)
             rows_vals.append(vals)
         return np.array(rows_ids, dtype=np.int64), np.array(rows_vals, dtype=np.float32)
 
-    def _put(self, ids: list, vals: list, f: Field, fids: list, fvals: list) -> None:
+    def _put(self, ids: list, vals: list, checked: tuple[Field, list, list] | None) -> None:
+        if checked is None:  # a field this model leaves out
+            return
+        f, fids, fvals = checked
         start = self._item_columns[f.name][0]
         pad = f.max_len - len(fids)
         ids[start : start + f.max_len] = [*fids, *([-1] * pad)]

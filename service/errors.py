@@ -99,6 +99,13 @@ class Overloaded(Unavailable):
     type = "overloaded"
 
 
+class StoreUnavailable(Unavailable):
+    """The user store failed or did not answer: features that cannot be proven current are
+    never used (service/user_store.py)."""
+
+    type = "user_store_unavailable"
+
+
 class Timeout(ServiceError):
     status = 504
     type = "timeout"

@@ -24,6 +24,7 @@ from service.requestid import RequestIdMiddleware, install_log_field
 from service.routes import router
 from service.served import ModelSlot
 from service.user_cache import Breaker, RedisTier
+from service.user_store import UserStore
 
 log = logging.getLogger("service")
 
@@ -47,6 +48,16 @@ def create_app(settings: Settings) -> FastAPI:
                 breaker,
                 on_event=st.metrics.on_redis,
             )
+        users = None
+        if s.user_store:
+            users = UserStore(
+                s.user_store,
+                s.user_store_timeout_ms,
+                s.user_max_age_s,
+                s.cache_size,
+                Breaker(s.redis_breaker_failures, s.redis_breaker_reset_s),
+                on_event=st.metrics.on_user_store,
+            )
         loader = ModelLoader(s, executor, redis, st.metrics)
         model = await asyncio.to_thread(loader.build, newest_version(s.model_dir))
         st.slot = slot = ModelSlot(model)
@@ -63,6 +74,8 @@ def create_app(settings: Settings) -> FastAPI:
             workers,
             st.metrics.candidates.observe,
             st.metrics.unknown_items.inc,
+            users,
+            st.metrics.unknown_users.inc,
         )
         st.reloader = Reloader(s, loader, slot, st.metrics)
         watcher = (
@@ -74,10 +87,11 @@ def create_app(settings: Settings) -> FastAPI:
         st.metrics.on_model(model.version)
         st.loaded = st.ready = True
         log.info(
-            "serving %s on %s (redis tier: %s)",
+            "serving %s on %s (redis tier: %s; user store: %s)",
             model.version,
             model.engine.providers,
             "on" if redis else "off",
+            users.url if users else "off",
         )
         try:
             yield
@@ -92,6 +106,8 @@ def create_app(settings: Settings) -> FastAPI:
             workers.shutdown(wait=True)
             if redis is not None:
                 await redis.close()
+            if users is not None:
+                await users.close()
 
     # /docs from assets served by the app itself (Swagger UI 5, which renders OpenAPI 3.1): the
     # default page loads them from a CDN and is blank on a host that cannot reach one

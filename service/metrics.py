@@ -43,6 +43,18 @@ class Metrics:
             "candidates with no features given and an id the item table lacks (scored by id)",
             registry=r,
         )
+        self.unknown_users = Counter(
+            "ranker_unknown_users",
+            "requests without user_features for a user the store lacks (scored by id)",
+            registry=r,
+        )
+        self.user_store = Counter(
+            "ranker_user_store_calls",
+            "user store reads: op check (the digest) or fetch (the features); outcome ok, "
+            "recent (checked within RANKER_USER_MAX_AGE_S: not read), error, skipped",
+            ["op", "outcome"],
+            registry=r,
+        )
         self.queue_rows = Gauge(
             "ranker_queue_rows", "candidate rows waiting to be scored", registry=r
         )
@@ -93,6 +105,9 @@ class Metrics:
         if op == "breaker":
             self.redis_open.set(1 if outcome == "open" else 0)
         self.redis.labels(op, outcome).inc()
+
+    def on_user_store(self, op: str, outcome: str) -> None:
+        self.user_store.labels(op, outcome).inc()
 
     def on_model(self, version: str, previous: str | None = None) -> None:
         if previous is not None:

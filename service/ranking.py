@@ -20,17 +20,22 @@ ones stay on the loop, where a thread hop would cost more than the work.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
 
-from features.contract import FeatureContract
+from features.contract import ALL_FIELDS, FeatureContract
+from features.users import UserRecordError
 from service import fusion, request
 from service.admission import Admission, Refused
 from service.encoding import Encoded
-from service.errors import Overloaded, Timeout
+from service.errors import ClientError, Overloaded, StoreUnavailable, Timeout
 from service.response import RankResponse, ranked
 from service.served import ModelSlot, ServedModel
+from service.user_store import Changed, UserStore
 
+log = logging.getLogger("service.ranking")
 OFF_LOOP_BYTES = 64 << 10  # bodies this large are decoded and encoded off the event loop
 
 
@@ -43,9 +48,12 @@ class Ranker:
         workers: Executor,
         on_request: Callable[[int], None] = lambda candidates: None,
         on_unknown: Callable[[int], None] = lambda candidates: None,
+        users: UserStore | None = None,
+        on_unknown_user: Callable[[], None] = lambda: None,
     ):
         self.slot, self.admission, self.rules, self.workers = slot, admission, rules, workers
         self.on_request, self.on_unknown = on_request, on_unknown
+        self.users, self.on_unknown_user = users, on_unknown_user
 
     def refuse_early(self) -> None:
         """Before a body is read: refuse at once when no request could be admitted now."""
@@ -76,6 +84,8 @@ class Ranker:
         else:
             r = request.decode_sized(body, self.rules)
         self.on_request(r.rows)
+        if r.req.user_features is None:
+            self._check_store_user(r.req.user_id)
         async with self.slot.lease() as model:
             if large:
                 rows = await self._off_loop(model.encoder.encode, r.req)
@@ -84,7 +94,10 @@ class Ranker:
             price = r.prices(rows.price)  # the request's, else the table's; refused if none
             try:
                 async with asyncio.timeout_at(deadline):
-                    scores, hit = await self._score(model, r.req.user_id, rows, deadline)
+                    user_repr, hit, source = await self._user(model, r.req.user_id, rows)
+                    scores = await model.score(
+                        user_repr, rows.item_ids, rows.item_weights, deadline
+                    )
             except TimeoutError:  # also the batcher's DeadlineExceeded: never run
                 raise Timeout(f"not scored within {r.timeout_s * 1000:.0f} ms") from None
         keys = r.req.item_keys()
@@ -92,18 +105,59 @@ class Ranker:
         if unknown:
             self.on_unknown(len(unknown))
         fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, price)
-        return ranked(model.version, hit, r.fusion, keys, scores, fused, r.req.top_k, unknown)
+        return ranked(
+            model.version, hit, r.fusion, keys, scores, fused, r.req.top_k, unknown, source
+        )
 
     async def _off_loop(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.workers, fn, *args)
 
-    async def _score(self, model: ServedModel, user_id, rows: Encoded, deadline: float):
-        user_repr, hit = await model.user_repr(user_id, rows.user_ids, rows.user_weights)
-        return await model.score(user_repr, rows.item_ids, rows.item_weights, deadline), hit
+    def _check_store_user(self, user_id) -> None:
+        if self.users is None:
+            raise ClientError(
+                "user_features is required: this service has no user store (RANKER_USER_STORE)",
+                field="user_features",
+            )
+        if type(user_id) is not int or user_id < 0:
+            raise ClientError(
+                "without user_features the user_id must be a user's integer id (field 101) to "
+                "look up in the user store",
+                field="user_id",
+            )
+
+    async def _user(self, model: ServedModel, user_id, rows: Encoded):
+        """(representation, cache hit, where the features came from): the request's; else the
+        store's current ones, proven current by their digest; else, for a user the store
+        lacks, the user id alone (field 101), counted."""
+        if rows.user_ids is not None:
+            return *await model.user_repr(user_id, rows.user_ids, rows.user_weights), "request"
+        for _ in range(3):  # a record rewritten between the digest read and the fetch: again
+            digest = await self.users.digest(user_id)
+            if digest is None:
+                break
+            try:
+                fetch = functools.partial(self.users.features, user_id, digest)
+                return *await model.stored_user_repr(user_id, digest, fetch), "store"
+            except Changed:
+                continue
+            except UserRecordError as e:
+                log.warning("user %d: stored record unusable (%s): scored by its id", user_id, e)
+                break
+        else:
+            raise StoreUnavailable("the user's stored features kept changing while being read")
+        self.on_unknown_user()
+        uid, uw = model.encoder.encode_stored_user({"101": ([user_id], [1.0])})
+        return *await model.user_repr(user_id, uid, uw), "unknown"
 
 
 def contract_summary(contract: FeatureContract) -> dict:
+    """The fields a model reads per side, and the Ali-CCP fields it leaves out (skipped when a
+    request gives them)."""
+    used = {f.name for f in contract.fields}
     return {
-        side: [{"field": f.name, "max_len": f.max_len} for f in contract.side_fields(side)]
-        for side in ("user", "item")
+        **{
+            side: [{"field": f.name, "max_len": f.max_len} for f in contract.side_fields(side)]
+            for side in ("user", "item")
+        },
+        "left_out": [n for n in ALL_FIELDS if n not in used],
     }

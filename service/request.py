@@ -114,9 +114,16 @@ class RankRequest(_Strict):
     user_id: Annotated[
         Key, msgspec.Meta(description="the user's id, part of its cached representation's key")
     ]
-    user_features: Annotated[
-        Features, msgspec.Meta(description="user fields (101, 121, ..., 109_14, ...)")
-    ]
+    user_features: (
+        Annotated[
+            Features,
+            msgspec.Meta(
+                description="user fields (101, 121, ..., 109_14, ...); leave out to use the "
+                "user's stored features (RANKER_USER_STORE)"
+            ),
+        ]
+        | None
+    ) = None
     candidates: Annotated[list[Candidate], msgspec.Meta(min_length=1)] | None = None
     item_ids: (
         Annotated[

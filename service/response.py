@@ -44,6 +44,14 @@ class RankResponse(msgspec.Struct, frozen=True):
             "lacks: scored by their id alone (counted in ranker_unknown_items_total)"
         ),
     ] = []
+    user: Annotated[
+        Literal["request", "store", "unknown"],
+        msgspec.Meta(
+            description="where the user's features came from: the request's user_features, the "
+            "user store, or neither (a user id the store lacks: scored by its id alone, field "
+            "101, and counted in ranker_unknown_users_total)"
+        ),
+    ] = "request"
 
 
 class ErrorBody(msgspec.Struct, frozen=True):
@@ -73,6 +81,7 @@ def ranked(
     fused: np.ndarray,
     top_k: int | None,
     unknown: list | None = None,
+    user: str = "request",
 ) -> RankResponse:
     """The response: items sorted by fused score (ties keep the request's order). A non-finite
     score is a defect upstream (the request rules keep every input finite): it fails the
@@ -88,6 +97,7 @@ def ranked(
         fusion=FusionUsed(params.policy, params.a, params.b, params.c),
         items=[RankedItem(item_ids[i], pctr[i], pcvr[i], pctcvr[i], f[i]) for i in order.tolist()],
         unknown_items=unknown or [],
+        user=user,
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ import numpy as np
 from service.batcher import Batcher
 from service.encoding import RequestEncoder, StoredItems
 from service.engine import Engine, Scores
-from service.user_cache import UserCache, user_key
+from service.user_cache import UserCache, stored_user_key, user_key
 
 log = logging.getLogger("service.served")
 
@@ -98,6 +98,21 @@ class ServedModel:
             return (await loop.run_in_executor(self.executor, self.engine.user_repr, uid, uw))[0]
 
         return await self.cache.get_or_compute(key, compute)
+
+    async def stored_user_repr(
+        self, user_id: int, digest: str, fetch: Callable[[], Awaitable[dict]]
+    ) -> tuple[np.ndarray, bool]:
+        """(representation, hit) of a user whose current stored features have `digest`: from
+        the cache without fetching them, or fetched, encoded and run through the user tower."""
+
+        async def compute() -> np.ndarray:
+            uid, uw = self.encoder.encode_stored_user(await fetch())
+            loop = asyncio.get_running_loop()
+            return (await loop.run_in_executor(self.executor, self.engine.user_repr, uid, uw))[0]
+
+        return await self.cache.get_or_compute(
+            stored_user_key(self.digest, user_id, digest), compute
+        )
 
     async def score(self, user_repr, item_ids, item_w, deadline: float | None) -> Scores:
         """Candidate rows in jobs of at most max_batch_rows, scored with other requests' rows."""

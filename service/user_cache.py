@@ -1,9 +1,10 @@
 """The user representation cache: an in-process LRU with TTL, and Redis as a shared tier.
 
 Key layout: `ranker:u:<model digest, 24 hex>:<blake2b of the user id and its encoded rows, 24
-hex>`. The model part is the content digest of the model (features/manifest.py), never its
-folder name, so two exports that share a name never share vectors and a new model never reads
-an old one; changed features never reuse a stale vector. Keys have a fixed size whatever the
+hex>`, or of the user id and its stored features' digest for a user read from the store. The
+model part is the content digest of the model (features/manifest.py), never its folder name, so two
+exports that share a name never share vectors and a new model never reads an old one; changed
+features never reuse a stale vector. Keys have a fixed size whatever the
 user id. Values written to Redis carry the model digest, the vector length and the dtype, and
 are checked when read: a value that does not match is a miss, never used. A Redis error or
 timeout is a miss too (and counted): the user tower runs instead; a circuit breaker keeps a
@@ -35,6 +36,15 @@ def user_key(model: str, user_id: str | int, ids: np.ndarray, vals: np.ndarray) 
     h = hashlib.blake2b(digest_size=12)
     h.update(f"{type(user_id).__name__}:{user_id}".encode("utf-8", "surrogatepass"))
     h.update(b"\0" + ids.tobytes() + vals.tobytes())
+    return f"ranker:u:{model[:24]}:{h.hexdigest()}"
+
+
+def stored_user_key(model: str, user_id: int, digest: str) -> str:
+    """The key of a user whose features come from the store: their digest stands for them
+    (equal digests, equal features), so a hit needs no feature fetch (user_store.py). A
+    namespace of its own: never equal to a key of features given in a request."""
+    h = hashlib.blake2b(digest_size=12)
+    h.update(f"store:{user_id}:{digest}".encode())
     return f"ranker:u:{model[:24]}:{h.hexdigest()}"
 
 

@@ -73,6 +73,12 @@ class TrainConfig:
         metavar="FIELD=N",
         help=f"columns per multi-hot field (defaults {DEFAULT_MAX_LEN})",
     )
+    without: tuple[str, ...] = option(
+        (),
+        metavar="FIELDS",
+        help="fields the model leaves out, e.g. 508,509,702,853: the combination fields, which "
+        "an id-only /rank request cannot give (README: ranking by ids)",
+    )
     max_buckets: int = option(1 << 20, help="largest hash space of one field")
     seed: int = 0
     threads: int = option(0, help="torch threads (0: default)")
@@ -96,7 +102,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1")
         if not 0 < self.val_fraction < 1:
             raise ValueError("val_fraction must be between 0 and 1")
-        try:  # unknown fields, lengths below 1
-            FeatureContract.default(self.max_len)
+        try:  # unknown fields, lengths below 1, store keys left out
+            FeatureContract.default(self.max_len, without=self.without)
         except KeyError as e:
-            raise ValueError(f"max_len: {e.args[0]}") from None
+            raise ValueError(f"max_len or without: {e.args[0]}") from None

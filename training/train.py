@@ -126,7 +126,9 @@ def evaluate(
 def load_data(cfg: TrainConfig) -> tuple[FeatureContract, D.EncodedSplit, D.EncodedSplit]:
     """Both splits, read (or taken from the cache) and reported, and the contract fitted on
     the training split."""
-    contract = FeatureContract.default(cfg.max_len, **POOLING[cfg.pooling], seed=cfg.seed)
+    contract = FeatureContract.default(
+        cfg.max_len, **POOLING[cfg.pooling], seed=cfg.seed, without=cfg.without
+    )
     cache = _cache_dir(cfg)
     train_split = D.load_split(cfg.data, "train", contract, cache, cfg.orphans)
     test_split = D.load_split(cfg.data, "test", contract, cache, cfg.orphans)

@@ -189,7 +189,9 @@ def test_a_new_table_is_swapped_in_by_a_reload_and_a_broken_one_refused(
         assert abs(price_served(url) - 3.0) < 1e-6
         install(5.0)
         r = httpx.post(f"{url}/admin/reload", headers=AUTH, timeout=60)
-        assert r.json()["status"] == "reloaded" and abs(price_served(url) - 5.0) < 1e-6
+        # "unchanged" when the watcher (every 0.2 s) took the new file in first
+        assert r.json()["status"] in ("reloaded", "unchanged")
+        assert abs(price_served(url) - 5.0) < 1e-6
         install(8.0)  # the watcher notices the new file by itself
         deadline = time.monotonic() + 30
         while abs(price_served(url) - 8.0) > 1e-6:

@@ -1,0 +1,116 @@
+"""Load the online user feature store (features/users.py) from Ali-CCP files, for ranking by ids.
+
+    ranker users load --data DIR [--split train|test] --redis URL
+
+Reads `common_features_<split>.csv` (both splits, train first, when none is given) and writes
+one record per user id (field 101) to Redis: the newest features seen, since a later row of a
+user replaces an earlier one. Rows without a 101 id cannot be looked up and are skipped
+(counted); malformed lines are skipped and counted as the trainer's reader does. Writes are
+pipelined (one round trip per `--batch` users) and each record is one HSET, so a service reading
+meanwhile sees a user's old record or its new one, never half of each. Records of users absent
+from the files are left as they are: loading is an upsert, never a wipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from features import users
+from features.contract import USER_FIELDS
+
+log = logging.getLogger("ranker.users")
+
+
+def read_users(data: Path, splits: list[str]) -> tuple[dict[int, dict], dict[str, int]]:
+    """{user id: raw user features} (the newest row of each user wins) and line counts."""
+    from training.data import MalformedLine, _lines, parse_feature_list
+
+    found: dict[int, dict] = {}
+    counts = {"lines": 0, "malformed": 0, "without_101": 0}
+    for split in splits:
+        path = Path(data) / f"common_features_{split}.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing (expected the raw Ali-CCP layout)")
+        for n, line in _lines(path):
+            counts["lines"] += 1
+            try:
+                if line is None:
+                    raise MalformedLine("not UTF-8")
+                parts = line.split(",", 2)
+                if len(parts) != 3:
+                    raise MalformedLine(f"expected 3 comma-separated columns, got {len(parts)}")
+                feats = parse_feature_list(parts[2], int(parts[1]))
+            except (MalformedLine, ValueError) as e:
+                counts["malformed"] += 1
+                if counts["malformed"] <= 5:
+                    log.warning("%s line %d skipped: %s", path.name, n, e)
+                continue
+            feats = {k: v for k, v in feats.items() if k in USER_FIELDS}
+            ids = feats.get("101", ((),))[0]
+            if len(ids) != 1:
+                counts["without_101"] += 1
+                continue
+            found[ids[0]] = feats
+    return found, counts
+
+
+def write_users(client, found: dict[int, dict], batch: int) -> int:
+    """Pipelined HSETs of every record; the number written."""
+    pipe = client.pipeline(transaction=False)
+    for k, (user_id, feats) in enumerate(found.items(), 1):
+        d, blob = users.encode(feats)
+        pipe.hset(users.key(user_id), mapping={"d": d, "f": blob})
+        if k % batch == 0:
+            pipe.execute()
+    pipe.execute()
+    return len(found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ranker users", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="action", required=True)
+    ld = sub.add_parser("load", help="write the users of an Ali-CCP folder to the Redis store")
+    ld.add_argument("--data", type=Path, required=True, help="a folder in the raw Ali-CCP layout")
+    ld.add_argument("--split", choices=("train", "test"), help="default: train, then test")
+    ld.add_argument("--redis", required=True, help="the store, e.g. redis://127.0.0.1:6379/0")
+    ld.add_argument("--batch", type=int, default=1000, help="users per pipelined round trip")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    import redis
+
+    from service.user_cache import redacted
+
+    t0 = time.perf_counter()
+    splits = [args.split] if args.split else ["train", "test"]
+    try:
+        found, counts = read_users(args.data, splits)
+    except FileNotFoundError as e:
+        p.error(str(e))
+    client = redis.Redis.from_url(args.redis, socket_timeout=10)
+    try:
+        written = write_users(client, found, max(1, args.batch))
+    except redis.RedisError as e:
+        log.error("the store at %s failed: %s", redacted(args.redis), e)
+        return 1
+    finally:
+        client.close()
+    log.info(
+        "%d users from %s (%s: %d lines, %d malformed, %d without a 101 id) into %s in %.1f s",
+        written,
+        args.data,
+        ", ".join(splits),
+        counts["lines"],
+        counts["malformed"],
+        counts["without_101"],
+        redacted(args.redis),
+        time.perf_counter() - t0,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
