@@ -1,16 +1,19 @@
-"""service/reload.py: reloads under load, broken models refused, pinning, and what refusals show."""
+"""service/reload.py: reloads under load (of models and of item tables), broken models and tables
+refused, pinning, and what refusals show."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 
 import httpx
 import numpy as np
 from fastapi.testclient import TestClient
-from support import AUTH, TOKEN, encoded, reference, serving
+from support import AUTH, TOKEN, encoded, entity, reference, serving
 
+from features.items import ItemTable
 from loadtest.harness import Load, copy_version
 from service.config import Settings
 from service.main import create_app
@@ -131,3 +134,109 @@ def test_reload_refusals_name_no_server_path(exported, tmp_path):
         for path in ("esmm/v0", "esmm/missing", "esmm/v1\x00x"):
             r = c.post("/admin/reload", headers=AUTH, json={"path": path})
             assert r.status_code in (409, 422) and str(tmp_path) not in r.text, r.text
+
+
+def test_table_swaps_under_load_drop_nothing_and_no_answer_mixes_two_tables(
+    exported, samples, tmp_path
+):
+    """Id-only requests from 4 clients while the item table file is replaced twice (new features
+    and prices) and reloaded, then replaced by a broken file: every answer is a 200 scored whole
+    by one table, never a table before its reload began, and after a reload returned each client
+    gets the new table from its next request on; the broken table is refused with its reason and
+    the last good one keeps serving."""
+    contract, s = samples
+    col_205 = dict(contract.columns("item"))[contract.field("205")].start
+    base = ItemTable.from_rows(contract, s["item_ids"], s["item_vals"])
+    changed = base.ids.copy()
+    c206 = base.columns()["206"]
+    changed[:, c206] = np.where(changed[:, c206] >= 0, changed[:, c206] + 1, -1)  # other pctr
+    tables = [  # A, B, C: the features and prices each swap brings
+        ItemTable(base.item_id, base.ids, base.vals, np.full(len(base), 3.0), base.max_len),
+        ItemTable(base.item_id, changed, base.vals, np.full(len(base), 5.0), base.max_len),
+        ItemTable(base.item_id, base.ids, base.vals, np.full(len(base), 8.0), base.max_len),
+    ]
+    users = np.unique(s["row_user"])[:8]  # 8 bodies, 4 clients: client w sends bodies w, w + 4
+    bodies = []
+    for u in users:
+        rows = np.flatnonzero(s["row_user"] == u)
+        bodies.append(
+            {
+                "user_id": f"table-{u}",
+                "user_features": entity(contract, "user", s["user_ids"][u], s["user_vals"][u]),
+                "item_ids": sorted({int(s["item_ids"][r][col_205]) for r in rows}),
+                "fusion": {"c": 1.0},  # the table's price is in every score
+            }
+        )
+    live = tmp_path / "items.npz"
+
+    def install(table) -> None:
+        table.save(tmp_path / "next.npz")  # written whole, then renamed over the live file
+        os.replace(tmp_path / "next.npz", live)
+
+    refs = []  # per table: per body, item id -> (pctr, pcvr, score)
+    for k, table in enumerate(tables):
+        table.save(tmp_path / f"ref{k}.npz")
+        with TestClient(
+            create_app(Settings(model_dir=exported, item_table=tmp_path / f"ref{k}.npz"))
+        ) as c:
+            answers = [c.post("/rank", json=b).json()["items"] for b in bodies]
+        refs.append([{it["item_id"]: it for it in a} for a in answers])
+
+    def matches(out: list[dict], ref: dict) -> bool:
+        return all(
+            all(abs(it[x] - ref[it["item_id"]][x]) < 1e-5 for x in ("pctr", "pcvr", "score"))
+            for it in out
+        )
+
+    for b in range(len(bodies)):  # every body tells the three tables apart
+        for k in range(3):
+            assert [matches(list(refs[k][b].values()), ref[b]) for ref in refs].count(True) == 1
+
+    def which(i: int, out: dict) -> int | None:
+        return next((k for k, ref in enumerate(refs) if matches(out["items"], ref[i])), None)
+
+    phase = {"started": 0, "done": 0}  # reloads asked for / answered
+    events: list[tuple[int, int, int, int]] = []  # (client, started, done, table)
+
+    def check(i: int, out: dict) -> str | None:
+        k = which(i, out)
+        if k is None:
+            return f"body {i}: scored by no single table: {out['items'][:2]}"
+        events.append((i % 4, phase["started"], phase["done"], k))
+        return None
+
+    install(tables[0])
+    settings = dict(model_dir=exported, item_table=live, admin_token=TOKEN, reload_poll_s=0)
+    with serving(**settings) as (url, _):
+        load = Load(url, encoded(bodies), concurrency=4, check=check)
+        load.start()
+        load.wait_for(40)
+        for k in (1, 2):
+            install(tables[k])
+            phase["started"] = k
+            resp = httpx.post(f"{url}/admin/reload", headers=AUTH, timeout=60)
+            phase["done"] = k
+            assert resp.status_code == 200 and resp.json()["status"] == "reloaded", resp.text
+            load.wait_for(40)
+        (tmp_path / "bad.npz").write_bytes(b"not a table")
+        os.replace(tmp_path / "bad.npz", live)
+        resp = httpx.post(f"{url}/admin/reload", headers=AUTH, timeout=60)
+        load.wait_for(40)
+        r = load.stop()
+        metrics = httpx.get(f"{url}/metrics").text
+    assert resp.status_code == 409, resp.text
+    message = resp.json()["error"]["message"]
+    assert "item table items.npz" in message and "unreadable item table" in message, message
+    assert r.failed == 0 and r.statuses[200] == r.total, r.summary()
+    assert not r.problems, r.problems[:5]
+    assert all(k <= started for _, started, _, k in events)  # never a table before its reload
+    for w in range(4):
+        seen = [(done, k) for client, _, done, k in events if client == w]
+        tables_seen = [k for _, k in seen]
+        assert tables_seen == sorted(tables_seen), f"client {w} went back to an older table"
+        for k in (1, 2):  # after reload k answered, at most the request in flight is older
+            assert sum(1 for done, t in seen if done >= k and t < k) <= 1, (w, seen)
+        assert tables_seen[-1] == 2  # the broken table changed nothing
+    assert {k for *_, k in events} == {0, 1, 2}
+    assert 'ranker_reloads_total{outcome="ok"} 2.0' in metrics
+    assert 'ranker_reloads_total{outcome="refused"} 1.0' in metrics
