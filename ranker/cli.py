@@ -30,6 +30,7 @@ VERBS: dict[str, str] = {
     "items": "ranker.items",
     "users": "ranker.users",
     "predict": "ranker.predict",
+    "replay": "ranker.replay",
     "bench": "loadtest.bench",
     "chaos": "loadtest.chaos",
     "overload": "loadtest.overload",

@@ -1,0 +1,79 @@
+"""One feature path, proven by replay: `ranker predict` scores a split offline; the same
+impressions sent to the running service as id-only requests (the item table and the user store
+loaded from the same folder) get the same pctr/pcvr/pctcvr to 1e-5. For a model trained without
+the combination fields (the way to serve by ids alone), and for one that uses them, with the
+caller sending them inline."""
+
+from __future__ import annotations
+
+import pytest
+from support import serving
+
+from loadtest.harness import RedisServer
+from ranker import items, predict, replay, users
+
+LIMIT = 4000  # impressions replayed (every one of them is predicted offline)
+
+
+@pytest.fixture(scope="module")
+def id_only_model(generated, tmp_path_factory):
+    from training.export import export
+    from training.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("id-only-run")
+    train(
+        TrainConfig(data=generated, out=run, epochs=1, seed=1, without=("508", "509", "702", "853"))
+    )
+    out = tmp_path_factory.mktemp("id-only") / "esmm" / "v1"
+    export(run, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stores(generated, tmp_path_factory):
+    """The item table and the user store of the generated folder, by the two commands."""
+    table = tmp_path_factory.mktemp("stores") / "items.npz"
+    assert items.main(["build", "--data", str(generated), "--out", str(table)]) == 0
+    with RedisServer() as redis:
+        assert users.main(["load", "--data", str(generated), "--redis", redis.url]) == 0
+        yield table, redis.url
+
+
+@pytest.mark.parametrize("kind", ["without combination fields", "with them inline"])
+def test_id_only_requests_score_as_the_batch_job(
+    kind, id_only_model, exported, generated, stores, tmp_path, capsys
+):
+    model = id_only_model if kind.startswith("without") else exported
+    table, store = stores
+    pred = tmp_path / "pred.csv"
+    args = ["--model", str(model), "--data", str(generated), "--split", "test", "--out", str(pred)]
+    assert predict.main(args) == 0
+    with serving(model_dir=model, item_table=table, user_store=store) as (url, _):
+        code = replay.main(
+            [
+                *("--data", str(generated), "--split", "test", "--predictions", str(pred)),
+                *("--url", url, "--limit", str(LIMIT)),
+            ]
+        )
+    report = capsys.readouterr().out
+    assert code == 0, report
+    assert f'"impressions": {LIMIT}' in report and '"over_tolerance": 0' in report
+    inline = kind.startswith("with them")
+    assert (
+        "candidates" in str(replay.requests(generated, "test", inline, 50, 500)[0][0])
+    ) is inline
+
+
+def test_replay_catches_a_service_that_scores_differently(
+    exported, id_only_model, generated, stores, tmp_path, capsys
+):
+    """The check can fail: the id-only model's predictions against the full model served."""
+    table, store = stores
+    pred = tmp_path / "pred.csv"
+    args = ["--model", str(id_only_model), "--data", str(generated), "--out", str(pred)]
+    assert predict.main(args) == 0
+    with serving(model_dir=exported, item_table=table, user_store=store) as (url, _):
+        code = replay.main(
+            ["--data", str(generated), "--predictions", str(pred), "--url", url, "--limit", "500"]
+        )
+    assert code == 1 and '"over_tolerance": 0' not in capsys.readouterr().out
