@@ -43,6 +43,10 @@ class DeadlineExceeded(TimeoutError):
     """The job's deadline passed while it waited; it was not run."""
 
 
+def _closed(*args: Any) -> Any:
+    raise BatcherClosed("the batcher is closed")
+
+
 class Batcher(Generic[In, Out]):
     def __init__(
         self,
@@ -83,11 +87,16 @@ class Batcher(Generic[In, Out]):
         return await fut
 
     async def close(self) -> None:
-        """Finish what is queued, then stop."""
+        """Finish what is queued, then stop, and let go of `run_batch` and `rows_of`."""
         self._closed = True
         self._wake.set()
         if self._task is not None:
             await self._task
+        # run_batch is usually a bound method of the object that holds this batcher: a cycle,
+        # which only a full garbage collection frees. Dropping it frees a retired model version
+        # (its ONNX sessions, its item table) with its last reference (loadtest/table_memory.py:
+        # without this, every table reload kept the old version's 40-60 MB and more).
+        self._run_batch = self._rows_of = _closed
 
     def _take(self) -> list[_Queued]:
         batch = [self._queue.popleft()]

@@ -79,3 +79,31 @@ def test_a_job_whose_deadline_passed_in_the_queue_is_never_run():
 
     b = asyncio.run(go())
     assert ran == [[1], [3]] and b.expired == 1 and b.rows_per_s is not None
+
+
+def test_a_closed_batcher_lets_go_of_its_owner():
+    """An owner whose bound method is the batcher's run_batch (as a served model version is) is
+    freed with its last reference once the batcher closes: no cycle left for the collector."""
+    import gc
+    import weakref
+
+    class Owner:
+        def __init__(self):
+            self.batcher = Batcher(self.run, rows_of=lambda j: 1, max_rows=4)
+
+        def run(self, jobs):
+            return jobs
+
+    async def go():
+        owner = Owner()
+        owner.batcher.start()
+        assert await owner.batcher.submit(3) == 3
+        await owner.batcher.close()
+        return weakref.ref(owner)
+
+    gc.disable()
+    try:
+        ref = asyncio.run(go())
+        assert ref() is None
+    finally:
+        gc.enable()
