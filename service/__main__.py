@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 import textwrap
@@ -59,11 +60,25 @@ def parse_args(argv: list[str] | None = None) -> None:
     ).parse_args(argv)
 
 
+def quiet_gc() -> None:
+    """Every request allocates thousands of small objects, so the collector runs often, and each
+    full collection used to walk every object the process holds (the modules of FastAPI,
+    pydantic, numpy, ONNX Runtime: hundreds of thousands), a pause of tens of milliseconds that
+    made most of the low-load p99. Objects alive at start are frozen out of the collector's
+    sight (they live as long as the process), and young collections run 10x less often."""
+    gc.collect()
+    gc.freeze()
+    _, g1, g2 = gc.get_threshold()
+    gc.set_threshold(7000, g1, g2)
+
+
 def main(argv: list[str] | None = None) -> None:
     parse_args(argv)
     install_log_field()
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = load_settings()
+    if settings.gc_freeze:
+        quiet_gc()
     server = DrainingServer(create_app(settings), settings, log_level="info", access_log=False)
     server.run()
     sys.exit(0 if server.started else 1)

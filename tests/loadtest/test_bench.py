@@ -94,16 +94,25 @@ def test_new_users_are_one_body_under_new_user_ids():
 
 
 def result(**naive) -> dict:
-    def path(per_s: float, hit: float, **extra) -> dict:
+    def run(per_s: float, hit: float, p99: float, **extra) -> dict:
         return {
             "requests": 100,
             "by_status": {"200": 100},
             "accepted_per_s": per_s,
-            "accepted_p50_ms": 60.0,
-            "accepted_p99_ms": 140.0,
+            "accepted_p50_ms": 6.0,
+            "accepted_p99_ms": p99,
             "candidates_per_s": per_s * 500,
             "hit_rate": hit,
             **extra,
+        }
+
+    def path(per_s: float, hit: float, **extra) -> dict:
+        levels = {"1": run(per_s / 2, hit, 10.0), "8": run(per_s, hit, 140.0, **extra)}
+        return {
+            "levels": levels,
+            "peak": {"concurrency": 8, **levels["8"]},
+            "under_bound": {"concurrency": 1, **levels["1"]},
+            "half": {"rate": per_s / 2, **run(per_s / 2, hit, 12.0)},
         }
 
     return {
@@ -111,7 +120,8 @@ def result(**naive) -> dict:
         "cpus": 2,
         "candidates": 500,
         "behaviour_ids": [300, 700],
-        "concurrency": 8,
+        "concurrency_levels": [1, 8],
+        "seconds": 5.0,
         "ceiling": {
             "rows": 500,
             "item_scorer_ms": 2.5,
@@ -126,7 +136,7 @@ def result(**naive) -> dict:
             "orjson_untyped_ms": 0.6,
             "encode_ms": 3.2,
             "response_ms": 0.25,
-            "ids_body_bytes": 14_000,
+            "ids_body_bytes": 4_000,
             "ids_decode_ms": 0.07,
             "ids_encode_ms": 0.9,
         },
@@ -140,14 +150,17 @@ def result(**naive) -> dict:
 
 def test_report_has_a_row_per_path_and_names_failures():
     md = bench.markdown(result())
-    assert "| item scorer in-process (raw ceiling) | 200,000 | 2.50 ms per run |" in md
-    assert "| /rank, user cache hit | 50,000 | 100.0 | 60.0 | 140.0 | 100% |" in md
-    assert "| /rank, user cache miss | 40,000 | 80.0 | 60.0 | 140.0 | 0% |" in md
-    assert "| naive: full graph per request, tiled, no cache/batching | 12,500 | 25.0 |" in md
-    assert "| /rank by item_ids, user cache hit | 150,000 | 300.0 |" in md
-    assert "25% of the raw ceiling by features and 75% by item ids" in md
+    assert "| item scorer in-process, one thread (raw ceiling) | 200,000 | 2.50 ms per run |" in md
+    assert (
+        "| /rank by features, user cache hit | 50,000 (8) | 140.0 | 25,000 (1) "
+        "| 6.0 / 12.0 | 100% |" in md
+    )
+    assert "| /rank by features, user cache miss | 40,000 (8) |" in md
+    assert "| naive: full graph per request, tiled, no cache/batching | 12,500 (8) |" in md
+    assert "| /rank by ids (both stores), user cache hit | 150,000 (8) |" in md
+    assert "25% of the raw ceiling by features and 75% by ids" in md
     assert "4.0x the naive baseline" in md
-    assert "Per request of 77 kB" in md and "By item ids (14 kB)" in md and "Failed" not in md
+    assert "Per request of 77 kB" in md and "By ids (4.0 kB)" in md and "Failed" not in md
     md = bench.markdown(result(requests=10, by_status={"200": 7, "503": 3}))
     assert "Failed requests: naive: full graph" in md and "3 of 10 not 200" in md
 
@@ -171,7 +184,7 @@ def test_a_short_benchmark_runs_end_to_end(exported, tmp_path):
     readme.write_text("<!-- bench:serving -->\n<!-- /bench:serving -->\n")
     out = tmp_path / "bench"
     args = ["--model-dir", str(exported.parent), "--candidates", "50", "--seconds", "0.3"]
-    bench.main([*args, "--concurrency", "2", "--out", str(out), "--readme", str(readme)])
+    bench.main([*args, "--levels", "1,2", "--out", str(out), "--readme", str(readme)])
     r = json.loads((out / "serve.json").read_text())
     for key, hits in (
         ("service_hit", 1.0),
@@ -180,8 +193,9 @@ def test_a_short_benchmark_runs_end_to_end(exported, tmp_path):
         ("service_ids_miss", 0.0),
         ("naive", 0.0),
     ):
-        assert r[key]["requests"] > 0 and r[key]["by_status"].keys() == {"200"}, r[key]
-        assert r[key]["hit_rate"] == hits, key
+        for run in [*r[key]["levels"].values(), r[key]["half"]]:
+            assert run["requests"] > 0 and run["by_status"].keys() == {"200"}, (key, run)
+            assert run["hit_rate"] == hits, key
     assert r["ceiling"]["rows"] == 50 and r["ceiling"]["candidates_per_s"] > 0
     md = (out / "serve.md").read_text()
     assert readme.read_text() == f"<!-- bench:serving -->\n{md}<!-- /bench:serving -->\n"
