@@ -56,8 +56,26 @@ class Settings(BaseSettings):
         16 << 10, ge=1024, description="request line and headers; past it the connection closes"
     )
 
-    # batching: rows from many requests in one run
-    max_batch_rows: int = Field(2048, ge=1)
+    # batching: rows from many requests in one run, and how the item scorer runs them
+    max_batch_rows: int = Field(
+        2048,
+        ge=1,
+        description="rows per item-scorer run; larger requests are split. A GPU wants thousands "
+        "per run (gpu/README.md)",
+    )
+    io_binding: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="the item scorer through ONNX Runtime I/O binding: rows copied into host "
+        "buffers allocated once (page-locked with CUDA), scores written into buffers allocated "
+        "once; auto: on when CUDA runs",
+    )
+    cuda_graph: bool = Field(
+        False,
+        description="replay the item scorer as CUDA graphs, one per power-of-two row bucket up "
+        "to RANKER_MAX_BATCH_ROWS (a run's rows padded up to its bucket); needs CUDA and I/O "
+        "binding. A graph ONNX Runtime cannot capture, or whose scores differ from a plain "
+        "run's, is turned off at warm-up with a log line saying why",
+    )
 
     # overload: admission is bounded in candidate rows admitted and not yet scored
     max_queued_rows: int = Field(
@@ -132,6 +150,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "RANKER_MAX_QUEUED_ROWS must be at least RANKER_MAX_CANDIDATES, or a valid "
                 "request could never be admitted"
+            )
+        if self.cuda_graph and (self.providers == "cpu" or self.io_binding == "off"):
+            raise ValueError(
+                "RANKER_CUDA_GRAPH needs CUDA and I/O binding: not with RANKER_PROVIDERS=cpu "
+                "or RANKER_IO_BINDING=off"
             )
         if self.fusion_min > self.fusion_max:
             raise ValueError("RANKER_FUSION_MIN must not exceed RANKER_FUSION_MAX")
