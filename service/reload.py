@@ -51,7 +51,7 @@ class ModelLoader:
     def build(self, folder: Path, warm_rows: tuple[int, ...] = DEFAULT_WARM_ROWS) -> ServedModel:
         """Load, check and warm one version folder; raises ModelError saying what is wrong."""
         s = self.settings
-        engine = Engine(folder, s.providers, s.intra_op_threads)
+        engine = Engine.from_settings(folder, s)
         try:
             engine.warm(warm_rows)
         except ModelError:
