@@ -142,8 +142,13 @@ def load(urls: list[str], bodies, clients: int, per_server: int, seconds: float,
 
 def start(n: int, logs: Path, tag: str, **settings) -> list[ServiceProcess]:
     procs = [ServiceProcess(logs / f"{tag}-{i}.log", **settings) for i in range(n)]
-    with ThreadPoolExecutor(n) as pool:
-        list(pool.map(lambda p: p.wait_ready(300), procs))
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(lambda p: p.wait_ready(300), procs))
+    except Exception:  # none left running to take the next group's GPU and cores
+        for p in procs:
+            p.stop()
+        raise
     return procs
 
 
@@ -153,7 +158,10 @@ def scorer_mode(log: Path) -> str:
     return lines[-1].split("item scorer: ", 1)[1] if lines else "not logged"
 
 
-def group(tag: str, args, bodies: dict, logs: Path, **settings) -> dict:
+def group(tag: str, args, bodies: dict, logs: Path, needs: str = "", **settings) -> dict:
+    """One group of servers: started, smoked, loaded per scenario and level, stopped. `needs`:
+    words the servers' item scorer mode must hold, else the load is not run (a setting the
+    service did not apply would only repeat another group's figures)."""
     procs = start(args.servers, logs, tag, model_dir=args.model, **settings)
     try:
         urls = [p.url for p in procs]
@@ -169,6 +177,9 @@ def group(tag: str, args, bodies: dict, logs: Path, **settings) -> dict:
             "first_request": first.json() if first.status_code == 200 else first.status_code,
             "load": {},
         }
+        if needs not in out["scorer_mode"]:
+            out["error"] = f"not loaded: its servers run {out['scorer_mode']!r}, not {needs}"
+            return out
         for scenario, sent in bodies.items():
             for per_server in args.levels:
                 key = f"{scenario}_x{per_server}"
@@ -298,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     gpu = {"providers": args.provider, "max_batch_rows": args.max_batch_rows}
     groups = {args.provider: gpu}
     if args.provider == "cuda" and "cuda_graph" not in skip:
-        groups["cuda_graph"] = {**gpu, "cuda_graph": True}
+        groups["cuda_graph"] = {**gpu, "cuda_graph": True, "needs": "CUDA graphs"}
     if args.provider != "cpu" and "cpu" not in skip:
         groups["cpu"] = {"providers": "cpu"}
     for tag, settings in groups.items():

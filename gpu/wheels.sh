@@ -95,12 +95,12 @@ echo "$n parts of at most $PART_MIB MiB (model $name/$version, onnxruntime-gpu $
   "CUDA code for $arch):"
 ls -l "$WHL"/part-* | awk '{printf "  %s  %.1f MiB\n", $NF, $5 / 1048576}'
 echo "runs: $n, back to back (the machine keeps /tmp only while it stays up):"
+env=""
+[[ $WHL == .whl ]] || env="WHL=$WHL "
 for ((i = 0; i < n; i++)); do
   p=$(printf "part-%02d" "$i")
-  if ((i < n - 1)); then
-    echo "  run $((i + 1)): carry [\"$WHL/$p\", \"$WHL/SUMS\"]  command: bash gpu/check.sh stash"
-  else
-    echo "  run $((i + 1)): carry [\"$WHL/$p\", \"$WHL/SUMS\"]  command: bash gpu/check.sh"
-  fi
+  cmd="${env}bash gpu/check.sh"
+  ((i < n - 1)) && cmd+=" stash"
+  echo "  run $((i + 1)): carry [\"$WHL/$p\", \"$WHL/SUMS\"]  command: $cmd"
 done
 echo "done in $((SECONDS - t0)) s"

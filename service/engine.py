@@ -342,10 +342,12 @@ def bucket_users(rows: int) -> int:
 
 
 class _PageLock:
-    """Page-locks numpy buffers through the CUDA runtime ONNX Runtime's CUDA provider loaded
-    (cudaHostRegister), so copies between them and the GPU are DMA, not staged through a driver
-    buffer. `works` is False where there is no CUDA runtime in the process (the CPU provider):
-    buffers then stay ordinary memory."""
+    """Zeroed numpy buffers, page-locked through the CUDA runtime ONNX Runtime's CUDA provider
+    loaded (cudaHostRegister), so copies between them and the GPU are DMA, not staged through a
+    driver buffer. `works` is False where there is no CUDA runtime in the process (the CPU
+    provider): buffers are then ordinary memory."""
+
+    PAGE = 4096
 
     def __init__(self, cuda: bool):
         self.lib = None
@@ -358,11 +360,18 @@ class _PageLock:
                 log.warning("host buffers not page-locked: %s", e)
         self.works = self.lib is not None
 
-    def __call__(self, arr: np.ndarray) -> np.ndarray:
-        if self.lib is None or arr.nbytes == 0:
-            return arr
+    def zeros(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        if self.lib is None:
+            return np.zeros(shape, dtype)
+        # whole pages of its own: pages are what get locked, and a page two buffers shared
+        # could not be registered twice
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        size = -(-nbytes // self.PAGE) * self.PAGE
+        raw = np.zeros(size + self.PAGE, np.uint8)
+        start = -raw.ctypes.data % self.PAGE
+        arr = raw[start : start + nbytes].view(dtype).reshape(shape)
         ptr = ctypes.c_void_p(arr.ctypes.data)
-        rc = self.lib.cudaHostRegister(ptr, ctypes.c_size_t(arr.nbytes), ctypes.c_uint(0))
+        rc = self.lib.cudaHostRegister(ptr, ctypes.c_size_t(size), ctypes.c_uint(0))
         if rc != 0:
             log.warning("cudaHostRegister failed (%d): host buffers not page-locked", rc)
             self.lib, self.works = None, False
@@ -379,11 +388,11 @@ class _Buffers:
 
     def __init__(self, rows: int, users: int, repr_dim: int, width: int, pin: _PageLock):
         self.rows, self.users = rows, users
-        self.user_repr = pin(np.zeros((users, repr_dim), np.float32))
-        self.user_index = pin(np.zeros(rows, np.int64))
-        self.item_ids = pin(np.zeros((rows, width), np.int64))
-        self.item_weights = pin(np.zeros((rows, width), np.float32))
-        self.out = {k: pin(np.zeros(rows, np.float32)) for k in OUTPUTS}
+        self.user_repr = pin.zeros((users, repr_dim), np.float32)
+        self.user_index = pin.zeros((rows,), np.int64)
+        self.item_ids = pin.zeros((rows, width), np.int64)
+        self.item_weights = pin.zeros((rows, width), np.float32)
+        self.out = {k: pin.zeros((rows,), np.float32) for k in OUTPUTS}
 
     def fill(self, user_repr, user_index, item_ids, item_weights) -> None:
         n, u = len(user_index), len(user_repr)

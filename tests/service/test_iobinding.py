@@ -8,6 +8,7 @@ never change a score.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import subprocess
@@ -24,6 +25,7 @@ from service.engine import (
     Engine,
     ModelError,
     ScorerOptions,
+    _Buffers,
     _GraphScorer,
     _PageLock,
     bucket,
@@ -113,6 +115,38 @@ def test_bound_runs_score_what_plain_runs_do(model, rows, provider):
     grown = bound._bound.buf
     bound.score(*draw(rows, 10, 1, seed=9))
     assert bound._bound.buf is grown  # within capacity: the same buffers, nothing allocated
+
+
+def test_page_locked_buffers_own_whole_pages_and_are_released():
+    """cudaHostRegister locks pages: two buffers sharing one could not both be registered. A
+    fake CUDA runtime records what the buffers register (on a GPU the real one is used)."""
+
+    class Cudart:
+        def __init__(self):
+            self.live: dict[int, int] = {}
+
+        def cudaHostRegister(self, ptr, size, flags):
+            p, n = ptr.value, size.value
+            assert p % 4096 == 0 and n % 4096 == 0
+            assert all(p + n <= q or q + m <= p for q, m in self.live.items()), "a shared page"
+            self.live[p] = n
+            return 0
+
+        def cudaHostUnregister(self, ptr):
+            del self.live[ptr.value]
+            return 0
+
+    pin = _PageLock(cuda=False)
+    pin.lib = cudart = Cudart()
+    bufs = [_Buffers(rows, 3, 400, 32, pin) for rows in (64, 100, 1000)]
+    assert len(cudart.live) == 3 * 7  # inputs and outputs of each
+    b = bufs[1]
+    assert b.item_ids.shape == (100, 32) and b.item_ids.dtype == np.int64 and not b.item_ids.any()
+    b.fill(np.ones((3, 400), np.float32), np.arange(100) % 3, np.ones((100, 32), np.int64), 0)
+    assert b.user_repr[:3].all() and b.item_ids.all() and b.user_index[:3].tolist() == [0, 1, 2]
+    del bufs, b
+    gc.collect()
+    assert not cudart.live  # dropped buffers are unregistered
 
 
 def test_io_binding_auto_is_on_with_cuda_only(model, provider):
