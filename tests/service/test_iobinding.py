@@ -251,6 +251,39 @@ def test_cuda_graphs_without_cuda_or_binding_are_a_bad_setting(settings):
         Settings(**settings)
 
 
+@pytest.fixture(scope="module")
+def bodies_for(model) -> list[dict]:
+    """/rank bodies of the stored sample users (tests/support.py builds them)."""
+    from support import request_for
+
+    e = Engine(model, "cpu")
+    s = np.load(model / e.manifest.samples)
+    return [request_for(e.contract, s, int(u))[0] for u in np.unique(s["row_user"])[:4]]
+
+
+def test_the_service_scores_with_the_scorer_its_settings_name(model, bodies_for, provider):
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    def served(**settings) -> tuple[str, list]:
+        app = create_app(Settings(model_dir=model, providers=provider, **settings))
+        with TestClient(app) as c:
+            items = [c.post("/rank", json=b).json()["items"] for b in bodies_for]
+            return app.state.slot.current.engine.scorer_mode, items
+
+    plain_mode, plain = served(io_binding="off")
+    graphs = {"cuda_graph": True} if provider == "cuda" else {}
+    mode, bound = served(io_binding="on", max_batch_rows=1024, **graphs)
+    assert plain_mode == "plain runs" and mode.startswith("I/O binding"), mode
+    if provider == "cuda":
+        assert "CUDA graphs (5 buckets captured, up to 1024 rows)" in mode, mode
+    for a, b in zip(plain, bound, strict=True):
+        assert [x["item_id"] for x in a] == [x["item_id"] for x in b]
+        for x, y in zip(a, b, strict=True):
+            assert all(abs(x[k] - y[k]) <= 1e-6 for k in KEYS)
+
+
 def test_the_engine_takes_the_scorer_settings(model):
     s = Settings(model_dir=model, providers="cpu", io_binding="on", max_batch_rows=4096)
     e = Engine.from_settings(model, s)
