@@ -60,8 +60,12 @@ step "install into $SITE"
 NV=$($PY -c 'import importlib.util as u; s = u.find_spec("nvidia")
 print(next((p for p in (s.submodule_search_locations or []) if p), "") if s else "")')
 rm -rf "$SITE" && mkdir -p "$SITE"
-$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target "$SITE" "$STAGE"/wheels/*.whl 2>&1 | tee -a "$LOG"
+if $PY -m pip --version >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$SITE" "$STAGE"/wheels/*.whl 2>&1 | tee -a "$LOG"
+else # no pip: a wheel is a zip of what pip would copy (none of these has scripts)
+  for w in "$STAGE"/wheels/*.whl; do $PY -m zipfile -e "$w" "$SITE"; done
+fi
 cp -r "$STAGE/site/." "$SITE/"
 if [[ -n $NV ]]; then
   ln -sfn "$NV" "$SITE/nvidia"
