@@ -106,3 +106,14 @@ def test_side_rows_are_contiguous_and_cover_the_table():
     u_lo, u_hi = c.side_rows("user")
     i_lo, i_hi = c.side_rows("item")
     assert (u_lo, u_hi, i_lo, i_hi) == (1, i_lo, u_hi, c.num_rows)
+
+
+def test_a_contract_may_leave_fields_out_but_never_a_store_key():
+    c = FeatureContract.default(without=("508", "509", "702", "853"))
+    assert {f.name for f in c.fields}.isdisjoint({"508", "509", "702", "853"})
+    assert c.width("item") == FeatureContract.default().width("item") - 3 - 8
+    for key in ("101", "205"):
+        with pytest.raises(ValueError, match="store key"):
+            FeatureContract.default(without=(key,))
+    with pytest.raises(KeyError):
+        FeatureContract.default(without=("999",))

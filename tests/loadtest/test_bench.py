@@ -139,6 +139,8 @@ def result(**naive) -> dict:
             "ids_body_bytes": 4_000,
             "ids_decode_ms": 0.07,
             "ids_encode_ms": 0.9,
+            "stored_user_bytes": 5_000,
+            "stored_user_ms": 0.5,
         },
         "service_hit": path(100.0, 1.0),
         "service_miss": path(80.0, 0.0),
@@ -160,7 +162,8 @@ def test_report_has_a_row_per_path_and_names_failures():
     assert "| /rank by ids (both stores), user cache hit | 150,000 (8) |" in md
     assert "25% of the raw ceiling by features and 75% by ids" in md
     assert "4.0x the naive baseline" in md
-    assert "Per request of 77 kB" in md and "By ids (4.0 kB)" in md and "Failed" not in md
+    assert "| request body | 77 kB | 4.0 kB |" in md and "Failed" not in md
+    assert "| encode into embedding rows (hash; by ids: the table's rows gathered) | 3.20 ms" in md
     md = bench.markdown(result(requests=10, by_status={"200": 7, "503": 3}))
     assert "Failed requests: naive: full graph" in md and "3 of 10 not 200" in md
 

@@ -77,3 +77,33 @@ def test_replay_catches_a_service_that_scores_differently(
             ["--data", str(generated), "--predictions", str(pred), "--url", url, "--limit", "500"]
         )
     assert code == 1 and '"over_tolerance": 0' not in capsys.readouterr().out
+
+
+def test_a_model_without_the_combination_fields_skips_them_when_given(id_only_model, samples):
+    """A request built for the full model serves the id-only one unchanged: the fields the model
+    leaves out are skipped (listed in /v1/model), a name that is no Ali-CCP field is refused."""
+    from fastapi.testclient import TestClient
+    from support import request_for
+
+    from service.config import Settings
+    from service.main import create_app
+
+    contract, s = samples  # the full model's rows: they carry 508, 509, 702, 853
+    body, _ = request_for(contract, s, 0)
+    given = [c for c in body["candidates"] if set(c["features"]) & {"508", "509", "702", "853"}]
+    assert given, "the sample rows carry combination fields"
+    stripped = {
+        **body,
+        "candidates": [
+            {**c, "features": {k: v for k, v in c["features"].items() if k < "500" or k == "301"}}
+            for c in body["candidates"]
+        ],
+    }
+    with TestClient(create_app(Settings(model_dir=id_only_model))) as c:
+        assert c.get("/v1/model").json()["features"]["left_out"] == ["508", "509", "702", "853"]
+        a, b = c.post("/rank", json=body), c.post("/rank", json=stripped)
+        assert a.status_code == b.status_code == 200
+        assert a.json()["items"] == b.json()["items"]
+        bad = {**body, "candidates": [{"item_id": 1, "features": {"999": 1}}]}
+        r = c.post("/rank", json=bad)
+        assert r.status_code == 422 and "999" in r.json()["error"]["message"]

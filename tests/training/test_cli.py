@@ -33,6 +33,7 @@ OPTIONS = [
     "--pooling",
     "--orphans",
     "--max-len",
+    "--without",
     "--max-buckets",
     "--seed",
     "--threads",
@@ -61,7 +62,8 @@ def test_every_option_reaches_its_field():
         *("--lr", "0.01", "--embed-lr", "0.1", "--embed-dim", "8", "--hidden", "64,32"),
         *("--ips-weight", "0.5", "--ips-clip", "0.1", "--experts", "3"),
         *("--calibration", "platt", "--val-fraction", "0.2", "--pooling", "sum"),
-        *("--orphans", "click", "--max-len", "110_14=64", "210=3", "--max-buckets", "4096"),
+        *("--orphans", "click", "--max-len", "110_14=64", "210=3", "--without", "508,853"),
+        *("--max-buckets", "4096"),
         *("--seed", "7", "--threads", "2", "--cache", "c", "--no-reference"),
     ]
     want = TrainConfig(
@@ -83,6 +85,7 @@ def test_every_option_reaches_its_field():
         pooling="sum",
         orphans="click",
         max_len={"110_14": 64, "210": 3},
+        without=("508", "853"),
         max_buckets=4096,
         seed=7,
         threads=2,
