@@ -113,24 +113,23 @@ def from_parquet(path: Path, contract: FeatureContract | None = None) -> ItemTab
 def _check_columns(names: list[str]) -> None:
     known = {ITEM_ID, PRICE, *ITEM_FIELDS, *(f + WEIGHTS for f in ITEM_FIELDS)}
     unknown = [n for n in names if n not in known]
-    if not unknown:
-        for f in ITEM_FIELDS:
-            if f + WEIGHTS in names and f not in names:
-                raise ItemTableError(f"column {f}{WEIGHTS} without column {f}")
-        return
-    why = []
-    for n in unknown:
-        try:
-            side = field_side(n)
-        except KeyError:
-            why.append(repr(n))
-            continue
-        kind = "a user field" if side == "user" else "not an item's own field"
-        why.append(f"{n!r} ({kind}: it comes with the request)")
-    raise ItemTableError(
-        f"unknown columns {', '.join(why)}; an item table has {ITEM_ID}, "
-        f"{', '.join(ITEM_FIELDS)}, <field>{WEIGHTS} and {PRICE}"
-    )
+    if unknown:
+        raise ItemTableError(
+            f"unknown columns {', '.join(map(_why_not, unknown))}; an item table has "
+            f"{ITEM_ID}, {', '.join(ITEM_FIELDS)}, <field>{WEIGHTS} and {PRICE}"
+        )
+    for f in ITEM_FIELDS:
+        if f + WEIGHTS in names and f not in names:
+            raise ItemTableError(f"column {f}{WEIGHTS} without column {f}")
+
+
+def _why_not(name: str) -> str:
+    try:
+        side = field_side(name)
+    except KeyError:
+        return repr(name)
+    kind = "a user field" if side == "user" else "not an item's own field"
+    return f"{name!r} ({kind}: it comes with the request)"
 
 
 def _ids(col: pa.Array, name: str) -> np.ndarray:

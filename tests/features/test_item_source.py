@@ -146,12 +146,20 @@ def test_what_a_table_cannot_say_is_refused_naming_it(tmp_path, change, message)
     assert message in str(e.value)
 
 
-def test_a_table_without_ids_or_rows_or_parquet_is_refused(tmp_path):
+def test_a_table_without_ids_or_rows_or_with_a_column_twice_or_not_parquet_is_refused(tmp_path):
     no_id = {k: v for k, v in BASE.items() if k != "item_id"}
     with pytest.raises(ItemTableError, match="no item_id column"):
         from_parquet(write(tmp_path / "a.parquet", no_id))
     with pytest.raises(ItemTableError, match="has no rows"):
         from_parquet(write(tmp_path / "b.parquet", {k: v[:0] for k, v in BASE.items()}))
+    twice = pa.Table.from_arrays(
+        [pa.array([1]), pa.array([2]), pa.array([3])], ["item_id", "206", "206"]
+    )
+    pq.write_table(twice, tmp_path / "t.parquet")
+    with pytest.raises(
+        ItemTableError, match=r"unreadable .*Multiple matches for FieldRef.Name\(206\)"
+    ):
+        from_parquet(tmp_path / "t.parquet")
     (tmp_path / "c.parquet").write_bytes(b"item_id,206\n1,2\n")
     with pytest.raises(ItemTableError, match="unreadable Parquet table"):
         from_parquet(tmp_path / "c.parquet")
