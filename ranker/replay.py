@@ -47,7 +47,12 @@ def _raw(contract: FeatureContract, side: str, ids: np.ndarray, vals: np.ndarray
 
 
 def requests(
-    data: Path, split: str, crosses: bool, limit: int | None, max_candidates: int
+    data: Path,
+    split: str,
+    crosses: bool,
+    limit: int | None,
+    max_candidates: int,
+    timeout_ms: int = 10_000,
 ) -> list[tuple[dict, list[int]]]:
     """(request body, the sample id of each candidate) per impression group, in log order."""
     from training.data import read_aliccp
@@ -65,7 +70,7 @@ def requests(
         uid = int(s.user_ids[user, user_col])
         for a in range(0, len(rows), max_candidates):
             part = rows[a : a + max_candidates]
-            body: dict = {"user_id": uid}
+            body: dict = {"user_id": uid, "timeout_ms": timeout_ms}
             if scene >= 0:
                 body["context_features"] = {"301": scene}
             items = [int(s.item_ids[r, cols["205"]]) for r in part]
@@ -92,7 +97,7 @@ def read_predictions(path: Path) -> dict[int, tuple[float, float, float]]:
         }
 
 
-def replay(url: str, reqs: list[tuple[dict, list[int]]], timeout_s: float = 30.0) -> dict:
+def replay(url: str, reqs: list[tuple[dict, list[int]]], timeout_s: float = 60.0) -> dict:
     """{sample id: (pctr, pcvr, pctcvr)} as the service scored them."""
     import httpx
 
@@ -144,13 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="the first N impressions of the split only")
     p.add_argument("--tolerance", type=float, default=1e-5)
     p.add_argument("--max-candidates", type=int, default=500, help="candidates per request")
+    p.add_argument(
+        "--timeout-ms",
+        type=int,
+        default=10_000,
+        help="each request's deadline (a check, not a race)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import httpx
 
     model = httpx.get(f"{args.url}/v1/model", timeout=10).json()
     crosses = not set(COMBINATION_FIELDS) <= set(model["features"]["left_out"])
-    reqs = requests(args.data, args.split, crosses, args.limit, args.max_candidates)
+    reqs = requests(
+        args.data, args.split, crosses, args.limit, args.max_candidates, args.timeout_ms
+    )
     log.info("%d requests (combination fields inline: %s)", len(reqs), crosses)
     report = compare(replay(args.url, reqs), read_predictions(args.predictions), args.tolerance)
     print(json.dumps(report, indent=2))
