@@ -93,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
             "on" if redis else "off",
             users.url if users else "off",
         )
+        del model  # the slot holds it: a reload must be able to free it (tables and all)
         try:
             yield
         finally:
