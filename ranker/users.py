@@ -27,7 +27,7 @@ log = logging.getLogger("ranker.users")
 
 def read_users(data: Path, splits: list[str]) -> tuple[dict[int, dict], dict[str, int]]:
     """{user id: raw user features} (the newest row of each user wins) and line counts."""
-    from training.data import MalformedLine, _lines, parse_feature_list
+    from training.data import MalformedLine, numbered_lines, parse_common_line
 
     found: dict[int, dict] = {}
     counts = {"lines": 0, "malformed": 0, "without_101": 0}
@@ -35,15 +35,10 @@ def read_users(data: Path, splits: list[str]) -> tuple[dict[int, dict], dict[str
         path = Path(data) / f"common_features_{split}.csv"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing (expected the raw Ali-CCP layout)")
-        for n, line in _lines(path):
+        for n, line in numbered_lines(path):
             counts["lines"] += 1
             try:
-                if line is None:
-                    raise MalformedLine("not UTF-8")
-                parts = line.split(",", 2)
-                if len(parts) != 3:
-                    raise MalformedLine(f"expected 3 comma-separated columns, got {len(parts)}")
-                feats = parse_feature_list(parts[2], int(parts[1]))
+                _, feats = parse_common_line(line)
             except (MalformedLine, ValueError) as e:
                 counts["malformed"] += 1
                 if counts["malformed"] <= 5:

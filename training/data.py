@@ -241,7 +241,7 @@ def _labels(
     return c, v
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str | None]]:
+def numbered_lines(path: Path) -> Iterator[tuple[int, str | None]]:
     """(line number, text) per line; text is None where the bytes are not UTF-8."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
@@ -249,6 +249,18 @@ def _lines(path: Path) -> Iterator[tuple[int, str | None]]:
                 yield n, raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
                 yield n, None
+
+
+def parse_common_line(line: str | None) -> tuple[str, dict[str, tuple[list[int], list[float]]]]:
+    """One line of common_features_*.csv (None: not UTF-8) -> (common_feature_index, its
+    features); MalformedLine (or ValueError on a non-integer feature_num) says what is wrong."""
+    if line is None:
+        raise MalformedLine("not UTF-8")
+    parts = line.split(",", 2)
+    if len(parts) != 3:
+        raise MalformedLine(f"expected 3 comma-separated columns, got {len(parts)}")
+    cfi, num, feats = parts
+    return cfi, parse_feature_list(feats, int(num))
 
 
 # ---- the raw Ali-CCP layout -----------------------------------------------------------------
@@ -268,22 +280,17 @@ def read_aliccp(
     report = ReadReport()
     writer = SplitWriter(contract, count_lines(common), count_lines(skeleton), out_dir)
     users: dict[str, int] = {}
-    for n, line in _lines(common):
+    for n, line in numbered_lines(common):
         report.lines += 1
         try:
-            if line is None:
-                raise MalformedLine("not UTF-8")
-            parts = line.split(",", 2)
-            if len(parts) != 3:
-                raise MalformedLine(f"expected 3 comma-separated columns, got {len(parts)}")
-            cfi, num, feats = parts
+            cfi, feats = parse_common_line(line)
             if cfi in users:
                 raise MalformedLine(f"common_feature_index {cfi} appears twice")
-            feats = _split_features(contract, "user", parse_feature_list(feats, int(num)), report)
+            feats = _split_features(contract, "user", feats, report)
             users[cfi] = writer.add_user(feats)
         except (MalformedLine, ValueError) as e:
             report.bad_line(common.name, n, str(e))
-    for n, line in _lines(skeleton):
+    for n, line in numbered_lines(skeleton):
         report.lines += 1
         try:
             if line is None:
@@ -314,7 +321,7 @@ def read_paddlerec(
     n_lines = count_lines(path)
     writer, report = SplitWriter(contract, n_lines, n_lines), ReadReport()
     user_fields = {f.name for f in contract.side_fields("user")}
-    for n, line in _lines(path):
+    for n, line in numbered_lines(path):
         report.lines += 1
         try:
             if line is None:
