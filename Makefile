@@ -13,7 +13,7 @@ RUN ?= runs/default
 MODELS ?= models
 MODEL_NAME ?= esmm
 
-.PHONY: install redis-server test train run bench bench-train loadtest compose-test chaos overload compare lint clean gpu-wheels gpu-check
+.PHONY: install redis-server test train run bench bench-train loadtest compose-test chaos overload compare lint clean gpu-wheels gpu-check gpu-image
 
 install: $(STAMP)
 
@@ -132,3 +132,8 @@ gpu-wheels:
 
 gpu-check:
 	bash gpu/check.sh
+
+# The GPU compose override's image built with Podman and checked as far as a machine without a
+# GPU allows (gpu/image.sh): report in runs/gpu-image/. Downloads several GB: not part of CI.
+gpu-image: install
+	bash gpu/image.sh

@@ -107,7 +107,8 @@ class Engine:
         if providers == "cuda" and "CUDAExecutionProvider" not in self.providers:
             raise ModelError(
                 "RANKER_PROVIDERS=cuda but ONNX Runtime runs on "
-                f"{self.providers} (CUDA libraries missing?)"
+                f"{self.providers}: no GPU visible to this process, or the CUDA libraries did "
+                "not load (ONNX Runtime logged which above)"
             )
         self.options = scorer
         cuda = self.providers[0] == "CUDAExecutionProvider"

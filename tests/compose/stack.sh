@@ -5,9 +5,10 @@
 # created. Redis's password is random for every run.
 #
 # The project's Dockerfile and compose file are used unchanged; only this harness provides what
-# a registry would: stand-in base images (python:3.11-slim-bookworm, redis:7-bookworm) built from
-# a debootstrap of Debian bookworm off the machine's configured apt mirror, and, for pip inside
-# the build, the host's CA bundle, pip configuration and local wheels mounted into the build.
+# a registry would (tests/compose/podman.sh): stand-in base images (python:3.11-slim-bookworm,
+# redis:7-bookworm) built from a debootstrap of Debian bookworm off the machine's configured apt
+# mirror, and, for pip inside the build, the host's CA bundle, pip configuration and local
+# wheels mounted into the build.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -19,54 +20,14 @@ mkdir -p "$WORK"
 t0=$(date +%s)
 say() { printf '[compose-test %3ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
 
-# 1. tools
-need=()
-for tool in podman runc debootstrap slirp4netns fuse-overlayfs newuidmap; do
-  command -v "$tool" >/dev/null || need+=("$tool")
-done
-if ((${#need[@]})); then
-  say "installing podman and friends (missing: ${need[*]})"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc uidmap fuse-overlayfs \
-    slirp4netns debootstrap >/dev/null
-fi
-"$VENV/bin/python" -m pip install --quiet podman-compose
-# Containers run with runc and explicit ulimits under this machine's hard limits.
-cat > "$WORK/containers.conf" <<CONF
-[containers]
-default_ulimits = ["nofile=16384:16384", "nproc=8192:8192"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-CONF
-export CONTAINERS_CONF=$WORK/containers.conf
+# 1. Podman, podman-compose and the stand-in base images; 2. the ranker image, from the
+# project's Dockerfile (tests/compose/podman.sh)
+# shellcheck source=podman.sh
+source tests/compose/podman.sh
+podman_ready
+build_image ranker:latest
 
-# 2. stand-in base images
-if ! podman image exists localhost/bookworm-base:latest; then
-  mirror=$(grep -rhE '^(deb|URIs:) ' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-    | grep -E '/debian/?( |$)' | grep -v security | head -n1 | awk '{print $2}' || true)
-  [ -n "$mirror" ] || { echo "no Debian mirror in the apt sources" >&2; exit 1; }
-  say "debootstrap bookworm (minbase + python3, redis)"
-  rm -rf "$WORK/rootfs"
-  debootstrap --variant=minbase \
-    --include=python3,python3-venv,python3-pip,python-is-python3,redis-server,redis-tools,ca-certificates \
-    bookworm "$WORK/rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1
-  tar -C "$WORK/rootfs" -c . | podman import - localhost/bookworm-base:latest >/dev/null
-  rm -rf "$WORK/rootfs"
-fi
-podman tag localhost/bookworm-base:latest docker.io/library/python:3.11-slim-bookworm
-podman tag localhost/bookworm-base:latest docker.io/library/redis:7-bookworm
-
-# 3. the ranker image, from the project's Dockerfile
-mounts=(-v /etc/ssl/certs:/etc/ssl/certs:ro)
-[ -f /etc/pip.conf ] && mounts+=(-v /etc/pip.conf:/etc/pip.conf:ro)
-[ -d /opt/wheels ] && mounts+=(-v /opt/wheels:/opt/wheels:ro)
-say "podman build (target runtime)"
-podman build --network host --pull=never "${mounts[@]}" --target runtime -t ranker:latest . \
-  >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; exit 1; }
-
-# 4. up, and always down again
+# 3. up, and always down again
 RANKER_REDIS_PASSWORD=$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(24))')
 export RANKER_REDIS_PASSWORD
 compose() { RANKER_PUBLISHED_PORT=$PORT "$REPO/$VENV/bin/podman-compose" "$@"; }
@@ -92,7 +53,7 @@ done
 curl -fsS "$url/readyz" >/dev/null || { compose logs ranker 2>&1 | tail -n 30; exit 1; }
 say "ready: $(curl -fsS "$url/readyz")"
 
-# 5. real requests through the published port
+# 4. real requests through the published port
 body='{"user_id": "compose-test", "user_features": {"101": 5, "109_14": {"ids": [1, 2, 3], "weights": [3, 1, 1]}},
  "candidates": [{"item_id": "a", "features": {"205": 7, "206": 3}, "price": 3.0},
                 {"item_id": "b", "features": {"205": 8, "210": [4, 5]}, "price": 9.5}],
