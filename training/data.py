@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -40,8 +41,10 @@ from features.contract import FeatureContract, Side
 log = logging.getLogger(__name__)
 
 OrphanPolicy = Literal["drop", "click", "ignore"]
+Reader = Literal["columnar", "python"]
 FORMAT_VERSION = 1
 MAX_LOGGED_MALFORMED = 20
+PROGRESS_EVERY_S = 10.0
 
 
 class MalformedLine(ValueError):
@@ -145,6 +148,40 @@ def _split_features(contract: FeatureContract, side: Side, feats: dict, report: 
         report.unknown_fields += 1
         del feats[k]
     return feats
+
+
+class ReadProgress:
+    """`read FILE: done / total lines (pct), rate, ETA` every `every_s` seconds of one file's
+    read, through logging so that it reaches a log file or a pipe as well as a terminal. A read
+    that ends within `every_s` logs nothing (tests, small sets); one that logged progress also
+    logs its total."""
+
+    def __init__(self, name: str, total: int, every_s: float = PROGRESS_EVERY_S):
+        self.name, self.total, self.every_s = name, total, every_s
+        self.start = self.last = time.monotonic()
+        self.logged = False
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return
+        self.last, self.logged = now, True
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        log.info(
+            "read %s: %s / %s lines (%.0f%%), %s lines/s, ETA %.0f s",
+            self.name,
+            f"{done:,}",
+            f"{self.total:,}",
+            100 * done / max(self.total, 1),
+            f"{rate:,.0f}",
+            eta,
+        )
+
+    def finish(self) -> None:
+        if self.logged:
+            took = time.monotonic() - self.start
+            log.info("read %s: %s lines in %.1f s", self.name, f"{self.total:,}", took)
 
 
 def count_lines(path: Path) -> int:
@@ -280,8 +317,11 @@ def read_aliccp(
     report = ReadReport()
     writer = SplitWriter(contract, count_lines(common), count_lines(skeleton), out_dir)
     users: dict[str, int] = {}
+    progress = ReadProgress(common.name, writer.arrays["user_ids"].shape[0])
     for n, line in numbered_lines(common):
         report.lines += 1
+        if not n % 1024:
+            progress.update(n)
         try:
             cfi, feats = parse_common_line(line)
             if cfi in users:
@@ -290,8 +330,12 @@ def read_aliccp(
             users[cfi] = writer.add_user(feats)
         except (MalformedLine, ValueError) as e:
             report.bad_line(common.name, n, str(e))
+    progress.finish()
+    progress = ReadProgress(skeleton.name, writer.arrays["click"].shape[0])
     for n, line in numbered_lines(skeleton):
         report.lines += 1
+        if not n % 1024:
+            progress.update(n)
         try:
             if line is None:
                 raise MalformedLine("not UTF-8")
@@ -307,6 +351,7 @@ def read_aliccp(
                 writer.add_row(int(sid), *labels, users[cfi], parsed)
         except (MalformedLine, ValueError) as e:
             report.bad_line(skeleton.name, n, str(e))
+    progress.finish()
     return writer.finish(report)
 
 
@@ -364,8 +409,13 @@ def load_split(
     contract: FeatureContract,
     cache_dir: Path,
     orphans: OrphanPolicy = "drop",
+    reader: Reader = "columnar",
 ) -> EncodedSplit:
-    """Read a split once into `cache_dir/<split>-<key>/` and memory-map it afterwards."""
+    """Read a split once into `cache_dir/<split>-<key>/` and memory-map it afterwards.
+
+    `reader` picks the columnar reader (training/columnar.py, the default: a 10 GB file in
+    minutes) or `read_aliccp`, the line-by-line reference; both write the same arrays and report,
+    so the cache does not depend on which one filled it."""
     key = _cache_key(data_dir, split, contract, orphans)
     target = Path(cache_dir) / f"{split}-{key}"
     meta_path = target / "meta.json"
@@ -374,7 +424,14 @@ def load_split(
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        split_data = read_aliccp(data_dir, split, contract, tmp, orphans)
+        if reader == "columnar":
+            from training.columnar import read_columnar
+
+            split_data = read_columnar(data_dir, split, contract, tmp, orphans)
+        elif reader == "python":
+            split_data = read_aliccp(data_dir, split, contract, tmp, orphans)
+        else:
+            raise ValueError(f"reader must be 'columnar' or 'python', got {reader!r}")
         meta = {
             "n_users": len(split_data.user_ids),
             "n_rows": len(split_data),
