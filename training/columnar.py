@@ -308,9 +308,12 @@ class _BlockWriter(SplitWriter):
         self._fills[name], self._fds[name] = fill, os.open(path, os.O_WRONLY)
         return arr
 
-    def put(self, start: int, **columns: np.ndarray) -> None:
+    def put(self, start: int, rows: np.ndarray, **columns: np.ndarray) -> int:
+        """Write the `rows` (a mask) of each column's block from row `start` on; how many."""
+        every = rows.all()  # the usual chunk: no copy to leave rows out
         for name, block in columns.items():
             arr = self.arrays[name]
+            block = block if every else block[rows]
             if name not in self._fds:
                 arr[start : start + len(block)] = block
                 continue
@@ -319,14 +322,13 @@ class _BlockWriter(SplitWriter):
             while data:
                 done = os.pwrite(self._fds[name], data, at)
                 data, at = data[done:], at + done
+        return int(rows.sum())
 
-    def add_users(self, ids: np.ndarray, vals: np.ndarray) -> None:
-        self.put(self.n_users, user_ids=ids, user_vals=vals)
-        self.n_users += len(ids)
+    def add_users(self, rows: np.ndarray, ids: np.ndarray, vals: np.ndarray) -> None:
+        self.n_users += self.put(self.n_users, rows, user_ids=ids, user_vals=vals)
 
-    def add_rows(self, **columns: np.ndarray) -> None:
-        self.put(self.n_rows, **columns)
-        self.n_rows += len(columns["click"])
+    def add_rows(self, rows: np.ndarray, **columns: np.ndarray) -> None:
+        self.n_rows += self.put(self.n_rows, rows, **columns)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -476,7 +478,9 @@ def _write_common(
             continue
         users[cfi] = writer.n_users + len(kept)
         kept.append(j)
-    writer.add_users(ids[kept], vals[kept])
+    rows = np.zeros(len(chunk), bool)
+    rows[kept] = True
+    writer.add_users(rows, ids, vals)
 
 
 @dataclasses.dataclass
@@ -574,12 +578,13 @@ def _write_skeleton(
         except (MalformedLine, ValueError) as e:
             report.bad_line(skeleton.name, chunk.first + j, str(e))
     writer.add_rows(
-        item_ids=part.ids[kept],
-        item_vals=part.vals[kept],
-        row_user=part.row_user[kept],
-        click=part.click[kept],
-        conv=part.conv[kept],
-        sample_id=part.sample_id[kept],
+        kept,
+        item_ids=part.ids,
+        item_vals=part.vals,
+        row_user=part.row_user,
+        click=part.click,
+        conv=part.conv,
+        sample_id=part.sample_id,
     )
 
 
