@@ -153,8 +153,7 @@ def _split_features(contract: FeatureContract, side: Side, feats: dict, report: 
 class ReadProgress:
     """`read FILE: done / total lines (pct), rate, ETA` every `every_s` seconds of one file's
     read, through logging so that it reaches a log file or a pipe as well as a terminal. A read
-    that ends within `every_s` logs nothing (tests, small sets); one that logged progress also
-    logs its total."""
+    that ends within `every_s` logs nothing at INFO (tests, small sets)."""
 
     def __init__(self, name: str, total: int, every_s: float = PROGRESS_EVERY_S):
         self.name, self.total, self.every_s = name, total, every_s
@@ -179,9 +178,11 @@ class ReadProgress:
         )
 
     def finish(self) -> None:
-        if self.logged:
-            took = time.monotonic() - self.start
-            log.info("read %s: %s lines in %.1f s", self.name, f"{self.total:,}", took)
+        """The read's total: at INFO after progress lines, at DEBUG (for measurements) after
+        none."""
+        took = time.monotonic() - self.start
+        level = logging.INFO if self.logged else logging.DEBUG
+        log.log(level, "read %s: %s lines in %.2f s", self.name, f"{self.total:,}", took)
 
 
 def count_lines(path: Path) -> int:

@@ -5,8 +5,8 @@
 Each read runs in a child process of its own and writes its arrays to a scratch folder, as
 load_split does. Peak RSS is the child's ru_maxrss (from wait4); the parent also polls the
 child's anonymous memory (RssAnon), which leaves out the pages of the memory-mapped output.
-Every reader reads the common-features file alone first (beside an empty skeleton) and then the
-whole split, so each file gets its own rate: the skeleton's time is the difference.
+Each file's wall and CPU seconds come from the total the reader logs when it is done with it
+(training.data.ReadProgress, at DEBUG), so each file gets its own rate within one read.
 
 - the columnar reader (training/columnar.py) reads the whole split;
 - the reference (`read_aliccp`, about 11k lines/s) and the columnar reader both read a prefix:
@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,22 +42,47 @@ REAL_SKELETON_LINES = 42.3e6
 
 
 def _child(reader: str, data: Path, split: str, out: Path) -> None:
-    """Read one split (in this process) and print what it took as JSON."""
+    """Read one split (in this process) and print what it took as JSON, each file's wall and
+    CPU seconds from the total the reader logs (at DEBUG) when it has read the file."""
     from features.contract import FeatureContract
     from training.columnar import read_columnar
     from training.data import read_aliccp
 
+    files: dict[str, dict] = {}
+    cpu_at = [time.process_time()]
+
+    class Totals(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            m = re.fullmatch(r"read (\S+): [\d,]+ lines in ([\d.]+) s", record.getMessage())
+            if m:
+                cpu_at.append(time.process_time())
+                files[m[1]] = {"wall_s": float(m[2]), "cpu_s": cpu_at[-1] - cpu_at[-2]}
+
+    log = logging.getLogger("training.data")
+    log.setLevel(logging.DEBUG)
+    log.addHandler(Totals())
     read = read_columnar if reader == "columnar" else read_aliccp
-    cpu, wall = time.process_time(), time.perf_counter()
+    wall = time.perf_counter()
     s = read(data, split, FeatureContract.default(), out)
-    result = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
-    print(json.dumps({**result, "rows": len(s), "users": len(s.user_ids), "lines": s.report.lines}))
+    wall = time.perf_counter() - wall
+    cpu = time.process_time() - cpu_at[0]
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "files": files,
+                "rows": len(s),
+                "users": len(s.user_ids),
+                "lines": s.report.lines,
+            }
+        )
+    )
 
 
 def _run(reader: str, data: Path, split: str, out: Path) -> dict:
     """One read in a child process writing to `out`: its figures, peak RSS and peak anonymous
     RSS (MiB)."""
-    shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     cmd = [sys.executable, "-m", "training.read_bench", "--child", reader]
     cmd += ["--data", str(data), "--split", split, "--out", str(out)]
@@ -109,34 +136,19 @@ def _files(data: Path, split: str) -> dict:
     return out
 
 
-def _measure(reader: str, data: Path, split: str, scratch: Path) -> dict:
-    """The whole split, then the common file alone: a rate for each file. The whole split's
-    arrays stay in scratch/"out"."""
-    alone = scratch / "common-alone"
-    alone.mkdir(parents=True)
-    (alone / f"common_features_{split}.csv").symlink_to(
-        (data / f"common_features_{split}.csv").resolve()
-    )
-    (alone / f"sample_skeleton_{split}.csv").write_bytes(b"")
+def _measure(reader: str, data: Path, split: str, out: Path) -> dict:
+    """One reader on one split: the whole read and a rate for each file."""
     files = _files(data, split)
-    whole = _run(reader, data, split, scratch / "out")
-    first = _run(reader, alone, split, scratch / "common-out")
-    shutil.rmtree(scratch / "common-out")
-    c, s = files["common_features"], files["sample_skeleton"]
-    skeleton_s = whole["wall_s"] - first["wall_s"]
-    return {
-        "reader": reader,
-        "data": str(data),
-        "files": files,
-        "whole": whole,
-        "common_alone": first,
-        "common": {"s": first["wall_s"], "MB/s": c["bytes"] / 1e6 / first["wall_s"]},
-        "skeleton": {
-            "s": skeleton_s,
-            "MB/s": s["bytes"] / 1e6 / skeleton_s,
-            "lines/s": s["lines"] / skeleton_s,
-        },
-    }
+    run = _run(reader, data, split, out)
+    rates = {}
+    for kind, short in (("common_features", "common"), ("sample_skeleton", "skeleton")):
+        f, took = files[kind], run["files"][f"{kind}_{split}.csv"]
+        rates[short] = {
+            **took,
+            "MB/s": f["bytes"] / 1e6 / took["wall_s"],
+            "lines/s": f["lines"] / took["wall_s"],
+        }
+    return {"reader": reader, "data": str(data), "files": files, "whole": run, **rates}
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -158,9 +170,9 @@ def _machine() -> dict:
 
 def _markdown(result: dict) -> str:
     rows = [
-        "| reader | input | skeleton lines/s | skeleton MB/s | common MB/s | wall s | "
+        "| reader | input | skeleton lines/s | skeleton MB/s | common MB/s | wall s | CPU s | "
         "peak RSS MiB | peak anon MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         sk = r["files"]["sample_skeleton"]
@@ -168,7 +180,7 @@ def _markdown(result: dict) -> str:
             f"| {r['reader']} | {r['label']}: {sk['lines']:,} lines, "
             f"{(sk['bytes'] + r['files']['common_features']['bytes']) / 1e6:,.0f} MB | "
             f"{r['skeleton']['lines/s']:,.0f} | {r['skeleton']['MB/s']:.1f} | "
-            f"{r['common']['MB/s']:.1f} | {r['whole']['wall_s']:.1f} | "
+            f"{r['common']['MB/s']:.1f} | {r['whole']['wall_s']:.1f} | {r['whole']['cpu_s']:.1f} | "
             f"{r['whole']['peak_rss_mib']:,.0f} | {r['whole']['peak_anon_mib']:,.0f} |"
         )
     lines = ["\n".join(rows), ""]
@@ -207,15 +219,14 @@ def main(argv: list[str] | None = None) -> None:
             ("columnar", prefix, "prefix"),
             ("python", prefix, "prefix"),
         ):
-            run = _measure(reader, data, args.split, scratch / f"{reader}-{label}")
+            out = scratch / f"{reader}-{label}"
+            run = _measure(reader, data, args.split, out)
             run["label"] = label
             result["runs"].append(run)
             print(json.dumps(run), flush=True)
             if label == "whole split":  # gigabytes; only the prefixes are compared
-                shutil.rmtree(scratch / f"{reader}-{label}")
-        result["prefix_identical"] = _same(
-            scratch / "columnar-prefix" / "out", scratch / "python-prefix" / "out"
-        )
+                shutil.rmtree(out)
+        result["prefix_identical"] = _same(scratch / "columnar-prefix", scratch / "python-prefix")
     result["machine_end"] = _machine()
     result["extrapolation"] = {
         r["reader"]: {
