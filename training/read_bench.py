@@ -9,7 +9,7 @@ Each file's wall and CPU seconds come from the total the reader logs when it is 
 (training.data.ReadProgress, at DEBUG), so each file gets its own rate within one read.
 
 - the columnar reader (training/columnar.py) reads the whole split;
-- the reference (`read_aliccp`, about 11k lines/s) and the columnar reader both read a prefix:
+- the reference (`read_aliccp`, line by line) and the columnar reader both read a prefix:
   the first --python-lines skeleton lines and the common-features lines they refer to; both
   outputs are compared there, array for array.
 
