@@ -6,20 +6,22 @@ is three kinds of kernel: one regular expression per line (is it canonical?), ca
 columns to int64 / float64, and a hash lookup of field names. Arrow has each (RE2,
 fast_float-based casts, dictionary_encode), runs it on a string array built over the chunk's own
 bytes without a copy, and releases the GIL, so two chunks are parsed at once on two threads.
-Polars measured no faster on these kernels and first converts every Arrow string to its own
-view layout (about 100 ms per 32 MB chunk of tokens, a third of the whole parse), and it would be
-a new dependency; pyarrow is one already.
+Polars (2.1, tried first) measured no faster on these kernels (its regex 69 ms against RE2's 66
+on a 32 MB chunk), converts every Arrow string to its own view layout first (about 100 ms for
+the 5M tokens of a 32 MB skeleton chunk, a sixth of this reader's whole parse of it), and would
+be a new dependency; pyarrow is one already.
 
 How it stays exact. Each chunk of whole lines splits in two:
 - fast lines: ASCII and canonical as a whole (`_SKELETON_LINE`, `_COMMON_LINE`: ids of at most
-  18 digits, plain decimal values, no ',' in field names), with feature_num equal to the count
-  of features, a known common_feature_index and finite values. These are parsed in columns, and
-  nothing about them can be malformed but a repeated common_feature_index, checked in file order;
+  18 digits, plain decimal values, no ',' or NUL in field names), with feature_num equal to the
+  count of features, a known common_feature_index and finite values. These are parsed in
+  columns, and nothing about them can be malformed but a repeated common_feature_index, checked
+  in file order;
 - every other line goes, in file order, through the reference's own parsers
   (`parse_common_line`, `parse_feature_list`, `_labels`, `_split_features`) with the same checks
   in the same order as `read_aliccp`, so its verdict, message, counts and place among the first
-  MAX_LOGGED_MALFORMED examples are the reference's. Such a line need not be malformed: a CRLF
-  inside it, a '+1' id or an 'inf' value gets the reference's answer, slowly.
+  MAX_LOGGED_MALFORMED examples are the reference's. Such a line need not be malformed: a '\r'
+  in a value, a '+1' id or an 'inf' value gets the reference's answer, slowly.
 Fields longer than their `max_len` keep the highest values (ties: first seen) in file order, as
 `features.contract.truncate` does; values go through float64 to float32, as float() then numpy do.
 
