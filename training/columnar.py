@@ -20,7 +20,7 @@ How it stays exact. Each chunk of whole lines splits in two:
 - every other line goes, in file order, through the reference's own parsers
   (`parse_common_line`, `parse_feature_list`, `_labels`, `_split_features`) with the same checks
   in the same order as `read_aliccp`, so its verdict, message, counts and place among the first
-  MAX_LOGGED_MALFORMED examples are the reference's. Such a line need not be malformed: a '\r'
+  MAX_LOGGED_MALFORMED examples are the reference's. Such a line need not be malformed: a '\\r'
   in a value, a '+1' id or an 'inf' value gets the reference's answer, slowly.
 Fields longer than their `max_len` keep the highest values (ties: first seen) in file order, as
 `features.contract.truncate` does; values go through float64 to float32, as float() then numpy do.
