@@ -159,11 +159,9 @@ def _strings(data: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.Array:
     return _string_array(data[: len(mask)][mask], np.append(0, np.cumsum(size)))
 
 
-def _numbers(
-    data: np.ndarray, start: np.ndarray, end: np.ndarray, kind: str = "int64"
-) -> np.ndarray:
-    """Numbers written at data[start[i] : end[i]] (a grammar above has checked them)."""
-    return pc.cast(_strings(data, start, end), kind).to_numpy()
+def _integers(data: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """int64 numbers written at data[start[i] : end[i]] (a grammar above has checked them)."""
+    return pc.cast(_strings(data, start, end), "int64").to_numpy()
 
 
 @dataclasses.dataclass
@@ -437,7 +435,7 @@ def _parse_common(contract: FeatureContract, buf: bytes) -> _Common:
     chunk = _lines(buf)
     lines, c = _columns(chunk, _COMMON_LINE, 2)
     text = chunk.text
-    num = _numbers(text, c[:, 0] + 1, c[:, 1])
+    num = _integers(text, c[:, 0] + 1, c[:, 1])
     f = _features(contract, "user", text, c[:, 1] + 1, chunk.text_end[lines])
     ok = num == f.count
     ok[f.overflow] = False
@@ -510,7 +508,7 @@ def _parse_skeleton(
     lines, c = _columns(chunk, _SKELETON_LINE, 5)
     text = chunk.text
     user = _lookup(_strings(text, c[:, 2] + 1, c[:, 3]), users)
-    num = _numbers(text, c[:, 3] + 1, c[:, 4])
+    num = _integers(text, c[:, 3] + 1, c[:, 4])
     f = _features(contract, "item", text, c[:, 4] + 1, chunk.text_end[lines])
     ok = (num == f.count) & (user >= 0)
     ok[f.overflow] = False
@@ -525,7 +523,7 @@ def _parse_skeleton(
     ids, vals = _block(contract, "item", f, kept[lines], lines, n)
     sample_id = np.zeros(n, np.int64)
     row_user = np.zeros(n, np.int64)
-    sample_id[lines] = _numbers(text, chunk.text_start[lines], c[:, 0])
+    sample_id[lines] = _integers(text, chunk.text_start[lines], c[:, 0])
     row_user[lines] = user
     return _Skeleton(
         chunk,
