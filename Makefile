@@ -97,6 +97,7 @@ bench-train: install
 	$(VENV)/bin/ranker bench-train --impressions 1000000 --models esmm,base --out runs/bench
 
 # Evidence like the ESMM paper's Table 2 (training/compare.py): every model of COMPARE_MODELS
+# (`lr`: the logistic references, one per head, the row every other is differenced against)
 # trained with COMPARE_SEEDS seeds on one generated set (a named regime of training/generate.py's
 # PRESETS, with ESM2's action label; COMPARE_SET adds --set NAME=VALUE overrides). The table,
 # JSON and plot go to COMPARE_OUT; finished runs there are reused. Run alone: about 1.5 minutes
@@ -106,7 +107,7 @@ COMPARE_SET ?=
 COMPARE_IMPRESSIONS ?= 2000000
 COMPARE_DATA ?= data/compare-$(COMPARE_PRESET)
 COMPARE_SEEDS ?= 5
-COMPARE_MODELS ?= base,esmm-ns,esmm,division
+COMPARE_MODELS ?= lr,base,esmm-ns,esmm,division
 COMPARE_OUT ?= runs/compare-$(COMPARE_PRESET)
 compare: install
 	test -f $(COMPARE_DATA)/action_train.csv || $(VENV)/bin/ranker generate --out $(COMPARE_DATA) \

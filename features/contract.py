@@ -16,12 +16,19 @@ offset_f + splitmix64(id ^ salt_f) mod buckets_f. Hashing keeps the contract a h
 and sizing each field's buckets from its distinct-id count in the training data keeps collisions
 rare where they matter. `fit_buckets` does that sizing.
 
+Rare ids. An id seen a handful of times in training has too few labels for a row of its own
+(it memorises them). `with_rare(min_count)` marks the buckets the training data showed fewer
+than min_count times; their ids (and ids never seen, which hash to unseen buckets) read one
+shared row per field, learned from all of them, as a vocabulary's out-of-vocabulary row would.
+The mark is a bit per bucket, packed into the contract, so it stays one JSON document.
+
 Multi-hot lists longer than `max_len` keep their `max_len` highest-valued ids (ties: first seen);
 every caller truncates through `encode_entity` or `truncate`, so training and serving agree.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import json
@@ -81,6 +88,31 @@ class Field:
     max_len: int
     buckets: int = 0  # 0 until fitted on training data
     offset: int = 0  # first embedding row of this field
+    # Buckets whose ids the training data showed fewer than `min_count` times (never-seen ones
+    # included), packed (`pack_mask`); "" when the contract keeps every id its own bucket. Their
+    # ids read the field's one shared row, offset + buckets, after its hashed rows.
+    rare: str = ""
+
+    @property
+    def rows(self) -> int:
+        """Embedding rows this field owns: its buckets and, with a rare mask, the shared row."""
+        return self.buckets + (1 if self.rare else 0)
+
+
+def pack_mask(mask: np.ndarray) -> str:
+    """A boolean array as text for the contract's JSON: bits, zlib, base64."""
+    return base64.b64encode(zlib.compress(np.packbits(mask).tobytes(), 9)).decode("ascii")
+
+
+@functools.lru_cache(maxsize=256)
+def unpack_mask(text: str, n: int) -> np.ndarray:
+    """pack_mask's inverse (cached: the encoder asks per request)."""
+    bits = np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.uint8)
+    mask = np.unpackbits(bits)[:n].astype(bool)
+    if len(mask) != n:
+        raise ValueError(f"a rare-bucket mask of {len(mask)} bits for {n} buckets")
+    mask.setflags(write=False)
+    return mask
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -142,9 +174,40 @@ class FeatureContract:
         for f in self.fields:
             want = max(min_buckets, int(np.ceil(distinct.get(f.name, 0) / load)))
             buckets = min(max_buckets, 1 << int(np.ceil(np.log2(want))))
-            fields.append(dataclasses.replace(f, buckets=buckets, offset=offset))
+            fields.append(dataclasses.replace(f, buckets=buckets, offset=offset, rare=""))
             offset += buckets
         return dataclasses.replace(self, fields=tuple(fields))
+
+    def bucket_counts(
+        self, side: Side, raw_ids: np.ndarray, times: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Per field of `side`, how often each bucket's ids occur in raw rows (rows, width);
+        row r counts `times[r]` times (a user row: once per impression of the user)."""
+        rows, _ = self.hash_side(side, raw_ids, np.zeros(np.shape(raw_ids), np.float32))
+        w = None if times is None else np.broadcast_to(np.asarray(times)[:, None], rows.shape)
+        out = {}
+        for f, cols in self.columns(side):
+            r = rows[:, cols] - f.offset
+            keep = (r >= 0) & (r < f.buckets)  # not padding, not an already shared row
+            out[f.name] = np.bincount(
+                r[keep], None if w is None else w[:, cols][keep], minlength=f.buckets
+            )
+        return out
+
+    def with_rare(self, counts: Mapping[str, np.ndarray], min_count: int) -> FeatureContract:
+        """Buckets seen fewer than `min_count` times in `counts` (bucket_counts over the
+        training data) share one row per field, which also serves ids never seen: rare ids
+        learn one embedding from all their rows instead of memorising their few labels. The
+        rows are laid out again (each field gains its shared row). min_count <= 1: unchanged."""
+        if min_count <= 1:
+            return self
+        fields, offset = [], PAD_ROW + 1
+        for f in self.fields:
+            rare = np.asarray(counts[f.name]) < min_count
+            f = dataclasses.replace(f, offset=offset, rare=pack_mask(rare))
+            fields.append(f)
+            offset += f.rows
+        return dataclasses.replace(self, fields=tuple(fields), version=2)
 
     # ---- shape --------------------------------------------------------------------------
     @property
@@ -155,7 +218,7 @@ class FeatureContract:
     def num_rows(self) -> int:
         """Rows of the embedding table, padding row included."""
         last = self.fields[-1]
-        return last.offset + last.buckets
+        return last.offset + last.rows
 
     def side_fields(self, side: Side) -> tuple[Field, ...]:
         return tuple(f for f, _ in self._layout[side])
@@ -183,8 +246,8 @@ class FeatureContract:
         """[first, end) of the embedding rows the side's fields own (fields of a side are
         contiguous in contract order: user fields first)."""
         fields = self.side_fields(side)
-        lo, hi = fields[0].offset, fields[-1].offset + fields[-1].buckets
-        if sum(f.buckets for f in fields) != hi - lo:
+        lo, hi = fields[0].offset, fields[-1].offset + fields[-1].rows
+        if sum(f.rows for f in fields) != hi - lo:
             raise ValueError(f"the {side} fields do not own one contiguous range of rows")
         return lo, hi
 
@@ -210,8 +273,10 @@ class FeatureContract:
             ids = raw_ids[:, cols]
             salt = np.uint64((self.seed << 32) ^ zlib.crc32(f.name.encode()))
             h = splitmix64(ids.view(np.uint64) ^ salt) & _MASK64
-            rows = (h % np.uint64(f.buckets)).astype(np.int64) + f.offset
-            out[:, cols] = np.where(present[:, cols], rows, PAD_ROW)
+            rows = (h % np.uint64(f.buckets)).astype(np.int64)
+            if f.rare:
+                rows = np.where(unpack_mask(f.rare, f.buckets)[rows], f.buckets, rows)
+            out[:, cols] = np.where(present[:, cols], rows + f.offset, PAD_ROW)
         if self.weighted:
             weights = np.where(present, values, 0.0).astype(np.float32)
         else:
@@ -252,19 +317,22 @@ class FeatureContract:
             "weighted": self.weighted,
             "mean": self.mean,
             "seed": self.seed,
-            "hash": "splitmix64(id ^ salt) mod buckets + offset; padding row 0",
+            "hash": "splitmix64(id ^ salt) mod buckets + offset; padding row 0; a bucket in the "
+            "field's rare mask reads its shared row, offset + buckets",
             "fields": [dataclasses.asdict(f) for f in self.fields],
         }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> FeatureContract:
-        if d.get("version") != 1:
+        # version 2: fields may carry a rare-bucket mask (with_rare)
+        if d.get("version") not in (1, 2):
             raise ValueError(f"unsupported feature contract version {d.get('version')!r}")
         return cls(
             tuple(Field(**f) for f in d["fields"]),
             weighted=bool(d["weighted"]),
             mean=bool(d["mean"]),
             seed=int(d["seed"]),
+            version=int(d["version"]),
         )
 
     def to_json(self) -> str:

@@ -49,7 +49,6 @@ from training.data import (
     EncodedSplit,
     MalformedLine,
     OrphanPolicy,
-    ReadProgress,
     ReadReport,
     SplitWriter,
     _labels,
@@ -57,6 +56,7 @@ from training.data import (
     count_lines,
     parse_common_line,
     parse_feature_list,
+    read_progress,
 )
 
 DEFAULT_CHUNK_BYTES = 32 << 20
@@ -368,14 +368,14 @@ def read_columnar(
     users: dict[str, int] = {}
     try:
         with ThreadPoolExecutor(workers) as pool:
-            progress = ReadProgress(common.name, n_common)
+            progress = read_progress(common.name, n_common)
             parse = functools.partial(_parse_common, contract)
             for part in _in_order(pool, parse, _blocks(common, chunk_bytes), workers):
                 _write_common(part, contract, users, writer, report, common.name)
                 progress.update(part.chunk.first + len(part.chunk) - 1)
             progress.finish()
             # Users are all known now; the skeleton's parsers only read them.
-            progress = ReadProgress(skeleton.name, n_skeleton)
+            progress = read_progress(skeleton.name, n_skeleton)
             parse = functools.partial(_parse_skeleton, contract, users, orphans)
             for part in _in_order(pool, parse, _blocks(skeleton, chunk_bytes), workers):
                 _write_skeleton(part, contract, users, writer, report, orphans, skeleton, common)

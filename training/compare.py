@@ -25,6 +25,7 @@ from pathlib import Path
 
 from training import setup_logging
 from training.compare_report import differences, markdown, plot, summarise
+from training.reference import reference_metrics
 from training.train import TrainConfig, train
 
 log = logging.getLogger("training.compare")
@@ -38,6 +39,9 @@ def _widths(value: str) -> tuple[int, ...]:
     return widths
 
 
+# The logistic references (training/reference.py: one per head) as a row of the tables.
+LR = "lr"
+
 OPTIONS = {
     "ips": ("ips_weight", float),
     "cal": ("calibration", str),
@@ -47,7 +51,10 @@ OPTIONS = {
 
 
 def parse_model(spec: str) -> dict:
-    """`esmm:ips=0.5:cal=platt` -> TrainConfig fields."""
+    """`esmm:ips=0.5:cal=platt` -> TrainConfig fields; `lr`, the logistic references, takes
+    the default model's (only the data, seed and contract matter to it)."""
+    if spec == LR:
+        return {}
     kind, *opts = spec.split(":")
     fields = {"model": kind}
     for opt in opts:
@@ -106,11 +113,10 @@ def compare(data: Path, models: list[str], seeds: int, out: Path, epochs: int = 
             else:
                 log.info("training %s, seed %d", spec, seed)
                 (run / "run_key.json").unlink(missing_ok=True)
-                m = train(
-                    TrainConfig(
-                        data=data, out=run, seed=seed, epochs=epochs, reference=False, **fields
-                    )
+                cfg = TrainConfig(
+                    data=data, out=run, seed=seed, epochs=epochs, reference=False, **fields
                 )
+                m = reference_metrics(cfg) if spec == LR else train(cfg)
                 (run / "checkpoint.pt").unlink(missing_ok=True)  # the metrics are compared
                 (run / "run_key.json").write_text(json.dumps(key))
             runs.setdefault(spec, []).append(m)

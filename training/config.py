@@ -80,6 +80,11 @@ class TrainConfig:
         "an id-only /rank request cannot give (README: ranking by ids)",
     )
     max_buckets: int = option(1 << 20, help="largest hash space of one field")
+    min_count: int = option(
+        1,
+        help="ids seen fewer times than this in the training split share one row per field "
+        "(1: every id its own row)",
+    )
     seed: int = 0
     threads: int = option(0, help="torch threads (0: default)")
     cache: Path | None = option(
@@ -97,7 +102,7 @@ class TrainConfig:
                 raise ValueError(
                     f"unknown {f.name} {getattr(self, f.name)!r}; choose one of {choices}"
                 )
-        for name in ("epochs", "batch_size", "embed_dim"):
+        for name in ("epochs", "batch_size", "embed_dim", "min_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if not 0 < self.val_fraction < 1:

@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -37,6 +36,7 @@ from typing import Literal
 import numpy as np
 
 from features.contract import FeatureContract, Side
+from training.progress import EVERY_S, Progress
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ OrphanPolicy = Literal["drop", "click", "ignore"]
 Reader = Literal["columnar", "python"]
 FORMAT_VERSION = 1
 MAX_LOGGED_MALFORMED = 20
-PROGRESS_EVERY_S = 10.0
 
 
 class MalformedLine(ValueError):
@@ -150,39 +149,10 @@ def _split_features(contract: FeatureContract, side: Side, feats: dict, report: 
     return feats
 
 
-class ReadProgress:
+def read_progress(name: str, total: int, every_s: float = EVERY_S) -> Progress:
     """`read FILE: done / total lines (pct), rate, ETA` every `every_s` seconds of one file's
-    read, through logging so that it reaches a log file or a pipe as well as a terminal. A read
-    that ends within `every_s` logs nothing at INFO (tests, small sets)."""
-
-    def __init__(self, name: str, total: int, every_s: float = PROGRESS_EVERY_S):
-        self.name, self.total, self.every_s = name, total, every_s
-        self.start = self.last = time.monotonic()
-        self.logged = False
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every_s:
-            return
-        self.last, self.logged = now, True
-        rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        log.info(
-            "read %s: %s / %s lines (%.0f%%), %s lines/s, ETA %.0f s",
-            self.name,
-            f"{done:,}",
-            f"{self.total:,}",
-            100 * done / max(self.total, 1),
-            f"{rate:,.0f}",
-            eta,
-        )
-
-    def finish(self) -> None:
-        """The read's total: at INFO after progress lines, at DEBUG (for measurements) after
-        none."""
-        took = time.monotonic() - self.start
-        level = logging.INFO if self.logged else logging.DEBUG
-        log.log(level, "read %s: %s lines in %.2f s", self.name, f"{self.total:,}", took)
+    read (training/progress.py), and the read's total at the end."""
+    return Progress(log, f"read {name}", total, unit="lines", every_s=every_s)
 
 
 def count_lines(path: Path) -> int:
@@ -318,7 +288,7 @@ def read_aliccp(
     report = ReadReport()
     writer = SplitWriter(contract, count_lines(common), count_lines(skeleton), out_dir)
     users: dict[str, int] = {}
-    progress = ReadProgress(common.name, writer.arrays["user_ids"].shape[0])
+    progress = read_progress(common.name, writer.arrays["user_ids"].shape[0])
     for n, line in numbered_lines(common):
         report.lines += 1
         if not n % 1024:
@@ -332,7 +302,7 @@ def read_aliccp(
         except (MalformedLine, ValueError) as e:
             report.bad_line(common.name, n, str(e))
     progress.finish()
-    progress = ReadProgress(skeleton.name, writer.arrays["click"].shape[0])
+    progress = read_progress(skeleton.name, writer.arrays["click"].shape[0])
     for n, line in numbered_lines(skeleton):
         report.lines += 1
         if not n % 1024:
@@ -477,14 +447,32 @@ def _cached_action(
     return np.load(cached, mmap_mode="r")
 
 
-def fit_contract(contract: FeatureContract, train: EncodedSplit, **kwargs) -> FeatureContract:
-    """Size the hash buckets of every field from the distinct raw ids in the training split."""
+def fit_contract(
+    contract: FeatureContract, train: EncodedSplit, min_count: int = 1, **kwargs
+) -> FeatureContract:
+    """Size the hash buckets of every field from the distinct raw ids in the training split;
+    with min_count > 1, ids seen fewer times there share their field's rare row."""
     distinct = {}
     for side, ids in (("user", train.user_ids), ("item", train.item_ids)):
         for f, cols in contract.columns(side):
             col = np.asarray(ids[:, cols]).ravel()
             distinct[f.name] = int(np.unique(col[col >= 0]).size)
-    return contract.fit_buckets(distinct, **kwargs)
+    contract = contract.fit_buckets(distinct, **kwargs)
+    if min_count <= 1:
+        return contract
+    # occurrences per impression: a user's ids once per row of the user; in chunks of rows, so
+    # memory stays bounded on full-size data
+    times = np.bincount(np.asarray(train.row_user), minlength=len(train.user_ids))
+    counts: dict[str, np.ndarray] = {}
+    for side, ids, t in (("user", train.user_ids, times), ("item", train.item_ids, None)):
+        step = max(1, (1 << 24) // max(contract.width(side), 1))
+        for a in range(0, len(ids), step):
+            part = contract.bucket_counts(
+                side, np.asarray(ids[a : a + step]), None if t is None else t[a : a + step]
+            )
+            for name, c in part.items():
+                counts[name] = counts.get(name, 0) + c
+    return contract.with_rare(counts, min_count)
 
 
 # ---- batches --------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Synthetic Ali-CCP logs with a planted ground truth, to compare a trained model with the oracle.
 
 `python -m training.generate --out DIR` writes the four raw Ali-CCP files (same layout, no
-header), `truth_{split}.csv` with each impression's true P(click) and P(conversion | click), and
-`generator.json` with the parameters and a summary (counts, oracle AUCs).
+header), `truth_{split}.csv` with each impression's true P(click) and P(conversion | click),
+`items.parquet` (every item's 206/207/216/210 ids and its price), and `generator.json` with the
+parameters and a summary (counts, oracle AUCs).
 
 Planted truth. Click and conversion are driven by different factors, so attractive-but-poor and
 plain-but-good items both exist (the field that shows each term to a model in brackets; the
@@ -16,6 +17,11 @@ weights are `Params`):
                 + w_price * (1 - |consumption level (127) - price tier[category] (206)|)
                 + w_126 * (level 126 - 1), 0 where the user has no field 126
                 + w_conv_relevance * relevance     (0 by default)
+                + quality[brand] (216; sd_brand_quality, 0 by default)
+                - w_item_price * price_rel[item]   (0 by default)
+where price_rel is the item's log price above its category's level in standard deviations:
+the price column of items.parquet (one row per item, the table `ranker items build` reads),
+which the Ali-CCP files do not carry.
 where relevance = w_aff * log1p(n508) + w_int * min(n853, 3), the click logit's personal part.
 With w_conv_relevance > 0 the two tasks share a factor that clicked impressions over-represent
 (the sample selection bias ESMM is about), and with quality_attract_corr > 0 items that draw
@@ -46,7 +52,13 @@ from training.synthetic.impressions import (
 )
 from training.synthetic.params import PRESETS, Params, with_overrides
 from training.synthetic.world import make_users, make_world
-from training.synthetic.writer import FIELD_BASE, SPLITS, write_actions, write_splits
+from training.synthetic.writer import (
+    FIELD_BASE,
+    SPLITS,
+    write_actions,
+    write_item_table,
+    write_splits,
+)
 
 __all__ = ["FIELD_BASE", "PRESETS", "Params", "generate", "main", "with_overrides"]
 
@@ -71,7 +83,7 @@ def generate(
     rng = np.random.default_rng(seed)
     n_users = max(p.min_users, impressions // p.impressions_per_user)
     n_items = max(p.min_items, impressions // p.impressions_per_item)
-    world = make_world(rng, p, n_items)
+    world = make_world(rng, p, n_items, np.random.default_rng([seed, 2]))
     users = make_users(rng, p, n_users, world)
     sessions = make_sessions(rng, p, impressions, seed, test_fraction, users)
     imp = make_impressions(rng, p, world, users, sessions)
@@ -79,6 +91,7 @@ def generate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_splits(out, world, users, sessions, imp)
+    write_item_table(out, world)
     if action_label:
         write_actions(out, sessions, imp, draw_actions(p, seed, imp))
     summary = {split: _split_summary(sessions, imp, split == "test") for split in SPLITS}

@@ -6,7 +6,7 @@ Each read runs in a child process of its own and writes its arrays to a scratch 
 load_split does. Peak RSS is the child's ru_maxrss (from wait4); the parent also polls the
 child's anonymous memory (RssAnon), which leaves out the pages of the memory-mapped output.
 Each file's wall and CPU seconds come from the total the reader logs when it is done with it
-(training.data.ReadProgress, at DEBUG), so each file gets its own rate within one read.
+(training.data.read_progress, at DEBUG), so each file gets its own rate within one read.
 
 - the columnar reader (training/columnar.py) reads the whole split;
 - the reference (`read_aliccp`, line by line) and the columnar reader both read a prefix:

@@ -40,6 +40,7 @@ from training.metrics import (
 )
 from training.model import MODELS, ModelConfig, RankingModel, build_model
 from training.optim import labels, make_optimizers, step, to_torch
+from training.progress import Progress, duration
 from training.reference import logistic_reference
 
 log = logging.getLogger("training.train")
@@ -61,6 +62,7 @@ def run_epoch(
     model.train()
     order = D.session_order(split, rows, rng)
     total, seen, t0 = 0.0, 0, time.perf_counter()
+    # a bar at a terminal, log lines every 10 s elsewhere (a log file, a pipe, CI)
     bar = tqdm(
         total=len(order),
         desc=desc,
@@ -69,15 +71,19 @@ def run_epoch(
         leave=False,
         disable=not _show_progress(cfg),
     )
+    lines = None if not bar.disable else Progress(log, desc, len(order))
     for b in D.iter_batches(split, contract, order, cfg.batch_size):
         loss, _ = model.loss(model(**to_torch(b)), *labels(b))
         step(opts, loss)
         n = len(b.rows)
         total += loss.item() * n
         seen += n
-        rate = seen / (time.perf_counter() - t0)
-        bar.update(n)
-        bar.set_postfix(loss=f"{total / seen:.4f}", rows_s=f"{rate:,.0f}")
+        if lines is None:
+            bar.update(n)
+            rate = seen / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{total / seen:.4f}", rows_s=f"{rate:,.0f}")
+        else:
+            lines.update(seen, loss=total / seen)
     bar.close()
     return total / max(seen, 1), seen / (time.perf_counter() - t0)
 
@@ -149,7 +155,9 @@ def load_data(cfg: TrainConfig) -> tuple[FeatureContract, D.EncodedSplit, D.Enco
             "action_train.csv / action_test.csv (sample_id,action). The generator writes them "
             "with --action-label."
         )
-    contract = D.fit_contract(contract, train_split, max_buckets=cfg.max_buckets)
+    contract = D.fit_contract(
+        contract, train_split, min_count=cfg.min_count, max_buckets=cfg.max_buckets
+    )
     return contract, train_split, test_split
 
 
@@ -196,16 +204,23 @@ def fit(
                 **{f"val_{h}_auc": val[f"{h}_auc"] for h in ("ctr", "cvr", "ctcvr")},
             }
         )
+        left = cfg.epochs - epoch
         log.info(
-            "epoch %d: train loss %.5f (%.0f rows/s), val objective %.5f, val AUC ctr %.4f "
-            "cvr %.4f ctcvr %.4f",
+            "epoch %d/%d: train loss %.5f (%.0f rows/s, %s), val objective %.5f, val AUC ctr %.4f "
+            "cvr %.4f ctcvr %.4f%s",
             epoch,
+            cfg.epochs,
             loss,
             rate,
+            duration(time.perf_counter() - t0),
             val_obj,
             val["ctr_auc"],
             val["cvr_auc"],
             val["ctcvr_auc"],
+            # at most: early stopping may end sooner
+            f"; at most {left} more epoch(s), ETA {duration(left * (time.perf_counter() - t0))}"
+            if left
+            else "",
         )
         if val_obj < best:
             best, best_state, stale = val_obj, copy.deepcopy(model.state_dict()), 0
@@ -314,11 +329,11 @@ def train(cfg: TrainConfig) -> dict:
             test_split.conv,
             test_pred,
         )
+    truth = D.read_truth(cfg.data, "test", np.asarray(test_split.sample_id))
     if cfg.reference:
         metrics["reference"] = logistic_reference(
-            contract, train_split, train_rows, val_rows, test_split, cfg.seed
+            contract, train_split, train_rows, val_rows, test_split, cfg.seed, truth=truth
         )
-    truth = D.read_truth(cfg.data, "test", np.asarray(test_split.sample_id))
     if truth is not None:
         against_truth(metrics, truth, test_split, test_pred)
     metrics["data"] = {

@@ -117,3 +117,52 @@ def test_a_contract_may_leave_fields_out_but_never_a_store_key():
             FeatureContract.default(without=(key,))
     with pytest.raises(KeyError):
         FeatureContract.default(without=("999",))
+
+
+def _counts(c: FeatureContract, side: str, column_ids: dict[str, list[int]], n: int) -> dict:
+    ids = np.full((n, c.width(side)), -1, np.int64)
+    for f, cols in c.columns(side):
+        if f.name in column_ids:
+            ids[:, cols.start] = column_ids[f.name]
+    return c.bucket_counts(side, ids)
+
+
+def test_rare_ids_and_unseen_ids_share_one_row_per_field():
+    c = fitted()
+    counts = {
+        **_counts(c, "user", {"101": [1, 1, 1, 2, 2, 3]}, 6),
+        **_counts(c, "item", {"205": [7, 7, 8, 9, 9, 9]}, 6),
+    }
+    r = c.with_rare(counts, min_count=2)
+    assert r.version == 2 and r.num_rows == c.num_rows + len(c.fields)
+    lo, hi = r.side_rows("user")
+    assert (lo, hi) == (1, r.side_rows("item")[0])  # still contiguous, user fields first
+
+    def row(side: str, field: str, raw: int) -> int:
+        ids = np.full((1, r.width(side)), -1, np.int64)
+        ids[0, dict((f.name, s) for f, s in r.columns(side))[field].start] = raw
+        out, _ = r.hash_side(side, ids, np.ones(ids.shape, np.float32))
+        return int(out[out != PAD_ROW][0])
+
+    f101, f205 = r.field("101"), r.field("205")
+    shared_101, shared_205 = f101.offset + f101.buckets, f205.offset + f205.buckets
+    assert row("user", "101", 1) != shared_101 and row("user", "101", 2) != shared_101
+    assert row("user", "101", 3) == shared_101  # seen once
+    assert row("user", "101", 12345) == shared_101  # never seen
+    assert row("item", "205", 8) == row("item", "205", 4242) == shared_205
+    assert len({row("item", "205", 7), row("item", "205", 9), shared_205}) == 3
+    for raw in (1, 2, 3, 999):  # every row in the field's own range
+        assert f101.offset <= row("user", "101", raw) < f101.offset + f101.rows
+    # the masks travel in the contract's JSON, and the same ids hash the same after a round trip
+    back = FeatureContract.from_dict(r.to_dict())
+    assert back == r and back.field("205").rare == f205.rare
+    assert c.with_rare(counts, min_count=1) is c  # 1: every id its own row
+
+
+def test_a_user_row_counts_once_per_impression():
+    c = fitted()
+    ids = np.full((2, c.width("user")), -1, np.int64)
+    col = dict((f.name, s) for f, s in c.columns("user"))["101"].start
+    ids[:, col] = [5, 6]
+    counts = c.bucket_counts("user", ids, times=np.array([3, 1]))["101"]
+    assert sorted(counts[counts > 0].tolist()) == [1, 3]

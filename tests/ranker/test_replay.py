@@ -22,7 +22,14 @@ def id_only_model(generated, tmp_path_factory):
 
     run = tmp_path_factory.mktemp("id-only-run")
     train(
-        TrainConfig(data=generated, out=run, epochs=1, seed=1, without=("508", "509", "702", "853"))
+        TrainConfig(
+            data=generated,
+            out=run,
+            epochs=1,
+            seed=1,
+            without=("508", "509", "702", "853"),
+            reference=False,
+        )
     )
     out = tmp_path_factory.mktemp("id-only") / "esmm" / "v1"
     export(run, out)

@@ -35,6 +35,7 @@ OPTIONS = [
     "--max-len",
     "--without",
     "--max-buckets",
+    "--min-count",
     "--seed",
     "--threads",
     "--cache",
@@ -63,7 +64,7 @@ def test_every_option_reaches_its_field():
         *("--ips-weight", "0.5", "--ips-clip", "0.1", "--experts", "3"),
         *("--calibration", "platt", "--val-fraction", "0.2", "--pooling", "sum"),
         *("--orphans", "click", "--max-len", "110_14=64", "210=3", "--without", "508,853"),
-        *("--max-buckets", "4096"),
+        *("--max-buckets", "4096", "--min-count", "3"),
         *("--seed", "7", "--threads", "2", "--cache", "c", "--no-reference"),
     ]
     want = TrainConfig(
@@ -87,6 +88,7 @@ def test_every_option_reaches_its_field():
         max_len={"110_14": 64, "210": 3},
         without=("508", "853"),
         max_buckets=4096,
+        min_count=3,
         seed=7,
         threads=2,
         cache=Path("c"),

@@ -263,7 +263,7 @@ def _resident_bytes(mm) -> int:
 
 def test_progress_lines_name_the_file_rate_and_eta(caplog):
     caplog.set_level(logging.INFO, logger="training")
-    p = D.ReadProgress("sample_skeleton_train.csv", 4_000_000, every_s=0)
+    p = D.read_progress("sample_skeleton_train.csv", 4_000_000, every_s=0)
     p.update(1_200_000)
     p.finish()
     first, last = (r.getMessage() for r in caplog.records)

@@ -109,3 +109,17 @@ def test_a_bad_spec_stops_the_comparison_before_any_training(generated, tmp_path
     with pytest.raises(SystemExit, match="cal=sigmoid"):
         compare(generated, ["esmm", "esmm:cal=sigmoid"], seeds=1, out=tmp_path, epochs=1)
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_logistic_references_are_a_row_like_any_model(generated, tmp_path):
+    """`lr`: one logistic regression per head on the same data, split and seed, tabulated (and
+    differenced) like the models, the entire-space CVR AUC included."""
+    result = compare(generated, ["lr"], seeds=1, out=tmp_path, epochs=1)
+    row = result["models"]["lr"]
+    for key in ("ctr_auc", "cvr_auc", "ctcvr_auc", "cvr_auc_entire"):
+        assert 0.5 < row[key]["mean"] < result["oracle"][key], key
+    metrics = json.loads(next(tmp_path.glob("runs/lr-seed0/metrics.json")).read_text())
+    ref = metrics["reference"]
+    assert ref["cvr_train_rows"] < ref["ctr_train_rows"] == ref["ctcvr_train_rows"]
+    assert "| lr | 1 |" in (tmp_path / "compare.md").read_text()
+    assert parse_model("lr") == {}

@@ -20,7 +20,9 @@ VARIANTS = {
     "division": {"model": "division"},
     "escm2-ips-isotonic": {"model": "esmm", "ips_weight": 0.5, "calibration": "isotonic"},
     "esmm-ns-platt": {"model": "esmm-ns", "calibration": "platt"},
-    "mmoe": {"model": "mmoe", "experts": 3},
+    # ids seen fewer than 3 times share a row per field: a version-2 contract, exported and
+    # served through the same hashing
+    "mmoe-rare": {"model": "mmoe", "experts": 3, "min_count": 3},
     "esm2": {"model": "esm2"},
 }
 
@@ -45,6 +47,8 @@ def test_the_variant_learns_exports_and_serves_its_own_scores_calibrated(variant
     assert metrics["ctr_auc"] > 0.6 and metrics["cvr_auc"] > 0.55, metrics
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["model"]["kind"] == VARIANTS[name]["model"]
+    rare = [f for f in manifest["feature_contract"]["fields"] if f.get("rare")]
+    assert bool(rare) == ("min_count" in VARIANTS[name])
     assert manifest["parity"]["max_abs_error"] < 1e-4  # division: see features/parity.py
     contract = FeatureContract.from_dict(manifest["feature_contract"])
     s = np.load(folder / "samples.npz")

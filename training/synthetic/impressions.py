@@ -163,6 +163,8 @@ def _conversion_logit(
         + p.w_brand_affinity * np.log1p(n702)
         + p.w_price_fit * price_fit
         + p.w_126 * np.where(level2 >= 0, level2 - 1, 0)
+        + w.brand_quality[it.brand[item]]
+        - p.w_item_price * it.price_rel[item]
     )
 
 

@@ -53,6 +53,10 @@ class Params:
     w_price_fit: float = 0.8
     w_126: float = 0.2
     w_conv_relevance: float = 0.0  # weight of the click's relevance in the conversion logit
+    sd_brand_quality: float = 0.0  # a brand's own conversion effect (216), the same for every user
+    # conversion logit per standard deviation of an item's log price above its category's
+    # (the item table's `price`; dearer than its peers converts less at w > 0)
+    w_item_price: float = 0.0
     # the optional post-click action label (cart / wish: ESM2's DAction), drawn for clicked
     # impressions from its own random stream, so the other files are the same with or without it
     action_given_buy: float = 0.6
@@ -73,6 +77,20 @@ PRESETS: dict[str, dict[str, float]] = {
         "sd_item_quality": 1.0,
         "sd_item_attract": 1.0,
         "impressions_per_item": 200,
+    },
+    # ids as sparse as real logs (an item seen ~25 times, once or twice clicked) and conversion
+    # driven by the item's own attributes (its quality, shop, brand and price), additively and
+    # by nothing that drives clicks: the regime where a linear model is hard to beat
+    "sparse": {
+        "impressions_per_item": 25,
+        "target_cvr": 0.1,
+        "quality_attract_corr": 0.0,
+        "sd_item_quality": 0.8,
+        "sd_brand_quality": 0.5,
+        "w_item_price": 0.5,
+        "w_brand_affinity": 0.0,
+        "w_price_fit": 0.0,
+        "w_126": 0.0,
     },
 }
 

@@ -115,6 +115,8 @@ class Items:
     pop: np.ndarray
     attract: np.ndarray
     quality: np.ndarray
+    price_rel: np.ndarray  # log price above the category's, in standard deviations
+    price: np.ndarray  # the item table's price
 
 
 @dataclasses.dataclass
@@ -127,6 +129,7 @@ class World:
     shops: Members
     shop_rep: np.ndarray
     brands: Members
+    brand_quality: np.ndarray
     intents: Members
     items: Items
 
@@ -139,6 +142,8 @@ def _make_items(
     shops: Members,
     brands: Members,
     intents: Members,
+    cat_tier: np.ndarray,
+    extra: np.random.Generator,
 ) -> Items:
     cat = cats.draw(rng, np.full(n, -1))
     n_int = np.clip(rng.geometric(0.35, size=n), 1, 10)
@@ -152,6 +157,7 @@ def _make_items(
     attract = rng.standard_normal(n)
     rho = p.quality_attract_corr
     quality = rho * attract + np.sqrt(1 - rho**2) * rng.standard_normal(n)
+    price_rel = extra.standard_normal(n)
     return Items(
         cat=cat,
         shop=shops.draw(rng, cat),
@@ -161,22 +167,34 @@ def _make_items(
         pop=_zipf_weights(rng, n, p.item_zipf),
         attract=p.sd_item_attract * attract,
         quality=p.sd_item_quality * quality,
+        price_rel=price_rel,
+        # a category's price tier sets its level (tiers 0..3: about 20 to 120), items spread
+        # around it by a factor of about 1.65 (log-sd 0.5)
+        price=np.round(np.exp(3.0 + 0.6 * cat_tier[cat] + 0.5 * price_rel), 2),
     )
 
 
-def make_world(rng: np.random.Generator, p: Params, n_items: int) -> World:
+def make_world(
+    rng: np.random.Generator, p: Params, n_items: int, extra: np.random.Generator
+) -> World:
+    """`extra` draws what later versions added (brand quality, prices), so `rng`'s stream, and
+    every data set made before them, stays as it was."""
     cat_w = _zipf_weights(rng, p.categories, p.category_zipf)
     cats = Members.build(np.arange(p.categories), cat_w, p.categories)
     shops, brands, intents = (_universe(rng, n, cat_w) for n in (p.shops, p.brands, p.intents))
+    cat_tier = rng.integers(0, 4, p.categories)
+    cat_appeal = p.sd_category_appeal * rng.standard_normal(p.categories)
+    shop_rep = p.sd_shop_reputation * rng.standard_normal(p.shops)
     return World(
         cats=cats,
-        cat_tier=rng.integers(0, 4, p.categories),
-        cat_appeal=p.sd_category_appeal * rng.standard_normal(p.categories),
+        cat_tier=cat_tier,
+        cat_appeal=cat_appeal,
         shops=shops,
-        shop_rep=p.sd_shop_reputation * rng.standard_normal(p.shops),
+        shop_rep=shop_rep,
         brands=brands,
+        brand_quality=p.sd_brand_quality * extra.standard_normal(p.brands),
         intents=intents,
-        items=_make_items(rng, p, n_items, cats, shops, brands, intents),
+        items=_make_items(rng, p, n_items, cats, shops, brands, intents, cat_tier, extra),
     )
 
 

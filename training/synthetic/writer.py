@@ -151,6 +151,27 @@ def write_splits(out: Path, w: World, users: Users, s: Sessions, imp: Impression
         _write_split(out, split, s, imp, user_lines, item_tok, combos)
 
 
+def write_item_table(out: Path, w: World) -> None:
+    """items.parquet: one row per item in the layout `ranker items build --table` reads
+    (features/item_source.py): its raw 206/207/216/210 ids, as in the skeleton, and its price."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    it = w.items
+    intents = FIELD_BASE["210"] + it.intent
+    table = pa.table(
+        {
+            "item_id": FIELD_BASE["205"] + np.arange(len(it.cat), dtype=np.int64),
+            "206": FIELD_BASE["206"] + it.cat.astype(np.int64),
+            "207": FIELD_BASE["207"] + it.shop.astype(np.int64),
+            "216": FIELD_BASE["216"] + it.brand.astype(np.int64),
+            "210": pa.ListArray.from_arrays(it.intent_ptr.astype(np.int32), intents),
+            "price": it.price,
+        }
+    )
+    pq.write_table(table, out / "items.parquet")
+
+
 def write_actions(out: Path, s: Sessions, imp: Impressions, action: np.ndarray) -> None:
     """action_{split}.csv (sample_id,action) of both splits."""
     for split in SPLITS:
