@@ -1,6 +1,7 @@
 """Train ESMM (or a paper baseline) on Ali-CCP-layout data and write a self-describing run.
 
     python -m training.train --data DIR --out RUN_DIR [--model esmm|base|esmm-ns] [--epochs E]
+    torchrun --nproc-per-node N -m training.train ...   (several processes: training/distributed.py)
 
 RUN_DIR receives checkpoint.pt (model config, feature contract, weights, sample test rows: export
 needs nothing else) and metrics.json. A validation split of sessions is carved from the training
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from features.contract import FeatureContract
 from training import cli, setup_logging
 from training import data as D
+from training import distributed as dist
 from training.calibrate import fit_calibration
 from training.config import POOLING, TrainConfig
 from training.metrics import (
@@ -57,23 +59,28 @@ def run_epoch(
     cfg: TrainConfig,
     rng: np.random.Generator,
     desc: str,
+    world: dist.World = dist.LOCAL,
 ) -> tuple[float, float]:
-    """One pass over `rows` in session order; returns (mean loss, samples per second)."""
+    """One pass over `rows` in session order; returns (mean loss, samples per second), both
+    over every rank. `model` may be `dist.wrap`'s DDP: each rank then trains on its shard."""
     model.train()
+    loss_of = dist.unwrap(model).loss
     order = D.session_order(split, rows, rng)
+    batches = dist.shard(world, split, order, cfg.batch_size)
+    n_rows = sum(len(b) for b in batches)
     total, seen, t0 = 0.0, 0, time.perf_counter()
     # a bar at a terminal, log lines every 10 s elsewhere (a log file, a pipe, CI)
     bar = tqdm(
-        total=len(order),
+        total=n_rows,
         desc=desc,
         unit="row",
         unit_scale=True,
         leave=False,
-        disable=not _show_progress(cfg),
+        disable=not (_show_progress(cfg) and world.main),  # one bar, rank 0's
     )
-    lines = None if not bar.disable else Progress(log, desc, len(order))
-    for b in D.iter_batches(split, contract, order, cfg.batch_size):
-        loss, _ = model.loss(model(**to_torch(b)), *labels(b))
+    lines = None if not bar.disable else Progress(log, desc, n_rows)
+    for b in (D.make_batch(split, contract, r) for r in batches):
+        loss, _ = loss_of(model(**to_torch(b)), *labels(b))
         step(opts, loss)
         n = len(b.rows)
         total += loss.item() * n
@@ -85,6 +92,7 @@ def run_epoch(
         else:
             lines.update(seen, loss=total / seen)
     bar.close()
+    total, seen = dist.total(world, total, seen)
     return total / max(seen, 1), seen / (time.perf_counter() - t0)
 
 
@@ -179,9 +187,13 @@ def fit(
     contract: FeatureContract,
     train_rows: np.ndarray,
     val_rows: np.ndarray,
+    world: dist.World = dist.LOCAL,
 ) -> Fitted:
     """Epochs until `cfg.epochs`, or `cfg.patience` epochs without a lower validation objective;
-    leaves the model with the kept epoch's weights."""
+    leaves the model with the kept epoch's weights. Under torchrun every rank trains on its
+    shard; rank 0 validates and sends its objective, so every rank keeps the same epoch and
+    stops at the same one."""
+    net = dist.wrap(model, world)
     opts = make_optimizers(model, cfg.lr, cfg.embed_lr)
     rng = np.random.default_rng(cfg.seed)
     out = Fitted([], 0, 0.0, 0)
@@ -189,39 +201,41 @@ def fit(
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         loss, rate = run_epoch(
-            model, opts, split, contract, train_rows, cfg, rng, f"epoch {epoch}/{cfg.epochs}"
+            net, opts, split, contract, train_rows, cfg, rng, f"epoch {epoch}/{cfg.epochs}", world
         )
         out.seconds += time.perf_counter() - t0
         out.rows += len(train_rows)
-        val_obj = objective(model, split, contract, val_rows)
-        val = evaluate(model, split, contract, val_rows)
-        out.history.append(
-            {
-                "epoch": epoch,
-                "train_loss": loss,
-                "samples_per_second": rate,
-                "val_objective": val_obj,
-                **{f"val_{h}_auc": val[f"{h}_auc"] for h in ("ctr", "cvr", "ctcvr")},
-            }
-        )
-        left = cfg.epochs - epoch
-        log.info(
-            "epoch %d/%d: train loss %.5f (%.0f rows/s, %s), val objective %.5f, val AUC ctr %.4f "
-            "cvr %.4f ctcvr %.4f%s",
-            epoch,
-            cfg.epochs,
-            loss,
-            rate,
-            duration(time.perf_counter() - t0),
-            val_obj,
-            val["ctr_auc"],
-            val["cvr_auc"],
-            val["ctcvr_auc"],
-            # at most: early stopping may end sooner
-            f"; at most {left} more epoch(s), ETA {duration(left * (time.perf_counter() - t0))}"
-            if left
-            else "",
-        )
+        if world.main:  # the others wait in from_main
+            val_obj = objective(model, split, contract, val_rows)
+            val = evaluate(model, split, contract, val_rows)
+            out.history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": loss,
+                    "samples_per_second": rate,
+                    "val_objective": val_obj,
+                    **{f"val_{h}_auc": val[f"{h}_auc"] for h in ("ctr", "cvr", "ctcvr")},
+                }
+            )
+            left = cfg.epochs - epoch
+            log.info(
+                "epoch %d/%d: train loss %.5f (%.0f rows/s, %s), val objective %.5f, "
+                "val AUC ctr %.4f cvr %.4f ctcvr %.4f%s",
+                epoch,
+                cfg.epochs,
+                loss,
+                rate,
+                duration(time.perf_counter() - t0),
+                val_obj,
+                val["ctr_auc"],
+                val["cvr_auc"],
+                val["ctcvr_auc"],
+                # at most: early stopping may end sooner
+                f"; at most {left} more epoch(s), ETA {duration(left * (time.perf_counter() - t0))}"
+                if left
+                else "",
+            )
+        val_obj = dist.from_main(world, val_obj if world.main else 0.0)
         if val_obj < best:
             best, best_state, stale = val_obj, copy.deepcopy(model.state_dict()), 0
             out.best_epoch = epoch
@@ -277,13 +291,26 @@ def save_run(
 
 
 def train(cfg: TrainConfig) -> dict:
-    """One run: read, fit, evaluate on the test split, write RUN_DIR; returns the metrics."""
+    """One run: read, fit, evaluate on the test split, write RUN_DIR; returns the metrics.
+
+    Under torchrun (training/distributed.py) every rank reads and fits; rank 0 alone evaluates
+    and writes RUN_DIR and returns the metrics, the other ranks return {}."""
+    world = dist.init()
+    try:
+        return _train(cfg, world)
+    finally:
+        dist.close(world)
+
+
+def _train(cfg: TrainConfig, world: dist.World) -> dict:
     t_start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    contract, train_split, test_split = load_data(cfg)
+    if world.main:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+    with dist.main_first(world):
+        contract, train_split, test_split = load_data(cfg)
     train_rows, val_rows = D.split_sessions(train_split, cfg.val_fraction, cfg.seed)
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise SystemExit("the training file is too small to carve a validation split from")
@@ -297,7 +324,10 @@ def train(cfg: TrainConfig) -> dict:
         cfg.experts,
     )
     model = build_model(model_cfg)
-    fitted = fit(model, cfg, train_split, contract, train_rows, val_rows)
+    fitted = fit(model, cfg, train_split, contract, train_rows, val_rows, world)
+    digests = dist.digests(world, model)
+    if not world.main:
+        return {}
 
     test_pred = predict(model, test_split, contract, np.arange(len(test_split)))
     metrics = {
@@ -318,6 +348,10 @@ def train(cfg: TrainConfig) -> dict:
         "samples_per_second": fitted.rows / fitted.seconds,
         "embedding_rows": contract.num_rows,
     }
+    if world.size > 1:
+        metrics["distributed"] = {"world_size": world.size, "weights_sha256": digests}
+        if len(set(digests)) > 1:
+            log.error("the ranks' weights differ after training: %s", digests)
     calibration = None
     if cfg.calibration != "none":
         calibration, metrics["calibration"] = fit_calibration(
@@ -381,6 +415,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     m = train(parse_args(argv))
+    if not m:  # a rank other than 0: rank 0 reports
+        return
     summary = {k: m[k] for k in ("ctr_auc", "cvr_auc", "ctcvr_auc", "samples_per_second")}
     print(
         json.dumps(
