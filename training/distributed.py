@@ -113,13 +113,12 @@ def shard(
     targets = np.arange(1, world.size) * len(order) / world.size
     cuts = np.r_[0, starts[np.minimum(np.searchsorted(starts, targets), len(starts) - 1)]]
     cuts = np.r_[cuts, len(order)]
-    mine = order[cuts[world.rank] : cuts[world.rank + 1]]
-    if len(mine) < steps:
+    if np.diff(cuts).min() < steps:  # checked on every rank's parts: all ranks stop alike
         raise SystemExit(
-            f"rank {world.rank} got {len(mine)} rows for {steps} steps: too few sessions for "
+            f"a rank got {np.diff(cuts).min()} rows for {steps} steps: too few sessions for "
             f"{world.size} processes; use fewer processes or a larger --batch-size"
         )
-    return np.array_split(mine, steps)
+    return np.array_split(order[cuts[world.rank] : cuts[world.rank + 1]], steps)
 
 
 def total(world: World, *values: float) -> tuple[float, ...]:

@@ -153,3 +153,5 @@ def test_shards_keep_sessions_whole_and_take_the_same_steps():
     # one process cuts exactly as iter_batches does
     single = dist.shard(dist.LOCAL, split, order, 64)
     assert [len(b) for b in single] == [64] * (steps - 1) + [len(order) - 64 * (steps - 1)]
+    with pytest.raises(SystemExit, match="too few sessions"):  # a part shorter than its steps
+        dist.shard(dist.World(0, 3), split, order, 2)
