@@ -25,6 +25,7 @@ VERBS: dict[str, str] = {
     "train": "training.train",
     "export": "training.export",
     "compare": "training.compare",
+    "tune": "training.tune",
     "bench-train": "training.bench",
     "serve": "service.__main__",
     "items": "ranker.items",
