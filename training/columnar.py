@@ -18,7 +18,7 @@ How it stays exact. Each chunk of whole lines splits in two:
   columns, and nothing about them can be malformed but a repeated common_feature_index, checked
   in file order;
 - every other line goes, in file order, through the reference's own parsers
-  (`parse_common_line`, `parse_feature_list`, `_labels`, `_split_features`) with the same checks
+  (`parse_common_line`, `parse_skeleton_line`, `_split_features`) with the same checks
   in the same order as `read_aliccp`, so its verdict, message, counts and place among the first
   MAX_LOGGED_MALFORMED examples are the reference's. Such a line need not be malformed: a '\\r'
   in a value, a '+1' id or an 'inf' value gets the reference's answer, slowly.
@@ -51,11 +51,10 @@ from training.data import (
     OrphanPolicy,
     ReadReport,
     SplitWriter,
-    _labels,
     _split_features,
     count_lines,
     parse_common_line,
-    parse_feature_list,
+    parse_skeleton_line,
     read_progress,
 )
 
@@ -550,30 +549,22 @@ def _write_skeleton(
     skeleton: Path,
     common: Path,
 ) -> None:
-    """Count the fast lines, send every other line through the body of read_aliccp's skeleton
-    loop (check for check, in file order), and write the chunk's rows."""
+    """Count the fast lines, judge every other line with read_aliccp's own
+    `parse_skeleton_line` (in file order), and write the chunk's rows."""
     chunk, kept = part.chunk, part.kept
     report.orphan_conversions += part.orphans
     report.dropped_orphans += part.orphans if orphans == "drop" else 0
     report.unknown_fields += part.unknown
     for j in np.flatnonzero(~part.fast).tolist():
         try:
-            line = chunk.line(j)
-            if line is None:
-                raise MalformedLine("not UTF-8")
-            parts = line.split(",", 5)
-            if len(parts) != 6:
-                raise MalformedLine(f"expected 6 comma-separated columns, got {len(parts)}")
-            sid, click, conv, cfi, num, feats = parts
-            labels = _labels(click, conv, orphans, report)
-            if cfi not in users:
-                raise MalformedLine(f"common_feature_index {cfi!r} is not in {common.name}")
-            parsed = _split_features(contract, "item", parse_feature_list(feats, int(num)), report)
+            sid, labels, user, parsed = parse_skeleton_line(
+                chunk.line(j), contract, users, orphans, report, common.name
+            )
             if labels is not None:
                 part.sample_id[j] = int(sid)
                 part.ids[j], part.vals[j] = contract.encode_entity("item", parsed)
                 part.click[j], part.conv[j] = labels
-                part.row_user[j] = users[cfi]
+                part.row_user[j] = user
                 kept[j] = True
         except (MalformedLine, ValueError) as e:
             report.bad_line(skeleton.name, chunk.first + j, str(e))

@@ -271,6 +271,31 @@ def parse_common_line(line: str | None) -> tuple[str, dict[str, tuple[list[int],
     return cfi, parse_feature_list(feats, int(num))
 
 
+def parse_skeleton_line(
+    line: str | None,
+    contract: FeatureContract,
+    users: dict[str, int],
+    orphans: OrphanPolicy,
+    report: ReadReport,
+    common_name: str,
+) -> tuple[str, tuple[int, int] | None, int, dict]:
+    """One line of sample_skeleton_*.csv (None: not UTF-8) -> (sample_id as written, labels,
+    user row, item features); labels None for an orphan conversion the policy drops, whose
+    sample_id is then never read (the caller converts it for kept rows only). Both readers judge
+    a line here; MalformedLine (or ValueError on a non-integer) says what is wrong."""
+    if line is None:
+        raise MalformedLine("not UTF-8")
+    parts = line.split(",", 5)
+    if len(parts) != 6:
+        raise MalformedLine(f"expected 6 comma-separated columns, got {len(parts)}")
+    sid, click, conv, cfi, num, feats = parts
+    labels = _labels(click, conv, orphans, report)
+    if cfi not in users:
+        raise MalformedLine(f"common_feature_index {cfi!r} is not in {common_name}")
+    parsed = _split_features(contract, "item", parse_feature_list(feats, int(num)), report)
+    return sid, labels, users[cfi], parsed
+
+
 # ---- the raw Ali-CCP layout -----------------------------------------------------------------
 def read_aliccp(
     data_dir: Path,
@@ -308,18 +333,11 @@ def read_aliccp(
         if not n % 1024:
             progress.update(n)
         try:
-            if line is None:
-                raise MalformedLine("not UTF-8")
-            parts = line.split(",", 5)
-            if len(parts) != 6:
-                raise MalformedLine(f"expected 6 comma-separated columns, got {len(parts)}")
-            sid, click, conv, cfi, num, feats = parts
-            labels = _labels(click, conv, orphans, report)
-            if cfi not in users:
-                raise MalformedLine(f"common_feature_index {cfi!r} is not in {common.name}")
-            parsed = _split_features(contract, "item", parse_feature_list(feats, int(num)), report)
+            sid, labels, user, parsed = parse_skeleton_line(
+                line, contract, users, orphans, report, common.name
+            )
             if labels is not None:
-                writer.add_row(int(sid), *labels, users[cfi], parsed)
+                writer.add_row(int(sid), *labels, user, parsed)
         except (MalformedLine, ValueError) as e:
             report.bad_line(skeleton.name, n, str(e))
     progress.finish()
