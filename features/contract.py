@@ -22,6 +22,16 @@ than min_count times; their ids (and ids never seen, which hash to unseen bucket
 shared row per field, learned from all of them, as a vocabulary's out-of-vocabulary row would.
 The mark is a bit per bucket, packed into the contract, so it stays one JSON document.
 
+Numeric fields. An item attribute that is a number (price, rating, sales) enters the model as a
+field of its own, bucketised: `with_numeric` fits quantile bounds on the training values, and the
+value's bucket (`searchsorted(bounds, value, "right")`, the value as float32) picks one of the
+field's len(bounds) + 1 rows. Its raw form is id 0 with the number as the value (a missing
+number is padding: no row, weight 0); its pooling weight is 1 whatever the number. Bucketised,
+not normalised: a price's effect on conversion is rarely linear (dearer than the category's
+usual converts less, cheapest may signal poor quality), buckets learn any shape, need no scale
+statistics beside the bounds, and an outlier lands in the last bucket instead of stretching a
+scale; the bounds are a handful of numbers in the contract, so training and serving agree.
+
 Multi-hot lists longer than `max_len` keep their `max_len` highest-valued ids (ties: first seen);
 every caller truncates through `encode_entity` or `truncate`, so training and serving agree.
 """
@@ -92,6 +102,12 @@ class Field:
     # included), packed (`pack_mask`); "" when the contract keeps every id its own bucket. Their
     # ids read the field's one shared row, offset + buckets, after its hashed rows.
     rare: str = ""
+    # A numeric field's bucket bounds (ascending, float32 values); () for an id field.
+    bounds: tuple[float, ...] = ()
+
+    @property
+    def numeric(self) -> bool:
+        return bool(self.bounds)
 
     @property
     def rows(self) -> int:
@@ -174,6 +190,8 @@ class FeatureContract:
         for f in self.fields:
             want = max(min_buckets, int(np.ceil(distinct.get(f.name, 0) / load)))
             buckets = min(max_buckets, 1 << int(np.ceil(np.log2(want))))
+            if f.numeric:
+                buckets = len(f.bounds) + 1
             fields.append(dataclasses.replace(f, buckets=buckets, offset=offset, rare=""))
             offset += buckets
         return dataclasses.replace(self, fields=tuple(fields))
@@ -203,11 +221,41 @@ class FeatureContract:
             return self
         fields, offset = [], PAD_ROW + 1
         for f in self.fields:
-            rare = np.asarray(counts[f.name]) < min_count
-            f = dataclasses.replace(f, offset=offset, rare=pack_mask(rare))
+            rare = "" if f.numeric else pack_mask(np.asarray(counts[f.name]) < min_count)
+            f = dataclasses.replace(f, offset=offset, rare=rare)
             fields.append(f)
             offset += f.rows
         return dataclasses.replace(self, fields=tuple(fields), version=2)
+
+    def with_numeric(self, values: Mapping[str, np.ndarray], buckets: int = 32) -> FeatureContract:
+        """Numeric item fields appended after the item fields (in `values`' order), each with
+        up to `buckets` buckets: bounds at the quantiles of its training values (NaN: missing,
+        left out), repeated quantiles merged, so a column of few distinct values gets one bucket
+        per value. Call before fit_buckets."""
+        if buckets < 2:
+            raise ValueError(f"numeric buckets must be >= 2, got {buckets}")
+        taken = {f.name for f in self.fields}
+        added = []
+        for name, v in values.items():
+            if name in taken or name in ALL_FIELDS:
+                raise ValueError(f"numeric column {name!r} has the name of a feature field")
+            v = np.asarray(v, dtype=np.float32)
+            v = v[np.isfinite(v)]
+            if not len(v):
+                raise ValueError(f"numeric column {name!r} has no values in the training rows")
+            q = np.quantile(v, np.arange(1, buckets) / buckets, method="lower")
+            bounds = tuple(float(b) for b in np.unique(q.astype(np.float32)))
+            if not bounds:
+                bounds = (float(v[0]),)
+            added.append(Field(name, "item", 1, buckets=len(bounds) + 1, bounds=bounds))
+        version = 3 if added else self.version
+        return dataclasses.replace(self, fields=self.fields + tuple(added), version=version)
+
+    def numeric_rows(self, f: Field, values: np.ndarray) -> np.ndarray:
+        """Embedding rows of a numeric field's values (any shape; NaN and infinities are not
+        allowed here: a missing number is padding before it gets here)."""
+        v = np.asarray(values, dtype=np.float32)
+        return f.offset + np.searchsorted(np.asarray(f.bounds), v, side="right").astype(np.int64)
 
     # ---- shape --------------------------------------------------------------------------
     @property
@@ -267,9 +315,17 @@ class FeatureContract:
         if not self.fitted:
             raise RuntimeError("the feature contract has no bucket sizes yet (fit_buckets)")
         raw_ids = np.asarray(raw_ids, dtype=np.int64)
+        values = np.asarray(values)
         out = np.full(raw_ids.shape, PAD_ROW, dtype=np.int64)
         present = raw_ids >= 0
         for f, cols in self.columns(side):
+            if f.numeric:
+                v = np.asarray(values[:, cols], dtype=np.float32)
+                ok = present[:, cols] & np.isfinite(v)
+                present[:, cols] = ok
+                rows = self.numeric_rows(f, np.where(ok, v, 0.0))
+                out[:, cols] = np.where(ok, rows, PAD_ROW)
+                continue
             ids = raw_ids[:, cols]
             salt = np.uint64((self.seed << 32) ^ zlib.crc32(f.name.encode()))
             h = splitmix64(ids.view(np.uint64) ^ salt) & _MASK64
@@ -279,6 +335,9 @@ class FeatureContract:
             out[:, cols] = np.where(present[:, cols], rows + f.offset, PAD_ROW)
         if self.weighted:
             weights = np.where(present, values, 0.0).astype(np.float32)
+            for f, cols in self.columns(side):
+                if f.numeric:  # a number picks its row; it is not a weight
+                    weights[:, cols] = present[:, cols]
         else:
             weights = present.astype(np.float32)
         if self.mean:
@@ -312,23 +371,28 @@ class FeatureContract:
 
     # ---- persistence --------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {
+        d = {
             "version": self.version,
             "weighted": self.weighted,
             "mean": self.mean,
             "seed": self.seed,
             "hash": "splitmix64(id ^ salt) mod buckets + offset; padding row 0; a bucket in the "
             "field's rare mask reads its shared row, offset + buckets",
-            "fields": [dataclasses.asdict(f) for f in self.fields],
+            "fields": [_field_dict(f) for f in self.fields],
         }
+        if any(f.numeric for f in self.fields):  # (a key of its own: older digests stay)
+            d["numeric"] = (
+                "a field with bounds: offset + searchsorted(bounds, float32(value), right)"
+            )
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> FeatureContract:
-        # version 2: fields may carry a rare-bucket mask (with_rare)
-        if d.get("version") not in (1, 2):
+        # version 2: fields may carry a rare-bucket mask (with_rare); 3: numeric fields
+        if d.get("version") not in (1, 2, 3):
             raise ValueError(f"unsupported feature contract version {d.get('version')!r}")
         return cls(
-            tuple(Field(**f) for f in d["fields"]),
+            tuple(Field(**{**f, "bounds": tuple(f.get("bounds", ()))}) for f in d["fields"]),
             weighted=bool(d["weighted"]),
             mean=bool(d["mean"]),
             seed=int(d["seed"]),
@@ -337,6 +401,15 @@ class FeatureContract:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+def _field_dict(f: Field) -> dict:
+    d = dataclasses.asdict(f)
+    if not f.bounds:  # id fields: the version-1/2 layout
+        del d["bounds"]
+    else:
+        d["bounds"] = list(f.bounds)
+    return d
 
 
 def truncate(

@@ -1,6 +1,8 @@
-"""A user's own item table (Parquet, one row per item) -> the item feature table (items.py).
+"""A user's own item table (Parquet or CSV, one row per item) -> the item feature table
+(items.py).
 
     ranker items build --table FILE.parquet --out FILE
+    ranker train ... --items FILE.parquet          (numeric columns as features)
 
 The columns, by name (the docs/service.md table says the same):
 
@@ -16,6 +18,13 @@ The columns, by name (the docs/service.md table says the same):
   no such column: 1.
 - `price`, a number: the item's price, in [0, 1e9]; null or NaN: unknown (the fusion then needs
   the request's).
+- any other numeric column whose name is not a field's (letters, digits and `_`, not starting
+  with a digit, at most 32 characters): a numeric item attribute (rating, sales, ...), finite and
+  at most 1e18 in size; null or NaN: unknown. A model trained with `--items` takes the table's
+  numeric columns (`price` among them) as bucketised features (features/contract.py).
+
+A CSV file has the same columns, one id per cell, except `210` and `210_weights`: ids or
+weights separated by spaces or `;` (an empty cell: none).
 
 Which fields are multi-hot is the default feature contract's (`max_len` > 1), and the table has
 its layout, so one table serves any model, exactly as a table built from Ali-CCP files.
@@ -36,11 +45,13 @@ imports it, the service never does.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features.contract import ITEM_FIELDS, FeatureContract, field_side, truncate
@@ -51,19 +62,24 @@ PRICE = "price"
 WEIGHTS = "_weights"
 MAX_WEIGHT = 1e6  # the request's bounds (service/request.py)
 MAX_PRICE = 1e9
+MAX_ATTRIBUTE = 1e18  # a numeric attribute's size: float32 holds it
+ATTRIBUTE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
 SHOWN = 5  # item ids a message names
 
 
 def from_parquet(path: Path, contract: FeatureContract | None = None) -> ItemTable:
-    """Read a user's item table (the columns above) into an ItemTable with the layout of
-    `contract` (default: FeatureContract.default()), sorted by item id; raises ItemTableError
-    naming the column, and the item ids where rows are at fault."""
+    """Read a user's item table (the columns above; Parquet, or CSV by its `.csv` suffix) into
+    an ItemTable with the layout of `contract` (default: FeatureContract.default()), sorted by
+    item id; raises ItemTableError naming the column, and the item ids where rows are at
+    fault."""
     contract = contract or FeatureContract.default()
+    path = Path(path)
+    kind = "CSV" if path.suffix.lower() == ".csv" else "Parquet"
     try:
-        t = pq.read_table(Path(path))
+        t = _read_csv(path) if kind == "CSV" else pq.read_table(path)
     except (OSError, pa.ArrowException) as e:
-        raise ItemTableError(f"unreadable Parquet table {path} ({type(e).__name__}: {e})") from None
-    _check_columns(t.column_names)
+        raise ItemTableError(f"unreadable {kind} table {path} ({type(e).__name__}: {e})") from None
+    _check_columns(t.column_names, t.schema)
     if ITEM_ID not in t.column_names:
         raise ItemTableError(f"no {ITEM_ID} column (the id of field {ITEM_ID_FIELD} of each row)")
     if t.num_rows == 0:
@@ -107,16 +123,79 @@ def from_parquet(path: Path, contract: FeatureContract | None = None) -> ItemTab
     price = np.full(len(item), np.nan)
     if PRICE in cols:
         price = _price(cols[PRICE], item)[order]
-    return ItemTable(item_id, ids, vals, price, max_len, f"{path} (Parquet)")
+    numeric = {n: _attribute(cols[n], n, item)[order] for n in t.column_names if _is_attribute(n)}
+    return ItemTable(item_id, ids, vals, price, max_len, f"{path} ({kind})", numeric)
 
 
-def _check_columns(names: list[str]) -> None:
+def _read_csv(path: Path) -> pa.Table:
+    """A CSV item table as the Parquet one reads: the multi-hot columns' cells split into lists
+    (ids as integers, weights as numbers)."""
+    multi = [n for n in ITEM_FIELDS if FeatureContract.default().field(n).max_len > 1]
+    text = {c: pa.string() for n in multi for c in (n, n + WEIGHTS)}
+    t = pacsv.read_csv(
+        path, convert_options=pacsv.ConvertOptions(column_types=text, strings_can_be_null=True)
+    )
+    for n in multi:
+        for c, typ in ((n, pa.int64()), (n + WEIGHTS, pa.float64())):
+            if c not in t.column_names:
+                continue
+            col = t.column(c).combine_chunks()
+            cells = pc.split_pattern_regex(pc.utf8_trim_whitespace(col), r"[\s;]+")
+            flat = pc.list_flatten(cells)
+            keep = pc.not_equal(flat, "")
+            offsets = np.concatenate([[0], np.cumsum(_kept_per_list(cells, keep))])
+            values = pc.filter(flat, keep).cast(typ)
+            lists = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+            lists = pc.if_else(col.is_valid(), lists, pa.nulls(len(col), lists.type))
+            t = t.set_column(t.column_names.index(c), c, lists)
+    return t
+
+
+def _kept_per_list(cells: pa.Array, keep: pa.Array) -> np.ndarray:
+    """How many of each list's items `keep` (a mask over the flattened items) keeps."""
+    parent = pc.list_parent_indices(cells).to_numpy()
+    return np.bincount(parent, keep.to_numpy(zero_copy_only=False), minlength=len(cells)).astype(
+        np.int64
+    )
+
+
+def _is_attribute(name: str) -> bool:
+    """A numeric attribute's column: a name that is nothing else (see the module docstring)."""
+    if name in (ITEM_ID, PRICE) or name.endswith(WEIGHTS) or not ATTRIBUTE.fullmatch(name):
+        return False
+    try:
+        field_side(name)
+    except KeyError:
+        return True
+    return False
+
+
+def _attribute(col: pa.Array, name: str, item: np.ndarray) -> np.ndarray:
+    v = _floats(col, name)
+    bad = ~np.isnan(v) & ~(np.abs(v) <= MAX_ATTRIBUTE)
+    if bad.any():
+        raise ItemTableError(
+            f"column {name}: infinite or over {MAX_ATTRIBUTE:g} in size for {_named(item[bad])}"
+        )
+    return v
+
+
+def _check_columns(names: list[str], schema: pa.Schema) -> None:
     known = {ITEM_ID, PRICE, *ITEM_FIELDS, *(f + WEIGHTS for f in ITEM_FIELDS)}
-    unknown = [n for n in names if n not in known]
+    numeric = {
+        n
+        for n in names
+        if _is_attribute(n)
+        and (
+            pa.types.is_integer(schema.field(n).type) or pa.types.is_floating(schema.field(n).type)
+        )
+    }
+    unknown = [n for n in names if n not in known and n not in numeric]
     if unknown:
         raise ItemTableError(
             f"unknown columns {', '.join(map(_why_not, unknown))}; an item table has "
-            f"{ITEM_ID}, {', '.join(ITEM_FIELDS)}, <field>{WEIGHTS} and {PRICE}"
+            f"{ITEM_ID}, {', '.join(ITEM_FIELDS)}, <field>{WEIGHTS}, {PRICE} and numeric "
+            "attributes (a number column named by letters, digits and _, not a field's name)"
         )
     for f in ITEM_FIELDS:
         if f + WEIGHTS in names and f not in names:

@@ -1,7 +1,8 @@
 """The item feature table: every item's own features by item id, for ranking by ids.
 
 One row per item id (the id of field 205, as an integer): its raw ids and values of the item
-fields (205, 206, 207, 210, 216) in a fixed layout, and its price (NaN where unknown). Raw, not
+fields (205, 206, 207, 210, 216) in a fixed layout, its price (NaN where unknown) and any further
+numeric attributes by name (`numeric`: rating, sales...; NaN where unknown). Raw, not
 hashed: one table serves any model, and a model hashes it once, at load, through its own feature
 contract (`rows_for`). Combination fields (508, 509, 702, 853) depend on the user as well and
 context (301) on the request, so neither is an item's own.
@@ -41,6 +42,7 @@ class ItemTable:
     price: np.ndarray  # (N,) float64, NaN = unknown
     max_len: Mapping[str, int]  # columns of each item field, in ITEM_FIELDS order
     source: str = ""
+    numeric: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # (N,) float64
 
     def __post_init__(self) -> None:
         n, width = len(self.item_id), sum(self.max_len.values())
@@ -50,6 +52,9 @@ class ItemTable:
             raise ItemTableError(f"feature arrays are not ({n}, {width})")
         if self.price.shape != (n,):
             raise ItemTableError(f"price is not ({n},)")
+        for name, v in self.numeric.items():
+            if name == "price" or np.shape(v) != (n,):
+                raise ItemTableError(f"numeric column {name!r} is not ({n},) or is named price")
         if n and np.any(np.diff(self.item_id) <= 0):
             raise ItemTableError("item ids are not sorted and unique")
 
@@ -61,7 +66,19 @@ class ItemTable:
         h = hashlib.sha256(json.dumps(dict(self.max_len)).encode())
         for a in (self.item_id, self.ids, self.vals, self.price):
             h.update(np.ascontiguousarray(a).tobytes())
+        for name in sorted(self.numeric):  # none: the digest of a table without them
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(self.numeric[name], dtype=np.float64).tobytes())
         return h.hexdigest()
+
+    def values(self, name: str) -> np.ndarray:
+        """A numeric column by name (`price` included), float64, NaN where unknown."""
+        if name == "price":
+            return self.price
+        if name not in self.numeric:
+            have = ", ".join(["price", *self.numeric])
+            raise ItemTableError(f"no numeric column {name!r} in the item table (it has {have})")
+        return self.numeric[name]
 
     def columns(self) -> dict[str, slice]:
         out, start = {}, 0
@@ -111,6 +128,7 @@ class ItemTable:
             "digest": self.digest,
             "source": self.source,
             "items": len(self),
+            "numeric": list(self.numeric),
         }
         tmp = path.with_name(f".{path.name}.partial")
         with open(tmp, "wb") as f:
@@ -120,6 +138,7 @@ class ItemTable:
                 ids=self.ids,
                 vals=self.vals,
                 price=self.price,
+                **{f"numeric:{k}": v for k, v in self.numeric.items()},
                 meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
             )
         os.replace(tmp, path)
@@ -130,6 +149,7 @@ class ItemTable:
             with np.load(Path(path), allow_pickle=False) as z:
                 meta = json.loads(z["meta"].tobytes())
                 arrays = {k: z[k] for k in ("item_id", "ids", "vals", "price")}
+                numeric = {k: z[f"numeric:{k}"] for k in meta.get("numeric", [])}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise ItemTableError(f"unreadable item table ({type(e).__name__}: {e})") from None
         if meta.get("format_version") != FORMAT_VERSION:
@@ -142,6 +162,7 @@ class ItemTable:
                 arrays["price"].astype(np.float64, copy=False),
                 {k: int(v) for k, v in meta["max_len"].items()},
                 str(meta.get("source", "")),
+                {k: v.astype(np.float64, copy=False) for k, v in numeric.items()},
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise ItemTableError(f"bad layout ({e})") from None

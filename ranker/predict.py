@@ -23,14 +23,20 @@ log = logging.getLogger("ranker.predict")
 CHUNK = 8192
 
 
-def predict(model_dir: Path, data: Path, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(sample ids, {pctr, pcvr, pctcvr}) of every impression of the split."""
+def predict(
+    model_dir: Path, data: Path, split: str, items: Path | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(sample ids, {pctr, pcvr, pctcvr}) of every impression of the split; a model trained
+    with numeric item attributes reads them from `items`, joined as training joined them."""
     from service.engine import Engine, newest_version
+    from training import attributes
     from training.data import read_aliccp
 
     engine = Engine(newest_version(model_dir))
     c = engine.contract
-    s = read_aliccp(data, split, c, orphans="ignore")
+    table = None if items is None else attributes.read_item_table(items)
+    s = read_aliccp(data, split, attributes.without_numeric(c), orphans="ignore")
+    s = attributes.append(s, c, table)
     uid, uw = c.hash_side("user", np.asarray(s.user_ids), np.asarray(s.user_vals))
     reprs = np.concatenate(
         [engine.user_repr(uid[a : a + CHUNK], uw[a : a + CHUNK]) for a in range(0, len(uid), CHUNK)]
@@ -66,11 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="a folder in the raw Ali-CCP layout")
     p.add_argument("--split", choices=("train", "test"), default="test")
     p.add_argument("--out", type=Path, required=True, help="the CSV to write")
+    p.add_argument(
+        "--items",
+        type=Path,
+        help="the item table a model trained with numeric attributes (ranker train --items) "
+        "reads them from",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
     try:
-        sample_id, probs = predict(args.model, args.data, args.split)
+        sample_id, probs = predict(args.model, args.data, args.split, args.items)
     except FileNotFoundError as e:
         p.error(str(e))
     write_csv(args.out, sample_id, probs)

@@ -56,8 +56,12 @@ class StoredItems:
         self.stored = {f.name: np.arange(c.start, c.stop) for f, c in own.columns("item")}
         # the request columns of self.ids' columns, in order: one gather when nothing overrides
         self.all_cols = np.concatenate([self.cols[f.name] for f, _ in own.columns("item")])
-        # the raw table is not kept: ids (for lookups) and prices are all a request needs
+        # the raw table is not kept: ids (for lookups), prices and the numeric attributes the
+        # model takes are all a request needs
         self.item_id, self.price, self.digest = table.item_id, table.price, table.digest
+        self.numeric = {
+            f.name: table.values(f.name) for f in contract.side_fields("item") if f.numeric
+        }
 
     def __len__(self) -> int:
         return len(self.item_id)
@@ -67,7 +71,10 @@ class StoredItems:
 
     @property
     def nbytes(self) -> int:
-        return self.ids.nbytes + self.weights.nbytes + self.item_id.nbytes + self.price.nbytes
+        extra = sum(v.nbytes for k, v in self.numeric.items() if k != "price")
+        return (
+            self.ids.nbytes + self.weights.nbytes + self.item_id.nbytes + self.price.nbytes + extra
+        )
 
 
 class RequestEncoder:
@@ -81,6 +88,8 @@ class RequestEncoder:
         }
         # Ali-CCP fields this model leaves out (training's --without): given, they are skipped,
         # so one request serves models with and without them; other names are refused.
+        # numeric item attributes (ranker train --items): filled per candidate by _numeric
+        self._numeric = [(f, c.start) for f, c in self.contract.columns("item") if f.numeric]
         used = {f.name for f in self.contract.fields}
         self.unused = {
             side: frozenset(n for n in ALL_FIELDS if n not in used and field_side(n) == side)
@@ -143,6 +152,40 @@ class RequestEncoder:
         return self.contract.hash_side("user", raw_ids[None], raw_vals[None])
 
     def encode_items(self, req: RankRequest):
+        """Candidates -> (hashed item rows, weights, table price, unknown positions); see
+        _encode_items, then the numeric attributes' rows."""
+        ids, weights, price, unknown = self._encode_items(req)
+        if self._numeric:
+            self._fill_numeric(req, ids, weights)
+        return ids, weights, price, unknown
+
+    def _fill_numeric(self, req: RankRequest, ids: np.ndarray, weights: np.ndarray) -> None:
+        """Each numeric field's row per candidate from its value: the request's (`price`, or
+        `attributes`), else the item table's, else none (padding, weight 0), exactly as
+        training joined the table (training/attributes.py)."""
+        keys = req.item_keys()
+        n = len(keys)
+        if self.items is not None:
+            k = np.array([x if type(x) is int else -1 for x in keys], dtype=np.int64)
+            pos, found = self.items.index(k)
+            found &= k >= 0
+        for f, col in self._numeric:
+            v = np.full(n, np.nan)
+            if self.items is not None:
+                v[found] = self.items.numeric[f.name][pos[found]]
+            if req.candidates is not None:
+                given = [
+                    c.price if f.name == "price" else (c.attributes or {}).get(f.name)
+                    for c in req.candidates
+                ]
+                mine = np.array([np.nan if x is None else x for x in given], dtype=np.float64)
+                v = np.where(np.isnan(mine), v, mine)
+            v = v.astype(np.float32)
+            ok = np.isfinite(v)
+            ids[:, col] = np.where(ok, self.contract.numeric_rows(f, np.where(ok, v, 0.0)), 0)
+            weights[:, col] = ok
+
+    def _encode_items(self, req: RankRequest):
         """Candidates -> (hashed item rows, weights, table price, unknown positions).
 
         Features given in the request (inline, and context for every candidate) are built as

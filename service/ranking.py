@@ -151,8 +151,9 @@ class Ranker:
 
 
 def contract_summary(contract: FeatureContract) -> dict:
-    """The fields a model reads per side, and the Ali-CCP fields it leaves out (skipped when a
-    request gives them)."""
+    """The fields a model reads per side, the Ali-CCP fields it leaves out (skipped when a
+    request gives them), and the numeric item attributes it reads (a candidate's `price` and
+    `attributes`, else the item table's)."""
     used = {f.name for f in contract.fields}
     return {
         **{
@@ -160,4 +161,5 @@ def contract_summary(contract: FeatureContract) -> dict:
             for side in ("user", "item")
         },
         "left_out": [n for n in ALL_FIELDS if n not in used],
+        "numeric": [f.name for f in contract.side_fields("item") if f.numeric],
     }

@@ -15,8 +15,9 @@ Numbers are checked for the arithmetic they feed, so every accepted request has 
   a mean-pooled field always divides by a positive sum. A weight on a single-valued field is the
   field's value, as in training (it scales the embedding when the contract pools with weights,
   and is ignored otherwise);
-- price: in [0, 1e9]; fusion exponents within RANKER_FUSION_MIN..MAX (at most 8 in size), so
-  pctr^a * pcvr^b * price^c stays finite in float64 (probabilities are floored at 1e-12);
+- price: in [0, 1e9]; numeric attributes: at most 1e18 in size; fusion exponents within
+  RANKER_FUSION_MIN..MAX (at most 8 in size), so pctr^a * pcvr^b * price^c stays finite in
+  float64 (probabilities are floored at 1e-12);
 - user and item ids: strings of 1-256 characters or int64 integers: what is accepted can be
   written back, and a cache key stays small;
 - lists: at most 10,000 ids a feature, 64 fields an entity.
@@ -41,6 +42,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_KEY_CHARS = 256
 MAX_WEIGHT = 1e6
 MAX_PRICE = 1e9
+MAX_ATTRIBUTE = 1e18  # the item table's bound (features/item_source.py): float32 holds it
 MAX_EXPONENT = 8.0
 MAX_IDS = 10_000
 MAX_FIELDS = 64
@@ -97,7 +99,27 @@ class Candidate(_Strict):
     price: (
         Annotated[
             float,
-            msgspec.Meta(ge=0, le=MAX_PRICE, description="required when the fusion uses price"),
+            msgspec.Meta(
+                ge=0,
+                le=MAX_PRICE,
+                description="required when the fusion uses price; a model trained with price "
+                "as a feature reads it too (else the item table's)",
+            ),
+        ]
+        | None
+    ) = None
+    attributes: (
+        Annotated[
+            dict[
+                Annotated[str, msgspec.Meta(min_length=1, max_length=32)],
+                Annotated[float, msgspec.Meta(ge=-MAX_ATTRIBUTE, le=MAX_ATTRIBUTE)],
+            ],
+            msgspec.Meta(
+                max_length=MAX_FIELDS,
+                description="numeric item attributes by name (rating, sales, ...), for a model "
+                "trained on them (ranker train --items); they override the item table's, and "
+                "names the model does not take are ignored",
+            ),
         ]
         | None
     ) = None

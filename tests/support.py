@@ -20,12 +20,38 @@ from service.server import server_config
 
 
 def entity(contract, side, ids, vals) -> dict:
+    """A raw row's id fields as request features (numeric fields: `numbers`)."""
     out = {}
     for f, cols in contract.columns(side):
+        if f.numeric:
+            continue
         i, v = ids[cols], vals[cols]
         keep = i >= 0
         if keep.any():
             out[f.name] = {"ids": i[keep].tolist(), "weights": v[keep].tolist()}
+    return out
+
+
+def numbers(contract, ids, vals) -> dict:
+    """A raw item row's known numeric attributes by name (ranker train --items)."""
+    return {
+        f.name: float(vals[c.start])
+        for f, c in contract.columns("item")
+        if f.numeric and ids[c.start] >= 0
+    }
+
+
+def candidate(contract, s, r: int) -> dict:
+    """Sample row `r` as a candidate (item_id = r): its features, and its price (a model's
+    numeric `price` where it has one, else 1 to 7) and other numeric attributes."""
+    nums = numbers(contract, s["item_ids"][r], s["item_vals"][r])
+    out = {
+        "item_id": int(r),
+        "price": nums.pop("price", 1.0 + r % 7),
+        "features": entity(contract, "item", s["item_ids"][r], s["item_vals"][r]),
+    }
+    if nums:
+        out["attributes"] = nums
     return out
 
 
@@ -35,14 +61,7 @@ def request_for(contract, s, user: int, **extra) -> tuple[dict, np.ndarray]:
     body = {
         "user_id": f"u{user}",
         "user_features": entity(contract, "user", s["user_ids"][user], s["user_vals"][user]),
-        "candidates": [
-            {
-                "item_id": int(r),
-                "price": 1.0 + r % 7,
-                "features": entity(contract, "item", s["item_ids"][r], s["item_vals"][r]),
-            }
-            for r in rows
-        ],
+        "candidates": [candidate(contract, s, int(r)) for r in rows],
         **extra,
     }
     return body, rows

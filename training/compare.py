@@ -4,9 +4,12 @@ data set, CVR AUC on clicked test impressions and CTCVR AUC on all of them, mean
     python -m training.compare --data DIR --models base,division,esmm-ns,esmm --seeds 3 --out DIR
 
 A model name is a kind of training/model.py, optionally with options after colons:
-`esmm:ips=0.5` (ESCM2-IPS weight), `esmm:cal=isotonic` (adds a table of test ECE before and
-after), `mmoe:experts=8:hidden=64x32`. Writes OUT/compare.{json,md} and
-OUT/compare.png (mean +- std per model), and keeps each run's metrics.json under OUT/runs/.
+`esmm:ips=0.5` (ESCM2-IPS weight), `esmm:cvr=1` (clicked-rows CVR loss weight),
+`esmm:cal=isotonic` (adds a table of test ECE before and after), `mmoe:experts=8:hidden=64x32`,
+`esmm:items=items.parquet` (the numeric columns of the data folder's item table as features;
+`lr:items=items.parquet`: the references with them).
+Writes OUT/compare.{json,md} and OUT/compare.png (mean +- std per model), and keeps each run's
+metrics.json under OUT/runs/.
 The tables: AUCs (plus the entire-space CVR AUC on generated data), each model's difference
 from the first with its standard error, and ECE before/after for calibrated models.
 The data is read and encoded once (cached under DATA/.encoded) and reused by every run. A run
@@ -44,21 +47,25 @@ LR = "lr"
 
 OPTIONS = {
     "ips": ("ips_weight", float),
+    "cvr": ("cvr_weight", float),
     "cal": ("calibration", str),
     "experts": ("experts", int),
     "hidden": ("hidden", _widths),
+    "items": ("items", Path),
 }
 
 
 def parse_model(spec: str) -> dict:
     """`esmm:ips=0.5:cal=platt` -> TrainConfig fields; `lr`, the logistic references, takes
-    the default model's (only the data, seed and contract matter to it)."""
-    if spec == LR:
-        return {}
+    the default model's (only the data, seed and contract matter to it) and one option,
+    `items=FILE`, as every model does: the numeric columns of an item table as features, FILE
+    relative to the data folder unless absolute."""
     kind, *opts = spec.split(":")
-    fields = {"model": kind}
+    fields = {} if kind == LR else {"model": kind}
     for opt in opts:
         key, _, value = opt.partition("=")
+        if kind == LR and key != "items":
+            raise SystemExit(f"{spec!r}: the logistic references take items= only")
         if key not in OPTIONS or not value:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}; options: {sorted(OPTIONS)}")
         name, cast = OPTIONS[key]
@@ -103,6 +110,11 @@ def compare(data: Path, models: list[str], seeds: int, out: Path, epochs: int = 
     runs: dict[str, list[dict]] = {}
     oracle = floor = None
     parsed = {spec: parse_model(spec) for spec in models}  # every spec checked before any run
+    for fields in parsed.values():
+        if "items" in fields:
+            fields["items"] = Path(data) / fields["items"]  # an absolute one stays
+            if not fields["items"].is_file():
+                raise SystemExit(f"items={fields['items']}: no such file")
     for spec, fields in parsed.items():
         for seed in range(seeds):
             run = out / "runs" / f"{spec.replace(':', '_')}-seed{seed}"
@@ -116,7 +128,7 @@ def compare(data: Path, models: list[str], seeds: int, out: Path, epochs: int = 
                 cfg = TrainConfig(
                     data=data, out=run, seed=seed, epochs=epochs, reference=False, **fields
                 )
-                m = reference_metrics(cfg) if spec == LR else train(cfg)
+                m = reference_metrics(cfg) if spec.split(":")[0] == LR else train(cfg)
                 (run / "checkpoint.pt").unlink(missing_ok=True)  # the metrics are compared
                 (run / "run_key.json").write_text(json.dumps(key))
             runs.setdefault(spec, []).append(m)

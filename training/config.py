@@ -48,6 +48,11 @@ class TrainConfig:
         f"({', '.join(IPS_KINDS)}; 0: off)",
     )
     ips_clip: float = option(0.05, help="ESCM2-IPS: lowest propensity (pCTR)")
+    cvr_weight: float = option(
+        0.0,
+        help="weight of a CVR loss on clicked impressions (BASE's) added to the entire-space "
+        f"loss ({', '.join(IPS_KINDS)}; 0: off)",
+    )
     experts: int = option(4, help="mmoe: number of experts")
     calibration: str = option(
         "none",
@@ -85,6 +90,17 @@ class TrainConfig:
         help="ids seen fewer times than this in the training split share one row per field "
         "(1: every id its own row)",
     )
+    items: Path | None = option(
+        None,
+        help="item table (Parquet, CSV or a built .npz; keyed by item id) whose numeric "
+        "columns enter the model as bucketised features (training/attributes.py)",
+    )
+    numeric: tuple[str, ...] = option(
+        (),
+        metavar="COLUMNS",
+        help="the numeric columns of --items to use, e.g. price,rating (default: every one)",
+    )
+    numeric_buckets: int = option(32, help="quantile buckets of a numeric column")
     seed: int = 0
     threads: int = option(0, help="torch threads (0: default)")
     cache: Path | None = option(
@@ -95,13 +111,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Every value is checked here, before any data is read."""
-        check_options(self.model, self.ips_weight, self.ips_clip, self.experts)
+        check_options(self.model, self.ips_weight, self.ips_clip, self.experts, self.cvr_weight)
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices is not None and getattr(self, f.name) not in choices:
                 raise ValueError(
                     f"unknown {f.name} {getattr(self, f.name)!r}; choose one of {choices}"
                 )
+        if self.numeric and self.items is None:
+            raise ValueError("--numeric names columns of --items: give the table")
+        if self.numeric_buckets < 2:
+            raise ValueError("numeric_buckets must be >= 2")
         for name in ("epochs", "batch_size", "embed_dim", "min_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")

@@ -321,7 +321,15 @@ def export(run_dir: Path, out: Path, force: bool = False) -> dict:
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             model={
                 k: ckpt["model_args"].get(k)
-                for k in ("kind", "embed_dim", "hidden", "ips_weight", "ips_clip", "experts")
+                for k in (
+                    "kind",
+                    "embed_dim",
+                    "hidden",
+                    "ips_weight",
+                    "ips_clip",
+                    "experts",
+                    "cvr_weight",
+                )
             }
             | {"user_repr_dim": model.repr_dim},
             contract=contract,

@@ -60,13 +60,18 @@ class ModelConfig:
     ips_weight: float = 0.0  # ESCM2-IPS counterfactual CVR loss weight (0: off)
     ips_clip: float = 0.05  # the propensity (pCTR) is clipped from below at this
     experts: int = 4  # mmoe only
+    # esmm, esmm-ns, mmoe: weight of BCE(conversion, pCVR) on clicked impressions, added to the
+    # entire-space loss (0: ESMM's loss alone)
+    cvr_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        check_options(self.kind, self.ips_weight, self.ips_clip, self.experts)
+        check_options(self.kind, self.ips_weight, self.ips_clip, self.experts, self.cvr_weight)
         self.hidden = tuple(self.hidden)
 
 
-def check_options(kind: str, ips_weight: float, ips_clip: float, experts: int) -> None:
+def check_options(
+    kind: str, ips_weight: float, ips_clip: float, experts: int, cvr_weight: float = 0.0
+) -> None:
     """ValueError naming what is wrong with a kind and its options; training checks them before
     it reads data, a comparison before its first run."""
     if kind not in MODELS:
@@ -75,6 +80,13 @@ def check_options(kind: str, ips_weight: float, ips_clip: float, experts: int) -
         raise ValueError("ips_weight must be >= 0 and ips_clip in (0, 1]")
     if ips_weight > 0 and not MODELS[kind].takes_ips:
         raise ValueError(f"ESCM2-IPS applies to {', '.join(IPS_KINDS)}, not {kind}")
+    if cvr_weight < 0:
+        raise ValueError("cvr_weight must be >= 0")
+    if cvr_weight > 0 and not MODELS[kind].takes_ips:
+        raise ValueError(
+            f"the clicked-rows CVR loss applies to {', '.join(IPS_KINDS)} (the others train "
+            f"their second tower on their own loss), not {kind}"
+        )
     if experts < 1:
         raise ValueError("experts must be >= 1")
 
@@ -95,7 +107,7 @@ class RankingModel(nn.Module, abc.ABC):
 
     kind: ClassVar[str]
     tables: ClassVar[int] = 1  # 1: one table shared by every tower; 2: the CTR's, the CVR's
-    takes_ips: ClassVar[bool] = False  # accepts the ESCM2-IPS option
+    takes_ips: ClassVar[bool] = False  # accepts ESCM2-IPS and the clicked-rows CVR loss
     needs_action: ClassVar[bool] = False  # trains on the post-click action label
 
     ctr: nn.Module
@@ -231,12 +243,7 @@ class Base(TwoTowers):
 
     def loss(self, logits, click, conv, action=None):
         ctr_loss = F.binary_cross_entropy_with_logits(logits.ctr, click)
-        clicked = click > 0
-        cvr_loss = (
-            F.binary_cross_entropy_with_logits(logits.cvr[clicked], conv[clicked])
-            if clicked.any()
-            else logits.cvr.sum() * 0.0
-        )
+        cvr_loss = clicked_cvr_bce(logits, click, conv)
         return ctr_loss + cvr_loss, {"ctr": ctr_loss.item(), "cvr": cvr_loss.item()}
 
 
@@ -266,6 +273,10 @@ def entire_space_loss(
     ctcvr_loss = ctcvr_bce(logits, conv)
     parts = {"ctr": ctr_loss.item(), "ctcvr": ctcvr_loss.item()}
     total = ctr_loss + ctcvr_loss
+    if cfg.cvr_weight > 0:
+        cvr = clicked_cvr_bce(logits, click, conv)
+        total = total + cfg.cvr_weight * cvr
+        parts["cvr"] = cvr.item()
     if cfg.ips_weight > 0:
         ips = ips_cvr_bce(logits, click, conv, cfg.ips_clip)
         total = total + cfg.ips_weight * ips
@@ -280,6 +291,14 @@ def ctcvr_bce(logits: Logits, target: torch.Tensor) -> torch.Tensor:
     log_p = log_p.clamp(max=-1e-12)  # p == 1 would make log(1 - p) infinite
     log_not_p = torch.log(-torch.expm1(log_p))
     return -(target * log_p + (1.0 - target) * log_not_p).mean()
+
+
+def clicked_cvr_bce(logits: Logits, click: torch.Tensor, conv: torch.Tensor) -> torch.Tensor:
+    """BCE(conversion, pCVR) averaged over the clicked rows (BASE's CVR loss); 0 without any."""
+    clicked = click > 0
+    if not clicked.any():
+        return logits.cvr.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits.cvr[clicked], conv[clicked])
 
 
 def ips_cvr_bce(

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from features.contract import FeatureContract
-from training import cli, setup_logging
+from training import attributes, cli, setup_logging
 from training import data as D
 from training import distributed as dist
 from training.calibrate import fit_calibration
@@ -162,6 +162,12 @@ def load_data(cfg: TrainConfig) -> tuple[FeatureContract, D.EncodedSplit, D.Enco
             f"--model {cfg.model} needs the post-click action label: {cfg.data} has no "
             "action_train.csv / action_test.csv (sample_id,action). The generator writes them "
             "with --action-label."
+        )
+    if cfg.items is not None:
+        table = attributes.read_item_table(cfg.items)
+        names = attributes.numeric_names(table, cfg.numeric)
+        contract, (train_split, test_split) = attributes.attach(
+            contract, (train_split, test_split), table, names, cfg.numeric_buckets
         )
     contract = D.fit_contract(
         contract, train_split, min_count=cfg.min_count, max_buckets=cfg.max_buckets
@@ -322,6 +328,7 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         cfg.ips_weight,
         cfg.ips_clip,
         cfg.experts,
+        cfg.cvr_weight,
     )
     model = build_model(model_cfg)
     fitted = fit(model, cfg, train_split, contract, train_rows, val_rows, world)

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -166,3 +167,39 @@ def test_a_user_row_counts_once_per_impression():
     ids[:, col] = [5, 6]
     counts = c.bucket_counts("user", ids, times=np.array([3, 1]))["101"]
     assert sorted(counts[counts > 0].tolist()) == [1, 3]
+
+
+def test_numeric_fields_bucketise_by_quantile_bounds_and_survive_fitting_and_json():
+    """A numeric item attribute: quantile bounds from the training values, its bucket by
+    searchsorted on the float32 value, weight 1 even in a weighted contract, a missing value
+    padding; fit_buckets and with_rare leave it as it is; to/from JSON round-trips (version 3),
+    and a contract without one keeps the older JSON (model digests stay)."""
+    import numpy as np
+
+    base = FeatureContract.default(weighted=True)
+    old = base.fit_buckets({}).to_dict()
+    assert "numeric" not in old and all("bounds" not in f for f in old["fields"])
+    values = np.array([1.0, 2.0, 2.0, 3.0, 5.0, 8.0, 13.0, np.nan])
+    c = base.with_numeric({"price": values}, buckets=4)
+    f = c.field("price")
+    assert f.side == "item" and f.numeric and f.bounds == (2.0, 3.0, 5.0)
+    assert c.fields[-1] is f and c.version == 3
+    c = c.fit_buckets({"205": 100})
+    counts = {g.name: np.ones(g.buckets, int) for g in c.fields}
+    c = c.with_rare(counts, 2)
+    f = c.field("price")
+    assert f.buckets == 4 and f.rare == "" and c.num_rows == f.offset + 4
+    col = dict((g.name, s) for g, s in c.columns("item"))["price"].start
+    ids = np.full((5, c.width("item")), -1)
+    vals = np.zeros(ids.shape, np.float32)
+    ids[:4, col] = 0
+    vals[:, col] = [0.5, 2.0, 4.0, 1e9, 3.0]  # row 4: no id, so no number
+    rows, w = c.hash_side("item", ids, vals)
+    assert (rows[:, col] - f.offset).tolist()[:4] == [0, 1, 2, 3] and rows[4, col] == 0
+    assert w[:, col].tolist() == [1.0, 1.0, 1.0, 1.0, 0.0]  # the number is no weight
+    back = FeatureContract.from_dict(json.loads(c.to_json()))
+    assert back == c and back.hash_side("item", ids, vals)[0].tolist() == rows.tolist()
+    with pytest.raises(ValueError, match="name of a feature field"):
+        base.with_numeric({"206": values})
+    with pytest.raises(ValueError, match="no values"):
+        base.with_numeric({"rating": np.array([np.nan])})

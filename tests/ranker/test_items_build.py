@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 from support import entity
 
 from features.contract import COMBINATION_FIELDS, CONTEXT_FIELDS, ITEM_FIELDS
-from features.items import ItemTable
+from features.item_source import from_parquet
+from features.items import ItemTable, ItemTableError
 from ranker import items
 from service.config import Settings
 from service.main import create_app
@@ -114,6 +115,30 @@ def test_items_build_writes_a_table_from_parquet(tmp_path):
     assert np.isnan(t.price[0]) and t.price[1:].tolist() == [2.0, 9.5]
 
 
+def test_items_build_keeps_numeric_attribute_columns_and_reads_csv(tmp_path):
+    """A number column that is no field's is a numeric attribute (a model trained with --items
+    reads it); a CSV table holds the same columns, lists separated by spaces or `;`."""
+    path = small_table(tmp_path / "attrs.parquet", rating=pa.array([4.5, None, 2.0]))
+    out = tmp_path / "items.npz"
+    assert items.main(["build", "--table", str(path), "--out", str(out)]) == 0
+    t = ItemTable.load(out)
+    assert set(t.numeric) == {"rating"}
+    assert np.isnan(t.values("rating")[0]) and t.values("rating")[1:].tolist() == [2.0, 4.5]
+    csv = tmp_path / "items.csv"
+    csv.write_text("item_id,206,210,210_weights,price,sales\n5,7,1;2 3,1;2;1,9.5,10\n3,,,,,\n")
+    t = from_parquet(csv)
+    assert t.item_id.tolist() == [3, 5] and "(CSV)" in t.source
+    c = t.columns()
+    assert t.ids[1, c["210"]][:4].tolist() == [1, 2, 3, -1]
+    assert t.vals[1, c["210"]][:3].tolist() == [1.0, 2.0, 1.0]
+    assert t.ids[0, c["210"]][0] == -1 and np.isnan(t.price[0]) and t.price[1] == 9.5
+    assert t.values("sales").tolist()[1] == 10.0
+    bad = tmp_path / "bad.parquet"
+    small_table(bad, rating=pa.array([1.0, float("inf"), 2.0]))
+    with pytest.raises(ItemTableError, match="column rating: infinite"):
+        from_parquet(bad)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -127,7 +152,8 @@ def test_items_build_writes_a_table_from_parquet(tmp_path):
 def test_items_build_refuses_a_table_it_cannot_take_saying_why(tmp_path, capsys, argv, message):
     paths = {
         "dup": small_table(tmp_path / "dup.parquet", item_id=pa.array([1, 1, 2])),
-        "unknown": small_table(tmp_path / "unknown.parquet", brand=pa.array([1, 2, 3])),
+        # a number column of another name is a numeric attribute; text is no column of a table
+        "unknown": small_table(tmp_path / "unknown.parquet", brand=pa.array(["a", "b", "c"])),
         "good": small_table(tmp_path / "good.parquet"),
         "missing": str(tmp_path / "missing.parquet"),
     }

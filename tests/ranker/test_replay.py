@@ -37,6 +37,38 @@ def id_only_model(generated, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def numeric_model(generated, tmp_path_factory):
+    """Served by ids alone, with the item table's price as a bucketised feature."""
+    from training.export import export
+    from training.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("numeric-run")
+    train(
+        TrainConfig(
+            data=generated,
+            out=run,
+            epochs=1,
+            seed=2,
+            without=("508", "509", "702", "853"),
+            items=generated / "items.parquet",
+            reference=False,
+        )
+    )
+    out = tmp_path_factory.mktemp("numeric") / "esmm" / "v1"
+    export(run, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def priced_table(generated, tmp_path_factory):
+    """The generated folder's own item table (with prices), built by the command."""
+    table = tmp_path_factory.mktemp("priced") / "items.npz"
+    args = ["build", "--table", str(generated / "items.parquet"), "--out", str(table)]
+    assert items.main(args) == 0
+    return table
+
+
+@pytest.fixture(scope="module")
 def stores(generated, tmp_path_factory):
     """The item table and the user store of the generated folder, by the two commands."""
     table = tmp_path_factory.mktemp("stores") / "items.npz"
@@ -46,15 +78,25 @@ def stores(generated, tmp_path_factory):
         yield table, redis.url
 
 
-@pytest.mark.parametrize("kind", ["without combination fields", "with them inline"])
+@pytest.mark.parametrize(
+    "kind", ["without combination fields", "with them inline", "with price as a feature"]
+)
 def test_id_only_requests_score_as_the_batch_job(
-    kind, id_only_model, exported, generated, stores, tmp_path, capsys
+    kind, request, exported, generated, stores, tmp_path, capsys
 ):
-    model = id_only_model if kind.startswith("without") else exported
     table, store = stores
+    model = {
+        "without combination fields": lambda: request.getfixturevalue("id_only_model"),
+        "with them inline": lambda: exported,
+        "with price as a feature": lambda: request.getfixturevalue("numeric_model"),
+    }[kind]()
+    extra = []
+    if kind.endswith("feature"):  # both sides read the prices from the same table
+        table = request.getfixturevalue("priced_table")
+        extra = ["--items", str(table)]
     pred = tmp_path / "pred.csv"
     args = ["--model", str(model), "--data", str(generated), "--split", "test", "--out", str(pred)]
-    assert predict.main(args) == 0
+    assert predict.main([*args, *extra]) == 0
     with serving(model_dir=model, item_table=table, user_store=store) as (url, _):
         code = replay.main(
             [

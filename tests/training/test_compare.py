@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,6 @@ def test_the_logistic_references_are_a_row_like_any_model(generated, tmp_path):
     assert ref["cvr_train_rows"] < ref["ctr_train_rows"] == ref["ctcvr_train_rows"]
     assert "| lr | 1 |" in (tmp_path / "compare.md").read_text()
     assert parse_model("lr") == {}
+    assert parse_model("lr:items=items.parquet") == {"items": Path("items.parquet")}
+    with pytest.raises(SystemExit, match="items= only"):
+        parse_model("lr:ips=0.5")

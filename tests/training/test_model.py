@@ -196,6 +196,33 @@ def test_escm2_ips_weights_clicked_rows_by_inverse_propensity_and_spares_the_ctr
         ModelConfig(contract.to_dict(), kind="base", ips_weight=1.0)
 
 
+def test_clicked_cvr_loss_is_the_entire_space_loss_plus_bce_on_clicked_rows_only(contract):
+    torch.manual_seed(0)
+    plain = ESMM(ModelConfig(contract.to_dict(), kind="esmm"))
+    m = ESMM(ModelConfig(contract.to_dict(), kind="esmm", cvr_weight=0.5))
+    m.load_state_dict(plain.state_dict())
+    logits = m(**inputs(contract))
+    click = (torch.arange(64) % 2).float()
+    conv = (torch.arange(64) % 4 == 1).float()
+    loss, parts = m.loss(logits, click, conv)
+    base, _ = plain.loss(logits, click, conv)
+    clicked = click > 0
+    want = F.binary_cross_entropy_with_logits(logits.cvr[clicked], conv[clicked])
+    assert parts["cvr"] == pytest.approx(float(want), rel=1e-5)
+    assert float(loss) == pytest.approx(float(base + 0.5 * want), rel=1e-5)
+    # unclicked rows' CVR logits play no part in it
+    changed = logits.cvr.detach().clone()
+    changed[~clicked] += 5.0
+    _, moved = m.loss(logits._replace(cvr=changed), click, conv)
+    assert moved["cvr"] == pytest.approx(parts["cvr"], rel=1e-6)
+    _, none = m.loss(logits, torch.zeros(64), torch.zeros(64))
+    assert none["cvr"] == 0.0
+    with pytest.raises(ValueError, match="clicked-rows CVR loss applies"):
+        ModelConfig(contract.to_dict(), kind="base", cvr_weight=1.0)
+    with pytest.raises(ValueError, match="cvr_weight must be"):
+        ModelConfig(contract.to_dict(), kind="esmm", cvr_weight=-1.0)
+
+
 def test_mmoe_user_representation_is_exact_and_gates_mix_experts(contract):
     torch.manual_seed(0)
     m = build_model(ModelConfig(contract.to_dict(), kind="mmoe", experts=3)).eval()
