@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import logging
 import sys
 import textwrap
 import typing
 
 from pydantic import ValidationError
 
+from service import logs
 from service.config import Settings
 from service.main import create_app
-from service.requestid import install_log_field
 from service.server import DrainingServer
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
 def load_settings() -> Settings:
@@ -74,12 +71,17 @@ def quiet_gc() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parse_args(argv)
-    install_log_field()
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = load_settings()
+    log_config = logs.configure(settings.log_format)
     if settings.gc_freeze:
         quiet_gc()
-    server = DrainingServer(create_app(settings), settings, log_level="info", access_log=False)
+    server = DrainingServer(
+        create_app(settings),
+        settings,
+        log_level="info",
+        access_log=False,
+        log_config=log_config,
+    )
     server.run()
     sys.exit(0 if server.started else 1)
 

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
         10.0, ge=0, description="on SIGTERM: in-flight requests get this long to finish"
     )
     access_log: bool = Field(True, description="one log line per request, with its request id")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="json: every log line a JSON object (time, level, logger, message, and the "
+        "request id within a request: service/logs.py)",
+    )
     gc_freeze: bool = Field(
         True,
         description="`ranker serve` freezes the objects alive at start out of the garbage "
