@@ -97,7 +97,7 @@ def test_a_retry_after_over_the_cap_is_not_waited_for(service, body, draining):
     t0 = time.monotonic()
     with pytest.raises(ServerError) as e:
         RankerClient(service[0], retries=3, max_retry_after_s=0.5).rank(body)
-    assert e.value.attempts == 1 and time.monotonic() - t0 < 0.5
+    assert e.value.attempts == 1 and time.monotonic() - t0 < 1.0  # Retry-After: 1, not waited
     assert admission.refused["draining"] - before == 1
 
 
