@@ -365,3 +365,98 @@ class Load:
             if time.monotonic() > end:
                 raise TimeoutError(f"load stalled at {self.result.total} answers")
             time.sleep(0.01)
+
+
+def _bus_free_port() -> int:
+    """A free port whose cluster bus port (+10000, fixed before Redis 7's `cluster-port`) is free
+    too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class _ClusterNode(RedisServer):
+    """One redis-server of a cluster: its node config lives in its own dir, so after a kill it
+    restarts as the same node, owning the same slots (empty: nothing is kept on disk)."""
+
+    def __init__(self, node_timeout_ms: int):
+        super().__init__(_bus_free_port())
+        self.node_timeout_ms = node_timeout_ms
+
+    def start(self) -> _ClusterNode:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        args += ["--cluster-node-timeout", str(self.node_timeout_ms), "--dir", self.dir]
+        self.proc = subprocess.Popen([self.binary, *args], stdout=subprocess.DEVNULL)
+        _wait_port(self.port, up=True)
+        return self
+
+
+class RedisClusterServer:
+    """A throwaway Redis Cluster of `n` masters and no replicas on free ports, the slots split
+    evenly by `redis-cli --cluster create`. `nodes[i]` can be killed, restarted and paused like a
+    RedisServer. `node_timeout_ms` is how long the others wait before they call a silent node
+    failed (and, with no replica to promote, the whole cluster down)."""
+
+    def __init__(self, n: int = 3, node_timeout_ms: int = 1000):
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is missing (`make redis-server` installs it)")
+        self.cli = cli
+        self.nodes = [_ClusterNode(node_timeout_ms) for _ in range(n)]
+
+    def url(self, i: int = 0) -> str:
+        """The service's URL of the cluster, node `i` as the one it asks first."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[i].port}"
+
+    def start(self) -> RedisClusterServer:
+        for node in self.nodes:
+            node.start()
+        addrs = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [self.cli, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=30,
+        )
+        self.wait_ok()
+        return self
+
+    def ask(self, i: int, *command: str) -> str:
+        """redis-cli's answer of node `i` to `command`."""
+        args = [self.cli, "-p", str(self.nodes[i].port), *command]
+        return subprocess.run(args, capture_output=True, text=True, timeout=10).stdout
+
+    def wait_ok(self, timeout_s: float = 30.0) -> None:
+        """Until every node running says `cluster_state:ok`."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            live = [i for i, node in enumerate(self.nodes) if node.proc.poll() is None]
+            if all("cluster_state:ok" in self.ask(i, "cluster", "info") for i in live):
+                return
+            time.sleep(0.05)
+        raise TimeoutError("the cluster did not reach cluster_state:ok")
+
+    def dbsize(self, i: int) -> int:
+        return int(self.ask(i, "dbsize"))
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisClusterServer:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -117,7 +117,11 @@ class Settings(BaseSettings):
         256 << 20, ge=0, description="bytes the process tier may hold (keys, vectors, overhead)"
     )
     cache_ttl_s: float = Field(600.0, gt=0)
-    redis_url: str | None = Field(None, description="redis://host:port/db; unset: no Redis tier")
+    redis_url: str | None = Field(
+        None,
+        description="redis://host:port/db, or redis+cluster://host:port for a Redis Cluster (any "
+        "one node: the client learns the others); unset: no Redis tier",
+    )
     redis_timeout_ms: int = Field(50, ge=1, description="hard limit of one Redis call")
     redis_breaker_failures: int = Field(3, ge=1, description="errors in a row that open it")
     redis_breaker_reset_s: float = Field(1.0, gt=0, description="how long it stays open")

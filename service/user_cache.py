@@ -8,7 +8,9 @@ features never reuse a stale vector. Keys have a fixed size whatever the
 user id. Values written to Redis carry the model digest, the vector length and the dtype, and
 are checked when read: a value that does not match is a miss, never used. A Redis error or
 timeout is a miss too (and counted): the user tower runs instead; a circuit breaker keeps a
-dead or hung Redis from costing a timeout per request.
+dead or hung Redis from costing a timeout per request. The Redis tier is one Redis or a Redis
+Cluster (`redis+cluster://`, see redis_client): keys hold no hash tag, so they spread over its
+slots.
 
 Concurrent misses for one key compute once (single flight): the computation is a task of its
 own, so a caller that gives up (its deadline, a disconnect) never cancels it under the others,
@@ -164,6 +166,23 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + netloc))
 
 
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+def redis_client(url: str, **kwargs):
+    """An asyncio client of `url`: `redis://`, `rediss://` or `unix://` for one Redis (redis-py's
+    forms), `redis+cluster://host:port` (`rediss+cluster://` with TLS) for a Redis Cluster, the
+    node named the first one asked for the slot map (redis-py's cluster client takes `redis://`
+    only: the scheme is what says cluster)."""
+    import redis.asyncio as redis
+    from redis.asyncio.cluster import RedisCluster
+
+    scheme, sep, rest = url.partition("://")
+    if scheme in CLUSTER_SCHEMES:
+        return RedisCluster.from_url(scheme.removesuffix("+cluster") + sep + rest, **kwargs)
+    return redis.Redis.from_url(url, **kwargs)
+
+
 class RedisTier:
     """Redis behind hard timeouts and a circuit breaker. Reads wait at most `timeout_ms`; writes
     go to the background (bounded), so a slow Redis never delays a response by more than one
@@ -180,14 +199,14 @@ class RedisTier:
         max_pending_writes: int = 1000,
         on_event: Callable[[str, str], None] = lambda op, outcome: None,
     ):
-        import redis.asyncio as redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
         self.url, self.timeout_s = redacted(url), timeout_ms / 1000
         # One immediate retry: a connection Redis dropped on restart fails once, then the retry
-        # reconnects. The whole call stays under the hard timeout regardless.
-        self.client = redis.Redis.from_url(
+        # reconnects (a cluster client also asks for the slot map again first). The whole call
+        # stays under the hard timeout regardless.
+        self.client = redis_client(
             url,  # the real one; self.url is for logs
             socket_timeout=self.timeout_s,
             socket_connect_timeout=self.timeout_s,
@@ -197,6 +216,7 @@ class RedisTier:
         self.breaker = breaker or Breaker()
         self.max_pending_writes, self.on_event = max_pending_writes, on_event
         self._writes: set[asyncio.Task] = set()
+        self._init: asyncio.Task | None = None
 
     async def get(self, key: str) -> bytes | None:
         return await self._call("get", self.client.get, key)
@@ -218,6 +238,7 @@ class RedisTier:
             return None
         try:
             async with asyncio.timeout(self.timeout_s):
+                await self._connected()
                 out = await fn(*args, **kwargs)
         except Exception as e:  # a Redis fault is a miss, never an error for the client
             self.on_event(op, "error")
@@ -238,9 +259,22 @@ class RedisTier:
             log.warning("redis tier at %s answers again: using it", self.url)
         return out
 
+    async def _connected(self) -> None:
+        """The client's initialize(), once: a cluster client's learns the slot map (CLUSTER
+        SLOTS, COMMAND), more round trips than one call's timeout may allow on a busy host, so it
+        is a task of its own that a timed-out call leaves running for the next (a failed one is
+        started again). One Redis's does nothing."""
+        task = self._init
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._init = asyncio.get_running_loop().create_task(self.client.initialize())
+        await asyncio.shield(task)
+
     async def close(self) -> None:
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=1.0)
+        if self._init is not None and not self._init.done():
+            self._init.cancel()
+            await asyncio.wait([self._init])
         await self.client.aclose()
 
 
