@@ -107,7 +107,10 @@ COMPARE_SET ?=
 COMPARE_IMPRESSIONS ?= 2000000
 COMPARE_DATA ?= data/compare-$(COMPARE_PRESET)
 COMPARE_SEEDS ?= 5
-COMPARE_MODELS ?= lr,base,esmm-ns,esmm,division
+# the sparse regime adds the item table's numeric columns (items=) and the paper's ESMM loss
+COMPARE_DEFAULT_MODELS := lr,base,esmm-ns,esmm,division
+COMPARE_SPARSE_MODELS := lr,lr:items=items.parquet,base,base:items=items.parquet,esmm:cvr=0,esmm,esmm:items=items.parquet
+COMPARE_MODELS ?= $(if $(filter sparse,$(COMPARE_PRESET)),$(COMPARE_SPARSE_MODELS),$(COMPARE_DEFAULT_MODELS))
 COMPARE_OUT ?= runs/compare-$(COMPARE_PRESET)
 compare: install
 	test -f $(COMPARE_DATA)/action_train.csv || $(VENV)/bin/ranker generate --out $(COMPARE_DATA) \

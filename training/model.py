@@ -11,7 +11,9 @@ users once and gathers the result per row.
 
 Kinds (`RankingModel` holds what they share; `build_model` picks the class of `cfg.kind`):
   esmm     ESMM: one embedding table shared by a CTR and a CVR tower; loss over all impressions:
-           BCE(click, pCTR) + BCE(click & conversion, pCTCVR), pCTCVR = pCTR * pCVR.
+           BCE(click, pCTR) + BCE(click & conversion, pCTCVR), pCTCVR = pCTR * pCVR, plus
+           `cvr_weight` x BCE(conversion, pCVR) over the clicked impressions (training's
+           default 0.3; 0 is the paper's loss).
   esmm-ns  ESMMNS: the same loss, but each tower has its own embedding table (ESMM-NS in the
            paper).
   base     Base: a CTR net and a CVR net with nothing shared; the CVR net is trained on clicked

@@ -27,6 +27,8 @@ Search space (the defaults of training/config.py sit inside every range):
   min_count   1, 2, 3, 5, 10: ids seen fewer times share a row per field; rare ids are mostly
               noise that the model memorises, which the sparse generated preset shows.
   pooling     the four choices of --pooling.
+  cvr_weight  0..1, with ips_weight and for the same reason under an AUC objective only: the
+              weight of the clicked-rows CVR loss (default 0.3).
   ips_weight  0..1 (models taking ESCM2-IPS only): 0 is plain ESMM; ESCM2 weights its
               counterfactual loss below the main losses. Searched under an AUC objective only:
               the validation objective is the model's loss, which includes the weighted IPS
@@ -86,6 +88,7 @@ def suggest(trial: optuna.Trial, model: str, objective: str) -> dict:
     }
     if searches_ips(model, objective):
         params["ips_weight"] = trial.suggest_float("ips_weight", 0.0, 1.0)
+        params["cvr_weight"] = trial.suggest_float("cvr_weight", 0.0, 1.0)
     return params
 
 
@@ -103,6 +106,7 @@ def default_params(model: str, objective: str) -> dict:
     }
     if searches_ips(model, objective):
         params["ips_weight"] = d.ips_weight
+        params["cvr_weight"] = d.cvr_weight
     return params
 
 

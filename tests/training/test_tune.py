@@ -78,6 +78,7 @@ def test_only_the_best_checkpoint_is_kept_and_it_exports(study, tmp_path):
 def test_ips_weight_is_searched_under_an_auc_objective_only():
     # the validation objective is the loss, which grows with the IPS term it would weigh
     assert "ips_weight" in default_params("esmm", "ctcvr_auc")
+    assert default_params("esmm", "ctcvr_auc")["cvr_weight"] == 0.3
     assert "ips_weight" not in default_params("esmm", "val_objective")
     assert "ips_weight" not in default_params("base", "ctcvr_auc")
 
