@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         description="json: every log line a JSON object (time, level, logger, message, and the "
         "request id within a request: service/logs.py)",
     )
+    tracing: Literal["off", "otlp"] = Field(
+        "off",
+        description="otlp: OpenTelemetry traces of every request, the steps of /rank as child "
+        "spans, sent over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (the `tracing` extra); off: "
+        "nothing of the extra is imported (service/tracing.py)",
+    )
     gc_freeze: bool = Field(
         True,
         description="`ranker serve` freezes the objects alive at start out of the garbage "

@@ -7,11 +7,12 @@ import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from service import admin, request
+from service import admin, request, tracing
 from service.admission import Admission
 from service.config import Settings
 from service.engine import newest_version
@@ -26,14 +27,20 @@ from service.served import ModelSlot
 from service.user_cache import Breaker, RedisTier
 from service.user_store import UserStore
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
 log = logging.getLogger("service")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, tracer_provider: TracerProvider | None = None) -> FastAPI:
+    """`tracer_provider`: where traces go with RANKER_TRACING on (default: OTLP; tests give one
+    of their own)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         st, s = app.state, settings
+        tracing.start(provider)
         # One thread runs every ONNX graph, of every version: runs never overlap on 2 cores.
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
         # Large bodies are decoded and encoded here, off the event loop (ranking.py).
@@ -109,6 +116,9 @@ def create_app(settings: Settings) -> FastAPI:
                 await redis.close()
             if users is not None:
                 await users.close()
+            tracing.start(None)
+            if provider is not None and tracer_provider is None:
+                await asyncio.to_thread(provider.shutdown)  # ours: sends the spans still batched
 
     # /docs from assets served by the app itself (Swagger UI 5, which renders OpenAPI 3.1): the
     # default page loads them from a CDN and is blank on a host that cannot reach one
@@ -128,6 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     install_log_field()
+    provider = tracing.instrument(app, settings.tracing, tracer_provider)
     app.add_middleware(
         RequestIdMiddleware,
         access_log=settings.access_log,

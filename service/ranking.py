@@ -27,7 +27,7 @@ from concurrent.futures import Executor
 
 from features.contract import ALL_FIELDS, FeatureContract
 from features.users import UserRecordError
-from service import fusion, request
+from service import fusion, request, tracing
 from service.admission import Admission, Refused
 from service.encoding import Encoded
 from service.errors import ClientError, Overloaded, StoreUnavailable, Timeout
@@ -79,22 +79,25 @@ class Ranker:
 
     async def _rank(self, body: bytes, deadline: float) -> RankResponse:
         large = len(body) >= OFF_LOOP_BYTES
-        if large:
-            r = await self._off_loop(request.decode_sized, body, self.rules)
-        else:
-            r = request.decode_sized(body, self.rules)
+        with tracing.span("decode"):
+            if large:
+                r = await self._off_loop(request.decode_sized, body, self.rules)
+            else:
+                r = request.decode_sized(body, self.rules)
         self.on_request(r.rows)
         if r.req.user_features is None:
             self._check_store_user(r.req.user_id)
         async with self.slot.lease() as model:
-            if large:
-                rows = await self._off_loop(model.encoder.encode, r.req)
-            else:
-                rows = model.encoder.encode(r.req)
+            with tracing.span("encode"):
+                if large:
+                    rows = await self._off_loop(model.encoder.encode, r.req)
+                else:
+                    rows = model.encoder.encode(r.req)
             price = r.prices(rows.price)  # the request's, else the table's; refused if none
             try:
                 async with asyncio.timeout_at(deadline):
-                    user_repr, hit, source = await self._user(model, r.req.user_id, rows)
+                    with tracing.span("user_repr"):
+                        user_repr, hit, source = await self._user(model, r.req.user_id, rows)
                     scores = await model.score(
                         user_repr, rows.item_ids, rows.item_weights, deadline
                     )
@@ -104,7 +107,8 @@ class Ranker:
         unknown = [keys[i] for i in rows.unknown.tolist()]
         if unknown:
             self.on_unknown(len(unknown))
-        fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, price)
+        with tracing.span("fusion"):
+            fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, price)
         return ranked(
             model.version, hit, r.fusion, keys, scores, fused, r.req.top_k, unknown, source
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service import tracing
 from service.batcher import Batcher
 from service.encoding import RequestEncoder, StoredItems
 from service.engine import Engine, Scores
@@ -35,6 +37,7 @@ class ScoreJob:
     user_repr: np.ndarray  # (R,)
     item_ids: np.ndarray  # (n, item width) embedding rows
     item_weights: np.ndarray  # (n, item width)
+    ran: tuple[int, int, int] | None = None  # its batch's run (start, end ns, rows); traced only
 
 
 class ServedModel:
@@ -71,6 +74,7 @@ class ServedModel:
 
     # ---- runs on the executor thread ------------------------------------------------------------
     def _run_batch(self, jobs: list[ScoreJob]) -> list[Scores]:
+        start = time.time_ns()
         reprs = np.stack([j.user_repr for j in jobs])  # (U, R)
         sizes = [len(j.item_ids) for j in jobs]
         index = np.repeat(np.arange(len(jobs), dtype=np.int64), sizes)
@@ -81,6 +85,10 @@ class ServedModel:
             np.concatenate([j.item_weights for j in jobs]),
         )
         self.on_run(int(index.size), len(jobs))
+        if tracing.enabled():
+            ran = (start, time.time_ns(), int(index.size))
+            for j in jobs:
+                j.ran = ran
         bounds = np.cumsum([0, *sizes])
         return [
             Scores(out.pctr[a:b], out.pcvr[a:b], out.pctcvr[a:b])
@@ -117,19 +125,36 @@ class ServedModel:
     async def score(self, user_repr, item_ids, item_w, deadline: float | None) -> Scores:
         """Candidate rows in jobs of at most max_batch_rows, scored with other requests' rows."""
         step = self.max_batch_rows
-        parts = await asyncio.gather(
-            *(
-                self.batcher.submit(
-                    ScoreJob(user_repr, item_ids[a : a + step], item_w[a : a + step]), deadline
-                )
-                for a in range(0, len(item_ids), step)
-            )
-        )
+        jobs = [
+            ScoreJob(user_repr, item_ids[a : a + step], item_w[a : a + step])
+            for a in range(0, len(item_ids), step)
+        ]
+        queued = time.time_ns()
+        try:
+            parts = await asyncio.gather(*(self.batcher.submit(j, deadline) for j in jobs))
+        finally:
+            if tracing.enabled():
+                _trace_jobs(jobs, queued)
         if len(parts) == 1:
             return parts[0]
         return Scores(
             *(np.concatenate([getattr(p, k) for p in parts]) for k in ("pctr", "pcvr", "pctcvr"))
         )
+
+
+def _trace_jobs(jobs: list[ScoreJob], queued: int) -> None:
+    """Each job's wait and its batch's run as spans of the request. The batcher stays ignorant of
+    tracing: the wait is the time from submit until its batch's run began (the two timestamps of
+    one clock, the second taken in `_run_batch`), made into spans here, on the request's side,
+    once the job is done; the run is shared with the other requests' rows in that batch. A job
+    never run (its deadline passed, or this request's) waited until now."""
+    for j in jobs:
+        if j.ran is None:
+            tracing.interval("batch_wait", queued, time.time_ns(), rows=len(j.item_ids))
+            continue
+        start, end, batch_rows = j.ran
+        tracing.interval("batch_wait", queued, start, rows=len(j.item_ids))
+        tracing.interval("model_run", start, end, rows=len(j.item_ids), batch_rows=batch_rows)
 
 
 class ModelSlot:

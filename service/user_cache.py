@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from service import tracing
+
 log = logging.getLogger("service.user_cache")
 MAGIC = b"RNK1"
 
@@ -302,6 +304,7 @@ class UserCache:
         vec = self.local.get(key)
         self.on_event("local", "miss" if vec is None else "hit")
         if vec is not None:
+            tracing.annotate(tier="local", hit=True)
             return vec, True
         task = self._inflight.get(key)
         shared = task is not None
@@ -311,6 +314,8 @@ class UserCache:
             task.add_done_callback(lambda t: self._finished(key, t))
         # shield: this caller's cancellation (its deadline) stops its wait, not the work
         vec, hit = await asyncio.shield(task)
+        # computed: the user tower ran, for this request or for the one whose run it joined
+        tracing.annotate(tier="redis" if hit else "computed", hit=hit or shared)
         return vec, hit or shared
 
     def _finished(self, key: str, task: asyncio.Task) -> None:
