@@ -244,9 +244,7 @@ class FeatureContract:
             if not len(v):
                 raise ValueError(f"numeric column {name!r} has no values in the training rows")
             q = np.quantile(v, np.arange(1, buckets) / buckets, method="lower")
-            bounds = tuple(float(b) for b in np.unique(q.astype(np.float32)))
-            if not bounds:
-                bounds = (float(v[0]),)
+            bounds = tuple(float(b) for b in np.unique(q.astype(np.float32)))  # buckets - 1 >= 1
             added.append(Field(name, "item", 1, buckets=len(bounds) + 1, bounds=bounds))
         version = 3 if added else self.version
         return dataclasses.replace(self, fields=self.fields + tuple(added), version=version)

@@ -54,7 +54,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from features.contract import ITEM_FIELDS, FeatureContract, field_side, truncate
+from features.contract import DEFAULT_MAX_LEN, ITEM_FIELDS, FeatureContract, field_side, truncate
 from features.items import ITEM_ID_FIELD, ItemTable, ItemTableError
 
 ITEM_ID = "item_id"
@@ -130,7 +130,7 @@ def from_parquet(path: Path, contract: FeatureContract | None = None) -> ItemTab
 def _read_csv(path: Path) -> pa.Table:
     """A CSV item table as the Parquet one reads: the multi-hot columns' cells split into lists
     (ids as integers, weights as numbers)."""
-    multi = [n for n in ITEM_FIELDS if FeatureContract.default().field(n).max_len > 1]
+    multi = [n for n in ITEM_FIELDS if DEFAULT_MAX_LEN.get(n, 1) > 1]
     text = {c: pa.string() for n in multi for c in (n, n + WEIGHTS)}
     t = pacsv.read_csv(
         path, convert_options=pacsv.ConvertOptions(column_types=text, strings_can_be_null=True)

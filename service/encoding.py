@@ -154,23 +154,34 @@ class RequestEncoder:
     def encode_items(self, req: RankRequest):
         """Candidates -> (hashed item rows, weights, table price, unknown positions); see
         _encode_items, then the numeric attributes' rows."""
-        ids, weights, price, unknown = self._encode_items(req)
+        if req.candidates is None:
+            keys = np.array(req.item_ids, dtype=np.int64)
+        else:  # str (and negative) ids are never item ids: -1
+            keys = np.array([k if type(k) is int else -1 for k in req.item_keys()], np.int64)
+        if self.items is None:
+            pos, found = np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
+        else:
+            pos, found = self.items.index(keys)
+            found &= keys >= 0
+        ids, weights, price, unknown = self._encode_items(req, keys, pos, found)
         if self._numeric:
-            self._fill_numeric(req, ids, weights)
+            self._fill_numeric(req, pos, found, ids, weights)
         return ids, weights, price, unknown
 
-    def _fill_numeric(self, req: RankRequest, ids: np.ndarray, weights: np.ndarray) -> None:
+    def _fill_numeric(
+        self,
+        req: RankRequest,
+        pos: np.ndarray,
+        found: np.ndarray,
+        ids: np.ndarray,
+        weights: np.ndarray,
+    ) -> None:
         """Each numeric field's row per candidate from its value: the request's (`price`, or
-        `attributes`), else the item table's, else none (padding, weight 0), exactly as
-        training joined the table (training/attributes.py)."""
-        keys = req.item_keys()
-        n = len(keys)
-        if self.items is not None:
-            k = np.array([x if type(x) is int else -1 for x in keys], dtype=np.int64)
-            pos, found = self.items.index(k)
-            found &= k >= 0
+        `attributes`), else the item table's (`pos`, `found`: the candidates' table rows),
+        else none (padding, weight 0), exactly as training joined the table
+        (training/attributes.py)."""
         for f, col in self._numeric:
-            v = np.full(n, np.nan)
+            v = np.full(len(found), np.nan)
             if self.items is not None:
                 v[found] = self.items.numeric[f.name][pos[found]]
             if req.candidates is not None:
@@ -185,8 +196,9 @@ class RequestEncoder:
             ids[:, col] = np.where(ok, self.contract.numeric_rows(f, np.where(ok, v, 0.0)), 0)
             weights[:, col] = ok
 
-    def _encode_items(self, req: RankRequest):
-        """Candidates -> (hashed item rows, weights, table price, unknown positions).
+    def _encode_items(self, req: RankRequest, keys: np.ndarray, pos: np.ndarray, found: np.ndarray):
+        """Candidates (their integer ids `keys`, -1 where none; `pos`, `found`: their item table
+        rows) -> (hashed item rows, weights, table price, unknown positions).
 
         Features given in the request (inline, and context for every candidate) are built as
         Python lists and hashed at once; with an item table, a candidate whose integer id it
@@ -199,23 +211,14 @@ class RequestEncoder:
         for name, value in context.items():
             self._put(base_ids, base_vals, self._field("item", name, value, "context_features"))
         id_col = self._item_columns[ITEM_ID_FIELD][0]
-        if req.candidates is None:
-            keys = np.array(req.item_ids, dtype=np.int64)
-        else:  # str (and negative) ids are never item ids: -1
-            keys = np.array([k if type(k) is int else -1 for k in req.item_keys()], np.int64)
         n = len(keys)
         stored = self.items.fields if self.items is not None else []
         inline = np.zeros((n, len(stored)), dtype=bool)  # item fields given inline
         bare = np.ones(n, dtype=bool)  # no inline features
-        if self.items is None:
-            if req.candidates is None:
-                raise ClientError(
-                    "ranking by item_ids needs an item table (RANKER_ITEM_TABLE)", field="item_ids"
-                )
-            pos, found = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
-        else:
-            pos, found = self.items.index(keys)
-            found &= keys >= 0
+        if self.items is None and req.candidates is None:
+            raise ClientError(
+                "ranking by item_ids needs an item table (RANKER_ITEM_TABLE)", field="item_ids"
+            )
         if req.candidates is None:  # by id alone: the context row for every candidate
             base = np.array(base_ids, dtype=np.int64)[None], np.array(base_vals, np.float32)[None]
             h_ids, h_weights = self.contract.hash_side("item", *base)  # hashed once

@@ -98,7 +98,11 @@ def append(split: D.EncodedSplit, contract: FeatureContract, table: ItemTable | 
             f"this model reads numeric item attributes ({', '.join(names)}): give the item "
             "table it was trained with (--items)"
         )
-    ids, vals = join(without_numeric(contract), split, table, names)
+    return _appended(split, *join(without_numeric(contract), split, table, names))
+
+
+def _appended(split: D.EncodedSplit, ids: np.ndarray, vals: np.ndarray) -> D.EncodedSplit:
+    """`split` with columns (ids, vals) after its item side's."""
     return dataclasses.replace(
         split,
         item_ids=np.concatenate([np.asarray(split.item_ids), ids], axis=1),
@@ -115,7 +119,8 @@ def attach(
 ) -> tuple[FeatureContract, list[D.EncodedSplit]]:
     """The contract with one numeric field per name (bounds from the first split, the training
     one) and every split with their columns appended to its item side."""
-    train_ids, train_vals = join(contract, splits[0], table, names)
+    joined = [join(contract, s, table, names) for s in splits]  # each split joined once
+    train_ids, train_vals = joined[0]
     values = {
         n: np.where(train_ids[:, k] >= 0, train_vals[:, k], np.nan) for k, n in enumerate(names)
     }
@@ -130,4 +135,4 @@ def attach(
         contract = contract.with_numeric(values, buckets)
     except ValueError as e:
         raise SystemExit(f"--items: {e}") from None
-    return contract, [append(s, contract, table) for s in splits]
+    return contract, [_appended(s, *cols) for s, cols in zip(splits, joined, strict=True)]

@@ -15,48 +15,33 @@ from ranker import items, predict, replay, users
 LIMIT = 4000  # impressions replayed (every one of them is predicted offline)
 
 
-@pytest.fixture(scope="module")
-def id_only_model(generated, tmp_path_factory):
+def _trained(generated, tmp_path_factory, name: str, **options):
+    """A one-epoch ESMM without the combination fields (the way to serve by ids alone), exported
+    as models/esmm/v1 of its own folder."""
     from training.export import export
     from training.train import TrainConfig, train
 
-    run = tmp_path_factory.mktemp("id-only-run")
+    run = tmp_path_factory.mktemp(f"{name}-run")
+    without = ("508", "509", "702", "853")
     train(
-        TrainConfig(
-            data=generated,
-            out=run,
-            epochs=1,
-            seed=1,
-            without=("508", "509", "702", "853"),
-            reference=False,
-        )
+        TrainConfig(data=generated, out=run, epochs=1, without=without, reference=False, **options)
     )
-    out = tmp_path_factory.mktemp("id-only") / "esmm" / "v1"
+    out = tmp_path_factory.mktemp(name) / "esmm" / "v1"
     export(run, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def id_only_model(generated, tmp_path_factory):
+    return _trained(generated, tmp_path_factory, "id-only", seed=1)
 
 
 @pytest.fixture(scope="module")
 def numeric_model(generated, tmp_path_factory):
     """Served by ids alone, with the item table's price as a bucketised feature."""
-    from training.export import export
-    from training.train import TrainConfig, train
-
-    run = tmp_path_factory.mktemp("numeric-run")
-    train(
-        TrainConfig(
-            data=generated,
-            out=run,
-            epochs=1,
-            seed=2,
-            without=("508", "509", "702", "853"),
-            items=generated / "items.parquet",
-            reference=False,
-        )
+    return _trained(
+        generated, tmp_path_factory, "numeric", seed=2, items=generated / "items.parquet"
     )
-    out = tmp_path_factory.mktemp("numeric") / "esmm" / "v1"
-    export(run, out)
-    return out
 
 
 @pytest.fixture(scope="module")
