@@ -5,8 +5,9 @@
 #   podman_ready          Podman and its helpers installed where missing, podman-compose into
 #                         $VENV, the containers.conf these machines need (runc, cgroupfs, ulimits
 #                         under the hard limits), and stand-in base images for the Dockerfile's
-#                         python:3.11-slim-bookworm and compose's redis:7-bookworm: a debootstrap
-#                         of Debian bookworm off the machine's configured apt mirror
+#                         python:3.11-slim-bookworm and compose's redis, haproxy and prometheus
+#                         images: a debootstrap of Debian bookworm off the machine's configured
+#                         apt mirror, with those packages
 #   build_image TAG ARGS  `podman build` of the project's Dockerfile, target runtime, with the
 #                         host's CA bundle, pip configuration and local wheels mounted in for pip;
 #                         ARGS go to podman build (e.g. --build-arg EXTRA=gpu); log in $WORK
@@ -35,21 +36,27 @@ events_logger = "file"
 CONF
   export CONTAINERS_CONF=$WORK/containers.conf
 
-  if ! podman image exists localhost/bookworm-base:latest; then
+  # The tag names what the image holds: a machine with an older stand-in builds this one.
+  local base=localhost/bookworm-base:redis-haproxy-prometheus
+  if ! podman image exists "$base"; then
     local mirror
     mirror=$(grep -rhE '^(deb|URIs:) ' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
       | grep -E '/debian/?( |$)' | grep -v security | head -n1 | awk '{print $2}' || true)
     [ -n "$mirror" ] || { echo "no Debian mirror in the apt sources" >&2; return 1; }
-    say "debootstrap bookworm (minbase + python3, redis)"
+    say "debootstrap bookworm (minbase + python3, redis, haproxy, prometheus)"
     rm -rf "$WORK/rootfs"
     debootstrap --variant=minbase \
-      --include=python3,python3-venv,python3-pip,python-is-python3,redis-server,redis-tools,ca-certificates \
-      bookworm "$WORK/rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1
-    tar -C "$WORK/rootfs" -c . | podman import - localhost/bookworm-base:latest >/dev/null
+      --include=python3,python3-venv,python3-pip,python-is-python3,redis-server,redis-tools,haproxy,prometheus,ca-certificates \
+      bookworm "$WORK/rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 \
+      || { tail -n 20 "$WORK/debootstrap.log"; return 1; }
+    tar -C "$WORK/rootfs" -c . | podman import - "$base" >/dev/null
     rm -rf "$WORK/rootfs"
   fi
-  podman tag localhost/bookworm-base:latest docker.io/library/python:3.11-slim-bookworm
-  podman tag localhost/bookworm-base:latest docker.io/library/redis:7-bookworm
+  local image
+  for image in library/python:3.11-slim-bookworm library/redis:7-bookworm \
+    library/haproxy:2.6-bookworm prom/prometheus:v2.42.0; do
+    podman tag "$base" "docker.io/$image"
+  done
 }
 
 build_image() {

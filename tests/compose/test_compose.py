@@ -1,9 +1,11 @@
 """The compose files, checked without a container engine: they validate against the compose
 specification schema of docker-compose 1.29 (tests/data/compose_spec.json, so both 1.29 and v2
 accept them), every RANKER_* variable they set is a setting the service knows, the
-Dockerfile's stages are the ones compose builds, only the ranker publishes a port beyond this
-host, and Redis runs as the compose file starts it: with a password that has no default, which
-the ranker's URL and the healthcheck carry (checked on a real redis-server)."""
+Dockerfile's stages are the ones compose builds, only the balancer publishes a port beyond this
+host (the rankers none, so they scale), HAProxy's check timings take a draining replica out
+before it closes its socket, and Redis runs as the compose file starts it: with a password that
+has no default, which the ranker's URL and the healthcheck carry (checked on a real
+redis-server). make compose-test runs the stack itself (tests/compose/stack.sh)."""
 
 import os
 import re
@@ -59,6 +61,7 @@ def test_compose_stack_shape():
     doc = load("docker-compose.yml")
     s = doc["services"]
     assert s["ranker"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert s["prometheus"]["profiles"] == ["metrics"]
     assert "/readyz" in " ".join(s["ranker"]["healthcheck"]["test"])
     assert s["loadtest"]["profiles"] == ["loadtest"]
     stages = set(re.findall(r"^FROM \S+ AS (\S+)", (REPO / "Dockerfile").read_text(), re.M))
@@ -108,22 +111,71 @@ def host_ip(port) -> str | None:
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_only_the_ranker_publishes_a_port_beyond_this_host(name):
+def test_only_the_balancer_publishes_a_port_beyond_this_host(name):
     services = interpolate(load(name), {PASSWORD: "x"})["services"]
     for service, spec in services.items():
         assert spec.get("network_mode") != "host", f"{name}: {service} on the host's network"
-        if service == "ranker":
-            continue  # the API its callers reach; RANKER_PUBLISHED_PORT=127.0.0.1:8000 keeps it in
         for port in spec.get("ports", []):
+            if service == "lb" and str(port).endswith(":8000"):
+                continue  # the API; RANKER_PUBLISHED_PORT=127.0.0.1:8000 keeps it on this host
             assert host_ip(port) in LOOPBACK, f"{name}: {service} publishes {port} everywhere"
     assert "ports" not in services.get("redis", {})
+    # replicas publish nothing: --scale ranker=3 would have three claim one host port
+    assert "ports" not in services["ranker"]
 
 
-def test_the_ranker_port_can_be_kept_on_this_host():
+def test_the_api_port_can_be_kept_on_this_host():
     env = {PASSWORD: "x", "RANKER_PUBLISHED_PORT": "127.0.0.1:8000"}
-    (port,) = interpolate(load("docker-compose.yml"), env)["services"]["ranker"]["ports"]
-    assert host_ip(port) == "127.0.0.1"
+    api, stats = interpolate(load("docker-compose.yml"), env)["services"]["lb"]["ports"]
+    assert host_ip(api) == "127.0.0.1" and host_ip(stats) == "127.0.0.1"
     assert host_ip("8000:8000") is None and host_ip({"published": 1, "target": 2}) is None
+
+
+HAPROXY = REPO / "deploy/haproxy/haproxy.cfg"
+
+
+def haproxy_seconds(value: str) -> float:
+    """An HAProxy time ("500ms", "2s", "1m"; bare numbers are milliseconds)."""
+    m = re.fullmatch(r"(\d+)(us|ms|s|m|h|d)?", value)
+    assert m, f"not an HAProxy time: {value}"
+    unit = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}[m[2] or "ms"]
+    return int(m[1]) * unit
+
+
+def test_the_balancer_takes_a_draining_replica_out_before_it_stops_accepting():
+    """A replica answers /readyz 503 from SIGTERM on and closes its socket
+    RANKER_SHUTDOWN_DELAY_S later (service/server.py). HAProxy marks it down after `fall` failed
+    checks, one every `inter`, each allowed `timeout check`: that must come first, with room."""
+    text = HAPROXY.read_text()
+    words = " ".join(re.findall(r"^\s*default-server (.+)$", text, re.M)).split()
+    pairs = zip(words[:-1], words[1:], strict=True)
+    opts = {k: v for k, v in pairs if k in {"inter", "fall", "fastinter"}}
+    assert "check" in words and "fastinter" not in opts
+    (check_timeout,) = re.findall(r"^\s*timeout check (\S+)$", text, re.M)
+    worst = int(opts["fall"]) * haproxy_seconds(opts["inter"]) + haproxy_seconds(check_timeout)
+    ranker = load("docker-compose.yml")["services"]["ranker"]
+    delay = float(ranker["environment"]["RANKER_SHUTDOWN_DELAY_S"])
+    grace = float(ranker["environment"]["RANKER_SHUTDOWN_GRACE_S"])
+    assert worst + 0.5 <= delay, f"HAProxy may take {worst} s; the replica closes after {delay} s"
+    assert haproxy_seconds(ranker["stop_grace_period"]) > delay + grace
+    assert re.search(r"http-check send meth GET uri /readyz\n", text)
+    assert re.search(r"http-check expect status 200\n", text)
+
+
+def test_the_balancer_finds_the_replicas_and_retries_what_is_safe_to_retry():
+    text = HAPROXY.read_text()
+    (template,) = re.findall(r"^\s*server-template \S+ (\d+) (\S+):(\d+)$", text, re.M)
+    count, host, port = template
+    ranker = load("docker-compose.yml")["services"]["ranker"]
+    assert host == "ranker" and port == ranker["environment"]["RANKER_PORT"]
+    assert int(count) >= 3
+    assert re.search(r"^\s*parse-resolv-conf$", text, re.M)  # the engine's DNS, Docker or Podman
+    (retry_on,) = re.findall(r"^\s*retry-on (.+)$", text, re.M)
+    # never a status: a 503 is admission control (Retry-After), a 5xx a real answer
+    assert set(retry_on.split()) <= {"conn-failure", "empty-response", "junk-response"}
+    assert re.search(r"^\s*option redispatch 1$", text, re.M)
+    lb = load("docker-compose.yml")["services"]["lb"]
+    assert any(v.startswith("./deploy/haproxy/haproxy.cfg:") for v in lb["volumes"])
 
 
 def test_redis_requires_a_password_that_has_no_default():

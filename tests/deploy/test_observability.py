@@ -1,7 +1,8 @@
 """deploy/prometheus/prometheus.yml and deploy/grafana/ranker-dashboard.json, checked against
 the service itself (docs/observability.md).
 
-The scrape config targets the compose service on the service's default port, and its commented
+The scrape config finds the compose service's replicas on the service's default port, scrapes
+the compose balancer's exporter on the port HAProxy serves it, and its commented
 Kubernetes job selects deploy/k8s/base's pods on their port. Every PromQL expression of the
 dashboard reads only series the real app exposes: the app is built on the session's exported
 model, sent a /rank (and a refused reload, and a Redis tier that refuses connections, so those
@@ -188,17 +189,31 @@ def exposed(exported, samples) -> dict[str, set[str]]:
     return out
 
 
-def test_prometheus_scrapes_the_compose_service_on_the_service_port():
+def test_prometheus_scrapes_every_compose_replica_on_the_service_port():
     config = yaml.safe_load(PROMETHEUS.read_text())
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "ranker"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert "static_configs" not in job  # a static name would reach one replica of several
+    (sd,) = job["dns_sd_configs"]
+    (host,) = sd["names"]
+    assert sd["type"] == "A" and sd["port"] == Settings.model_fields["port"].default
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert compose["services"][host]["environment"]["RANKER_PORT"] == str(sd["port"])
+    prometheus = compose["services"]["prometheus"]
+    assert any(v.startswith("./deploy/prometheus/prometheus.yml:") for v in prometheus["volumes"])
+
+
+def test_prometheus_scrapes_the_balancers_exporter():
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "haproxy"]
     (target,) = [t for sc in job["static_configs"] for t in sc["targets"]]
     host, port = target.rsplit(":", 1)
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    assert host in compose["services"]
-    assert int(port) == Settings.model_fields["port"].default
-    ranker = compose["services"][host]
-    assert ranker["ports"][0].endswith(f":{port}") and ranker["environment"]["RANKER_PORT"] == port
+    assert compose["services"][host]["image"].startswith("haproxy:")
+    haproxy = (REPO / "deploy/haproxy/haproxy.cfg").read_text()
+    stats = haproxy.split("frontend stats", 1)[1]
+    assert f"bind :{port}\n" in stats
+    assert f"use-service prometheus-exporter if {{ path {job['metrics_path']} }}" in stats
 
 
 def test_the_commented_kubernetes_job_selects_the_ranker_pods_on_their_port():

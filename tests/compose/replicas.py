@@ -1,0 +1,412 @@
+"""make compose-test, part two: the compose stack scaled to three rankers behind HAProxy, proven
+for real (tests/compose/stack.sh brings it up with `--scale ranker=3 --profile metrics`).
+
+1. Requests through the published port reach every replica (each replica's own /metrics; the
+   published port itself refuses /metrics).
+2. A user whose representation one replica computed is a Redis hit on the others, with the same
+   scores.
+3. Under steady load through the balancer, one replica is SIGKILLed: no request fails (HAProxy
+   retries a refused or reset connection on another replica; /rank has no side effects).
+4. Under the same load another replica gets SIGTERM and drains: HAProxy marks it down before the
+   replica closes its socket, and no request to it needed a retry.
+5. Both come back and rejoin the rotation; the load never saw a failure.
+6. Prometheus (the `metrics` profile) returns a ranker metric for every replica through its API.
+
+Also measured, not asserted (the machine is shared; figures go to the JSON given by --figures):
+the balancer's added latency, requests/s through it with three replicas and with one, and the
+latency of the requests that the kill and the drain overlapped.
+
+The host reaches the replicas' own addresses on the compose network (rootful Podman's bridge):
+that is how the test asks each replica directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+FEATURES = {"101": 5, "109_14": {"ids": [1, 2, 3], "weights": [3, 1, 1]}}
+CANDIDATES = [
+    {"item_id": f"i{k}", "features": {"205": 7 + k, "206": 3 + k % 5}, "price": 1.0 + k}
+    for k in range(50)
+]
+T0 = time.monotonic()
+
+
+def say(*words) -> None:
+    print(f"[replicas {time.monotonic() - T0:5.1f}s]", *words, flush=True)
+
+
+def body(user: str) -> dict:
+    return {"user_id": user, "user_features": FEATURES, "candidates": CANDIDATES}
+
+
+def fail(message: str) -> None:
+    print(f"FAILED: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+# -- the stack as the engine and the balancer see it --------------------------------------------
+
+
+def podman(*args: str) -> str:
+    return subprocess.run(["podman", *args], check=True, capture_output=True, text=True).stdout
+
+
+@dataclass
+class Stack:
+    project: str
+    url: str
+    stats: str
+    prometheus: str
+
+    def replicas(self) -> dict[str, str]:
+        """Running ranker containers: name -> address on the compose network."""
+        out = {}
+        project = f"label=io.podman.compose.project={self.project}"
+        service = "label=com.docker.compose.service=ranker"
+        names = podman("ps", "--filter", project, "--filter", service, "--format", "{{.Names}}")
+        for name in names.split():
+            ip = podman(
+                "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", name
+            ).split()
+            if ip:
+                out[name] = ip[0]
+        return out
+
+    def slots(self) -> dict[str, dict]:
+        """HAProxy's rows for the rankers backend, by slot (ranker1, ranker2...)."""
+        text = httpx.get(f"{self.stats}/stats;csv", timeout=5).text.lstrip("# ")
+        return {
+            row["svname"]: row
+            for row in csv.DictReader(io.StringIO(text))
+            if row["pxname"] == "rankers" and row["svname"] not in ("BACKEND", "FRONTEND")
+        }
+
+    def servers(self) -> dict[str, dict]:
+        """The slots DNS filled, by address."""
+        rows = {}
+        for row in self.slots().values():
+            addr = row.get("addr") or ""
+            if addr and not addr.startswith("0.0.0.0"):
+                rows[addr.rsplit(":", 1)[0]] = row
+        return rows
+
+    def backend(self) -> dict:
+        text = httpx.get(f"{self.stats}/stats;csv", timeout=5).text.lstrip("# ")
+        for row in csv.DictReader(io.StringIO(text)):
+            if row["pxname"] == "rankers" and row["svname"] == "BACKEND":
+                return row
+        fail("HAProxy has no rankers backend")
+        raise AssertionError
+
+    def wait_up(self, ips: set[str], timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self.servers()
+            if all((rows.get(ip) or {}).get("status") == "UP" for ip in ips):
+                return
+            time.sleep(0.25)
+        fail(f"HAProxy never had {sorted(ips)} UP: {self.servers()}")
+
+
+def in_rotation(row: dict | None) -> bool:
+    """HAProxy sends new requests to this server: UP, or UP and failing checks ("UP 1/2")."""
+    return row is not None and row["status"].split()[0] == "UP"
+
+
+def replica_metric(ip: str, sample: str) -> float:
+    """One sample of a replica's own /metrics (0 when absent)."""
+    text = httpx.get(f"http://{ip}:8000/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+RANK_200 = 'ranker_request_seconds_count{path="/rank",status="200"}'
+REDIS_HIT = 'ranker_user_cache_total{outcome="hit",tier="redis"}'
+
+
+# -- load ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    url: str
+    clients: int
+    results: list[tuple[float, float, str]] = field(default_factory=list)  # start, seconds, outcome
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _client(self, k: int) -> None:
+        rng = random.Random(k)
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            while not self._stop.is_set():
+                start = time.monotonic()
+                try:
+                    r = http.post("/rank", json=body(f"load-{rng.randrange(500)}"))
+                    ok = r.status_code == 200 and len(r.json()["items"]) == len(CANDIDATES)
+                    outcome = "ok" if ok else f"HTTP {r.status_code}: {r.text[:200]}"
+                except httpx.HTTPError as e:
+                    outcome = f"{type(e).__name__}: {e}"
+                with self._lock:
+                    self.results.append((start, time.monotonic() - start, outcome))
+
+    def __enter__(self) -> Load:
+        self._threads = [
+            threading.Thread(target=self._client, args=(k,), daemon=True)
+            for k in range(self.clients)
+        ]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+    def failures(self) -> list[str]:
+        return [o for _, _, o in self.results if o != "ok"]
+
+    def window(self, start: float, end: float) -> list[float]:
+        return sorted(s for t, s, o in self.results if start <= t <= end and o == "ok")
+
+
+def quantile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def throughput(url: str, clients: int, seconds: float) -> dict:
+    with Load(url, clients) as load:
+        time.sleep(seconds)
+    ok = sorted(s for _, s, o in load.results if o == "ok")
+    if load.failures():
+        fail(f"requests failed during the throughput run: {load.failures()[:3]}")
+    return {
+        "requests_per_s": round(len(ok) / seconds, 1),
+        "p50_ms": round(1e3 * quantile(ok, 0.5), 1),
+        "p99_ms": round(1e3 * quantile(ok, 0.99), 1),
+    }
+
+
+# -- the checks ---------------------------------------------------------------------------------
+
+
+def every_replica_reached(stack: Stack, reps: dict[str, str]) -> dict[str, float]:
+    before = {name: replica_metric(ip, RANK_200) for name, ip in reps.items()}
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        for k in range(30):
+            r = http.post("/rank", json=body(f"spread-{k}"))
+            if r.status_code != 200:
+                fail(f"/rank through the balancer: {r.status_code} {r.text[:300]}")
+    served = {name: replica_metric(ip, RANK_200) - before[name] for name, ip in reps.items()}
+    if not all(n > 0 for n in served.values()):
+        fail(f"30 requests through the balancer did not reach every replica: {served}")
+    say(f"every replica reached: /rank answers per replica {served}")
+    code = httpx.get(f"{stack.url}/metrics", timeout=5).status_code
+    if code != 403:
+        fail(f"/metrics through the published port answered {code}, not 403")
+    return served
+
+
+def redis_hit_crosses_replicas(reps: dict[str, str]) -> None:
+    user = f"cross-{random.getrandbits(48):x}"
+    (a, ip_a), *others = sorted(reps.items())
+    first = httpx.post(f"http://{ip_a}:8000/rank", json=body(user), timeout=30).json()
+    if first["user_cache"] != "miss":
+        fail(f"a new user was not a miss on {a}: {first['user_cache']}")
+    scores = {i["item_id"]: i["score"] for i in first["items"]}
+    for name, ip in others:
+        hits = replica_metric(ip, REDIS_HIT)
+        got = httpx.post(f"http://{ip}:8000/rank", json=body(user), timeout=30).json()
+        if got["user_cache"] != "hit" or replica_metric(ip, REDIS_HIT) != hits + 1:
+            fail(f"{name} did not answer {a}'s user from Redis: {got['user_cache']}")
+        diff = max(abs(i["score"] - scores[i["item_id"]]) for i in got["items"])
+        if diff > 1e-6:
+            fail(f"{name}'s scores from the cached user differ from {a}'s by {diff}")
+    say(f"Redis hit across replicas: {a} computed the user, {len(others)} others hit, same scores")
+
+
+def refused_or_gone(ip: str) -> bool:
+    """True once nothing accepts a connection on the replica's port."""
+    try:
+        socket.create_connection((ip, 8000), timeout=0.3).close()
+        return False
+    except OSError:
+        return True
+
+
+def kill_and_drain(stack: Stack, reps: dict[str, str], clients: int) -> dict:
+    (killed, killed_ip), (drained, drained_ip), _ = sorted(reps.items())
+    base = stack.backend()
+    figures: dict = {}
+    with Load(stack.url, clients) as load:
+        time.sleep(3)
+        t_kill = time.monotonic()
+        podman("kill", "--signal", "KILL", killed)
+        say(f"SIGKILL {killed}")
+        time.sleep(4)
+        before = stack.servers()[drained_ip]
+        slot = before["svname"]  # its address may leave the row once DNS drops the replica
+        t_term = time.monotonic()
+        stop = subprocess.Popen(
+            ["podman", "stop", "-t", "30", drained],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        say(f"SIGTERM {drained} (drains)")
+        t_out = t_closed = None
+        while stop.poll() is None or t_closed is None:
+            now = time.monotonic()
+            row = stack.servers().get(drained_ip)
+            if t_out is None and not in_rotation(row):
+                t_out = now
+            if t_closed is None and refused_or_gone(drained_ip):
+                t_closed = now
+            if now - t_term > 40:
+                fail(f"{drained} did not stop within 40 s")
+            time.sleep(0.05)
+        if stop.returncode != 0:
+            fail(f"podman stop {drained}: {stop.stderr.read() if stop.stderr else ''}")
+        after = stack.slots()[slot]
+        say(
+            f"{drained}: out of HAProxy's rotation {t_out - t_term:.2f} s after SIGTERM, "
+            f"socket closed {t_closed - t_term:.2f} s after"
+        )
+        if not t_out < t_closed:
+            fail(f"{drained} stopped accepting before HAProxy took it out")
+        retried = {k: int(after[k] or 0) - int(before[k] or 0) for k in ("wretr", "wredis")}
+        if any(retried.values()):
+            fail(f"requests to the draining {drained} needed retries: {retried}")
+        time.sleep(2)
+        podman("start", killed, drained)
+        say(f"restarted {killed} and {drained}")
+        new = stack.replicas()
+        stack.wait_up(set(new.values()))
+        say("all three back in HAProxy's rotation")
+        time.sleep(3)
+    failures = load.failures()
+    total = len(load.results)
+    if failures:
+        fail(f"{len(failures)} of {total} requests failed under the kill and drain: {failures[:5]}")
+    end = stack.backend()
+    kill_window = load.window(t_kill, t_kill + 2)
+    figures = {
+        "requests": total,
+        "failed": 0,
+        "retries": int(end["wretr"] or 0) - int(base["wretr"] or 0),
+        "redispatches": int(end["wredis"] or 0) - int(base["wredis"] or 0),
+        "kill_window_2s_max_ms": round(1e3 * max(kill_window, default=float("nan")), 1),
+        "drain_out_s": round(t_out - t_term, 2),
+        "drain_closed_s": round(t_closed - t_term, 2),
+        "p50_ms": round(1e3 * quantile(load.window(0, float("inf")), 0.5), 1),
+        "p99_ms": round(1e3 * quantile(load.window(0, float("inf")), 0.99), 1),
+    }
+    if figures["retries"] + figures["redispatches"] == 0:
+        fail("the SIGKILL cost no retry: the failover path was not exercised")
+    say(
+        f"kill and drain under load: {total} requests, none failed; HAProxy retried "
+        f"{figures['retries']}, redispatched {figures['redispatches']}; slowest request within "
+        f"2 s of the kill {figures['kill_window_2s_max_ms']} ms"
+    )
+    served = {name: replica_metric(ip, RANK_200) for name, ip in new.items()}
+    if not all(n > 0 for n in served.values()):
+        fail(f"the restarted replicas got no requests after rejoining: {served}")
+    say(f"the restarted replicas serve again: /rank answers since their restart {served}")
+    return figures
+
+
+def prometheus_sees_every_replica(stack: Stack, reps: dict[str, str]) -> None:
+    query = f"{stack.prometheus}/api/v1/query"
+    want = {f"{ip}:8000" for ip in reps.values()}
+    deadline, seen = time.monotonic() + 90, set()
+    while time.monotonic() < deadline:
+        r = httpx.get(query, params={"query": RANK_200.replace("{", '{job="ranker",')}, timeout=5)
+        result = r.json()["data"]["result"]
+        seen = {s["metric"]["instance"] for s in result if float(s["value"][1]) > 0}
+        if want <= seen:
+            break
+        time.sleep(2)
+    else:
+        fail(f"Prometheus has the ranker metric for {sorted(seen)}, not all of {sorted(want)}")
+    lb = httpx.get(query, params={"query": 'up{job="haproxy"}'}, timeout=5).json()["data"]
+    if not lb["result"] or lb["result"][0]["value"][1] != "1":
+        fail(f"Prometheus does not scrape HAProxy: {lb}")
+    say(f"Prometheus's API returns {RANK_200} for all {len(want)} replicas, and HAProxy is up")
+
+
+def measure(stack: Stack, reps: dict[str, str], clients: int, seconds: float) -> dict:
+    """Figures, not checks: the balancer's cost on a sequential request, and requests/s through
+    it with every replica in rotation and then with one (the others stopped by SIGTERM)."""
+    ip = next(iter(reps.values()))
+
+    def sequential(url: str, n: int = 200) -> float:
+        times = []
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for k in range(n):
+                start = time.monotonic()
+                http.post("/rank", json=body(f"seq-{k % 20}")).raise_for_status()
+                times.append(time.monotonic() - start)
+        return round(1e3 * quantile(sorted(times[20:]), 0.5), 2)
+
+    figures = {
+        "sequential_p50_ms_direct": sequential(f"http://{ip}:8000"),
+        "sequential_p50_ms_through_haproxy": sequential(stack.url),
+        f"replicas_{len(reps)}": throughput(stack.url, clients, seconds),
+    }
+    keep, *rest = sorted(reps)
+    for name in rest:
+        podman("stop", "-t", "30", name)
+    stack.wait_up({reps[keep]})
+    figures["replicas_1"] = throughput(stack.url, clients, seconds)
+    podman("start", *rest)
+    stack.wait_up(set(stack.replicas().values()))
+    say(f"figures: {json.dumps(figures)}")
+    return figures
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--project", required=True, help="the compose project's name")
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--stats", required=True)
+    ap.add_argument("--prometheus", required=True)
+    ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=6)
+    ap.add_argument("--measure-seconds", type=float, default=10)
+    ap.add_argument("--figures", help="write the measured figures here (JSON)")
+    args = ap.parse_args()
+    stack = Stack(args.project, args.url, args.stats, args.prometheus)
+    reps = stack.replicas()
+    if len(reps) != args.replicas:
+        fail(f"{len(reps)} ranker containers running, not {args.replicas}: {reps}")
+    stack.wait_up(set(reps.values()))
+    say(f"{len(reps)} replicas UP in HAProxy: {reps}")
+    every_replica_reached(stack, reps)
+    redis_hit_crosses_replicas(reps)
+    failover = kill_and_drain(stack, reps, args.clients)
+    reps = stack.replicas()
+    prometheus_sees_every_replica(stack, reps)
+    figures = {"failover": failover, **measure(stack, reps, args.clients, args.measure_seconds)}
+    if args.figures:
+        with open(args.figures, "w") as f:
+            json.dump(figures, f, indent=2)
+    print("replicas: passed", flush=True)
+
+
+if __name__ == "__main__":
+    main()
