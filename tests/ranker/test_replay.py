@@ -82,7 +82,12 @@ def test_id_only_requests_score_as_the_batch_job(
     pred = tmp_path / "pred.csv"
     args = ["--model", str(model), "--data", str(generated), "--split", "test", "--out", str(pred)]
     assert predict.main([*args, *extra]) == 0
-    with serving(model_dir=model, item_table=table, user_store=store) as (url, _):
+    with serving(
+        model_dir=model, item_table=table, user_store=store, user_store_timeout_ms=2_000
+    ) as (
+        url,
+        _,
+    ):
         code = replay.main(
             [
                 *("--data", str(generated), "--split", "test", "--predictions", str(pred)),
@@ -106,7 +111,12 @@ def test_replay_catches_a_service_that_scores_differently(
     pred = tmp_path / "pred.csv"
     args = ["--model", str(id_only_model), "--data", str(generated), "--out", str(pred)]
     assert predict.main(args) == 0
-    with serving(model_dir=exported, item_table=table, user_store=store) as (url, _):
+    with serving(
+        model_dir=exported, item_table=table, user_store=store, user_store_timeout_ms=2_000
+    ) as (
+        url,
+        _,
+    ):
         code = replay.main(
             ["--data", str(generated), "--predictions", str(pred), "--url", url, "--limit", "500"]
         )
