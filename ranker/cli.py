@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int | None:
     if verb in ("-h", "--help"):
         sys.stdout.write(overview())
         return 0
+    if verb == "--version":
+        from ranker import __version__
+
+        print(f"{PROG} {__version__}")
+        return 0
     if verb not in VERBS:
         sys.stderr.write(
             f"{USAGE}\n{PROG}: error: unknown verb {verb!r} (choose from {', '.join(VERBS)})\n"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from ranker import __version__
 from service import admin, request, tracing
 from service.admission import Admission
 from service.config import Settings
@@ -126,7 +127,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         static_url="/docs/assets",
         redoc_url=None,
         title="ranker",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
         description="ESMM ranking: pCTR, pCVR, pCTCVR and a fusion score per "
         "candidate, user representation computed once and cached.",
