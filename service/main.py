@@ -143,6 +143,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
     app.add_middleware(
         RequestIdMiddleware,
         access_log=settings.access_log,
+        on_request=app.state.metrics.on_request,
         on_response=app.state.metrics.on_response,
     )
     return app

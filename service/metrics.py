@@ -55,6 +55,12 @@ class Metrics:
             ["op", "outcome"],
             registry=r,
         )
+        self.in_flight = Gauge(
+            "ranker_requests_in_flight",
+            "requests received and not yet answered, by path",
+            ["path"],
+            registry=r,
+        )
         self.queue_rows = Gauge(
             "ranker_queue_rows", "candidate rows waiting to be scored", registry=r
         )
@@ -85,10 +91,14 @@ class Metrics:
         self.model = Gauge("ranker_model_info", "the served model version", ["version"], registry=r)
         ProcessCollector(registry=r)  # process_resident_memory_bytes and friends
 
+    def on_request(self, method: str, path: str) -> None:
+        self.in_flight.labels(path if path in PATHS else "other").inc()
+
     def on_response(
         self, method: str, path: str, status: int, error_type: str | None, seconds: float
     ) -> None:
         path = path if path in PATHS else "other"  # a label per known path, not per URL
+        self.in_flight.labels(path).dec()
         code = str(status)
         self.responses.labels(path, code, error_type or ("ok" if status < 400 else "http")).inc()
         self.latency.labels(path, code).observe(seconds)

@@ -1,12 +1,20 @@
-"""uvicorn's httptools protocol with the two limits it lacks: a deadline for a request's head
-and a cap on its size.
+"""uvicorn's httptools protocol with the two limits it lacks, a deadline for a request's head
+and a cap on its size, and with each response's head and body written together.
 
-Without them a client can hold a connection forever by sending nothing, or a header a byte at a
-time, and can make the server buffer a 32 MB header. Here a connection must deliver each
-request line and headers within `header_timeout_s` of its first byte (or of connecting), and
-at most `max_header_bytes` of them; otherwise it gets 408 or 431 and is closed. Bodies have
+Without the limits a client can hold a connection forever by sending nothing, or a header a
+byte at a time, and can make the server buffer a 32 MB header. Here a connection must deliver
+each request line and headers within `header_timeout_s` of its first byte (or of connecting),
+and at most `max_header_bytes` of them; otherwise it gets 408 or 431 and is closed. Bodies have
 their own deadline in the app (routes read them under RANKER_BODY_TIMEOUT_S), and the number of
 connections is uvicorn's `limit_concurrency`.
+
+uvicorn writes a response's status line and headers, then its body: two writes, and on a busy
+machine the writer is often preempted between them (the first wakes the reader). A replica
+killed in that gap has sent a head without its body, which no load balancer can retry: the
+caller gets a broken response. Holding the head of a response with a known, non-empty body
+until the body's first write makes the two one write: a killed replica has sent nothing (and
+the balancer retries the request elsewhere) or, for an answer that fits the socket's buffer,
+all of it (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -14,6 +22,40 @@ from __future__ import annotations
 import asyncio
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+
+class HeadWithBody:
+    """One request-response cycle's view of the connection's transport: the response head,
+    when a body of known, non-zero length follows, is held and written with the body's first
+    part. Everything else passes through."""
+
+    def __init__(self, transport: asyncio.Transport, cycle) -> None:
+        self._transport, self._cycle = transport, cycle
+        self._head: bytes | None = None
+        self._head_seen = False
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        elif not self._head_seen and self._cycle.response_started:
+            # uvicorn's send writes the head first once the response has started (a 100
+            # Continue is written before that), after reading its content-length
+            self._head_seen = True
+            if self._body_follows():
+                self._head = bytes(data)
+                return
+        self._transport.write(data)
+
+    def _body_follows(self) -> bool:
+        c = self._cycle
+        return (
+            c.chunked_encoding is False
+            and c.expected_content_length > 0
+            and c.scope["method"] != "HEAD"
+        )
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -48,6 +90,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+        if self.cycle is not None:  # the request's cycle writes its response through this
+            self.cycle.transport = HeadWithBody(self.transport, self.cycle)  # type: ignore[assignment]
 
     def _count(self, n: int) -> None:
         self._head_bytes += n

@@ -6,8 +6,9 @@ A caller's own `X-Request-ID` is kept when it is a sane token (1-128 characters 
 `A-Za-z0-9._:-`), so ids can follow a request across services; otherwise one is made. The
 middleware is also the last line of defence: an exception that escapes everything else becomes
 an opaque 500 with the id, and its trace goes to the log under the same id. It sees every
-response, so it reports each one (`on_response`: method, path, status, error type, seconds) for
-the metrics, errors and successes alike. The access line escapes the path: a `%0a` in a URL
+request and response, so it reports each (`on_request`: method, path, as it arrives;
+`on_response`: method, path, status, error type, seconds, once it is answered or fails) for the
+metrics, errors and successes alike. The access line escapes the path: a `%0a` in a URL
 cannot forge a log line.
 """
 
@@ -54,9 +55,11 @@ class RequestIdMiddleware:
         self,
         app,
         access_log: bool = True,
+        on_request=lambda method, path: None,
         on_response=lambda method, path, status, error_type, seconds: None,
     ):
-        self.app, self.access_log, self.on_response = app, access_log, on_response
+        self.app, self.access_log = app, access_log
+        self.on_request, self.on_response = on_request, on_response
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -69,6 +72,7 @@ class RequestIdMiddleware:
         type_token = ERROR_TYPE.set(error_type)
         header = (b"x-request-id", rid.encode())
         status, started, t0 = 500, False, time.perf_counter()
+        self.on_request(scope["method"], scope["path"])
 
         async def send_with_id(message) -> None:
             nonlocal status, started

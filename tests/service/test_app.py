@@ -160,14 +160,18 @@ def test_concurrent_requests_share_one_run_over_http(server, samples):
         while model.batcher.pending_rows < sum(sizes) - max(sizes):
             assert time.time() < deadline, "requests never queued"
             time.sleep(0.01)
+        waiting = httpx.get(f"{url}/metrics").text  # every /rank is in flight, and this scrape
         gate.set()
         answers = [f.result() for f in futures]
     assert all(a.status_code == 200 for a in answers)
+    assert f'ranker_requests_in_flight{{path="/rank"}} {float(len(bodies))}' in waiting
+    assert 'ranker_requests_in_flight{path="/metrics"} 1.0' in waiting
     for user, answer in zip(users, answers, strict=True):  # batched scores equal alone scores
         for it in answer.json()["items"]:
             assert abs(it["pctcvr"] - s["pctcvr"][it["item_id"]]) < 1e-5
             assert s["row_user"][it["item_id"]] == user
     text = httpx.get(f"{url}/metrics").text
+    assert 'ranker_requests_in_flight{path="/rank"} 0.0' in text  # answered: back to none
     jobs = [line for line in text.splitlines() if line.startswith("ranker_batch_jobs_bucket")]
     le1 = next(float(line.split()[-1]) for line in jobs if 'le="1.0"' in line)
     total = next(float(line.split()[-1]) for line in jobs if 'le="+Inf"' in line)

@@ -25,8 +25,12 @@ def test_every_response_carries_a_request_id_that_is_in_the_logs(exported, bodie
             assert len(rid) == 32 and rid != "bad id with spaces"
             if r.status_code >= 400:
                 assert r.json()["error"]["request_id"] == rid
+        metrics = c.get("/metrics").text
     logged = {rec.request_id for rec in caplog.records if rec.name == "service.access"}
     assert "trace-42.a" in logged and rid in logged
+    # every request counted out again, refused ones included; an unknown path under "other"
+    assert 'ranker_requests_in_flight{path="/rank"} 0.0' in metrics
+    assert 'ranker_requests_in_flight{path="other"} 0.0' in metrics
 
 
 def test_an_unexpected_failure_is_an_opaque_500_with_the_trace_only_in_the_log(
@@ -44,4 +48,6 @@ def test_an_unexpected_failure_is_an_opaque_500_with_the_trace_only_in_the_log(
         assert r.json()["error"]["type"] == "internal" and "secret" not in r.text
         assert "Traceback" not in r.text
         assert c.get("/healthz").status_code == 200  # the service goes on
+        metrics = c.get("/metrics").text
+    assert 'ranker_requests_in_flight{path="/rank"} 0.0' in metrics  # counted out after a 500
     assert any("secret internals" in (rec.exc_text or "") for rec in caplog.records)
