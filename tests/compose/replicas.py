@@ -137,6 +137,7 @@ def replica_metric(ip: str, sample: str) -> float:
 
 RANK_200 = 'ranker_request_seconds_count{path="/rank",status="200"}'
 REDIS_HIT = 'ranker_user_cache_total{outcome="hit",tier="redis"}'
+REDIS_SET = 'ranker_redis_calls_total{op="set",outcome="ok"}'
 
 
 # -- load ---------------------------------------------------------------------------------------
@@ -182,7 +183,8 @@ class Load:
         return [o for _, _, o in self.results if o != "ok"]
 
     def window(self, start: float, end: float) -> list[float]:
-        return sorted(s for t, s, o in self.results if start <= t <= end and o == "ok")
+        """Seconds of the answered requests that were in flight at any time in [start, end]."""
+        return sorted(s for t, s, o in self.results if t <= end and t + s >= start and o == "ok")
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -216,19 +218,47 @@ def every_replica_reached(stack: Stack, reps: dict[str, str]) -> dict[str, float
     if not all(n > 0 for n in served.values()):
         fail(f"30 requests through the balancer did not reach every replica: {served}")
     say(f"every replica reached: /rank answers per replica {served}")
-    code = httpx.get(f"{stack.url}/metrics", timeout=5).status_code
-    if code != 403:
-        fail(f"/metrics through the published port answered {code}, not 403")
+    for path in ("/metrics", "/%6Detrics", "//metrics"):  # as uvicorn would decode it
+        code = httpx.get(f"{stack.url}{path}", timeout=5).status_code
+        if code != 403:
+            fail(f"{path} through the published port answered {code}, not 403")
     return served
+
+
+def one_request_id(stack: Stack) -> None:
+    """A caller's sane id reaches the ranker unchanged; an id the ranker would replace is
+    replaced by HAProxy first, so its log line and the ranker's answer carry the same id."""
+    url = f"{stack.url}/rank"
+    r = httpx.post(url, json=body("ids"), headers={"x-request-id": "trace-42.a"}, timeout=30)
+    if r.headers["x-request-id"] != "trace-42.a":
+        fail(f"a sane request id came back as {r.headers['x-request-id']}")
+    r = httpx.post(url, json=body("ids"), headers={"x-request-id": "not sane!"}, timeout=30)
+    rid = r.headers["x-request-id"]
+    project = f"label=io.podman.compose.project={stack.project}"
+    (lb,) = podman(
+        "ps", "-q", "--filter", project, "--filter", "label=com.docker.compose.service=lb"
+    ).split()
+    time.sleep(0.5)  # HAProxy writes its line when the response ends
+    logs = subprocess.run(["podman", "logs", lb], capture_output=True, text=True)
+    if "{" + rid + "}" not in logs.stdout + logs.stderr:
+        fail(f"HAProxy's log has no line with the id the ranker answered with ({rid})")
+    say(f"one request id: a sane one kept, a bad one replaced by HAProxy ({rid}) in both logs")
 
 
 def redis_hit_crosses_replicas(reps: dict[str, str]) -> None:
     user = f"cross-{random.getrandbits(48):x}"
     (a, ip_a), *others = sorted(reps.items())
+    set_before = replica_metric(ip_a, REDIS_SET)
     first = httpx.post(f"http://{ip_a}:8000/rank", json=body(user), timeout=30).json()
     if first["user_cache"] != "miss":
         fail(f"a new user was not a miss on {a}: {first['user_cache']}")
     scores = {i["item_id"]: i["score"] for i in first["items"]}
+    # A writes the user to Redis after it answers: wait for the write to land before asking B
+    deadline = time.monotonic() + 10
+    while replica_metric(ip_a, REDIS_SET) < set_before + 1:
+        if time.monotonic() > deadline:
+            fail(f"{a} never wrote the user to Redis")
+        time.sleep(0.05)
     for name, ip in others:
         hits = replica_metric(ip, REDIS_HIT)
         got = httpx.post(f"http://{ip}:8000/rank", json=body(user), timeout=30).json()
@@ -241,26 +271,39 @@ def redis_hit_crosses_replicas(reps: dict[str, str]) -> None:
 
 
 def refused_or_gone(ip: str) -> bool:
-    """True once nothing accepts a connection on the replica's port."""
+    """True once nothing accepts a connection on the replica's port: refused, or no answer in a
+    second (the container is gone; a live one on this bridge answers in microseconds)."""
     try:
-        socket.create_connection((ip, 8000), timeout=0.3).close()
+        socket.create_connection((ip, 8000), timeout=1.0).close()
         return False
     except OSError:
         return True
 
 
+def counters(row: dict) -> dict[str, int]:
+    """A server's or backend's HAProxy counters: times chosen (lbtot), retries, redispatches."""
+    return {k: int(row[k] or 0) for k in ("lbtot", "wretr", "wredis")}
+
+
+def delta(after: dict, before: dict) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in before}
+
+
 def kill_and_drain(stack: Stack, reps: dict[str, str], clients: int) -> dict:
     (killed, killed_ip), (drained, drained_ip), _ = sorted(reps.items())
-    base = stack.backend()
-    figures: dict = {}
     with Load(stack.url, clients) as load:
         time.sleep(3)
+        at_kill = counters(stack.backend())
         t_kill = time.monotonic()
         podman("kill", "--signal", "KILL", killed)
         say(f"SIGKILL {killed}")
         time.sleep(4)
-        before = stack.servers()[drained_ip]
-        slot = before["svname"]  # its address may leave the row once DNS drops the replica
+        kill = delta(counters(stack.backend()), at_kill)  # the kill's own, before the drain
+        if kill["wretr"] + kill["wredis"] == 0:
+            fail("the SIGKILL cost no retry: the failover path was not exercised")
+        row = stack.servers()[drained_ip]
+        slot = row["svname"]  # its address may leave the row once DNS drops the replica
+        before, at_out = counters(row), None
         t_term = time.monotonic()
         stop = subprocess.Popen(
             ["podman", "stop", "-t", "30", drained],
@@ -272,9 +315,9 @@ def kill_and_drain(stack: Stack, reps: dict[str, str], clients: int) -> dict:
         t_out = t_closed = None
         while stop.poll() is None or t_closed is None:
             now = time.monotonic()
-            row = stack.servers().get(drained_ip)
+            row = stack.slots()[slot]
             if t_out is None and not in_rotation(row):
-                t_out = now
+                t_out, at_out = now, counters(row)
             if t_closed is None and refused_or_gone(drained_ip):
                 t_closed = now
             if now - t_term > 40:
@@ -282,15 +325,17 @@ def kill_and_drain(stack: Stack, reps: dict[str, str], clients: int) -> dict:
             time.sleep(0.05)
         if stop.returncode != 0:
             fail(f"podman stop {drained}: {stop.stderr.read() if stop.stderr else ''}")
-        after = stack.slots()[slot]
         say(
             f"{drained}: out of HAProxy's rotation {t_out - t_term:.2f} s after SIGTERM, "
             f"socket closed {t_closed - t_term:.2f} s after"
         )
-        if not t_out < t_closed:
+        if t_out is None or at_out is None or not t_out < t_closed:
             fail(f"{drained} stopped accepting before HAProxy took it out")
-        retried = {k: int(after[k] or 0) - int(before[k] or 0) for k in ("wretr", "wredis")}
-        if any(retried.values()):
+        draining = delta(at_out, before)
+        if draining["lbtot"] == 0:
+            fail(f"{drained} got no request between SIGTERM and leaving the rotation")
+        retried = delta(counters(stack.slots()[slot]), before)
+        if retried["wretr"] or retried["wredis"]:
             fail(f"requests to the draining {drained} needed retries: {retried}")
         time.sleep(2)
         podman("start", killed, drained)
@@ -303,25 +348,25 @@ def kill_and_drain(stack: Stack, reps: dict[str, str], clients: int) -> dict:
     total = len(load.results)
     if failures:
         fail(f"{len(failures)} of {total} requests failed under the kill and drain: {failures[:5]}")
-    end = stack.backend()
     kill_window = load.window(t_kill, t_kill + 2)
+    everything = load.window(0, float("inf"))
     figures = {
         "requests": total,
         "failed": 0,
-        "retries": int(end["wretr"] or 0) - int(base["wretr"] or 0),
-        "redispatches": int(end["wredis"] or 0) - int(base["wredis"] or 0),
+        "kill_retries": kill["wretr"],
+        "kill_redispatches": kill["wredis"],
         "kill_window_2s_max_ms": round(1e3 * max(kill_window, default=float("nan")), 1),
         "drain_out_s": round(t_out - t_term, 2),
         "drain_closed_s": round(t_closed - t_term, 2),
-        "p50_ms": round(1e3 * quantile(load.window(0, float("inf")), 0.5), 1),
-        "p99_ms": round(1e3 * quantile(load.window(0, float("inf")), 0.99), 1),
+        "drain_requests_before_out": draining["lbtot"],
+        "p50_ms": round(1e3 * quantile(everything, 0.5), 1),
+        "p99_ms": round(1e3 * quantile(everything, 0.99), 1),
     }
-    if figures["retries"] + figures["redispatches"] == 0:
-        fail("the SIGKILL cost no retry: the failover path was not exercised")
     say(
-        f"kill and drain under load: {total} requests, none failed; HAProxy retried "
-        f"{figures['retries']}, redispatched {figures['redispatches']}; slowest request within "
-        f"2 s of the kill {figures['kill_window_2s_max_ms']} ms"
+        f"kill and drain under load: {total} requests, none failed; the kill cost "
+        f"{kill['wretr']} retries and {kill['wredis']} redispatches; the slowest request in "
+        f"flight within 2 s of it took {figures['kill_window_2s_max_ms']} ms; the draining "
+        f"replica took {draining['lbtot']} requests before leaving the rotation, none retried"
     )
     served = {name: replica_metric(ip, RANK_200) for name, ip in new.items()}
     if not all(n > 0 for n in served.values()):
@@ -397,6 +442,7 @@ def main() -> None:
     stack.wait_up(set(reps.values()))
     say(f"{len(reps)} replicas UP in HAProxy: {reps}")
     every_replica_reached(stack, reps)
+    one_request_id(stack)
     redis_hit_crosses_replicas(reps)
     failover = kill_and_drain(stack, reps, args.clients)
     reps = stack.replicas()

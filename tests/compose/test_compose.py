@@ -145,14 +145,15 @@ def haproxy_seconds(value: str) -> float:
 def test_the_balancer_takes_a_draining_replica_out_before_it_stops_accepting():
     """A replica answers /readyz 503 from SIGTERM on and closes its socket
     RANKER_SHUTDOWN_DELAY_S later (service/server.py). HAProxy marks it down after `fall` failed
-    checks, one every `inter`, each allowed `timeout check`: that must come first, with room."""
+    checks, each started up to `inter` after the previous one ended and allowed `timeout check`:
+    that must come first, with room."""
     text = HAPROXY.read_text()
     words = " ".join(re.findall(r"^\s*default-server (.+)$", text, re.M)).split()
     pairs = zip(words[:-1], words[1:], strict=True)
     opts = {k: v for k, v in pairs if k in {"inter", "fall", "fastinter"}}
     assert "check" in words and "fastinter" not in opts
     (check_timeout,) = re.findall(r"^\s*timeout check (\S+)$", text, re.M)
-    worst = int(opts["fall"]) * haproxy_seconds(opts["inter"]) + haproxy_seconds(check_timeout)
+    worst = int(opts["fall"]) * (haproxy_seconds(opts["inter"]) + haproxy_seconds(check_timeout))
     ranker = load("docker-compose.yml")["services"]["ranker"]
     delay = float(ranker["environment"]["RANKER_SHUTDOWN_DELAY_S"])
     grace = float(ranker["environment"]["RANKER_SHUTDOWN_GRACE_S"])
