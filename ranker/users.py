@@ -71,13 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     ld = sub.add_parser("load", help="write the users of an Ali-CCP folder to the Redis store")
     ld.add_argument("--data", type=Path, required=True, help="a folder in the raw Ali-CCP layout")
     ld.add_argument("--split", choices=("train", "test"), help="default: train, then test")
-    ld.add_argument("--redis", required=True, help="the store, e.g. redis://127.0.0.1:6379/0")
+    ld.add_argument(
+        "--redis",
+        required=True,
+        help="the store: redis://127.0.0.1:6379/0, or a Redis Cluster as redis+cluster://host:port",
+    )
     ld.add_argument("--batch", type=int, default=1000, help="users per pipelined round trip")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import redis
 
-    from service.user_cache import redacted
+    from service.user_cache import redacted, redis_client
 
     t0 = time.perf_counter()
     splits = [args.split] if args.split else ["train", "test"]
@@ -85,14 +89,16 @@ def main(argv: list[str] | None = None) -> int:
         found, counts = read_users(args.data, splits)
     except FileNotFoundError as e:
         p.error(str(e))
-    client = redis.Redis.from_url(args.redis, socket_timeout=10)
-    try:
+    client = None
+    try:  # a cluster client asks for the slot map as it is made: that can fail too
+        client = redis_client(args.redis, sync=True, socket_timeout=10)
         written = write_users(client, found, max(1, args.batch))
-    except redis.RedisError as e:
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
         log.error("the store at %s failed: %s", redacted(args.redis), e)
         return 1
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     log.info(
         "%d users from %s (%s: %d lines, %d malformed, %d without a 101 id) into %s in %.1f s",
         written,

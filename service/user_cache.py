@@ -171,18 +171,45 @@ def redacted(url: str) -> str:
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
-def redis_client(url: str, **kwargs):
-    """An asyncio client of `url`: `redis://`, `rediss://` or `unix://` for one Redis (redis-py's
-    forms), `redis+cluster://host:port` (`rediss+cluster://` with TLS) for a Redis Cluster, the
-    node named the first one asked for the slot map (redis-py's cluster client takes `redis://`
-    only: the scheme is what says cluster)."""
-    import redis.asyncio as redis
-    from redis.asyncio.cluster import RedisCluster
+def redis_client(url: str, *, sync: bool = False, **kwargs):
+    """A client of `url` (asyncio's, or with `sync` the blocking one): `redis://`, `rediss://` or
+    `unix://` for one Redis (redis-py's forms), `redis+cluster://host:port` (`rediss+cluster://`
+    with TLS) for a Redis Cluster, the node named the first one asked for the slot map
+    (redis-py's cluster client takes `redis://` only: the scheme is what says cluster). The
+    cache tier, the user store and its loader (ranker/users.py) all read their URLs here."""
+    if sync:
+        import redis
+        from redis.cluster import RedisCluster
+    else:
+        import redis.asyncio as redis
+        from redis.asyncio.cluster import RedisCluster
 
     scheme, sep, rest = url.partition("://")
     if scheme in CLUSTER_SCHEMES:
         return RedisCluster.from_url(scheme.removesuffix("+cluster") + sep + rest, **kwargs)
     return redis.Redis.from_url(url, **kwargs)
+
+
+class Initialized:
+    """A client's initialize(), once: a cluster client's learns the slot map (CLUSTER SLOTS,
+    COMMAND), more round trips than one call's timeout may allow on a busy host, so it is a task
+    of its own that a timed-out call leaves running for the next (a failed one is started
+    again). One Redis's does nothing."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self._task: asyncio.Task | None = None
+
+    async def __call__(self) -> None:
+        task = self._task
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._task = asyncio.get_running_loop().create_task(self.client.initialize())
+        await asyncio.shield(task)
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.wait([self._task])
 
 
 class RedisTier:
@@ -218,7 +245,7 @@ class RedisTier:
         self.breaker = breaker or Breaker()
         self.max_pending_writes, self.on_event = max_pending_writes, on_event
         self._writes: set[asyncio.Task] = set()
-        self._init: asyncio.Task | None = None
+        self._connected = Initialized(self.client)
 
     async def get(self, key: str) -> bytes | None:
         return await self._call("get", self.client.get, key)
@@ -261,22 +288,10 @@ class RedisTier:
             log.warning("redis tier at %s answers again: using it", self.url)
         return out
 
-    async def _connected(self) -> None:
-        """The client's initialize(), once: a cluster client's learns the slot map (CLUSTER
-        SLOTS, COMMAND), more round trips than one call's timeout may allow on a busy host, so it
-        is a task of its own that a timed-out call leaves running for the next (a failed one is
-        started again). One Redis's does nothing."""
-        task = self._init
-        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            task = self._init = asyncio.get_running_loop().create_task(self.client.initialize())
-        await asyncio.shield(task)
-
     async def close(self) -> None:
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=1.0)
-        if self._init is not None and not self._init.done():
-            self._init.cancel()
-            await asyncio.wait([self._init])
+        await self._connected.close()
         await self.client.aclose()
 
 

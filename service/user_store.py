@@ -16,7 +16,9 @@ computed from features older than the store's current ones by more than max_age_
 default: never older: every request reads the digest).
 
 A store that fails or does not answer within `timeout_ms` is a 503 (the breaker then spares it
-for a while): features that cannot be proven current are never used.
+for a while): features that cannot be proven current are never used. The store may be one Redis
+or a Redis Cluster (`redis+cluster://host:port`): each user is one hash, so its reads are
+single-key commands, and users spread over the nodes.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Callable
 
 from features import users
 from service.errors import StoreUnavailable
-from service.user_cache import Breaker, redacted
+from service.user_cache import Breaker, Initialized, redacted, redis_client
 
 log = logging.getLogger("service.user_store")
 
@@ -49,17 +51,17 @@ class UserStore:
         on_event: Callable[[str, str], None] = lambda op, outcome: None,
         clock: Callable[[], float] = time.monotonic,
     ):
-        import redis.asyncio as redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
         self.url, self.timeout_s = redacted(url), timeout_ms / 1000
-        self.client = redis.Redis.from_url(
+        self.client = redis_client(  # one Redis or a Redis Cluster (redis+cluster://)
             url,
             socket_timeout=self.timeout_s,
             socket_connect_timeout=self.timeout_s,
             retry=Retry(NoBackoff(), 1),  # a connection dropped on restart reconnects once
         )
+        self._connected = Initialized(self.client)
         self.max_age_s, self.size, self.clock = max_age_s, size, clock
         self.breaker = breaker or Breaker()
         self.on_event = on_event
@@ -107,6 +109,7 @@ class UserStore:
             raise StoreUnavailable(f"the user store at {self.url} is unavailable (retrying soon)")
         try:
             async with asyncio.timeout(self.timeout_s):
+                await self._connected()
                 out = await fn(*args)
         except Exception as e:
             self.on_event(op, "error")
@@ -126,4 +129,5 @@ class UserStore:
         return out
 
     async def close(self) -> None:
+        await self._connected.close()
         await self.client.aclose()

@@ -120,3 +120,33 @@ def test_a_cluster_node_killed_and_restarted_under_load_fails_no_request(exporte
     assert r.failed == 0, r.summary()
     assert errors >= 1 and m.redis_open._value.get() == 0  # closed again after the restart
     assert r.user_cache["miss"] > 0 and r.user_cache["hit"] > 0
+
+
+def test_the_user_store_may_be_a_cluster(exported, samples, generated, cluster):
+    """`ranker users load` into a cluster spreads the users over every node, and the service
+    reads a user's stored features from it (RANKER_USER_STORE=redis+cluster://...): the same
+    scores as the features sent in the request."""
+    from test_user_store import STORE_MS, candidates, close, features_body, ranks, scores
+
+    from ranker.users import main as users_main
+    from ranker.users import read_users
+
+    url = cluster.url(1)
+    assert users_main(["load", "--data", str(generated), "--redis", url]) == 0
+    found, _ = read_users(generated, ["train", "test"])
+    per_node = [int(cluster.ask(i, "dbsize")) for i in range(len(cluster.nodes))]
+    assert sum(per_node) == len(found) and min(per_node) > 0
+    contract, s = samples
+    cands = candidates(contract, s)
+    settings = Settings(model_dir=exported, user_store=url, user_store_timeout_ms=STORE_MS)
+    with TestClient(create_app(settings)) as c:
+        for uid, feats in list(found.items())[:5]:
+            by_id = ranks(c, {"user_id": uid, "candidates": cands})
+            given = ranks(
+                c, {"user_id": uid, "user_features": features_body(feats), "candidates": cands}
+            )
+            assert by_id["user"] == "store" and close(scores(by_id), scores(given))
+    assert (
+        users_main(["load", "--data", str(generated), "--redis", "redis+cluster://127.0.0.1:1"])
+        == 1
+    )
