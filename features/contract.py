@@ -146,7 +146,14 @@ class FeatureContract:
     weighted: bool = False  # pool with the feature's value as weight (else weight 1 per id)
     mean: bool = False  # multi-hot fields pool the (weighted) mean instead of the sum
     seed: int = 0
-    version: int = 1
+
+    @property
+    def version(self) -> int:
+        """The layout's version, from what its fields use: 3 with a numeric field (bounds), 2
+        with a rare-bucket mask, else 1; a reader refuses versions it does not know."""
+        if any(f.bounds for f in self.fields):
+            return 3
+        return 2 if any(f.rare for f in self.fields) else 1
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -225,7 +232,7 @@ class FeatureContract:
             f = dataclasses.replace(f, offset=offset, rare=rare)
             fields.append(f)
             offset += f.rows
-        return dataclasses.replace(self, fields=tuple(fields), version=2)
+        return dataclasses.replace(self, fields=tuple(fields))
 
     def with_numeric(self, values: Mapping[str, np.ndarray], buckets: int = 32) -> FeatureContract:
         """Numeric item fields appended after the item fields (in `values`' order), each with
@@ -246,8 +253,7 @@ class FeatureContract:
             q = np.quantile(v, np.arange(1, buckets) / buckets, method="lower")
             bounds = tuple(float(b) for b in np.unique(q.astype(np.float32)))  # buckets - 1 >= 1
             added.append(Field(name, "item", 1, buckets=len(bounds) + 1, bounds=bounds))
-        version = 3 if added else self.version
-        return dataclasses.replace(self, fields=self.fields + tuple(added), version=version)
+        return dataclasses.replace(self, fields=self.fields + tuple(added))
 
     def numeric_rows(self, f: Field, values: np.ndarray) -> np.ndarray:
         """Embedding rows of a numeric field's values (any shape; NaN and infinities are not
@@ -389,13 +395,17 @@ class FeatureContract:
         # version 2: fields may carry a rare-bucket mask (with_rare); 3: numeric fields
         if d.get("version") not in (1, 2, 3):
             raise ValueError(f"unsupported feature contract version {d.get('version')!r}")
-        return cls(
+        c = cls(
             tuple(Field(**{**f, "bounds": tuple(f.get("bounds", ()))}) for f in d["fields"]),
             weighted=bool(d["weighted"]),
             mean=bool(d["mean"]),
             seed=int(d["seed"]),
-            version=int(d["version"]),
         )
+        if c.version != d["version"]:
+            raise ValueError(
+                f"feature contract version {d['version']} with fields of version {c.version}"
+            )
+        return c
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

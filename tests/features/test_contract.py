@@ -100,6 +100,8 @@ def test_round_trip_and_unfitted_refusal():
         FeatureContract.default().hash_side("user", np.zeros((1, 1)), np.zeros((1, 1)))
     with pytest.raises(ValueError):
         FeatureContract.from_dict({**c.to_dict(), "version": 99})
+    with pytest.raises(ValueError, match="fields of version 1"):  # says 2, uses nothing of it
+        FeatureContract.from_dict({**c.to_dict(), "version": 2})
 
 
 def test_side_rows_are_contiguous_and_cover_the_table():
@@ -189,6 +191,7 @@ def test_numeric_fields_bucketise_by_quantile_bounds_and_survive_fitting_and_jso
     c = c.with_rare(counts, 2)
     f = c.field("price")
     assert f.buckets == 4 and f.rare == "" and c.num_rows == f.offset + 4
+    assert c.version == 3  # the rare masks do not take a numeric contract back to 2
     col = dict((g.name, s) for g, s in c.columns("item"))["price"].start
     ids = np.full((5, c.width("item")), -1)
     vals = np.zeros(ids.shape, np.float32)
