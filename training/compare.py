@@ -21,6 +21,7 @@ after changing training, pass `--fresh` (removes OUT first).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -80,17 +81,39 @@ def parse_model(spec: str) -> dict:
     return fields
 
 
-def run_key(data: Path, spec: str, seed: int, epochs: int) -> dict:
-    """What a finished run's metrics depend on: the model spec, seed, epoch cap and the data
-    files (by name, size and modification time)."""
-    files = sorted(p for p in Path(data).glob("*.csv") if p.is_file())
-    return {
-        "spec": spec,
-        "seed": seed,
-        "epochs": epochs,
-        "data": str(Path(data).resolve()),
-        "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+def resolve_items(fields: dict, data: Path) -> dict:
+    """A spec's `items=` file relative to the data folder (an absolute one stays), which must
+    exist."""
+    if "items" in fields:
+        fields["items"] = Path(data) / fields["items"]
+        if not fields["items"].is_file():
+            raise SystemExit(f"items={fields['items']}: no such file")
+    return fields
+
+
+# settings that change where a run writes or how fast it goes, not its metrics
+_NOT_KEYED = ("out", "threads", "cache", "progress")
+
+
+def run_key(cfg: TrainConfig, reference: bool) -> dict:
+    """What a finished run's metrics depend on: every setting of its training run as resolved
+    (defaults included: a run made before a default changed trains again), whether it is the
+    logistic reference, and the files it reads, by name, size and modification time (the data
+    folder's CSVs and the item table). JSON's form, as it is stored."""
+    settings = {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in _NOT_KEYED
     }
+    files = sorted(p for p in Path(cfg.data).glob("*.csv") if p.is_file())
+    if cfg.items is not None:
+        files.append(Path(cfg.items))
+    key = {
+        "settings": settings,
+        "reference": reference,
+        "files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+    }
+    return json.loads(json.dumps(key))
 
 
 def _finished(run: Path, key: dict) -> dict | None:
@@ -109,26 +132,23 @@ def compare(data: Path, models: list[str], seeds: int, out: Path, epochs: int = 
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {}
     oracle = floor = None
-    parsed = {spec: parse_model(spec) for spec in models}  # every spec checked before any run
-    for fields in parsed.values():
-        if "items" in fields:
-            fields["items"] = Path(data) / fields["items"]  # an absolute one stays
-            if not fields["items"].is_file():
-                raise SystemExit(f"items={fields['items']}: no such file")
+    # every spec checked before any run
+    parsed = {spec: resolve_items(parse_model(spec), data) for spec in models}
     for spec, fields in parsed.items():
         for seed in range(seeds):
             run = out / "runs" / f"{spec.replace(':', '_')}-seed{seed}"
-            key = run_key(data, spec, seed, epochs)
+            cfg = TrainConfig(
+                data=data, out=run, seed=seed, epochs=epochs, reference=False, **fields
+            )
+            lr = "model" not in fields  # parse_model leaves the kind out for the references
+            key = run_key(cfg, lr)
             m = _finished(run, key)
             if m is not None:
                 log.info("reusing %s, seed %d (%s)", spec, seed, run)
             else:
                 log.info("training %s, seed %d", spec, seed)
                 (run / "run_key.json").unlink(missing_ok=True)
-                cfg = TrainConfig(
-                    data=data, out=run, seed=seed, epochs=epochs, reference=False, **fields
-                )
-                m = reference_metrics(cfg) if spec.split(":")[0] == LR else train(cfg)
+                m = reference_metrics(cfg) if lr else train(cfg)
                 (run / "checkpoint.pt").unlink(missing_ok=True)  # the metrics are compared
                 (run / "run_key.json").write_text(json.dumps(key))
             runs.setdefault(spec, []).append(m)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from training.compare import compare, parse_model, run_key
+from training.compare import compare, parse_model, resolve_items, run_key
+from training.config import TrainConfig
 
 CAL = "esmm:cal=platt"
 
@@ -71,15 +72,27 @@ def test_a_comparison_resumes_and_grows(compared, generated, caplog):
     assert now["seeds"] == 3
 
 
-def test_a_run_is_keyed_by_its_data_files_spec_seed_and_epochs(tmp_path):
+def test_a_run_is_keyed_by_its_resolved_settings_and_files(tmp_path):
     (tmp_path / "sample_skeleton_train.csv").write_text("1,0,0,x,1,y\n")
-    key = run_key(tmp_path, "esmm", 0, 3)
-    assert run_key(tmp_path, "esmm", 0, 3) == key
-    assert run_key(tmp_path, "esmm", 1, 3) != key
-    assert run_key(tmp_path, "esmm", 0, 2) != key
-    assert run_key(tmp_path, "esmm:ips=0.5", 0, 3) != key
+
+    def key(spec: str, seed: int = 0, epochs: int = 3, out: str = "run") -> dict:
+        fields = resolve_items(parse_model(spec), tmp_path)
+        cfg = TrainConfig(tmp_path, tmp_path / out, seed=seed, epochs=epochs, **fields)
+        return run_key(cfg, "model" not in fields)
+
+    k = key("esmm")
+    assert key("esmm") == k and key("esmm", out="elsewhere") == k  # where it writes: no matter
+    assert key("esmm", seed=1) != k
+    assert key("esmm", epochs=2) != k
+    assert key("esmm:ips=0.5") != k
+    assert key("esmm:cvr=0.3") == k and key("esmm:cvr=0") != k  # the default, resolved
+    (tmp_path / "items.csv").write_text("205,price\n1,2.0\n")
+    assert key("lr") != key("lr:items=items.csv") and key("lr") != k
+    with_items = key("esmm:items=items.csv")
+    (tmp_path / "items.csv").write_text("205,price\n1,3.50\n")
+    assert key("esmm:items=items.csv") != with_items  # the item table changed
     (tmp_path / "sample_skeleton_train.csv").write_text("1,0,0,x,1,y\n2,0,0,x,1,y\n")
-    assert run_key(tmp_path, "esmm", 0, 3) != key
+    assert key("esmm") != k
 
 
 def test_model_specs_parse_and_bad_options_are_named():
