@@ -58,11 +58,13 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def args(self) -> list[str]:
+        """redis-server's command line after the binary."""
+        port = ["--port", str(self.port), "--bind", "127.0.0.1"]
+        return port + ["--save", "", "--appendonly", "no", "--dir", self.dir]
+
     def start(self) -> RedisServer:
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
-        self.proc = subprocess.Popen(
-            [self.binary, *args, "no", "--dir", self.dir], stdout=subprocess.DEVNULL
-        )
+        self.proc = subprocess.Popen([self.binary, *self.args()], stdout=subprocess.DEVNULL)
         _wait_port(self.port, up=True)
         return self
 
@@ -134,13 +136,18 @@ class ServiceProcess:
         return self.proc.wait(timeout_s)
 
     def metric(self, name: str) -> float:
-        """The sum of one metric's samples whose line starts with `name` (labels included)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=5).text
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(name) and not line.startswith("#")
-        )
+        return metric(self.url, name)
+
+
+def metric(url: str, name: str) -> float:
+    """The sum of the samples on a service's /metrics whose line starts with `name` (labels
+    included, as the service writes them: `x{a="1",b="2"}` names one sample)."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
 
 
 def copy_version(src: Path, root: Path, version: str) -> Path:
@@ -163,6 +170,7 @@ class LoadResult:
     versions: Counter = field(default_factory=Counter)  # model_version of 200 answers
     user_cache: Counter = field(default_factory=Counter)  # "hit" or "miss" of 200 answers
     accepted_s: list[float] = field(default_factory=list)  # latency of 200 answers
+    accepted_at: list[float] = field(default_factory=list)  # their start (time.perf_counter)
     refused_s: list[float] = field(default_factory=list)  # latency of 503 answers
     problems: list[str] = field(default_factory=list)  # what `check` found wrong
     missing_request_id: int = 0
@@ -333,6 +341,7 @@ class Load:
             r.missing_request_id += 1
         if status == 200:
             r.accepted_s.append(dt)
+            r.accepted_at.append(t0)
             out = orjson.loads(data)
             r.versions[out["model_version"]] += 1
             r.user_cache[out["user_cache"]] += 1
@@ -390,13 +399,15 @@ class _ClusterNode(RedisServer):
         super().__init__(_bus_free_port())
         self.node_timeout_ms = node_timeout_ms
 
-    def start(self) -> _ClusterNode:
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-        args += ["--cluster-node-timeout", str(self.node_timeout_ms), "--dir", self.dir]
-        self.proc = subprocess.Popen([self.binary, *args], stdout=subprocess.DEVNULL)
-        _wait_port(self.port, up=True)
-        return self
+    def args(self) -> list[str]:
+        return super().args() + [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            str(self.node_timeout_ms),
+        ]
 
 
 class RedisClusterServer:

@@ -17,7 +17,7 @@ import logging
 import orjson
 from uvicorn.config import LOGGING_CONFIG
 
-from service.requestid import REQUEST_ID, install_log_field
+from service.requestid import install_log_field
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
@@ -32,8 +32,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        # made by install_log_field's factory; read from the context for any other record
-        rid = getattr(record, "request_id", None) or REQUEST_ID.get()
+        rid = getattr(record, "request_id", "-")  # install_log_field's factory sets it
         if rid != "-":
             line["request_id"] = rid
         if record.exc_info:

@@ -42,7 +42,7 @@ class HeadWithBody:
             # Continue is written before that), after reading its content-length
             self._head_seen = True
             if self._body_follows():
-                self._head = bytes(data)
+                self._head = data  # uvicorn's own bytes, not written to again
                 return
         self._transport.write(data)
 

@@ -191,20 +191,26 @@ def redis_client(url: str, *, sync: bool = False, **kwargs):
 
 
 class Initialized:
-    """A client's initialize(), once: a cluster client's learns the slot map (CLUSTER SLOTS,
+    """A client's first initialize(): a cluster client's learns the slot map (CLUSTER SLOTS,
     COMMAND), more round trips than one call's timeout may allow on a busy host, so it is a task
     of its own that a timed-out call leaves running for the next (a failed one is started
-    again). One Redis's does nothing."""
+    again). One Redis's does nothing. Only the first fetch is covered: after a connection error
+    redis-py refreshes the slot map inside the next command, under that call's timeout (a call
+    that runs out of time is a miss, and the refresh goes on in the one after)."""
 
     def __init__(self, client) -> None:
         self.client = client
         self._task: asyncio.Task | None = None
+        self._done = False
 
     async def __call__(self) -> None:
+        if self._done:  # every call after the first: nothing to wait for
+            return
         task = self._task
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
             task = self._task = asyncio.get_running_loop().create_task(self.client.initialize())
         await asyncio.shield(task)
+        self._done = True
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 from support import AUTH, TOKEN, request_for
 
+from loadtest.harness import free_port
 from service.config import Settings
 from service.main import create_app
 
@@ -148,19 +148,13 @@ def problems(dashboard: dict, exposed: dict[str, set[str]]) -> list[str]:
     return found
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the test uses it: connections refused
-
-
 @pytest.fixture(scope="module")
 def exposed(exported, samples) -> dict[str, set[str]]:
     """Every sample name the real app's GET /metrics exposes, with the label names it carries."""
     settings = Settings(
         model_dir=exported.parent,
         admin_token=TOKEN,
-        redis_url=f"redis://127.0.0.1:{closed_port()}/0",  # errors, the breaker opens
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens: errors, breaker opens
     )
     app = create_app(settings)
     with TestClient(app) as c:

@@ -134,7 +134,7 @@ def test_the_user_store_may_be_a_cluster(exported, samples, generated, cluster):
     url = cluster.url(1)
     assert users_main(["load", "--data", str(generated), "--redis", url]) == 0
     found, _ = read_users(generated, ["train", "test"])
-    per_node = [int(cluster.ask(i, "dbsize")) for i in range(len(cluster.nodes))]
+    per_node = [cluster.dbsize(i) for i in range(len(cluster.nodes))]
     assert sum(per_node) == len(found) and min(per_node) > 0
     contract, s = samples
     cands = candidates(contract, s)

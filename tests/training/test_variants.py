@@ -92,6 +92,7 @@ def test_the_variant_learns_exports_and_serves_its_own_scores_calibrated(variant
         floor = report["test_ece_oracle"]
         assert after["ctcvr"] < before["ctcvr"], report
         assert after["cvr"] < max(before["cvr"], 2 * floor["cvr"]), report
+        assert after["cvr"] <= before["cvr"] + floor["cvr"], report  # worse by noise at most
 
 
 def test_esm2_without_its_action_label_is_refused_with_a_clear_message(generated, tmp_path):
