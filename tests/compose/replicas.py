@@ -23,6 +23,7 @@ that is how the test asks each replica directly.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import io
 import json
@@ -30,11 +31,15 @@ import random
 import socket
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NoReturn
 
 import httpx
+import numpy as np
+import orjson
+
+from loadtest.harness import Load, LoadResult, metric
 
 FEATURES = {"101": 5, "109_14": {"ids": [1, 2, 3], "weights": [3, 1, 1]}}
 CANDIDATES = [
@@ -52,7 +57,27 @@ def body(user: str) -> dict:
     return {"user_id": user, "user_features": FEATURES, "candidates": CANDIDATES}
 
 
-def fail(message: str) -> None:
+# what the load sends: 500 users, each request answered with every candidate
+BODIES = [orjson.dumps(body(f"load-{k}")) for k in range(500)]
+
+
+def every_item(i: int, answer: dict) -> str | None:
+    n = len(answer["items"])
+    return None if n == len(CANDIDATES) else f"{n} items, not {len(CANDIDATES)}"
+
+
+def load(url: str, clients: int) -> Load:
+    """The project's load driver (loadtest/harness.py): closed loop, keep-alive connections,
+    every answer checked; cheap on the client side, so the rankers keep the CPU."""
+    return Load(url, BODIES, concurrency=clients, check=every_item, timeout_s=30)
+
+
+def failures(r: LoadResult) -> list[str]:
+    statuses = {k: v for k, v in r.statuses.items() if k != 200}
+    return ([f"statuses {statuses}"] if statuses else []) + r.problems
+
+
+def fail(message: str) -> NoReturn:
     print(f"FAILED: {message}", file=sys.stderr, flush=True)
     sys.exit(1)
 
@@ -85,14 +110,16 @@ class Stack:
                 out[name] = ip[0]
         return out
 
-    def slots(self) -> dict[str, dict]:
-        """HAProxy's rows for the rankers backend, by slot (ranker1, ranker2...)."""
+    def rows(self) -> dict[str, dict]:
+        """HAProxy's stats rows of the rankers backend, by name: BACKEND and each slot (ranker1,
+        ranker2...)."""
         text = httpx.get(f"{self.stats}/stats;csv", timeout=5).text.lstrip("# ")
         return {
-            row["svname"]: row
-            for row in csv.DictReader(io.StringIO(text))
-            if row["pxname"] == "rankers" and row["svname"] not in ("BACKEND", "FRONTEND")
+            r["svname"]: r for r in csv.DictReader(io.StringIO(text)) if r["pxname"] == "rankers"
         }
+
+    def slots(self) -> dict[str, dict]:
+        return {name: row for name, row in self.rows().items() if name != "BACKEND"}
 
     def servers(self) -> dict[str, dict]:
         """The slots DNS filled, by address."""
@@ -104,12 +131,7 @@ class Stack:
         return rows
 
     def backend(self) -> dict:
-        text = httpx.get(f"{self.stats}/stats;csv", timeout=5).text.lstrip("# ")
-        for row in csv.DictReader(io.StringIO(text)):
-            if row["pxname"] == "rankers" and row["svname"] == "BACKEND":
-                return row
-        fail("HAProxy has no rankers backend")
-        raise AssertionError
+        return self.rows()["BACKEND"]
 
     def wait_up(self, ips: set[str], timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -128,11 +150,7 @@ def in_rotation(row: dict | None) -> bool:
 
 def replica_metric(ip: str, sample: str) -> float:
     """One sample of a replica's own /metrics (0 when absent)."""
-    text = httpx.get(f"http://{ip}:8000/metrics", timeout=5).text
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metric(f"http://{ip}:8000", sample)
 
 
 RANK_200 = 'ranker_request_seconds_count{path="/rank",status="200"}'
@@ -140,67 +158,18 @@ REDIS_HIT = 'ranker_user_cache_total{outcome="hit",tier="redis"}'
 REDIS_SET = 'ranker_redis_calls_total{op="set",outcome="ok"}'
 
 
-# -- load ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Load:
-    url: str
-    clients: int
-    results: list[tuple[float, float, str]] = field(default_factory=list)  # start, seconds, outcome
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def _client(self, k: int) -> None:
-        rng = random.Random(k)
-        with httpx.Client(base_url=self.url, timeout=30) as http:
-            while not self._stop.is_set():
-                start = time.monotonic()
-                try:
-                    r = http.post("/rank", json=body(f"load-{rng.randrange(500)}"))
-                    ok = r.status_code == 200 and len(r.json()["items"]) == len(CANDIDATES)
-                    outcome = "ok" if ok else f"HTTP {r.status_code}: {r.text[:200]}"
-                except httpx.HTTPError as e:
-                    outcome = f"{type(e).__name__}: {e}"
-                with self._lock:
-                    self.results.append((start, time.monotonic() - start, outcome))
-
-    def __enter__(self) -> Load:
-        self._threads = [
-            threading.Thread(target=self._client, args=(k,), daemon=True)
-            for k in range(self.clients)
-        ]
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(60)
-
-    def failures(self) -> list[str]:
-        return [o for _, _, o in self.results if o != "ok"]
-
-    def window(self, start: float, end: float) -> list[float]:
-        """Seconds of the answered requests that were in flight at any time in [start, end]."""
-        return sorted(s for t, s, o in self.results if t <= end and t + s >= start and o == "ok")
-
-
-def quantile(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+def quantile_ms(seconds: list[float], q: float) -> float:
+    return round(1e3 * float(np.percentile(seconds, q)), 1) if seconds else float("nan")
 
 
 def throughput(url: str, clients: int, seconds: float) -> dict:
-    with Load(url, clients) as load:
-        time.sleep(seconds)
-    ok = sorted(s for _, s, o in load.results if o == "ok")
-    if load.failures():
-        fail(f"requests failed during the throughput run: {load.failures()[:3]}")
+    r = asyncio.run(load(url, clients).run(seconds))
+    if failures(r):
+        fail(f"requests failed during the throughput run: {failures(r)[:3]}")
     return {
-        "requests_per_s": round(len(ok) / seconds, 1),
-        "p50_ms": round(1e3 * quantile(ok, 0.5), 1),
-        "p99_ms": round(1e3 * quantile(ok, 0.99), 1),
+        "requests_per_s": round(r.statuses[200] / r.seconds, 1),
+        "p50_ms": quantile_ms(r.accepted_s, 50),
+        "p99_ms": quantile_ms(r.accepted_s, 99),
     }
 
 
@@ -291,79 +260,83 @@ def delta(after: dict, before: dict) -> dict[str, int]:
 
 def kill_and_drain(stack: Stack, reps: dict[str, str], clients: int) -> dict:
     (killed, killed_ip), (drained, drained_ip), _ = sorted(reps.items())
-    with Load(stack.url, clients) as load:
-        time.sleep(3)
-        at_kill = counters(stack.backend())
-        t_kill = time.monotonic()
-        podman("kill", "--signal", "KILL", killed)
-        say(f"SIGKILL {killed}")
-        time.sleep(4)
-        kill = delta(counters(stack.backend()), at_kill)  # the kill's own, before the drain
-        if kill["wretr"] + kill["wredis"] == 0:
-            fail("the SIGKILL cost no retry: the failover path was not exercised")
-        row = stack.servers()[drained_ip]
-        slot = row["svname"]  # its address may leave the row once DNS drops the replica
-        before, at_out = counters(row), None
-        t_term = time.monotonic()
-        stop = subprocess.Popen(
-            ["podman", "stop", "-t", "30", drained],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        say(f"SIGTERM {drained} (drains)")
-        t_out = t_closed = None
-        while stop.poll() is None or t_closed is None:
-            now = time.monotonic()
-            row = stack.slots()[slot]
-            if t_out is None and not in_rotation(row):
-                t_out, at_out = now, counters(row)
-            if t_closed is None and refused_or_gone(drained_ip):
-                t_closed = now
-            if now - t_term > 40:
-                fail(f"{drained} did not stop within 40 s")
-            time.sleep(0.05)
-        if stop.returncode != 0:
-            fail(f"podman stop {drained}: {stop.stderr.read() if stop.stderr else ''}")
-        say(
-            f"{drained}: out of HAProxy's rotation {t_out - t_term:.2f} s after SIGTERM, "
-            f"socket closed {t_closed - t_term:.2f} s after"
-        )
-        if t_out is None or at_out is None or not t_out < t_closed:
-            fail(f"{drained} stopped accepting before HAProxy took it out")
-        draining = delta(at_out, before)
-        if draining["lbtot"] == 0:
-            fail(f"{drained} got no request between SIGTERM and leaving the rotation")
-        retried = delta(counters(stack.slots()[slot]), before)
-        if retried["wretr"] or retried["wredis"]:
-            fail(f"requests to the draining {drained} needed retries: {retried}")
-        time.sleep(2)
-        podman("start", killed, drained)
-        say(f"restarted {killed} and {drained}")
-        new = stack.replicas()
-        stack.wait_up(set(new.values()))
-        say("all three back in HAProxy's rotation")
-        time.sleep(3)
-    failures = load.failures()
-    total = len(load.results)
-    if failures:
-        fail(f"{len(failures)} of {total} requests failed under the kill and drain: {failures[:5]}")
-    kill_window = load.window(t_kill, t_kill + 2)
-    everything = load.window(0, float("inf"))
+    running = load(stack.url, clients).start()
+    time.sleep(3)
+    at_kill = counters(stack.backend())
+    t_kill = time.perf_counter()  # the load driver's clock
+    podman("kill", "--signal", "KILL", killed)
+    say(f"SIGKILL {killed}")
+    time.sleep(4)
+    kill = delta(counters(stack.backend()), at_kill)  # the kill's own, before the drain
+    if kill["wretr"] + kill["wredis"] == 0:
+        fail("the SIGKILL cost no retry: the failover path was not exercised")
+    row = stack.servers()[drained_ip]
+    slot = row["svname"]  # its address may leave the row once DNS drops the replica
+    before, at_out = counters(row), None
+    t_term = time.monotonic()
+    stop = subprocess.Popen(
+        ["podman", "stop", "-t", "30", drained],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    say(f"SIGTERM {drained} (drains)")
+    t_out = t_closed = None
+    while stop.poll() is None or t_closed is None:
+        now = time.monotonic()
+        row = stack.slots()[slot]
+        if t_out is None and not in_rotation(row):
+            t_out, at_out = now, counters(row)
+        if t_closed is None and refused_or_gone(drained_ip):
+            t_closed = now
+        if now - t_term > 40:
+            fail(f"{drained} did not stop within 40 s")
+        time.sleep(0.05)
+    if stop.returncode != 0:
+        fail(f"podman stop {drained}: {stop.stderr.read() if stop.stderr else ''}")
+    if t_out is None or at_out is None or not t_out < t_closed:
+        fail(f"{drained} stopped accepting before HAProxy took it out")
+    say(
+        f"{drained}: out of HAProxy's rotation {t_out - t_term:.2f} s after SIGTERM, "
+        f"socket closed {t_closed - t_term:.2f} s after"
+    )
+    draining = delta(at_out, before)
+    if draining["lbtot"] == 0:
+        fail(f"{drained} got no request between SIGTERM and leaving the rotation")
+    retried = delta(counters(stack.slots()[slot]), before)
+    if retried["wretr"] or retried["wredis"]:
+        fail(f"requests to the draining {drained} needed retries: {retried}")
+    time.sleep(2)
+    podman("start", killed, drained)
+    say(f"restarted {killed} and {drained}")
+    new = stack.replicas()
+    stack.wait_up(set(new.values()))
+    say("all three back in HAProxy's rotation")
+    time.sleep(3)
+    r = running.stop()
+    if failures(r):
+        fail(f"requests failed under the kill and drain, of {r.total}: {failures(r)[:5]}")
+    # the requests in flight at any time within 2 s of the kill
+    kill_window = [
+        s
+        for t, s in zip(r.accepted_at, r.accepted_s, strict=True)
+        if t <= t_kill + 2 and t + s >= t_kill
+    ]
     figures = {
-        "requests": total,
-        "failed": 0,
+        "requests": r.total,
+        "seconds": round(r.seconds, 1),
         "kill_retries": kill["wretr"],
         "kill_redispatches": kill["wredis"],
         "kill_window_2s_max_ms": round(1e3 * max(kill_window, default=float("nan")), 1),
         "drain_out_s": round(t_out - t_term, 2),
         "drain_closed_s": round(t_closed - t_term, 2),
         "drain_requests_before_out": draining["lbtot"],
-        "p50_ms": round(1e3 * quantile(everything, 0.5), 1),
-        "p99_ms": round(1e3 * quantile(everything, 0.99), 1),
+        "p50_ms": quantile_ms(r.accepted_s, 50),
+        "p99_ms": quantile_ms(r.accepted_s, 99),
     }
     say(
-        f"kill and drain under load: {total} requests, none failed; the kill cost "
+        f"kill and drain under load: {r.total} requests in {r.seconds:.1f} s, none failed; "
+        "the kill cost "
         f"{kill['wretr']} retries and {kill['wredis']} redispatches; the slowest request in "
         f"flight within 2 s of it took {figures['kill_window_2s_max_ms']} ms; the draining "
         f"replica took {draining['lbtot']} requests before leaving the rotation, none retried"
@@ -399,14 +372,8 @@ def measure(stack: Stack, reps: dict[str, str], clients: int, seconds: float) ->
     it with every replica in rotation and then with one (the others stopped by SIGTERM)."""
     ip = next(iter(reps.values()))
 
-    def sequential(url: str, n: int = 200) -> float:
-        times = []
-        with httpx.Client(base_url=url, timeout=30) as http:
-            for k in range(n):
-                start = time.monotonic()
-                http.post("/rank", json=body(f"seq-{k % 20}")).raise_for_status()
-                times.append(time.monotonic() - start)
-        return round(1e3 * quantile(sorted(times[20:]), 0.5), 2)
+    def sequential(url: str) -> float:
+        return throughput(url, 1, 4)["p50_ms"]
 
     figures = {
         "sequential_p50_ms_direct": sequential(f"http://{ip}:8000"),
