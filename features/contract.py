@@ -104,6 +104,16 @@ class Field:
     rare: str = ""
     # A numeric field's bucket bounds (ascending, float32 values); () for an id field.
     bounds: tuple[float, ...] = ()
+    # A spec's feature (features/spec.py) keeps what encoding its raw values needs; "" / ()
+    # for an Ali-CCP field. source: user, item, context or cross; dtype: int or text (how an
+    # id/ids feature's values become raw ids, features/values.py); embedding: the shared table
+    # (fields of one group hash alike into one range of rows); pool: mean or sum of a list
+    # (else the contract's `mean`); cross: (user list field, item key field) it counts in.
+    source: str = ""
+    dtype: str = ""
+    embedding: str = ""
+    pool: str = ""
+    cross: tuple[str, ...] = ()
 
     @property
     def numeric(self) -> bool:
@@ -111,8 +121,18 @@ class Field:
 
     @property
     def rows(self) -> int:
-        """Embedding rows this field owns: its buckets and, with a rare mask, the shared row."""
+        """Embedding rows this field's table owns: its buckets and, with a rare mask, the
+        shared row."""
         return self.buckets + (1 if self.rare else 0)
+
+    @property
+    def table(self) -> str:
+        """The embedding table's name: the field's own, or its shared group's."""
+        return self.embedding or self.name
+
+    @property
+    def salt_name(self) -> str:
+        return self.table
 
 
 def pack_mask(mask: np.ndarray) -> str:
@@ -146,11 +166,17 @@ class FeatureContract:
     weighted: bool = False  # pool with the feature's value as weight (else weight 1 per id)
     mean: bool = False  # multi-hot fields pool the (weighted) mean instead of the sum
     seed: int = 0
+    # The feature spec the fields were declared by (features/spec.py, Spec.to_dict), kept for
+    # what it says beyond encoding (tables, columns, keys); None for an Ali-CCP contract.
+    spec: Mapping | None = dataclasses.field(default=None, compare=False)
 
     @property
     def version(self) -> int:
-        """The layout's version, from what its fields use: 3 with a numeric field (bounds), 2
-        with a rare-bucket mask, else 1; a reader refuses versions it does not know."""
+        """The layout's version, from what its fields use: 4 with a spec's named features
+        (sources, value types, shared tables, crosses), 3 with a numeric field (bounds), 2 with
+        a rare-bucket mask, else 1; a reader refuses versions it does not know."""
+        if any(f.source for f in self.fields):
+            return 4
         if any(f.bounds for f in self.fields):
             return 3
         return 2 if any(f.rare for f in self.fields) else 1
@@ -189,19 +215,47 @@ class FeatureContract:
         load: float = 0.25,
         min_buckets: int = 16,
         max_buckets: int = 1 << 20,
+        fixed: Mapping[str, int] | None = None,
     ) -> FeatureContract:
-        """Size each field's hash space from its distinct-id count: the next power of two at or
+        """Size each table's hash space from its distinct-id count (`distinct` by table name: a
+        field's own, or its shared group's, over all its members): the next power of two at or
         above distinct / load, within [min_buckets, max_buckets]. At load 0.25 about 11% of ids
-        share their row with another id."""
-        fields, offset = [], PAD_ROW + 1
-        for f in self.fields:
-            want = max(min_buckets, int(np.ceil(distinct.get(f.name, 0) / load)))
-            buckets = min(max_buckets, 1 << int(np.ceil(np.log2(want))))
+        share their row with another id. `fixed` sizes a table outright (a spec's `buckets`).
+        Rows are laid out table by table (`_tables`)."""
+        fixed = fixed or {}
+        sizes = {}
+        for t, members in self._tables():
+            f = members[0]
             if f.numeric:
-                buckets = len(f.bounds) + 1
-            fields.append(dataclasses.replace(f, buckets=buckets, offset=offset, rare=""))
-            offset += buckets
-        return dataclasses.replace(self, fields=tuple(fields))
+                sizes[t] = len(f.bounds) + 1
+            elif t in fixed:
+                sizes[t] = int(fixed[t])
+            else:
+                want = max(min_buckets, int(np.ceil(distinct.get(t, 0) / load)))
+                sizes[t] = min(max_buckets, 1 << int(np.ceil(np.log2(want))))
+        return self._laid_out({t: {"buckets": b, "rare": ""} for t, b in sizes.items()})
+
+    def _tables(self) -> list[tuple[str, list[Field]]]:
+        """Embedding tables in row order, each with its fields: tables only user fields read
+        first, then those both sides read (shared groups), then the item side's, so each side's
+        graph reads one contiguous range of rows (side_rows). An Ali-CCP contract lists its
+        user fields first: its order, and so its rows, are the contract order."""
+        tables: dict[str, list[Field]] = {}
+        for f in self.fields:
+            tables.setdefault(f.table, []).append(f)
+        sides = {t: {f.side for f in fs} for t, fs in tables.items()}
+        rank = {t: 0 if s == {"user"} else 1 if len(s) == 2 else 2 for t, s in sides.items()}
+        return sorted(tables.items(), key=lambda kv: rank[kv[0]])
+
+    def _laid_out(self, changes: Mapping[str, Mapping]) -> FeatureContract:
+        """Every table's fields replaced with `changes[table]`, offsets assigned in table
+        order."""
+        new, offset = {}, PAD_ROW + 1
+        for t, members in self._tables():
+            for f in members:
+                new[f.name] = dataclasses.replace(f, **changes.get(t, {}), offset=offset)
+            offset += new[members[0].name].rows
+        return dataclasses.replace(self, fields=tuple(new[f.name] for f in self.fields))
 
     def bucket_counts(
         self, side: Side, raw_ids: np.ndarray, times: np.ndarray | None = None
@@ -219,20 +273,24 @@ class FeatureContract:
             )
         return out
 
-    def with_rare(self, counts: Mapping[str, np.ndarray], min_count: int) -> FeatureContract:
+    def with_rare(
+        self, counts: Mapping[str, np.ndarray], min_count: int | Mapping[str, int]
+    ) -> FeatureContract:
         """Buckets seen fewer than `min_count` times in `counts` (bucket_counts over the
-        training data) share one row per field, which also serves ids never seen: rare ids
-        learn one embedding from all their rows instead of memorising their few labels. The
-        rows are laid out again (each field gains its shared row). min_count <= 1: unchanged."""
-        if min_count <= 1:
+        training data, by field; a shared table sums its fields') share one row per table,
+        which also serves ids never seen: rare ids learn one embedding from all their rows
+        instead of memorising their few labels. `min_count` may be one per table name. The rows
+        are laid out again (each table gains its shared row). min_count <= 1: unchanged."""
+        changes = {}
+        for t, members in self._tables():
+            m = min_count.get(t, 1) if isinstance(min_count, Mapping) else min_count
+            if m <= 1 or members[0].numeric:
+                continue
+            seen = sum(np.asarray(counts[f.name]) for f in members)
+            changes[t] = {"rare": pack_mask(seen < m)}
+        if not changes:
             return self
-        fields, offset = [], PAD_ROW + 1
-        for f in self.fields:
-            rare = "" if f.numeric else pack_mask(np.asarray(counts[f.name]) < min_count)
-            f = dataclasses.replace(f, offset=offset, rare=rare)
-            fields.append(f)
-            offset += f.rows
-        return dataclasses.replace(self, fields=tuple(fields))
+        return self._laid_out(changes)
 
     def with_numeric(self, values: Mapping[str, np.ndarray], buckets: int = 32) -> FeatureContract:
         """Numeric item fields appended after the item fields (in `values`' order), each with
@@ -246,14 +304,22 @@ class FeatureContract:
         for name, v in values.items():
             if name in taken or name in ALL_FIELDS:
                 raise ValueError(f"numeric column {name!r} has the name of a feature field")
-            v = np.asarray(v, dtype=np.float32)
-            v = v[np.isfinite(v)]
-            if not len(v):
-                raise ValueError(f"numeric column {name!r} has no values in the training rows")
-            q = np.quantile(v, np.arange(1, buckets) / buckets, method="lower")
-            bounds = tuple(float(b) for b in np.unique(q.astype(np.float32)))  # buckets - 1 >= 1
+            bounds = quantile_bounds(name, v, buckets)
             added.append(Field(name, "item", 1, buckets=len(bounds) + 1, bounds=bounds))
         return dataclasses.replace(self, fields=self.fields + tuple(added))
+
+    def with_bounds(
+        self, values: Mapping[str, np.ndarray], buckets: Mapping[str, int]
+    ) -> FeatureContract:
+        """The named numeric fields (a spec's numeric and cross features) given quantile
+        bounds fitted on their training values, as with_numeric's. Call before fit_buckets."""
+        fields = []
+        for f in self.fields:
+            if f.name in values:
+                bounds = quantile_bounds(f.name, values[f.name], buckets[f.name])
+                f = dataclasses.replace(f, buckets=len(bounds) + 1, bounds=bounds)
+            fields.append(f)
+        return dataclasses.replace(self, fields=tuple(fields))
 
     def numeric_rows(self, f: Field, values: np.ndarray) -> np.ndarray:
         """Embedding rows of a numeric field's values (any shape; NaN and infinities are not
@@ -269,8 +335,7 @@ class FeatureContract:
     @property
     def num_rows(self) -> int:
         """Rows of the embedding table, padding row included."""
-        last = self.fields[-1]
-        return last.offset + last.rows
+        return max(f.offset + f.rows for f in self.fields)
 
     def side_fields(self, side: Side) -> tuple[Field, ...]:
         return tuple(f for f, _ in self._layout[side])
@@ -297,9 +362,10 @@ class FeatureContract:
     def side_rows(self, side: Side) -> tuple[int, int]:
         """[first, end) of the embedding rows the side's fields own (fields of a side are
         contiguous in contract order: user fields first)."""
-        fields = self.side_fields(side)
-        lo, hi = fields[0].offset, fields[-1].offset + fields[-1].rows
-        if sum(f.rows for f in fields) != hi - lo:
+        tables = {f.table: (f.offset, f.rows) for f in self.side_fields(side)}
+        lo = min(o for o, _ in tables.values())
+        hi = max(o + r for o, r in tables.values())
+        if sum(r for _, r in tables.values()) != hi - lo:
             raise ValueError(f"the {side} fields do not own one contiguous range of rows")
         return lo, hi
 
@@ -331,7 +397,7 @@ class FeatureContract:
                 out[:, cols] = np.where(ok, rows, PAD_ROW)
                 continue
             ids = raw_ids[:, cols]
-            salt = np.uint64((self.seed << 32) ^ zlib.crc32(f.name.encode()))
+            salt = np.uint64((self.seed << 32) ^ zlib.crc32(f.table.encode()))
             h = splitmix64(ids.view(np.uint64) ^ salt) & _MASK64
             rows = (h % np.uint64(f.buckets)).astype(np.int64)
             if f.rare:
@@ -344,9 +410,9 @@ class FeatureContract:
                     weights[:, cols] = present[:, cols]
         else:
             weights = present.astype(np.float32)
-        if self.mean:
+        if self.mean or any(f.pool for f in self.fields):
             for f, cols in self.columns(side):
-                if f.max_len > 1:
+                if f.max_len > 1 and (f.pool == "mean" or (not f.pool and self.mean)):
                     total = weights[:, cols].sum(axis=1, keepdims=True)
                     weights[:, cols] /= np.where(total > 0, total, 1.0)
         return out, weights
@@ -388,18 +454,31 @@ class FeatureContract:
             d["numeric"] = (
                 "a field with bounds: offset + searchsorted(bounds, float32(value), right)"
             )
+        if self.spec is not None:
+            d["spec"] = self.spec
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> FeatureContract:
-        # version 2: fields may carry a rare-bucket mask (with_rare); 3: numeric fields
-        if d.get("version") not in (1, 2, 3):
+        # version 2: fields may carry a rare-bucket mask (with_rare); 3: numeric fields;
+        # 4: a spec's named features
+        if d.get("version") not in (1, 2, 3, 4):
             raise ValueError(f"unsupported feature contract version {d.get('version')!r}")
         c = cls(
-            tuple(Field(**{**f, "bounds": tuple(f.get("bounds", ()))}) for f in d["fields"]),
+            tuple(
+                Field(
+                    **{
+                        **f,
+                        "bounds": tuple(f.get("bounds", ())),
+                        "cross": tuple(f.get("cross", ())),
+                    }
+                )
+                for f in d["fields"]
+            ),
             weighted=bool(d["weighted"]),
             mean=bool(d["mean"]),
             seed=int(d["seed"]),
+            spec=d.get("spec"),
         )
         if c.version != d["version"]:
             raise ValueError(
@@ -417,7 +496,23 @@ def _field_dict(f: Field) -> dict:
         del d["bounds"]
     else:
         d["bounds"] = list(f.bounds)
+    for key in ("source", "dtype", "embedding", "pool", "cross"):  # a spec's (version 4) only
+        if not d[key]:
+            del d[key]
+    if f.cross:
+        d["cross"] = list(f.cross)
     return d
+
+
+def quantile_bounds(name: str, values: np.ndarray, buckets: int) -> tuple[float, ...]:
+    """Up to buckets - 1 bounds at the quantiles of the finite values (float32), repeated
+    quantiles merged: a column of few distinct values gets one bucket per value."""
+    v = np.asarray(values, dtype=np.float32)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        raise ValueError(f"numeric column {name!r} has no values in the training rows")
+    q = np.quantile(v, np.arange(1, buckets) / buckets, method="lower")
+    return tuple(float(b) for b in np.unique(q.astype(np.float32)))  # buckets - 1 >= 1
 
 
 def truncate(

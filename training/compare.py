@@ -75,7 +75,7 @@ def parse_model(spec: str) -> dict:
         except ValueError:
             raise SystemExit(f"bad value in {opt!r} of {spec!r}") from None
     try:  # the kind and its options, as training itself checks them
-        TrainConfig(Path("."), Path("."), **fields)
+        TrainConfig(data=Path("."), out=Path("."), **fields)
     except ValueError as e:
         raise SystemExit(f"{spec!r}: {e}") from None
     return fields

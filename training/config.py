@@ -32,10 +32,17 @@ POOLING = {
 
 @dataclasses.dataclass
 class TrainConfig:
-    data: Path = option(
-        help="folder with sample_skeleton_{train,test}.csv and common_features_{train,test}.csv"
-    )
     out: Path = option(help="run folder to write")
+    spec: Path | None = option(
+        None,
+        help="a feature spec (YAML, docs/spec.md): your own tables and features by name; "
+        "give this or --data",
+    )
+    data: Path | None = option(
+        None,
+        help="folder in the Ali-CCP layout: sample_skeleton_{train,test}.csv and "
+        "common_features_{train,test}.csv; give this or --spec",
+    )
     model: str = option("esmm", choices=KINDS)
     epochs: int = option(3, help="at most this many epochs")
     patience: int = option(
@@ -127,6 +134,15 @@ class TrainConfig:
                 raise ValueError(
                     f"unknown {f.name} {getattr(self, f.name)!r}; choose one of {choices}"
                 )
+        if (self.spec is None) == (self.data is None):
+            raise ValueError("give the data as --spec SPEC (your tables) or --data DIR (Ali-CCP)")
+        if self.spec is not None:
+            for name in ("max_len", "without", "items", "numeric"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"--{name.replace('_', '-')} is for --data; with --spec the spec "
+                        "declares the features"
+                    )
         if self.numeric and self.items is None:
             raise ValueError("--numeric names columns of --items: give the table")
         if self.numeric_buckets < 2:

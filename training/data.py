@@ -466,17 +466,21 @@ def _cached_action(
 
 
 def fit_contract(
-    contract: FeatureContract, train: EncodedSplit, min_count: int = 1, **kwargs
+    contract: FeatureContract, train: EncodedSplit, min_count: int | dict = 1, **kwargs
 ) -> FeatureContract:
-    """Size the hash buckets of every field from the distinct raw ids in the training split;
-    with min_count > 1, ids seen fewer times there share their field's rare row."""
-    distinct = {}
+    """Size the hash buckets of every table from the distinct raw ids in the training split (a
+    shared table: of all its fields together); with min_count > 1 (or a table's own, a mapping),
+    ids seen fewer times there share their table's rare row."""
+    seen: dict[str, list[np.ndarray]] = {}
     for side, ids in (("user", train.user_ids), ("item", train.item_ids)):
         for f, cols in contract.columns(side):
-            col = np.asarray(ids[:, cols]).ravel()
-            distinct[f.name] = int(np.unique(col[col >= 0]).size)
+            if f.numeric:
+                continue
+            col = np.unique(np.asarray(ids[:, cols]).ravel())
+            seen.setdefault(f.table, []).append(col[col >= 0])
+    distinct = {t: int(np.unique(np.concatenate(parts)).size) for t, parts in seen.items()}
     contract = contract.fit_buckets(distinct, **kwargs)
-    if min_count <= 1:
+    if max(min_count.values(), default=1) <= 1 if isinstance(min_count, dict) else min_count <= 1:
         return contract
     # occurrences per impression: a user's ids once per row of the user; in chunks of rows, so
     # memory stays bounded on full-size data

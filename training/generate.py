@@ -3,7 +3,12 @@
 `python -m training.generate --out DIR` writes the four raw Ali-CCP files (same layout, no
 header), `truth_{split}.csv` with each impression's true P(click) and P(conversion | click),
 `items.parquet` (every item's 206/207/216/210 ids and its price), and `generator.json` with the
-parameters and a summary (counts, oracle AUCs).
+parameters and a summary (counts, oracle AUCs). `--layout tables` writes the same impressions
+as named tables instead, the way a shop's own logs hold them, into DIR/tables/: events_{split},
+users and items Parquet files and spec.yaml, the feature spec that reads them
+(training/synthetic/tables.py) and truth_{split}.csv (one row per event, in the events' order;
+its sample_id is the events' event_id), generator.json in DIR; `--layout both` writes both (the
+Ali-CCP files byte-for-byte as without it).
 
 Planted truth. Click and conversion are driven by different factors, so attractive-but-poor and
 plain-but-good items both exist (the field that shows each term to a model in brackets; the
@@ -51,6 +56,7 @@ from training.synthetic.impressions import (
     make_sessions,
 )
 from training.synthetic.params import PRESETS, Params, with_overrides
+from training.synthetic.tables import write_tables, write_truth
 from training.synthetic.world import make_users, make_world
 from training.synthetic.writer import (
     FIELD_BASE,
@@ -60,7 +66,19 @@ from training.synthetic.writer import (
     write_splits,
 )
 
-__all__ = ["FIELD_BASE", "PRESETS", "Params", "generate", "main", "with_overrides"]
+__all__ = [
+    "FIELD_BASE",
+    "LAYOUTS",
+    "PRESETS",
+    "TABLES_DIR",
+    "Params",
+    "generate",
+    "main",
+    "with_overrides",
+]
+
+LAYOUTS = ("aliccp", "tables", "both")
+TABLES_DIR = "tables"  # the named tables and their spec.yaml, under the output folder
 
 
 def generate(
@@ -70,11 +88,15 @@ def generate(
     test_fraction: float = 0.25,
     overrides: dict[str, float] | None = None,
     action_label: bool = False,
+    layout: str = "aliccp",
 ) -> dict:
     """Write a synthetic Ali-CCP data set into `out`; returns the per-split summary.
     `overrides` replaces numeric Params (e.g. {"target_cvr": 0.03} for scarcer conversions);
     `action_label` also writes action_{split}.csv (sample_id,action): a post-click action such
-    as add-to-cart, for ESM2."""
+    as add-to-cart, for ESM2. `layout` (LAYOUTS): the Ali-CCP files, the named tables with
+    their spec and truth in `out/tables/` (generator.json in `out`), or both."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if impressions < 100:
         raise ValueError(f"need at least 100 impressions, got {impressions}")
     if not 0 <= test_fraction < 1:
@@ -90,8 +112,13 @@ def generate(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_splits(out, world, users, sessions, imp)
-    write_item_table(out, world)
+    if layout in ("aliccp", "both"):
+        write_splits(out, world, users, sessions, imp)
+        write_item_table(out, world)
+    if layout in ("tables", "both"):
+        # the truth beside the tables too: one row per event, in the events' order
+        write_tables(out / TABLES_DIR, world, users, sessions, imp)
+        write_truth(out / TABLES_DIR, sessions, imp)
     if action_label:
         write_actions(out, sessions, imp, draw_actions(p, seed, imp))
     summary = {split: _split_summary(sessions, imp, split == "test") for split in SPLITS}
@@ -99,6 +126,7 @@ def generate(
         "impressions": impressions,
         "seed": seed,
         "test_fraction": test_fraction,
+        "layout": layout,
         "populations": {
             "users": n_users,
             "items": n_items,
@@ -180,6 +208,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also write action_{train,test}.csv: a post-click action label (for ESM2)",
     )
+    ap.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="aliccp",
+        help="the Ali-CCP files (default), the named tables and their spec.yaml in OUT/tables/, "
+        "or both",
+    )
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
@@ -190,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
             args.test_fraction,
             {**PRESETS.get(args.preset, {}), **dict(args.set)},
             args.action_label,
+            args.layout,
         )
     except ValueError as e:
         ap.error(str(e))

@@ -109,11 +109,11 @@ def logistic_reference(
 def reference_metrics(cfg: TrainConfig) -> dict:
     """The references alone, as a run's metrics: the `lr` row of training.compare, on the
     same data, contract, validation split and seed as every model's run."""
-    from training.train import load_data  # train imports this module
+    from training.train import load_data, read_truth  # train imports this module
 
     contract, train_split, test_split = load_data(cfg)
     train_rows, val_rows = D.split_sessions(train_split, cfg.val_fraction, cfg.seed)
-    truth = D.read_truth(cfg.data, "test", np.asarray(test_split.sample_id))
+    truth = read_truth(cfg, test_split)
     ref = logistic_reference(
         contract, train_split, train_rows, val_rows, test_split, cfg.seed, truth=truth
     )

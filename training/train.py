@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from features.contract import FeatureContract
-from training import attributes, cli, setup_logging
+from training import attributes, cli, setup_logging, tables
 from training import data as D
 from training import distributed as dist
 from training.calibrate import fit_calibration
@@ -140,23 +140,24 @@ def evaluate(
 def load_data(cfg: TrainConfig) -> tuple[FeatureContract, D.EncodedSplit, D.EncodedSplit]:
     """Both splits, read (or taken from the cache) and reported, and the contract fitted on
     the training split."""
+    if cfg.spec is not None:
+        spec, contract, train_split, test_split = tables.load(cfg.spec, cfg.seed, cfg.orphans)
+        _log_splits(cfg, train_split, test_split)
+        contract = D.fit_contract(
+            contract,
+            train_split,
+            min_count=spec.min_counts(cfg.min_count),
+            max_buckets=cfg.max_buckets,
+            fixed=spec.fixed_buckets(),
+        )
+        return contract, train_split, test_split
     contract = FeatureContract.default(
         cfg.max_len, **POOLING[cfg.pooling], seed=cfg.seed, without=cfg.without
     )
     cache = _cache_dir(cfg)
     train_split = D.load_split(cfg.data, "train", contract, cache, cfg.orphans)
     test_split = D.load_split(cfg.data, "test", contract, cache, cfg.orphans)
-    for name, s in (("train", train_split), ("test", test_split)):
-        r = s.report
-        log.info(
-            "%s: %d rows, %d users, %d malformed lines skipped, %d conversions without click (%s)",
-            name,
-            len(s),
-            len(s.user_ids),
-            r.malformed,
-            r.orphan_conversions,
-            cfg.orphans,
-        )
+    _log_splits(cfg, train_split, test_split)
     if MODELS[cfg.model].needs_action and (train_split.action is None or test_split.action is None):
         raise SystemExit(
             f"--model {cfg.model} needs the post-click action label: {cfg.data} has no "
@@ -173,6 +174,20 @@ def load_data(cfg: TrainConfig) -> tuple[FeatureContract, D.EncodedSplit, D.Enco
         contract, train_split, min_count=cfg.min_count, max_buckets=cfg.max_buckets
     )
     return contract, train_split, test_split
+
+
+def _log_splits(cfg: TrainConfig, train_split: D.EncodedSplit, test_split: D.EncodedSplit):
+    for name, s in (("train", train_split), ("test", test_split)):
+        r = s.report
+        log.info(
+            "%s: %d rows, %d users, %d malformed lines skipped, %d conversions without click (%s)",
+            name,
+            len(s),
+            len(s.user_ids),
+            r.malformed,
+            r.orphan_conversions,
+            cfg.orphans,
+        )
 
 
 @dataclasses.dataclass
@@ -370,7 +385,7 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
             test_split.conv,
             test_pred,
         )
-    truth = D.read_truth(cfg.data, "test", np.asarray(test_split.sample_id))
+    truth = read_truth(cfg, test_split)
     if cfg.reference:
         metrics["reference"] = logistic_reference(
             contract, train_split, train_rows, val_rows, test_split, cfg.seed, truth=truth
@@ -393,6 +408,13 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         cfg.out,
     )
     return metrics
+
+
+def read_truth(cfg: TrainConfig, test_split: D.EncodedSplit) -> dict | None:
+    """The generator's true probabilities of the test rows, where the data has them."""
+    if cfg.spec is not None:
+        return tables.read_truth(cfg.spec, "test", np.asarray(test_split.sample_id))
+    return D.read_truth(cfg.data, "test", np.asarray(test_split.sample_id))
 
 
 def _show_progress(cfg: TrainConfig) -> bool:

@@ -94,7 +94,7 @@ def suggest(trial: optuna.Trial, model: str, objective: str) -> dict:
 
 def default_params(model: str, objective: str) -> dict:
     """The default recipe in the sampler's terms: enqueued as a new study's first trial."""
-    d = TrainConfig(Path("."), Path("."), model=model)
+    d = TrainConfig(data=Path("."), out=Path("."), model=model)
     params = {
         "lr": d.lr,
         "embed_lr": d.embed_lr,
@@ -190,7 +190,8 @@ def tune(
         raise ValueError("budget_minutes must be > 0")
     if patience < 1:
         raise ValueError("patience must be >= 1")
-    TrainConfig(data, out, model=model, epochs=epochs, patience=patience, seed=seed)  # checks
+    # the options, as training checks them
+    TrainConfig(data=data, out=out, model=model, epochs=epochs, patience=patience, seed=seed)
     if not (Path(data) / "sample_skeleton_train.csv").is_file():
         raise ValueError(f"{data} has no sample_skeleton_train.csv (Ali-CCP layout expected)")
     out.mkdir(parents=True, exist_ok=True)

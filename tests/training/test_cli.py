@@ -15,8 +15,9 @@ from training.train import parse_args
 
 # What the Makefile, README and scripts type: every option, spelled as it always was.
 OPTIONS = [
-    "--data",
     "--out",
+    "--spec",
+    "--data",
     "--model",
     "--epochs",
     "--patience",
@@ -58,7 +59,7 @@ def test_every_option_in_field_order_and_no_other(capsys):
 
 
 def test_defaults_are_the_configs():
-    assert parse_args(REQUIRED) == TrainConfig(Path("d"), Path("o"))
+    assert parse_args(REQUIRED) == TrainConfig(data=Path("d"), out=Path("o"))
 
 
 def test_every_option_reaches_its_field():
@@ -73,8 +74,8 @@ def test_every_option_reaches_its_field():
         *("--seed", "7", "--threads", "2", "--cache", "c", "--no-reference"),
     ]
     want = TrainConfig(
-        Path("d"),
-        Path("o"),
+        data=Path("d"),
+        out=Path("o"),
         model="mmoe",
         epochs=5,
         patience=2,
@@ -105,13 +106,27 @@ def test_every_option_reaches_its_field():
     )
     assert parse_args(argv) == want
     # every field but progress (no option: only on a terminal) was given a non-default value
-    default = TrainConfig(Path("."), Path("."))
+    default = TrainConfig(data=Path("."), out=Path("."))
     changed = {
         f.name
         for f in dataclasses.fields(want)
         if getattr(want, f.name) != getattr(default, f.name)
     }
-    assert changed == {f.name for f in dataclasses.fields(TrainConfig)} - {"progress"}
+    # spec is the other way to give the data: its own test below
+    assert changed == {f.name for f in dataclasses.fields(TrainConfig)} - {"progress", "spec"}
+
+
+def test_the_data_is_a_spec_or_an_aliccp_folder(capsys):
+    assert parse_args(["--spec", "s.yaml", "--out", "o"]).spec == Path("s.yaml")
+    for argv, message in (
+        (["--out", "o"], "give the data as --spec SPEC"),
+        (["--out", "o", "--spec", "s", "--data", "d"], "give the data as --spec SPEC"),
+        (["--out", "o", "--spec", "s", "--without", "508"], "--without is for --data"),
+        (["--out", "o", "--spec", "s", "--items", "i.parquet"], "--items is for --data"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            parse_args(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -143,7 +158,7 @@ def test_the_config_checks_its_values_without_the_command_line():
         ({"batch_size": 0}, "batch_size must be >= 1"),
     ):
         with pytest.raises(ValueError, match=message):
-            TrainConfig(Path("d"), Path("o"), **bad)
+            TrainConfig(data=Path("d"), out=Path("o"), **bad)
 
 
 @dataclasses.dataclass

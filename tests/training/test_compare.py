@@ -77,7 +77,7 @@ def test_a_run_is_keyed_by_its_resolved_settings_and_files(tmp_path):
 
     def key(spec: str, seed: int = 0, epochs: int = 3, out: str = "run") -> dict:
         fields = resolve_items(parse_model(spec), tmp_path)
-        cfg = TrainConfig(tmp_path, tmp_path / out, seed=seed, epochs=epochs, **fields)
+        cfg = TrainConfig(data=tmp_path, out=tmp_path / out, seed=seed, epochs=epochs, **fields)
         return run_key(cfg, "model" not in fields)
 
     k = key("esmm")
