@@ -169,6 +169,10 @@ class FeatureContract:
     # The feature spec the fields were declared by (features/spec.py, Spec.to_dict), kept for
     # what it says beyond encoding (tables, columns, keys); None for an Ali-CCP contract.
     spec: Mapping | None = dataclasses.field(default=None, compare=False)
+    # A spec's keys: per side ("user", "item") the key's value type ("int" or "text": how an id
+    # becomes the raw id the stores are keyed by, features/values.py) and the feature read from
+    # the key column ("" when none is); None for an Ali-CCP contract (fields 101 and 205).
+    keys: Mapping | None = None
 
     @property
     def version(self) -> int:
@@ -456,6 +460,8 @@ class FeatureContract:
             )
         if self.spec is not None:
             d["spec"] = self.spec
+        if self.keys is not None:
+            d["keys"] = self.keys
         return d
 
     @classmethod
@@ -479,6 +485,7 @@ class FeatureContract:
             mean=bool(d["mean"]),
             seed=int(d["seed"]),
             spec=d.get("spec"),
+            keys=d.get("keys"),
         )
         if c.version != d["version"]:
             raise ValueError(

@@ -1,11 +1,15 @@
 """The item feature table: every item's own features by item id, for ranking by ids.
 
-One row per item id (the id of field 205, as an integer): its raw ids and values of the item
-fields (205, 206, 207, 210, 216) in a fixed layout, its price (NaN where unknown) and any further
-numeric attributes by name (`numeric`: rating, sales...; NaN where unknown). Raw, not
-hashed: one table serves any model, and a model hashes it once, at load, through its own feature
-contract (`rows_for`). Combination fields (508, 509, 702, 853) depend on the user as well and
-context (301) on the request, so neither is an item's own.
+One row per item id: its raw ids and values of the item fields in a fixed layout, its price (NaN
+where unknown) and any further numeric attributes by name (`numeric`: rating, sales...; NaN where
+unknown). An Ali-CCP table is keyed by the id of field 205 and holds fields 205, 206, 207, 210
+and 216; a spec's (`ranker items build --spec`, training/tables.py) is keyed by the raw id of
+the spec's item key (features/values.py: an integer as it is, a text hashed) and holds the
+spec's item features by name, its numeric ones as id 0 with the number as value. Raw, not
+hashed: one table serves any model of its features, and a model hashes it once, at load,
+through its own feature contract (`rows_for`). Combination fields (508, 509, 702, 853) and a
+spec's crosses depend on the user as well and context on the request, so none is an item's
+own.
 
 Lookups are vectorised: ids are kept sorted and `index` is one `searchsorted` for all the
 candidates of a request. A table is one `.npz` file with its layout and a content digest; `load`
@@ -40,14 +44,14 @@ class ItemTable:
     ids: np.ndarray  # (N, width) int64 raw feature ids, -1 = padding
     vals: np.ndarray  # (N, width) float32
     price: np.ndarray  # (N,) float64, NaN = unknown
-    max_len: Mapping[str, int]  # columns of each item field, in ITEM_FIELDS order
+    max_len: Mapping[str, int]  # columns of each item field (Ali-CCP: in ITEM_FIELDS order)
     source: str = ""
     numeric: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # (N,) float64
 
     def __post_init__(self) -> None:
         n, width = len(self.item_id), sum(self.max_len.values())
-        if tuple(self.max_len) != ITEM_FIELDS:
-            raise ItemTableError(f"fields {list(self.max_len)}, expected {list(ITEM_FIELDS)}")
+        if not self.max_len or any(n < 1 for n in self.max_len.values()):
+            raise ItemTableError(f"fields {dict(self.max_len)}: none, or one without columns")
         if self.ids.shape != (n, width) or self.vals.shape != (n, width):
             raise ItemTableError(f"feature arrays are not ({n}, {width})")
         if self.price.shape != (n,):

@@ -32,7 +32,8 @@ DEFAULT_NUMERIC_BUCKETS = 32  # quantile buckets of a numeric or cross feature u
 MAX_MAX_LEN = 4096
 MAX_BUCKETS = 1 << 24
 
-_TOP = {"keys", "labels", "tables", "features"}
+_TOP = {"keys", "labels", "tables", "features", "price"}
+_REQUIRED = _TOP - {"price"}
 _KEYS = {"user", "item", "request"}
 _LABELS = {"click", "conversion"}
 _TABLES = {"events", "users", "items"}
@@ -103,6 +104,7 @@ class Spec:
     users: str  # "" when no feature reads the users table
     items: str
     features: tuple[Feature, ...]
+    price: str = ""  # the items column the fusion's price comes from ("" = none)
     root: Path = Path(".")  # the spec file's folder: table paths are relative to it
     source: str = "<spec>"  # the file, for messages
 
@@ -131,6 +133,7 @@ class Spec:
             "labels": dict(self.labels),
             "tables": tables,
             "features": [f.to_dict() for f in self.features],
+            **({"price": self.price} if self.price else {}),
         }
 
     @classmethod
@@ -161,8 +164,15 @@ class Spec:
                     cross=f.count_in,
                 )
             )
+        keys = {
+            side: {
+                "dtype": dtypes.get(f"keys.{side}", INT),
+                "field": next((f.name for f in self.side(side) if f.column == self.keys[side]), ""),
+            }
+            for side in ("user", "item")
+        }
         return FeatureContract(
-            tuple(fields), weighted=True, mean=False, seed=seed, spec=self.to_dict()
+            tuple(fields), weighted=True, mean=False, seed=seed, spec=self.to_dict(), keys=keys
         )
 
     def fixed_buckets(self) -> dict[str, int]:
@@ -325,7 +335,7 @@ def _build(doc, root: Path, source: str) -> Spec:
     c = _Check(source)
     if doc is None:
         c.fail(0, "spec", "the file is empty")
-    top = c.mapping(doc, "spec", _line(doc, 1), _TOP, _TOP)
+    top = c.mapping(doc, "spec", _line(doc, 1), _TOP, _REQUIRED)
     at = top.at if isinstance(top, _Map) else (lambda k: 0)
 
     keys = c.mapping(top["keys"], "keys", at("keys"), _KEYS, {"user", "item"})
@@ -355,8 +365,11 @@ def _build(doc, root: Path, source: str) -> Spec:
     lines = getattr(raw, "item_lines", None) or [_line(raw)] * len(raw)
     features = [_feature(c, f, k, _line(f, lines[k])) for k, f in enumerate(raw)]
     _check_features(c, features, key_cols, label_cols, side_tables)
+    if "price" in top and not side_tables["items"]:
+        c.fail(at("price"), "price", "the fusion's price is an items column: give tables.items")
     return Spec(
         keys=key_cols,
+        price=c.text(top, "price", "spec", 0) if "price" in top else "",
         labels=label_cols,
         events=event_paths,
         users=side_tables["users"],
@@ -529,48 +542,70 @@ def _check_features(
 def check_columns(spec: Spec, schemas: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
     """The spec against its tables' column types (`schemas`: table -> column -> type, where a
     type is int, text, float, bool or list<...> of one of them; `events` is the train split's,
-    the test split's checked equal by the reader). Returns each id/ids feature's value type
-    (int or text): ids are hashed from it, so a shared table's members must agree on it."""
+    the test split's checked equal by the reader). A table left out of `schemas` is not checked
+    (a store's loader reads one side table). Returns each checked id/ids feature's value type
+    (int or text), and the keys' as `keys.user` and `keys.item`: ids are hashed from it, so a
+    shared table's members must agree on it."""
     c = _Check(spec.source)
-    ev = schemas["events"]
-    for role, col in spec.keys.items():
-        if col and col not in ev:
-            c.fail(0, f"keys.{role}", f"the events table has no column {col!r}")
-        if col and role != "request" and ev[col] not in (INT, TEXT):
+    ev = schemas.get("events")
+    if ev is not None:
+        for role, col in spec.keys.items():
+            if col and col not in ev:
+                c.fail(0, f"keys.{role}", f"the events table has no column {col!r}")
+            if col and role != "request" and ev[col] not in (INT, TEXT):
+                c.fail(
+                    0,
+                    f"keys.{role}",
+                    f"column {col!r} of the events table is {ev[col]}, not an integer or text key",
+                )
+        for role, col in spec.labels.items():
+            if col not in ev:
+                c.fail(0, f"labels.{role}", f"the events table has no column {col!r}")
+            if ev[col] not in (INT, BOOL):
+                c.fail(
+                    0, f"labels.{role}", f"column {col!r} is {ev[col]}; a label is 0/1 or boolean"
+                )
+    dtypes: dict[str, str] = {}
+    for table, role in (("users", "user"), ("items", "item")):
+        key = spec.keys[role]
+        if ev is not None:
+            dtypes[f"keys.{role}"] = TEXT if ev[key] == TEXT else INT
+        path = getattr(spec, table)
+        if not path or table not in schemas:
+            continue
+        cols = schemas[table]
+        if key not in cols:
+            c.fail(0, f"tables.{table}", f"{path} has no key column {key!r} (keys.{role})")
+        if cols[key] not in (INT, TEXT):
             c.fail(
                 0,
                 f"keys.{role}",
-                f"column {col!r} of the events table is {ev[col]}, not an integer or text key",
+                f"column {key!r} of {table} is {cols[key]}, not an integer or text key",
             )
-    for role, col in spec.labels.items():
-        if col not in ev:
-            c.fail(0, f"labels.{role}", f"the events table has no column {col!r}")
-        if ev[col] not in (INT, BOOL):
-            c.fail(0, f"labels.{role}", f"column {col!r} is {ev[col]}; a label is 0/1 or boolean")
-    for table, role in (("users", "user"), ("items", "item")):
-        path = getattr(spec, table)
-        if not path:
-            continue
-        cols = schemas[table]
-        key = spec.keys[role]
-        if key not in cols:
-            c.fail(0, f"tables.{table}", f"{path} has no key column {key!r} (keys.{role})")
-        if cols[key] != ev[key]:
+        if ev is not None and cols[key] != ev[key]:
             c.fail(
                 0,
                 f"keys.{role}",
                 f"column {key!r} is {ev[key]} in the events table but {cols[key]} in {table}",
             )
-    dtypes: dict[str, str] = {}
+        dtypes[f"keys.{role}"] = TEXT if cols[key] == TEXT else INT
+    if spec.price:
+        cols = schemas.get("items")
+        if cols is not None and spec.price not in cols:
+            c.fail(0, "price", f"the items table has no column {spec.price!r}")
+        if cols is not None and cols[spec.price] not in (INT, FLOAT):
+            c.fail(0, "price", f"column {spec.price!r} is {cols[spec.price]}, not a number")
     for f in spec.features:
         if f.side == "cross":
             continue
         table = {"user": "users", "item": "items", "context": "events"}[f.side]
         key = spec.keys.get(f.side, "")
         if f.side in ("user", "item") and f.column == key:
-            cols = schemas["events"]  # the key itself: every event has it
+            cols = schemas.get("events") or schemas.get(table)  # the key: every event has it
         else:
-            cols = schemas[table]
+            cols = schemas.get(table)
+        if cols is None:
+            continue
         what = f"features ({f.name})"
         if f.column not in cols:
             c.fail(f.line, f"{what}.column", f"the {table} table has no column {f.column!r}")
@@ -605,7 +640,7 @@ def check_columns(spec: Spec, schemas: Mapping[str, Mapping[str, str]]) -> dict[
                 c.fail(
                     f.line,
                     f"embedding {f.embedding}",
-                    f"{first[0]} holds {first[1]} values "
-                    f"but {f.name} holds {dtypes[f.name]}: one table needs one id space",
+                    f"{first[0]} holds {first[1]} values but {f.name} holds {dtypes[f.name]}: "
+                    "one table needs one id space",
                 )
     return dtypes

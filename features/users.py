@@ -6,10 +6,16 @@ it, and anyone may write it with any Redis client):
     ranker:user:<user id>    hash    d -> content digest (32 hex: blake2b-128 of f)
                                      f -> the features, JSON: {"<field>": [[ids], [values]], ...}
 
-The user id is the id of field 101 as a decimal integer. `f` holds raw Ali-CCP user fields (101,
-121, ..., 109_14, ...): raw ids, not hashed, so one store serves every model, each hashing them
-through its own feature contract. A field's values are its feature values (the behaviour
-counts of 109_14 & co., 1.0 elsewhere), as many as its ids.
+The user id is the id of field 101 as a decimal integer, or for a spec's model the raw id of its
+user key (features/values.py: an integer as it is, a text hashed), so text user ids are keys too.
+`f` holds raw user features by name: Ali-CCP's fields (101, 121, ..., 109_14, ...) or a spec's
+user features: raw ids, not hashed (a text id already a raw id), so one store serves every model
+of those features, each hashing them through its own feature contract. A field's values are its
+feature values (the behaviour counts of 109_14 & co., a list's weights, a numeric feature's
+number with id 0; 1.0 elsewhere), as many as its ids.
+
+The same records serve from Redis (`ranker users load`) and from the embedded store, one file on
+the service's machine (features/user_table.py, `ranker users build`).
 
 `d` lets a reader prove a cached user representation current with one read of 32 bytes instead
 of the features (service/user_store.py): equal digests mean equal features. Writers set both
@@ -22,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 from features.contract import USER_FIELDS
@@ -30,6 +37,7 @@ PREFIX = "ranker:user:"
 INT64_MAX = (1 << 63) - 1
 
 RawFeatures = Mapping[str, tuple[Sequence[int], Sequence[float]]]
+NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")  # a spec's feature name or an Ali-CCP field id
 
 
 class UserRecordError(ValueError):
@@ -45,11 +53,11 @@ def digest(blob: bytes) -> str:
 
 
 def encode(features: RawFeatures) -> tuple[str, bytes]:
-    """(digest, blob) of one user's features; fields in contract order, so equal features give
-    equal bytes whatever order they came in."""
+    """(digest, blob) of one user's features; fields in Ali-CCP's order, others by name, so
+    equal features give equal bytes whatever order they came in."""
     order = {name: k for k, name in enumerate(USER_FIELDS)}
     body = {}
-    for name in sorted(features, key=lambda n: order.get(n, len(order))):
+    for name in sorted(features, key=lambda n: (order.get(n, len(order)), n)):
         ids, values = features[name]
         body[name] = [[int(i) for i in ids], [float(v) for v in values]]
     _check(body)
@@ -58,8 +66,9 @@ def encode(features: RawFeatures) -> tuple[str, bytes]:
 
 
 def decode(blob: bytes, expected: str | None = None) -> dict[str, tuple[list[int], list[float]]]:
-    """A stored blob -> {field: (ids, values)}, checked: user fields only, as many values as
-    ids, integer ids in int64, finite values; `expected`, when given, must be its digest."""
+    """A stored blob -> {field: (ids, values)}, checked: names of features (a model skips the
+    ones it does not read), as many values as ids, integer ids in int64, finite values;
+    `expected`, when given, must be its digest."""
     if expected is not None and digest(blob) != expected:
         raise UserRecordError("its features do not match its digest (written without d?)")
     try:
@@ -74,8 +83,8 @@ def _check(body) -> None:
     if not isinstance(body, dict):
         raise UserRecordError("its features are not a JSON object")
     for name, pair in body.items():
-        if name not in USER_FIELDS:
-            raise UserRecordError(f"field {name!r} is not a user field")
+        if not NAME.match(name):
+            raise UserRecordError(f"field {name[:80]!r} is not a feature name")
         if not (
             isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, list) for p in pair)
         ):

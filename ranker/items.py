@@ -1,7 +1,11 @@
 """Build the item feature table (features/items.py) from Ali-CCP files or a Parquet table.
 
+    ranker items build --spec SPEC --out FILE
     ranker items build --data DIR [--split train|test] --out FILE
     ranker items build --table FILE.parquet --out FILE
+
+From a feature spec (features/spec.py, docs/spec.md): its items table, one row per item, the
+spec's item features by name and the price column it names (training/tables.py).
 
 From Ali-CCP files: reads the impressions of the split (both splits, train first, when none is
 given) in log order and keeps, per item id (field 205), the newest features seen. Ali-CCP logs
@@ -45,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="action", required=True)
     b = sub.add_parser("build", help="build an item table from an Ali-CCP folder or a table")
     source = b.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spec", type=Path, help="a feature spec: its items table")
     source.add_argument("--data", type=Path, help="a folder in the raw Ali-CCP layout")
     source.add_argument("--table", type=Path, help="a Parquet table, one row per item")
     b.add_argument("--split", choices=("train", "test"), help="with --data; default: both")
@@ -52,10 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
-    if args.table is not None and args.split is not None:
+    if args.data is None and args.split is not None:
         b.error("--split goes with --data (a table has no splits)")
     try:
-        if args.table is not None:
+        if args.spec is not None:
+            from features.spec import SpecError
+            from training.tables import item_table
+
+            try:
+                table = item_table(args.spec)
+            except SpecError as e:
+                b.error(str(e))
+        elif args.table is not None:
             from features.item_source import from_parquet  # pyarrow: the train extra
 
             table = from_parquet(args.table)

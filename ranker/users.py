@@ -1,6 +1,13 @@
-"""Load the online user feature store (features/users.py) from Ali-CCP files, for ranking by ids.
+"""Load the online user feature store (features/users.py), for ranking by ids: into Redis, or
+into the embedded store's file (features/user_table.py) for one machine.
 
-    ranker users load --data DIR [--split train|test] --redis URL
+    ranker users load  --spec SPEC --redis URL
+    ranker users build --spec SPEC --out FILE
+    ranker users load  --data DIR [--split train|test] --redis URL
+    ranker users build --data DIR [--split train|test] --out FILE
+
+From a feature spec (features/spec.py): its users table, one record per row keyed by the user
+key's raw id (features/values.py), holding the spec's user features by name (training/tables.py).
 
 Reads `common_features_<split>.csv` (both splits, train first, when none is given) and writes
 one record per user id (field 101) to Redis: the newest features seen, since a later row of a
@@ -65,30 +72,75 @@ def write_users(client, found: dict[int, dict], batch: int) -> int:
     return len(found)
 
 
+def _source(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--spec", type=Path, help="a feature spec: its users table")
+    src.add_argument("--data", type=Path, help="a folder in the raw Ali-CCP layout")
+    parser.add_argument(
+        "--split", choices=("train", "test"), help="with --data; default: train, then test"
+    )
+
+
+def _read(parser: argparse.ArgumentParser, args) -> tuple[dict[int, dict], str]:
+    """{raw user key: features} and a line saying what was read."""
+    if args.spec is not None:
+        if args.split is not None:
+            parser.error("--split goes with --data (a users table has no splits)")
+        from features.spec import SpecError
+        from training.tables import user_records
+
+        try:
+            spec, records = user_records(args.spec)
+        except SpecError as e:
+            parser.error(str(e))
+        return dict(records), f"{spec.table_path('users')} ({len(records)} rows)"
+    splits = [args.split] if args.split else ["train", "test"]
+    try:
+        found, counts = read_users(args.data, splits)
+    except FileNotFoundError as e:
+        parser.error(str(e))
+    return found, (
+        f"{args.data} ({', '.join(splits)}: {counts['lines']} lines, {counts['malformed']} "
+        f"malformed, {counts['without_101']} without a 101 id)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ranker users", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="action", required=True)
-    ld = sub.add_parser("load", help="write the users of an Ali-CCP folder to the Redis store")
-    ld.add_argument("--data", type=Path, required=True, help="a folder in the raw Ali-CCP layout")
-    ld.add_argument("--split", choices=("train", "test"), help="default: train, then test")
+    ld = sub.add_parser("load", help="write the users of a spec or Ali-CCP folder to Redis")
+    _source(ld)
     ld.add_argument(
         "--redis",
         required=True,
         help="the store: redis://127.0.0.1:6379/0, or a Redis Cluster as redis+cluster://host:port",
     )
     ld.add_argument("--batch", type=int, default=1000, help="users per pipelined round trip")
+    bd = sub.add_parser("build", help="write the embedded store's file (RANKER_USER_STORE=FILE)")
+    _source(bd)
+    bd.add_argument("--out", type=Path, required=True, help="the user table file (.npz)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    t0 = time.perf_counter()
+    found, what = _read(ld if args.action == "load" else bd, args)
+    if args.action == "build":
+        from features.user_table import UserTable
+
+        table = UserTable.from_records(found.items(), source=what)
+        table.save(args.out)
+        log.info(
+            "%d users from %s into %s (%.1f MB, %.1f s)",
+            len(table),
+            what,
+            args.out,
+            args.out.stat().st_size / 1e6,
+            time.perf_counter() - t0,
+        )
+        return 0
     import redis
 
     from service.user_cache import redacted, redis_client
 
-    t0 = time.perf_counter()
-    splits = [args.split] if args.split else ["train", "test"]
-    try:
-        found, counts = read_users(args.data, splits)
-    except FileNotFoundError as e:
-        p.error(str(e))
     client = None
     try:  # a cluster client asks for the slot map as it is made: that can fail too
         client = redis_client(args.redis, sync=True, socket_timeout=10)
@@ -100,13 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         if client is not None:
             client.close()
     log.info(
-        "%d users from %s (%s: %d lines, %d malformed, %d without a 101 id) into %s in %.1f s",
+        "%d users from %s into %s in %.1f s",
         written,
-        args.data,
-        ", ".join(splits),
-        counts["lines"],
-        counts["malformed"],
-        counts["without_101"],
+        what,
         redacted(args.redis),
         time.perf_counter() - t0,
     )

@@ -135,8 +135,10 @@ class Settings(BaseSettings):
     # user feature store: requests without user_features read the user's stored features
     user_store: str | None = Field(
         None,
-        description="redis://host:port/db of the user feature store (`ranker users load`), or "
-        "redis+cluster://host:port for a Redis Cluster; unset: user_features are required",
+        description="redis://host:port/db of the user feature store (`ranker users load`), "
+        "redis+cluster://host:port for a Redis Cluster, or the path of an embedded store's "
+        "file (`ranker users build`: loaded in the process, no Redis); unset: user_features "
+        "are required",
     )
     user_store_timeout_ms: int = Field(50, ge=1, description="hard limit of one store read")
     user_max_age_s: float = Field(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from features.user_table import UserTableError
 from ranker import __version__
 from service import admin, request, tracing
 from service.admission import Admission
@@ -26,7 +27,7 @@ from service.requestid import RequestIdMiddleware, install_log_field
 from service.routes import router
 from service.served import ModelSlot
 from service.user_cache import Breaker, RedisTier
-from service.user_store import UserStore
+from service.user_store import EmbeddedUserStore, UserStore, is_redis_url
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -57,7 +58,12 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                 on_event=st.metrics.on_redis,
             )
         users = None
-        if s.user_store:
+        if s.user_store and not is_redis_url(s.user_store):
+            try:  # the embedded store: a user table file (`ranker users build`)
+                users = EmbeddedUserStore(s.user_store, on_event=st.metrics.on_user_store)
+            except UserTableError as e:
+                raise SystemExit(f"RANKER_USER_STORE={s.user_store}: {e}") from None
+        elif s.user_store:
             users = UserStore(
                 s.user_store,
                 s.user_store_timeout_ms,

@@ -85,9 +85,10 @@ class Ranker:
             else:
                 r = request.decode_sized(body, self.rules)
         self.on_request(r.rows)
-        if r.req.user_features is None:
-            self._check_store_user(r.req.user_id)
         async with self.slot.lease() as model:
+            user_key = None
+            if r.req.user_features is None:
+                user_key = self._store_key(model, r.req.user_id)
             with tracing.span("encode"):
                 if large:
                     rows = await self._off_loop(model.encoder.encode, r.req)
@@ -97,7 +98,9 @@ class Ranker:
             try:
                 async with asyncio.timeout_at(deadline):
                     with tracing.span("user_repr"):
-                        user_repr, hit, source = await self._user(model, r.req.user_id, rows)
+                        part, hit, source = await self._user(model, r.req.user_id, user_key, rows)
+                    user_repr, lists = model.encoder.split(part)
+                    model.encoder.fill_crosses(rows, lists)
                     scores = await model.score(
                         user_repr, rows.item_ids, rows.item_weights, deadline
                     )
@@ -116,49 +119,70 @@ class Ranker:
     async def _off_loop(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.workers, fn, *args)
 
-    def _check_store_user(self, user_id) -> None:
+    def _store_key(self, model: ServedModel, user_id) -> int:
+        """The key a request without user_features finds its user by in the store."""
         if self.users is None:
             raise ClientError(
                 "user_features is required: this service has no user store (RANKER_USER_STORE)",
                 field="user_features",
             )
-        if type(user_id) is not int or user_id < 0:
+        key = model.encoder.key("user", user_id)
+        if key is None:
+            where = "" if model.encoder.named else " (field 101)"
             raise ClientError(
-                "without user_features the user_id must be a user's integer id (field 101) to "
-                "look up in the user store",
+                f"without user_features the user_id must be a user's "
+                f"{model.encoder.key_kind('user')} id{where} to look up in the user store",
                 field="user_id",
             )
+        return key
 
-    async def _user(self, model: ServedModel, user_id, rows: Encoded):
-        """(representation, cache hit, where the features came from): the request's; else the
-        store's current ones, proven current by their digest; else, for a user the store
-        lacks, the user id alone (field 101), counted."""
+    async def _user(self, model: ServedModel, user_id, key: int | None, rows: Encoded):
+        """(user part, cache hit, where the features came from): the request's; else the
+        store's current ones (the user found by `key`), proven current by their digest; else,
+        for a user the store lacks, the user id alone (its key feature), counted."""
         if rows.user_ids is not None:
-            return *await model.user_repr(user_id, rows.user_ids, rows.user_weights), "request"
+            part = await model.user_repr(user_id, rows.user_ids, rows.user_weights, rows.user_lists)
+            return *part, "request"
         for _ in range(3):  # a record rewritten between the digest read and the fetch: again
-            digest = await self.users.digest(user_id)
+            digest = await self.users.digest(key)
             if digest is None:
                 break
             try:
-                fetch = functools.partial(self.users.features, user_id, digest)
-                return *await model.stored_user_repr(user_id, digest, fetch), "store"
+                fetch = functools.partial(self.users.features, key, digest)
+                return *await model.stored_user_repr(key, digest, fetch), "store"
             except Changed:
                 continue
             except UserRecordError as e:
-                log.warning("user %d: stored record unusable (%s): scored by its id", user_id, e)
+                log.warning("user %r: stored record unusable (%s): scored by its id", user_id, e)
                 break
         else:
             raise StoreUnavailable("the user's stored features kept changing while being read")
         self.on_unknown_user()
-        uid, uw = model.encoder.encode_stored_user({"101": ([user_id], [1.0])})
-        return *await model.user_repr(user_id, uid, uw), "unknown"
+        return *await model.user_repr(key, *model.encoder.encode_unknown_user(key)), "unknown"
 
 
 def contract_summary(contract: FeatureContract) -> dict:
     """The fields a model reads per side, the Ali-CCP fields it leaves out (skipped when a
     request gives them), and the numeric item attributes it reads (a candidate's `price` and
-    `attributes`, else the item table's)."""
+    `attributes`, else the item table's); a spec's model: its spec, and its features by name
+    with their kinds."""
     used = {f.name for f in contract.fields}
+    if contract.keys is not None:
+        return {
+            "spec": contract.spec,
+            "keys": contract.keys,
+            "features": [
+                {
+                    "name": f.name,
+                    "source": f.source,
+                    "kind": "numeric" if f.numeric else ("ids" if f.max_len > 1 else "id"),
+                    "max_len": f.max_len,
+                    **({"values": f.dtype} if f.dtype else {}),
+                    **({"count_in": list(f.cross)} if f.cross else {}),
+                }
+                for f in contract.fields
+            ],
+        }
     return {
         **{
             side: [{"field": f.name, "max_len": f.max_len} for f in contract.side_fields(side)]

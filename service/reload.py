@@ -31,7 +31,7 @@ import numpy as np
 from features import manifest
 from features.items import ItemTable, ItemTableError
 from service.config import Settings
-from service.encoding import StoredItems
+from service.encoding import StoredItems, payload_size
 from service.engine import Engine, ModelError, newest_version
 from service.errors import ClientError, ModelRefused
 from service.metrics import Metrics
@@ -60,7 +60,7 @@ class ModelLoader:
             raise ModelError(f"{engine.version}: warm-up failed ({type(e).__name__})") from e
         cache = UserCache(
             engine.digest,
-            engine.repr_dim,
+            engine.repr_dim + payload_size(engine.contract),  # the user part (encoding.py)
             LocalLRU(s.cache_size, s.cache_ttl_s, s.cache_bytes),  # each version has its own
             self.redis,  # shared: keys and values carry the model's content digest
             self.metrics.on_cache,

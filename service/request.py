@@ -49,8 +49,13 @@ MAX_FIELDS = 64
 MAX_TIMEOUT_MS = 60_000
 
 FeatureId = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+# A single value: an integer id (negative only for a numeric feature: the encoder says which),
+# a text id of a spec's text feature, or a number of a numeric one.
+Integer = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]
+Number = Annotated[float, msgspec.Meta(ge=-MAX_ATTRIBUTE, le=MAX_ATTRIBUTE)]
 Weight = Annotated[float, msgspec.Meta(gt=0, le=MAX_WEIGHT)]
-Ids = Annotated[list[FeatureId], msgspec.Meta(min_length=1, max_length=MAX_IDS)]
+Ids = Annotated[list[FeatureId | Text], msgspec.Meta(min_length=1, max_length=MAX_IDS)]
 Key = (
     Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]
     | Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
@@ -71,12 +76,14 @@ class WeightedIds(_Strict):
             raise ValueError(f"{len(self.ids)} ids but {len(self.weights)} weights")
 
 
-FeatureValue = FeatureId | Ids | WeightedIds
+FeatureValue = Integer | Text | Number | Ids | WeightedIds
 Features = Annotated[
-    dict[Annotated[str, msgspec.Meta(max_length=32)], FeatureValue],
+    dict[Annotated[str, msgspec.Meta(max_length=64)], FeatureValue],
     msgspec.Meta(
         max_length=MAX_FIELDS,
-        description='by field id: an id, a list of ids, or {"ids": [...], "weights": [...]}',
+        description="by feature name (a spec's) or Ali-CCP field id: an id (integer, or text "
+        'for a text feature), a number (a numeric feature), a list of ids, or {"ids": [...], '
+        '"weights": [...]}',
     ),
 ]
 
@@ -149,7 +156,7 @@ class RankRequest(_Strict):
     candidates: Annotated[list[Candidate], msgspec.Meta(min_length=1)] | None = None
     item_ids: (
         Annotated[
-            list[Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]],
+            list[Key],
             msgspec.Meta(
                 min_length=1,
                 description="candidates by id alone, their features from the item table "

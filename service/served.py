@@ -96,27 +96,30 @@ class ServedModel:
         ]
 
     # ---- on the event loop --------------------------------------------------------------------
-    async def user_repr(self, user_id, uid, uw) -> tuple[np.ndarray, bool]:
-        """(representation, hit) of one user's encoded row (1, user width): from the cache, or
-        the user tower run once (off the loop)."""
-        key = user_key(self.digest, user_id, uid, uw)
+    async def user_repr(self, user_id, uid, uw, lists: np.ndarray) -> tuple[np.ndarray, bool]:
+        """(user part, hit) of one user's encoded row (1, user width) and cross lists: from
+        the cache, or the user tower run once (off the loop). The user part is the
+        representation with the lists packed after it (encoder.split takes it apart)."""
+        key = user_key(self.digest, user_id, uid, uw, lists.tobytes())
 
         async def compute() -> np.ndarray:
-            loop = asyncio.get_running_loop()
-            return (await loop.run_in_executor(self.executor, self.engine.user_repr, uid, uw))[0]
+            return await self._part(uid, uw, lists)
 
         return await self.cache.get_or_compute(key, compute)
+
+    async def _part(self, uid, uw, lists: np.ndarray) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        rep = (await loop.run_in_executor(self.executor, self.engine.user_repr, uid, uw))[0]
+        return np.concatenate([rep, lists]) if len(lists) else rep
 
     async def stored_user_repr(
         self, user_id: int, digest: str, fetch: Callable[[], Awaitable[dict]]
     ) -> tuple[np.ndarray, bool]:
-        """(representation, hit) of a user whose current stored features have `digest`: from
-        the cache without fetching them, or fetched, encoded and run through the user tower."""
+        """(user part, hit) of a user whose current stored features have `digest`: from the
+        cache without fetching them, or fetched, encoded and run through the user tower."""
 
         async def compute() -> np.ndarray:
-            uid, uw = self.encoder.encode_stored_user(await fetch())
-            loop = asyncio.get_running_loop()
-            return (await loop.run_in_executor(self.executor, self.engine.user_repr, uid, uw))[0]
+            return await self._part(*self.encoder.encode_stored_user(await fetch()))
 
         return await self.cache.get_or_compute(
             stored_user_key(self.digest, user_id, digest), compute

@@ -36,10 +36,14 @@ log = logging.getLogger("service.user_cache")
 MAGIC = b"RNK1"
 
 
-def user_key(model: str, user_id: str | int, ids: np.ndarray, vals: np.ndarray) -> str:
+def user_key(
+    model: str, user_id: str | int, ids: np.ndarray, vals: np.ndarray, lists: bytes = b""
+) -> str:
+    """`lists`: the raw cross lists the user part carries (service/encoding.py), which hashed
+    rows alone do not determine."""
     h = hashlib.blake2b(digest_size=12)
     h.update(f"{type(user_id).__name__}:{user_id}".encode("utf-8", "surrogatepass"))
-    h.update(b"\0" + ids.tobytes() + vals.tobytes())
+    h.update(b"\0" + ids.tobytes() + vals.tobytes() + lists)
     return f"ranker:u:{model[:24]}:{h.hexdigest()}"
 
 

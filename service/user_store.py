@@ -19,6 +19,10 @@ A store that fails or does not answer within `timeout_ms` is a 503 (the breaker 
 for a while): features that cannot be proven current are never used. The store may be one Redis
 or a Redis Cluster (`redis+cluster://host:port`): each user is one hash, so its reads are
 single-key commands, and users spread over the nodes.
+
+`EmbeddedUserStore` answers the same two questions from a user table file loaded in the process
+(features/user_table.py: the same records), for one machine without Redis; `open_store` picks
+by RANKER_USER_STORE: a redis URL, or a file's path.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ import collections
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from features import users
+from features.user_table import UserTable
 from service.errors import StoreUnavailable
 from service.user_cache import Breaker, Initialized, redacted, redis_client
 
@@ -131,3 +137,33 @@ class UserStore:
     async def close(self) -> None:
         await self._connected.close()
         await self.client.aclose()
+
+
+class EmbeddedUserStore:
+    """The user store as a file loaded in the process: no network, nothing to fail once
+    loaded; a record is decoded and checked as Redis's are (features/users.py)."""
+
+    def __init__(self, path: str | Path, on_event: Callable[[str, str], None] = lambda o, r: None):
+        self.path = Path(path)
+        self.url = f"file {self.path}"
+        self.table = UserTable.load(self.path)  # UserTableError: refused at start
+        self.on_event = on_event
+
+    async def digest(self, user_id: int) -> str | None:
+        found = self.table.get(user_id)
+        self.on_event("check", "ok")
+        return None if found is None else found[0]
+
+    async def features(self, user_id: int, digest: str) -> dict:
+        found = self.table.get(user_id)
+        self.on_event("fetch", "ok")
+        if found is None or found[0] != digest:
+            raise Changed
+        return users.decode(found[1], expected=digest)
+
+    async def close(self) -> None:
+        return None
+
+
+def is_redis_url(store: str) -> bool:
+    return store.split("://", 1)[0] in ("redis", "rediss", "redis+cluster", "rediss+cluster")

@@ -43,6 +43,7 @@ from training.data import EncodedSplit, OrphanPolicy, ReadReport, read_progress
 log = logging.getLogger(__name__)
 
 MAX_WEIGHT = 1e6  # a request's bound on a weight (service/request.py); stored data meets it too
+MAX_PRICE = 1e9  # and on a price
 BATCH_ROWS = 1 << 20
 
 
@@ -192,6 +193,7 @@ class SideTable:
     keys: np.ndarray  # (M,) int64 raw ids of the key, sorted
     ids: np.ndarray  # (M, side width) int64, -1 padding
     vals: np.ndarray  # (M, side width) float32
+    numbers: dict = dataclasses.field(default_factory=dict)  # column -> (M,) float64
 
     def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not len(self.keys):
@@ -208,7 +210,12 @@ def _own(spec: S.Spec, contract: FeatureContract, side: str) -> list[tuple]:
     return [(f, cols[f.name]) for f in spec.side(side) if f.column != spec.keys[side]]
 
 
-def read_side(spec: S.Spec, contract: FeatureContract, side: str) -> SideTable:
+def read_side(
+    spec: S.Spec, contract: FeatureContract, side: str, numbers_of: tuple[str, ...] = ()
+) -> SideTable:
+    """A side table's rows as raw arrays of the contract's side, by sorted key (the features
+    read from the key column filled too); `numbers_of`: further numeric columns to read, in the
+    same order (`SideTable.numbers`: the items' price)."""
     table_name = "users" if side == "user" else "items"
     cside = "user" if side == "user" else "item"
     width = contract.width(cside)
@@ -221,7 +228,12 @@ def read_side(spec: S.Spec, contract: FeatureContract, side: str) -> SideTable:
     path = spec.table_path(table_name)
     cols = list(
         dict.fromkeys(
-            [key_col, *(f.column for f, _ in own), *(f.weights for f, _ in own if f.weights)]
+            [
+                key_col,
+                *(f.column for f, _ in own),
+                *(f.weights for f, _ in own if f.weights),
+                *numbers_of,
+            ]
         )
     )
     t = pq.read_table(path, columns=cols)
@@ -254,7 +266,9 @@ def read_side(spec: S.Spec, contract: FeatureContract, side: str) -> SideTable:
             t[f.weights] if f.weights else None,
             fw,
         )
-    return SideTable(sk, ids[order], vals[order])
+    _key_features(spec, contract, side, ids, vals, keys)
+    extra = {n: numbers(t[n])[order] for n in numbers_of}
+    return SideTable(sk, ids[order], vals[order], extra)
 
 
 def _key_dtype(t: pa.DataType) -> str:
@@ -468,3 +482,67 @@ def read_truth(spec_path: Path, split: str, rows: np.ndarray) -> dict | None:
     if len(rows) and rows.max() >= len(table):
         raise ValueError(f"{path} has {len(table)} rows, fewer than the {split} events")
     return {"p_click": table[rows, 1], "p_conversion": table[rows, 2]}
+
+
+# ---- the stores' rows -------------------------------------------------------------------------
+def side_table(spec_path: Path, side: str) -> tuple[S.Spec, FeatureContract, SideTable]:
+    """One side table of a spec (users or items), checked and read alone: what the item table
+    and the user stores are built from (the events are not opened)."""
+    spec = S.load(spec_path)
+    table = "users" if side == "user" else "items"
+    if not getattr(spec, table):
+        raise S.SpecError(f"{spec.source}: tables.{table}: the spec names no {table} table")
+    dtypes = S.check_columns(spec, {table: _schema(spec, table)})
+    contract = spec.contract(dtypes)
+    extra = (spec.price,) if side == "item" and spec.price else ()
+    return spec, contract, read_side(spec, contract, side, extra)
+
+
+def own_columns(contract: FeatureContract, side: str) -> list[tuple]:
+    """(field, columns) of the features a side's store holds: the side's own (not context or
+    crosses, which a request or the model computes)."""
+    return [(f, c) for f, c in contract.columns(side) if f.source == side]
+
+
+def item_table(spec_path: Path):
+    """The item feature table (features/items.py) of a spec's items table: the item features
+    by name (raw ids; a numeric one as id 0 with its value) keyed by the item key's raw id, and
+    the price column the spec names (NaN where null)."""
+    from features.items import ItemTable
+
+    spec, contract, st = side_table(spec_path, "item")
+    cols = own_columns(contract, "item")
+    if not cols:
+        raise S.SpecError(f"{spec.source}: features: no item feature to put in an item table")
+    price = st.numbers.get(spec.price, np.full(len(st.keys), np.nan))
+    bad = ~(np.isnan(price) | ((price >= 0) & (price <= MAX_PRICE)))
+    if bad.any():
+        raise S.SpecError(
+            f"{spec.source}: price: column {spec.price!r} holds {price[bad][0]}, outside "
+            f"[0, {MAX_PRICE:g}] (a request's bound)"
+        )
+    return ItemTable(
+        st.keys,
+        np.concatenate([st.ids[:, c] for _, c in cols], axis=1),
+        np.concatenate([st.vals[:, c] for _, c in cols], axis=1),
+        price.astype(np.float64),
+        {f.name: f.max_len for f, _ in cols},
+        f"{spec.table_path('items')} ({spec.source})",
+    )
+
+
+def user_records(spec_path: Path) -> tuple[S.Spec, list[tuple[int, dict]]]:
+    """Each user of a spec's users table as (raw key, {feature: (raw ids, values)}), the
+    features it has (features/users.py's record), in key order."""
+    spec, contract, st = side_table(spec_path, "user")
+    cols = own_columns(contract, "user")
+    out = []
+    for r in range(len(st.keys)):
+        feats = {}
+        for f, c in cols:
+            ids = st.ids[r, c]
+            keep = ids >= 0
+            if keep.any():
+                feats[f.name] = (ids[keep].tolist(), st.vals[r, c][keep].tolist())
+        out.append((int(st.keys[r]), feats))
+    return spec, out

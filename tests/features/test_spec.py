@@ -335,6 +335,8 @@ def _schemas(**changes):
 def test_the_columns_give_each_id_feature_its_value_type():
     dtypes = S.check_columns(S.loads(GOOD), SCHEMAS)
     assert dtypes == {
+        "keys.user": "int",
+        "keys.item": "int",
         "gender": "text",
         "recent_categories": "int",
         "category": "int",

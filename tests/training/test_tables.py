@@ -91,6 +91,10 @@ def shop(tmp_path: Path) -> Path:
 def test_a_shops_tables_become_the_contracts_raw_arrays(shop: Path):
     spec, contract, train, test = T.load(shop, seed=3)
     assert contract.version == 4 and contract.spec == spec.to_dict()
+    assert contract.keys == {
+        "user": {"dtype": "text", "field": "member"},
+        "item": {"dtype": "text", "field": "sku"},
+    }
     assert {f.name: f.dtype for f in contract.fields if f.dtype} == {
         "member": "text",
         "tier": "text",

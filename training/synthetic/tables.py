@@ -180,6 +180,7 @@ def spec_text() -> str:
         f"  events: {{{events}}}",
         f"  users: {USERS_FILE}",
         f"  items: {ITEMS_FILE}",
+        "price: price  # the items column the fusion's price comes from",
         "features:",
         "  - {name: user_id, side: user, kind: id}",
     ]
