@@ -173,7 +173,8 @@ def test_crosses_computed_from_the_tables_are_the_combination_features(data: dic
 
 def test_spec_names_existing_columns(data: dict) -> None:
     spec = yaml.safe_load((data["tables"] / "spec.yaml").read_text(encoding="utf-8"))
-    assert set(spec) == {"keys", "labels", "tables", "features"}
+    assert set(spec) == {"keys", "labels", "tables", "features", "price"}
+    assert spec["price"] in data["items"].column_names
     paths = spec["tables"]
     assert set(paths["events"]) == set(SPLITS)
     for rel in [*paths["events"].values(), paths["users"], paths["items"]]:
