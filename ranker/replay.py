@@ -1,7 +1,14 @@
 """Replay a split's impressions through a running service as id-only requests and compare them
 with the offline scores of `ranker predict`: the offline/online consistency check.
 
+    ranker replay --spec SPEC --split test --predictions FILE.csv --url URL [--limit N]
     ranker replay --data DIR --split test --predictions FILE.csv --url URL [--limit N]
+
+With a feature spec, each request of the events table (its request key, else each run of one
+user's events) with one set of context values becomes one id-only request, as a recommender
+sends it: the user id and the item ids as the tables hold them (integers or text) and the
+context features by name; crosses are computed by the service from the stores' features.
+`ranker predict --spec`'s CSV has one row per event in the table's order: the rows compared.
 
 Each impression group (one common-features row and one scene) becomes one request: the user by
 its id (field 101) without user_features, so the service reads the user store; the candidates
@@ -90,11 +97,59 @@ def requests(
     return out
 
 
+def spec_requests(
+    spec_path: Path, split: str, limit: int | None, max_candidates: int, timeout_ms: int = 10_000
+) -> list[tuple[dict, list[int]]]:
+    """(id-only request body, the event row of each candidate) per request of a spec's events
+    table and context values, in table order."""
+    import pyarrow.parquet as pq
+
+    from features import spec as S
+
+    spec = S.load(spec_path)
+    context = [f for f in spec.features if f.side == "context"]
+    cols = [
+        spec.keys["request"],
+        spec.keys["user"],
+        spec.keys["item"],
+        *(f.column for f in context),
+    ]
+    t = pq.read_table(
+        spec.table_path("events", split), columns=list(dict.fromkeys(filter(None, cols)))
+    )
+    n = len(t) if limit is None else min(limit, len(t))
+    t = t.slice(0, n)
+    req = t[spec.keys["request"]].to_pylist() if spec.keys["request"] else [None] * n
+    users, items = t[spec.keys["user"]].to_pylist(), t[spec.keys["item"]].to_pylist()
+    ctx = [t[f.column].to_pylist() for f in context]
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    run = 0
+    for r in range(n):
+        if req[r] is None and r and users[r] != users[r - 1]:
+            run += 1  # no request key: a run of one user's events is one request
+        key = (req[r] if req[r] is not None else run, users[r], *(c[r] for c in ctx))
+        groups[key].append(r)
+    out = []
+    for key, rows in groups.items():
+        values = key[2:]
+        features = {f.name: v for f, v in zip(context, values, strict=True) if v is not None}
+        for a in range(0, len(rows), max_candidates):
+            part = rows[a : a + max_candidates]
+            body: dict = {"user_id": key[1], "item_ids": [items[r] for r in part]}
+            if features:
+                body["context_features"] = features
+            body["timeout_ms"] = timeout_ms
+            out.append((body, part))
+    return out
+
+
 def read_predictions(path: Path) -> dict[int, tuple[float, float, float]]:
-    with open(path) as f:
-        return {
-            int(row["sample_id"]): tuple(float(row[h]) for h in HEADS) for row in csv.DictReader(f)
-        }
+    """`ranker predict`'s CSV by sample id, or (a spec's: no sample_id) by row."""
+    with open(path, newline="") as f:
+        rows = csv.DictReader(f)
+        if "sample_id" not in (rows.fieldnames or ()):
+            return {k: tuple(float(row[h]) for h in HEADS) for k, row in enumerate(rows)}
+        return {int(row["sample_id"]): tuple(float(row[h]) for h in HEADS) for row in rows}
 
 
 def replay(url: str, reqs: list[tuple[dict, list[int]]], timeout_s: float = 60.0) -> dict:
@@ -142,7 +197,9 @@ def compare(online: dict, offline: dict, tolerance: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ranker replay", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, required=True, help="a folder in the raw Ali-CCP layout")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--spec", type=Path, help="a feature spec: where its events table is")
+    src.add_argument("--data", type=Path, help="a folder in the raw Ali-CCP layout")
     p.add_argument("--split", choices=("train", "test"), default="test")
     p.add_argument("--predictions", type=Path, required=True, help="`ranker predict`'s CSV")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
@@ -159,12 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import httpx
 
-    model = httpx.get(f"{args.url}/v1/model", timeout=10).json()
-    crosses = not set(COMBINATION_FIELDS) <= set(model["features"]["left_out"])
-    reqs = requests(
-        args.data, args.split, crosses, args.limit, args.max_candidates, args.timeout_ms
-    )
-    log.info("%d requests (combination fields inline: %s)", len(reqs), crosses)
+    if args.spec is not None:
+        reqs = spec_requests(
+            args.spec, args.split, args.limit, args.max_candidates, args.timeout_ms
+        )
+        log.info("%d id-only requests (crosses computed by the service)", len(reqs))
+    else:
+        model = httpx.get(f"{args.url}/v1/model", timeout=10).json()
+        crosses = not set(COMBINATION_FIELDS) <= set(model["features"]["left_out"])
+        reqs = requests(
+            args.data, args.split, crosses, args.limit, args.max_candidates, args.timeout_ms
+        )
+        log.info("%d requests (combination fields inline: %s)", len(reqs), crosses)
     report = compare(replay(args.url, reqs), read_predictions(args.predictions), args.tolerance)
     print(json.dumps(report, indent=2))
     return 1 if report["over_tolerance"] else 0

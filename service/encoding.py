@@ -50,8 +50,27 @@ def cross_lists(contract: FeatureContract) -> list[tuple[Field, slice]]:
 
 def payload_size(contract: FeatureContract) -> int:
     """float32 slots the user part carries after the representation: per list column its raw
-    id (int64, as two float32 slots, bit for bit) and its weight."""
-    return sum(3 * f.max_len for f, _ in cross_lists(contract))
+    id (in three 21-bit parts, each exact in a float32, and finite, as every cached value must
+    be: user_cache checks) and its weight."""
+    return sum(4 * f.max_len for f, _ in cross_lists(contract))
+
+
+_PART = 21  # bits of a raw id per float32 slot (a float32 holds integers to 2^24 exactly)
+
+
+def pack_ids(ids: np.ndarray) -> np.ndarray:
+    """(n,) int64 raw ids (-1 padding, else in [0, 2^63)) -> (3n,) float32, exactly."""
+    v = np.where(ids >= 0, ids, 0).astype(np.int64)
+    mask = (1 << _PART) - 1
+    parts = np.stack([v & mask, (v >> _PART) & mask, v >> (2 * _PART)]).astype(np.float32)
+    parts[0, ids < 0] = -1.0
+    return parts.reshape(-1)
+
+
+def unpack_ids(packed: np.ndarray) -> np.ndarray:
+    p = packed.reshape(3, -1).astype(np.int64)
+    ids = p[0] | (p[1] << _PART) | (p[2] << (2 * _PART))
+    return np.where(p[0] < 0, -1, ids)
 
 
 class StoredItems:
@@ -284,12 +303,12 @@ class RequestEncoder:
         return ids, weights, self.pack_lists(raw_ids, raw_vals)
 
     def pack_lists(self, raw_ids: np.ndarray, raw_vals: np.ndarray) -> np.ndarray:
-        """(payload,) float32: the raw ids (bit for bit) and weights of the cross lists."""
+        """(payload,) float32: the raw ids (pack_ids) and weights of the cross lists."""
         if not self.lists:
             return np.empty(0, np.float32)
         parts = []
         for _, c in self.lists:
-            parts += [np.ascontiguousarray(raw_ids[c]).view(np.float32), raw_vals[c]]
+            parts += [pack_ids(raw_ids[c]), raw_vals[c]]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def split(self, user_part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -305,9 +324,9 @@ class RequestEncoder:
         user_lists, at = {}, 0
         for f, _ in self.lists:
             n = f.max_len
-            ids = np.ascontiguousarray(lists[at : at + 2 * n]).view(np.int64)
-            user_lists[f.name] = (ids[None], lists[at + 2 * n : at + 3 * n][None])
-            at += 3 * n
+            ids = unpack_ids(lists[at : at + 3 * n])
+            user_lists[f.name] = (ids[None], lists[at + 3 * n : at + 4 * n][None])
+            at += 4 * n
         zero = np.zeros(len(rows.item_ids), dtype=np.int64)
         for (f, col, _, _), keys in zip(self.crosses, rows.cross_keys, strict=True):
             ids, weights = user_lists[f.cross[0]]

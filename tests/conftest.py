@@ -60,3 +60,43 @@ def samples(exported):
     return FeatureContract.from_dict(manifest["feature_contract"]), np.load(
         exported / "samples.npz"
     )
+
+
+# ---- the spec route: the generator's named tables, and a shop's own -------------------------
+@pytest.fixture(scope="session")
+def spec_generated(tmp_path_factory) -> Path:
+    """The generator's named tables (layout tables): their spec.yaml."""
+    from training.generate import TABLES_DIR, generate
+
+    out = tmp_path_factory.mktemp("synthetic-tables")
+    generate(out, impressions=40_000, seed=7, layout="tables")
+    return out / TABLES_DIR / "spec.yaml"
+
+
+@pytest.fixture(scope="session")
+def shop_spec(tmp_path_factory) -> Path:
+    """A shop's own tables, shaped unlike the generator's (tests/support.py): their spec."""
+    from support import write_shop
+
+    return write_shop(tmp_path_factory.mktemp("shop"))
+
+
+def _spec_model(spec: Path, tmp_path_factory, name: str) -> Path:
+    from training.export import export
+    from training.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp(f"{name}-run")
+    train(TrainConfig(spec=spec, out=run, model="esmm", epochs=1, seed=0, reference=False))
+    out = tmp_path_factory.mktemp(name) / "esmm" / "v1"
+    export(run, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def spec_model(spec_generated, tmp_path_factory) -> Path:
+    return _spec_model(spec_generated, tmp_path_factory, "spec-model")
+
+
+@pytest.fixture(scope="session")
+def shop_model(shop_spec, tmp_path_factory) -> Path:
+    return _spec_model(shop_spec, tmp_path_factory, "shop-model")

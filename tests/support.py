@@ -130,3 +130,105 @@ def reference(model_dir, bodies: list[dict]) -> list[dict]:
             {it["item_id"]: it["pctcvr"] for it in c.post("/rank", json=b).json()["items"]}
             for b in bodies
         ]
+
+
+# ---- a shop's own tables, shaped unlike the generator's ---------------------------------------
+SHOP_SPEC = """\
+# A shop's own logs: text keys, a device and an hour per request, a numeric user attribute,
+# weighted brand lists sharing one table with the item's brand, and a cross.
+keys: {user: member, item: sku, request: page_view}
+labels: {click: clicked, conversion: ordered}
+tables:
+  events: {train: ev_train.parquet, test: ev_test.parquet}
+  users: members.parquet
+  items: skus.parquet
+price: list_price
+features:
+  - {name: member, side: user, kind: id, min_count: 2}
+  - {name: tier, side: user, kind: id}
+  - {name: age, side: user, kind: numeric, buckets: 8}
+  - {name: viewed_brands, side: user, kind: ids, weights: viewed_brands_n, embedding: brand,
+     max_len: 6}
+  - {name: sku, side: item, kind: id}
+  - {name: brand, side: item, kind: id, embedding: brand}
+  - {name: tags, side: item, kind: ids, max_len: 3, pooling: sum}
+  - {name: rating, side: item, kind: numeric}
+  - {name: device, side: context, kind: id}
+  - {name: hour, side: context, kind: numeric, buckets: 6}
+  - {name: brand_affinity, side: cross, count_in: {list: viewed_brands, key: brand}}
+"""
+
+
+def write_shop(folder, events: int = 8000, seed: int = 0):
+    """A shop's tables and spec in `folder` (returns the spec's path): clicks follow the
+    member's affinity for the item's brand and the device, orders the rating."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    n_members, n_skus, n_brands = 400, 300, 20
+    brands = [f"brand-{k}" for k in range(n_brands)]
+    lists, weights = [], []
+    for _ in range(n_members):
+        k = int(rng.integers(0, 10))
+        lists.append(rng.choice(brands, size=k, replace=False).tolist())
+        weights.append(rng.integers(1, 9, size=k).astype(float).tolist())
+    members = pa.table(
+        {
+            "member": [f"m-{k}" for k in range(n_members)],
+            "tier": rng.choice(["gold", "silver", None], n_members).tolist(),
+            "age": pa.array(
+                np.where(rng.random(n_members) < 0.1, np.nan, rng.integers(18, 80, n_members))
+            ),
+            "viewed_brands": pa.array(lists, pa.list_(pa.string())),
+            "viewed_brands_n": pa.array(weights, pa.list_(pa.float64())),
+        }
+    )
+    sku_brand = rng.integers(0, n_brands, n_skus)
+    skus = pa.table(
+        {
+            "sku": [f"sku-{k}" for k in range(n_skus)],
+            "brand": [brands[b] for b in sku_brand],
+            "tags": pa.array(
+                [rng.integers(0, 50, int(rng.integers(0, 5))).tolist() for _ in range(n_skus)],
+                pa.list_(pa.int64()),
+            ),
+            "rating": rng.uniform(1, 5, n_skus).round(1),
+            "list_price": rng.uniform(5, 200, n_skus).round(2),
+        }
+    )
+    (folder / "spec.yaml").write_text(SHOP_SPEC)
+    pq.write_table(members, folder / "members.parquet")
+    pq.write_table(skus, folder / "skus.parquet")
+    for split, n in (("train", events), ("test", events // 3)):
+        m = rng.integers(0, n_members, n)
+        s = rng.integers(0, n_skus, n)
+        device = rng.choice(["ios", "android", "web"], n)
+        affinity = np.array(
+            [
+                sum(
+                    w
+                    for b, w in zip(lists[a], weights[a], strict=True)
+                    if b == brands[sku_brand[i]]
+                )
+                for a, i in zip(m, s, strict=True)
+            ]
+        )
+        logit = -2.5 + 0.4 * affinity + (device == "ios") * 0.5
+        click = rng.random(n) < 1 / (1 + np.exp(-logit))
+        order = click & (rng.random(n) < skus["rating"].to_numpy()[s] / 12)
+        pq.write_table(
+            pa.table(
+                {
+                    "page_view": [f"pv-{split}-{k // 5}" for k in range(n)],
+                    "member": [f"m-{k}" for k in m],
+                    "sku": [f"sku-{k}" for k in s],
+                    "clicked": click.astype(np.int8),
+                    "ordered": order.astype(np.int8),
+                    "device": device.tolist(),
+                    "hour": rng.integers(0, 24, n).astype(np.int32),
+                }
+            ),
+            folder / f"ev_{split}.parquet",
+        )
+    return folder / "spec.yaml"

@@ -6,6 +6,8 @@ caller sending them inline."""
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 from support import serving
 
@@ -151,3 +153,49 @@ def test_a_model_without_the_combination_fields_skips_them_when_given(id_only_mo
         bad = {**body, "candidates": [{"item_id": 1, "features": {"999": 1}}]}
         r = c.post("/rank", json=bad)
         assert r.status_code == 422 and "999" in r.json()["error"]["message"]
+
+
+# ---- the spec route -----------------------------------------------------------------------------
+@pytest.mark.parametrize("which", ["generator's named tables", "a shop's own tables"])
+def test_a_spec_models_id_only_requests_score_as_predict(which, request, tmp_path, capsys):
+    """`ranker predict --spec` writes one row per event with its ids as the table holds them;
+    the same events replayed as id-only requests (user from the embedded store, items from the
+    item table, crosses computed online) score the same to 1e-5."""
+    import pyarrow.parquet as pq
+
+    spec, model = {
+        "generator's named tables": ("spec_generated", "spec_model"),
+        "a shop's own tables": ("shop_spec", "shop_model"),
+    }[which]
+    spec, model = request.getfixturevalue(spec), request.getfixturevalue(model)
+    pred, table, store = tmp_path / "pred.csv", tmp_path / "items.npz", tmp_path / "users.npz"
+    args = ["--model", str(model), "--spec", str(spec), "--split", "test", "--out", str(pred)]
+    assert predict.main(args) == 0
+    events = pq.read_table(
+        spec.parent / ("events_test.parquet" if which[0] == "g" else "ev_test.parquet")
+    )
+    with open(pred, newline="") as f:
+        rows = list(csv.DictReader(f))
+    user, item = ("user_id", "item_id") if which[0] == "g" else ("member", "sku")
+    assert len(rows) == len(events)
+    assert [r["user_id"] for r in rows] == [str(u) for u in events[user].to_pylist()]
+    assert [r["item_id"] for r in rows] == [str(i) for i in events[item].to_pylist()]
+    assert items.main(["build", "--spec", str(spec), "--out", str(table)]) == 0
+    assert users.main(["build", "--spec", str(spec), "--out", str(store)]) == 0
+    with serving(model_dir=model, item_table=table, user_store=str(store)) as (url, _):
+        code = replay.main(
+            [
+                *("--spec", str(spec), "--split", "test", "--predictions", str(pred)),
+                *("--url", url, "--limit", "3000"),
+            ]
+        )
+    report = capsys.readouterr().out
+    assert code == 0, report
+    replayed = min(3000, len(events))
+    assert f'"impressions": {replayed}' in report and '"over_tolerance": 0' in report
+
+
+def test_predict_refuses_a_spec_that_is_not_the_models(shop_model, spec_generated, capsys):
+    with pytest.raises(SystemExit):
+        predict.main(["--model", str(shop_model), "--spec", str(spec_generated), "--out", "x.csv"])
+    assert "not declared as the model's spec declares it" in capsys.readouterr().err
