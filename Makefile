@@ -12,6 +12,12 @@ IMPRESSIONS ?= 300000
 RUN ?= runs/default
 MODELS ?= models
 MODEL_NAME ?= esmm
+# The default model is trained from named tables and their feature spec (docs/spec.md), and
+# served by ids: its item table and embedded user store are built beside it, in STORES.
+# ROUTE=aliccp trains on the same impressions in the Ali-CCP layout instead (served by features).
+ROUTE ?= spec
+SPEC ?= $(DATA)/tables/spec.yaml
+STORES ?= stores
 
 .PHONY: install redis-server test train run bench bench-train loadtest compose-test chaos overload compare lint clean gpu-wheels gpu-check gpu-image
 
@@ -37,11 +43,20 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The default model: a generated data set, ESMM trained on it, exported to models/NAME/VERSION.
+# The default model: a generated data set (named tables with their spec, and the same
+# impressions in the Ali-CCP layout), ESMM trained on it, exported to models/NAME/VERSION; with
+# ROUTE=spec also its item table and embedded user store, for ranking by ids.
 train: install
-	test -f $(DATA)/sample_skeleton_train.csv || \
-	  $(VENV)/bin/ranker generate --out $(DATA) --impressions $(IMPRESSIONS) --seed 0
+	test -f $(SPEC) -a -f $(DATA)/sample_skeleton_train.csv || \
+	  $(VENV)/bin/ranker generate --out $(DATA) --impressions $(IMPRESSIONS) --seed 0 --layout both
+ifeq ($(ROUTE),spec)
+	$(VENV)/bin/ranker train --spec $(SPEC) --out $(RUN) --model esmm
+	mkdir -p $(STORES)
+	$(VENV)/bin/ranker items build --spec $(SPEC) --out $(STORES)/items.npz
+	$(VENV)/bin/ranker users build --spec $(SPEC) --out $(STORES)/users.npz
+else
 	$(VENV)/bin/ranker train --data $(DATA) --out $(RUN) --model esmm
+endif
 	$(VENV)/bin/ranker export --run $(RUN) --out $(MODELS)/$(MODEL_NAME)/$$(date -u +%Y%m%dT%H%M%SZ)
 
 # Serving benchmark: raw item-scorer ceiling, /rank over HTTP (hit, miss), naive baseline.
@@ -54,6 +69,7 @@ bench: install
 # schedule and latency.png under loadtest/results/ (git-ignored). summarize.py computes each
 # step's figures from that step's requests (Locust's history CSV accumulates from the start).
 #   MODE=closed USERS=16 | MODE=step STEP_USERS=2 STEP_SECONDS=20 STEPS=8 | MODE=open RATE=40
+#   BY=ids (default) | BY=features
 HOST ?= http://127.0.0.1:8000
 MODE ?= closed
 USERS ?= 16
@@ -63,7 +79,9 @@ STEP_SECONDS ?= 20
 STEPS ?= 8
 RATE ?= 40
 P99_MS ?= 250
-LOCUST_CLASS = $(if $(filter open,$(MODE)),OpenLoopRecommender,Recommender)
+# BY=ids (the default: id-only requests, the stores of `make run`) or BY=features
+BY ?= ids
+LOCUST_CLASS = $(if $(filter open,$(MODE)),OpenLoop,)$(if $(filter features,$(BY)),Feature,)Recommender
 LOCUST_TIME = $(if $(filter step,$(MODE)),$$(( $(STEP_SECONDS) * $(STEPS) + 5 ))s,$(DURATION))
 loadtest: install
 	$(PY) -m pip install --quiet -e '.[loadtest]'
@@ -119,14 +137,19 @@ compare: install
 	$(VENV)/bin/ranker compare --data $(COMPARE_DATA) --models $(COMPARE_MODELS) \
 	  --seeds $(COMPARE_SEEDS) --out $(COMPARE_OUT)
 
-# Serve the newest model under models/ (making the default one first when there is none) with
-# the in-process user cache; set RANKER_REDIS_URL for the shared Redis tier.
+# Serve the newest model under models/ (making the default one first when there is none) by
+# ids: the item table and the embedded user store of STORES where they are there (a model
+# trained with ROUTE=aliccp is served by features), the in-process user cache; set
+# RANKER_REDIS_URL for the shared Redis tier.
 run: install
 	@test -n "$$(find $(MODELS) -name manifest.json -print -quit 2>/dev/null)" || $(MAKE) train
-	RANKER_MODEL_DIR=$(MODELS) $(VENV)/bin/ranker serve
+	env RANKER_MODEL_DIR=$(MODELS) \
+	  $$(test -f $(STORES)/items.npz && echo RANKER_ITEM_TABLE=$(STORES)/items.npz) \
+	  $$(test -f $(STORES)/users.npz && echo RANKER_USER_STORE=$(STORES)/users.npz) \
+	  $(VENV)/bin/ranker serve
 
 clean:
-	rm -rf $(VENV) runs data .pytest_cache
+	rm -rf $(VENV) runs data stores .pytest_cache
 
 # The GPU check (gpu/README.md): `make gpu-wheels` here packs what a GPU machine lacks into parts
 # of at most 60 MiB (.whl/, git-ignored); `make gpu-check` there installs them and writes the

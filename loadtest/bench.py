@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 
 from loadtest.harness import Load, ServiceProcess
-from loadtest.traffic import POPULATION, Traffic, by_ids
+from loadtest.traffic import NAMES, POPULATION, Traffic, by_ids, raw_features
 from service import fusion, request
 from service.config import Settings
 from service.encoding import RequestEncoder
@@ -57,8 +57,9 @@ class NewUsers(Sequence[bytes]):
         return b'{"user_id":%d,' % (self.first_id + i) + self.rest
 
 
-def bodies(n: int, users: int = HIT_USERS, seed: int = 1) -> list[bytes]:
-    traffic = Traffic(seed=seed)
+def bodies(n: int, users: int = HIT_USERS, seed: int = 1, names: bool = False) -> list[bytes]:
+    """Full-feature bodies of `users` users, by Ali-CCP field or (names) the spec's names."""
+    traffic = Traffic(seed=seed, names=names)
     return [
         orjson.dumps({**traffic.request(user=u, candidates=n), "fusion": FUSION})
         for u in range(users)
@@ -66,19 +67,6 @@ def bodies(n: int, users: int = HIT_USERS, seed: int = 1) -> list[bytes]:
 
 
 STORE_MISS_USERS = 4000  # stored users of the id-only miss run, each sent once per cycle
-
-
-def raw_features(feats: dict) -> dict:
-    """Request user_features -> the store's raw {field: (ids, values)} (features/users.py)."""
-    out = {}
-    for name, v in feats.items():
-        if isinstance(v, int):
-            out[name] = ([v], [1.0])
-        elif isinstance(v, dict):
-            out[name] = (v["ids"], v.get("weights") or [1.0] * len(v["ids"]))
-        else:
-            out[name] = (list(v), [1.0] * len(v))
-    return out
 
 
 def id_only(body: bytes, user_id: int) -> bytes:
@@ -114,15 +102,17 @@ def load_store(url: str, hit: list[bytes], miss_first: int) -> list[int]:
     client = redis.Redis.from_url(url)
     pipe = client.pipeline(transaction=False)
     ids = []
+    key = None
     for body in hit:
         feats = raw_features(orjson.loads(body)["user_features"])
-        uid = feats["101"][0][0]
+        key = "101" if "101" in feats else NAMES["101"]  # by field or by the spec's name
+        uid = feats[key][0][0]
         ids.append(uid)
         d, blob = users.encode(feats)
         pipe.hset(users.key(uid), mapping={"d": d, "f": blob})
     base = raw_features(orjson.loads(hit[0])["user_features"])
     for k in range(STORE_MISS_USERS):
-        d, blob = users.encode({**base, "101": ([miss_first + k], [1.0])})
+        d, blob = users.encode({**base, key: ([miss_first + k], [1.0])})
         pipe.hset(users.key(miss_first + k), mapping={"d": d, "f": blob})
     pipe.execute()
     client.close()
@@ -131,7 +121,8 @@ def load_store(url: str, hit: list[bytes], miss_first: int) -> list[int]:
 
 def behaviour_ids(body: bytes) -> int:
     feats = orjson.loads(body)["user_features"]
-    return sum(len(feats[f]["ids"]) for f in POPULATION if f in feats)  # the behaviour lists
+    lists = [*POPULATION, *(NAMES[f] for f in POPULATION)]  # by field or by name
+    return sum(len(feats[f]["ids"]) for f in lists if f in feats)  # the behaviour lists
 
 
 def _time(fn: Callable[[], object], seconds: float) -> float:
@@ -305,9 +296,10 @@ def run(args: argparse.Namespace) -> dict:
 
     folder = newest_version(args.model_dir)
     engine = Engine(folder)
-    hit = bodies(args.candidates)
+    names = engine.contract.keys is not None  # a spec's model: requests by its feature names
+    hit = bodies(args.candidates, names=names)
     args.out.mkdir(parents=True, exist_ok=True)
-    table = Traffic(seed=1).item_table()
+    table = Traffic(seed=1, names=names).item_table()
     table.save(args.out / "items.npz")
     result = {
         "model": engine.version,
@@ -344,14 +336,45 @@ def run(args: argparse.Namespace) -> dict:
     naive = over_http("naive", folder, {"hit": hit}, args)
     result |= {f"service_{k}": v for k, v in service.items()}
     result["naive"] = naive["hit"]
+    if args.vs is not None:
+        result["vs"] = versus(engine, hit[0], table, args)
     return result
 
 
-ROWS = (
-    ("service_hit", "/rank by features, user cache hit"),
-    ("service_miss", "/rank by features, user cache miss"),
+VS_STAGES = ("decode_ms", "encode_ms", "ids_decode_ms", "ids_encode_ms", "stored_user_ms")
+
+
+def versus(engine: Engine, body: bytes, table, args: argparse.Namespace) -> dict:
+    """The same traffic's per-request Python work through this model and through the other
+    route's (`--vs`: by field numbers against by names), timed in rounds that alternate the
+    two, so both see the same machine; the median of the rounds per stage."""
+    other = Engine(newest_version(args.vs))
+    other_names = other.contract.keys is not None
+    other_body = bodies(args.candidates, users=1, names=other_names)[0]
+    other_table = Traffic(seed=1, names=other_names).item_table()
+    rules = request.Rules.from_settings(Settings(model_dir=args.model_dir))
+    rounds: dict[str, list[dict]] = {"this": [], "vs": []}
+    for _ in range(5):
+        rounds["this"].append(in_process(engine, body, rules, args.seconds / 5, table)["parsing"])
+        rounds["vs"].append(
+            in_process(other, other_body, rules, args.seconds / 5, other_table)["parsing"]
+        )
+    label = {True: "by names (a spec's model)", False: "by field numbers (Ali-CCP model)"}
+    out = {}
+    for key, engine_ in (("this", engine), ("vs", other)):
+        out[key] = {
+            "model": engine_.version,
+            "route": label[engine_.contract.keys is not None],
+            **{k: float(np.median([r[k] for r in rounds[key]])) for k in VS_STAGES},
+        }
+    return out
+
+
+ROWS = (  # the id path first: it is how a recommender calls a ranker
     ("service_ids_hit", "/rank by ids (both stores), user cache hit"),
     ("service_ids_miss", "/rank by ids (both stores), user cache miss"),
+    ("service_hit", "/rank by features, user cache hit"),
+    ("service_miss", "/rank by features, user cache miss"),
     ("naive", "naive: full graph per request, tiled, no cache/batching"),
 )
 
@@ -418,6 +441,17 @@ def markdown(r: dict) -> str:
         f"{ids['candidates_per_s'] / c['candidates_per_s']:.0%} by ids; by features it is "
         f"{s['candidates_per_s'] / max(nv['candidates_per_s'], 1e-9):.1f}x the naive baseline.",
     ]
+    if "vs" in r:
+        a, b = r["vs"]["this"], r["vs"]["vs"]
+        lines += [
+            "",
+            f"The same traffic {a['route']} and {b['route']}: Python work per request, "
+            "in-process, medians of 5 alternating rounds (ms):",
+            "",
+            f"| stage | {a['route']} | {b['route']} |",
+            "|---|---|---|",
+            *(f"| {k.removesuffix('_ms')} | {a[k]:.3f} | {b[k]:.3f} |" for k in VS_STAGES),
+        ]
     if failed:
         lines += ["", "Failed requests: " + "; ".join(failed) + "."]
     return "\n".join(lines) + "\n"
@@ -453,6 +487,12 @@ def main(argv: list[str] | None = None) -> None:
         help="concurrent clients of the closed-loop runs, e.g. 1,2,4,8",
     )
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
+    p.add_argument(
+        "--vs",
+        type=Path,
+        help="a second model folder (the other route: Ali-CCP fields or a spec's names) whose "
+        "in-process decode and encode of the same traffic are timed in this run, alternating",
+    )
     p.add_argument("--readme", type=Path, default=README, help="whose bench block is rewritten")
     args = p.parse_args(argv)
     r = run(args)

@@ -1,5 +1,11 @@
 """Locust against a running ranker. Traffic comes from loadtest/traffic.py.
 
+By ids by default, as a recommender calls a ranker (`Recommender`, `OpenLoopRecommender`: the
+user by id, the candidates by item id; the service needs its item table and user store, as
+`make run` serves the default model); `BY=features` sends every feature instead
+(`FeatureRecommender`, `OpenLoopFeatureRecommender`). The features speak the served model's
+language: the spec's names where /v1/model shows a spec, else Ali-CCP's field numbers.
+
     make loadtest                      closed loop: USERS recommenders calling back to back
     make loadtest MODE=step            step load: +STEP_USERS users every STEP_SECONDS, to find
                                        the saturation point (summarize.py plots it)
@@ -27,7 +33,7 @@ import gevent
 import orjson
 from locust import FastHttpUser, LoadTestShape, constant, events, task
 from summarize import SAMPLES, SCHEDULE, SampleWriter  # beside this file, as traffic.py
-from traffic import Traffic  # beside this file: locust puts its folder on sys.path
+from traffic import FIELD_BASE, Traffic, by_ids  # beside this file: locust puts it on sys.path
 
 MODE = os.environ.get("LOADTEST_MODE", "closed")
 SEED = int(os.environ.get("LOADTEST_SEED", "0"))
@@ -38,15 +44,32 @@ def bucket(n: int) -> str:
     return "<=100" if n <= 100 else "<=300" if n <= 300 else "<=600" if n <= 600 else ">600"
 
 
+# The default model's stores (make train): 5000 users, 7500 items; ids past these are unknown.
+STORED_USERS = int(os.environ.get("LOADTEST_USERS", "5000"))
+STORED_ITEMS = int(os.environ.get("LOADTEST_ITEMS", "7500"))
+
+
 class _Ranker(FastHttpUser):
     abstract = True
+    ids = True  # id-only requests
 
     def on_start(self) -> None:
-        self.traffic = Traffic(seed=SEED * 1000 + random.randrange(1000))
+        model = self.client.get("/v1/model").json()
+        names = "spec" in model.get("features", {})
+        self.traffic = Traffic(
+            seed=SEED * 1000 + random.randrange(1000),
+            users=STORED_USERS,
+            items=STORED_ITEMS,
+            names=names,
+        )
 
     def send(self) -> None:
         body = self.traffic.request()
         n = len(body["candidates"])
+        if self.ids:
+            body = by_ids(body)
+            del body["user_features"]  # the user store's
+            body["user_id"] += int(FIELD_BASE["101"])  # the id the store keys it by
         with self.client.post(
             "/rank",
             data=orjson.dumps(body),
@@ -69,6 +92,12 @@ class Recommender(_Ranker):
         self.send()
 
 
+class FeatureRecommender(Recommender):
+    """Closed loop with every feature in the request."""
+
+    ids = False
+
+
 class OpenLoopRecommender(_Ranker):
     """Open loop: this user's share of a Poisson stream of LOADTEST_RATE requests/s; requests
     go out on schedule, each on its own greenlet, however slow the answers are."""
@@ -82,6 +111,10 @@ class OpenLoopRecommender(_Ranker):
         rate = float(os.environ.get("LOADTEST_RATE", "20")) / users
         gevent.sleep(random.expovariate(rate))
         gevent.spawn(self.send)
+
+
+class OpenLoopFeatureRecommender(OpenLoopRecommender):
+    ids = False
 
 
 if MODE == "step":

@@ -4,13 +4,36 @@ so pytest can check them without importing locust and its gevent patches.
 Users are Zipf-distributed (a few heavy users, a long tail: caches hit and miss as in
 production) and keep their features between requests; candidate counts are log-normal between
 50 and 1000 around a median of 300; a fraction of requests override the fusion parameters.
+
+Bodies speak Ali-CCP's field numbers, or (`names=True`) the feature names of the generator's
+named tables (training/synthetic/tables.py: the spec the default model is trained by), with the
+same ids where the tables hold the same (`to_names`); `by_ids` makes either an id-only request.
+A user id below the generator's user count and an item id below its item count are ones the
+default model's stores hold (`make train`: 5000 users, 7500 items).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from features.values import text_id
 from training.generate import FIELD_BASE, Params
+from training.synthetic import tables as named
+
+# Ali-CCP field -> the generator spec's feature name (tables.py); combination fields have none:
+# the spec's crosses are computed by the service
+NAMES = {
+    "101": "user_id",
+    **{field: name for name, field in named.USER_ATTRIBUTES},
+    **{field: name for name, field, _, _ in named.USER_LISTS},
+    "205": "item_id",
+    "206": "category",
+    "207": "shop",
+    "216": "brand",
+    "210": "intents",
+    "301": "scene",
+}
+KEYS = ("101", "205")  # the tables keep these ids as they are; the others lose FIELD_BASE
 
 P = Params()
 SINGLE_USER = {
@@ -35,7 +58,9 @@ class Traffic:
         items: int = 20000,
         zipf: float = 1.1,
         fusion_share: float = 0.2,
+        names: bool = False,
     ):
+        self.names = names
         self.rng = np.random.default_rng(seed)
         self.n_users, self.zipf, self.fusion_share = users, zipf, fusion_share
         self._users: dict[int, dict] = {}
@@ -101,14 +126,17 @@ class Traffic:
                 "b": float(rng.uniform(0.5, 2)),
                 "c": float(rng.uniform(0, 0.5)),
             }
-        return body
+        return to_names(body) if self.names else body
 
     def item_table(self):
         """Its items as an item table (features/items.py) with their prices and two intents
-        each (drawn apart: the requests' draws stay as they were), for ranking by ids."""
+        each (drawn apart: the requests' draws stay as they were), for ranking by ids; by the
+        spec's names with names=True."""
         from features.contract import FeatureContract
         from features.items import ItemTable
 
+        if self.names:
+            return self._named_table()
         contract = FeatureContract.default()
         cols = {f.name: c for f, c in contract.columns("item")}
         n = len(self.price)
@@ -122,8 +150,75 @@ class Traffic:
         vals[:, start : start + 2] = 1.0
         return ItemTable.from_rows(contract, ids, vals, self.price, "loadtest/traffic.py")
 
+    def _named_table(self):
+        from features.items import ItemTable
+
+        n = len(self.price)
+        rng = np.random.default_rng(12345)
+        intents = rng.integers(0, P.intents, (n, 2))
+        cols = [self.items[f] - (0 if f in KEYS else FIELD_BASE[f]) for f in self.items]
+        ids = np.full((n, len(cols) + named.INTENTS_MAX_LEN), -1, dtype=np.int64)
+        ids[:, : len(cols)] = np.stack(cols, axis=1)
+        ids[:, len(cols) : len(cols) + 2] = intents
+        vals = (ids >= 0).astype(np.float32)
+        max_len = {NAMES[f]: 1 for f in self.items} | {"intents": named.INTENTS_MAX_LEN}
+        return ItemTable(
+            self.items["205"], ids, vals, self.price.astype(np.float64), max_len, "traffic"
+        )
+
+
+def _value(field: str, v):
+    """One Ali-CCP feature value as the named tables hold it."""
+    base = 0 if field in KEYS else FIELD_BASE[field]
+    if isinstance(v, int):
+        v -= base
+        if field == "124":
+            return named._names(named.GENDER_NAMES, v + 1, "gender")[v]
+        if field == "301":
+            return named._names(named.SCENE_NAMES, v + 1, "scene")[v]
+        return v
+    if isinstance(v, dict):
+        return {"ids": [i - base for i in v["ids"]], "weights": v["weights"]}
+    return [i - base for i in v]
+
+
+def to_names(body: dict) -> dict:
+    """An Ali-CCP-field body as the same request by the generator spec's feature names
+    (combination fields dropped: the spec's crosses are computed from both sides)."""
+    out = dict(body)
+    for key in ("user_features", "context_features"):
+        if key in body:
+            out[key] = {NAMES[f]: _value(f, v) for f, v in body[key].items() if f in NAMES}
+    if "candidates" in body:
+        out["candidates"] = [
+            {
+                **c,
+                "features": {
+                    NAMES[f]: _value(f, v) for f, v in c["features"].items() if f in NAMES
+                },
+            }
+            for c in body["candidates"]
+        ]
+    return out
+
 
 def by_ids(body: dict) -> dict:
-    """The same request with its candidates named by item id alone (field 205)."""
+    """The same request with its candidates named by item id alone (field 205, or a spec's
+    item_id)."""
     out = {k: v for k, v in body.items() if k != "candidates"}
-    return out | {"item_ids": [c["features"]["205"] for c in body["candidates"]]}
+    key = "item_id" if "item_id" in body["candidates"][0]["features"] else "205"
+    return out | {"item_ids": [c["features"][key] for c in body["candidates"]]}
+
+
+def raw_features(feats: dict) -> dict:
+    """Request user_features -> the store's raw {feature: (ids, values)} (features/users.py):
+    a text id as its raw id (features/values.py)."""
+    out = {}
+    for name, v in feats.items():
+        if isinstance(v, (int, str)):
+            out[name] = ([text_id(v) if isinstance(v, str) else v], [1.0])
+        elif isinstance(v, dict):
+            out[name] = (v["ids"], v.get("weights") or [1.0] * len(v["ids"]))
+        else:
+            out[name] = (list(v), [1.0] * len(v))
+    return out

@@ -41,11 +41,19 @@ import orjson
 
 from loadtest.harness import Load, LoadResult, metric
 
-FEATURES = {"101": 5, "109_14": {"ids": [1, 2, 3], "weights": [3, 1, 1]}}
+# The baked model reads the generator's named tables by their spec (data/.../tables/spec.yaml)
+FEATURES = {"user_id": 5, "recent_categories": {"ids": [1, 2, 3], "weights": [3, 1, 1]}}
 CANDIDATES = [
-    {"item_id": f"i{k}", "features": {"205": 7 + k, "206": 3 + k % 5}, "price": 1.0 + k}
+    {"item_id": f"i{k}", "features": {"item_id": 7 + k, "category": 3 + k % 5}, "price": 1.0 + k}
     for k in range(50)
 ]
+# By ids, as a recommender calls it: a user of the image's embedded store and items of its
+# item table (the generator's ids: users from 10,000,000, items from 140,000,000)
+BY_IDS = {
+    "user_id": 10_000_001,
+    "item_ids": [140_000_000 + k for k in range(50)],
+    "context_features": {"scene": "home"},
+}
 T0 = time.monotonic()
 
 
@@ -212,6 +220,19 @@ def one_request_id(stack: Stack) -> None:
     if "{" + rid + "}" not in logs.stdout + logs.stderr:
         fail(f"HAProxy's log has no line with the id the ranker answered with ({rid})")
     say(f"one request id: a sane one kept, a bad one replaced by HAProxy ({rid}) in both logs")
+
+
+def by_ids_through_the_balancer(stack: Stack) -> None:
+    """An id-only request through HAProxy: the user from the store, every item from the table."""
+    r = httpx.post(f"{stack.url}/rank", json=BY_IDS, timeout=30)
+    if r.status_code != 200:
+        fail(f"an id-only request answered {r.status_code}: {r.text[:300]}")
+    answer = r.json()
+    if answer["user"] != "store" or answer.get("unknown_items"):
+        fail(f"by ids: user {answer['user']}, unknown items {answer.get('unknown_items')}")
+    if len(answer["items"]) != len(BY_IDS["item_ids"]):
+        fail(f"by ids: {len(answer['items'])} items answered")
+    say(f"by ids through HAProxy: {len(answer['items'])} items, the user from the store")
 
 
 def redis_hit_crosses_replicas(reps: dict[str, str]) -> None:
@@ -410,6 +431,7 @@ def main() -> None:
     say(f"{len(reps)} replicas UP in HAProxy: {reps}")
     every_replica_reached(stack, reps)
     one_request_id(stack)
+    by_ids_through_the_balancer(stack)
     redis_hit_crosses_replicas(reps)
     failover = kill_and_drain(stack, reps, args.clients)
     reps = stack.replicas()

@@ -26,8 +26,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from training.synthetic.impressions import Impressions, Sessions
 from training.synthetic.world import Users, World
@@ -76,6 +74,9 @@ CROSSES = (
 
 def write_tables(out: Path, w: World, users: Users, s: Sessions, imp: Impressions) -> None:
     """events_{train,test}.parquet, users.parquet, items.parquet and spec.yaml into `out`."""
+    import pyarrow as pa  # here: the constants above serve loadtest/traffic.py without pyarrow
+    import pyarrow.parquet as pq
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     request = pa.array(s.index, type=pa.string())
@@ -122,8 +123,10 @@ def _names(names: tuple[str, ...], n: int, prefix: str) -> list[str]:
     return [names[k] if k < len(names) else f"{prefix}_{k}" for k in range(n)]
 
 
-def _users_table(users: Users, uid: np.ndarray) -> pa.Table:
-    cols: dict[str, pa.Array] = {"user_id": pa.array(uid)}
+def _users_table(users: Users, uid: np.ndarray):
+    import pyarrow as pa
+
+    cols = {"user_id": pa.array(uid)}
     for name, field in USER_ATTRIBUTES:
         vals = users.singles[field].astype(np.int64)
         absent = vals < 0
@@ -150,7 +153,9 @@ def _users_table(users: Users, uid: np.ndarray) -> pa.Table:
     return table
 
 
-def _items_table(w: World) -> pa.Table:
+def _items_table(w: World):
+    import pyarrow as pa
+
     it = w.items
     cols = {
         "item_id": pa.array(FIELD_BASE["205"] + np.arange(len(it.cat), dtype=np.int64)),
