@@ -38,7 +38,8 @@ import pyarrow.parquet as pq
 from features import spec as S
 from features.contract import FeatureContract
 from features.values import count_in, int_ids, text_ids
-from training.data import EncodedSplit, OrphanPolicy, ReadReport, read_progress
+from training.data import EncodedSplit, OrphanPolicy, ReadReport
+from training.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -307,21 +308,29 @@ def read_split(
     total = pf.metadata.num_rows
     where = f"{spec.source}: tables.events.{split} ({path.name})"
     report = ReadReport()
-    progress = read_progress(path.name, total)
+    progress = Progress(log, f"read {path.name}", total, unit="rows")
     parts: list[dict] = []
     user_keys: list[np.ndarray] = []
+    request_keys: list[np.ndarray] = []
     done = 0
     for batch in pf.iter_batches(BATCH_ROWS, columns=_event_columns(spec)):
         t = pa.Table.from_batches([batch])
         parts.append(_events(spec, contract, t, items, where, done, orphans, report, keep_all))
         user_keys.append(parts[-1].pop("user_key"))
+        request_keys.append(parts[-1].pop("request_key"))
         done += len(t)
         progress.update(done)
     progress.finish()
     report.lines = total
     keys = np.concatenate(user_keys) if user_keys else np.empty(0, np.int64)
-    uniq, row_user = np.unique(keys, return_inverse=True)
-    u_ids, u_vals = _users(spec, contract, users, uniq)
+    groups = np.concatenate(request_keys) if request_keys else np.empty(0, np.int64)
+    # One user row per request (its user's features as of it, as Ali-CCP's common features
+    # are per session): training shuffles and splits by these rows, a request's impressions
+    # stay together. Without a request key, one row per user.
+    pairs = np.stack([groups, keys], axis=1)
+    _, first, row_user = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
+    row_user = row_user.reshape(-1)
+    u_ids, u_vals = _users(spec, contract, users, keys[first])
     cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
     split_data = EncodedSplit(
         u_ids,
@@ -378,6 +387,10 @@ def _events(spec, contract, t: pa.Table, items: SideTable, where, first, orphans
             r = int(np.flatnonzero(k < 0)[0])
             raise S.SpecError(f"{where}: column {col!r} (keys.{side}): row {first + r} is null")
         keys[side] = k
+    col = spec.keys["request"]
+    request = np.zeros(n, np.int64)
+    if col:
+        request = raw_ids(t[col], _key_dtype(t.schema.field(col).type))
     click, conv = labels["click"], labels["conversion"]
     orphan = (conv == 1) & (click == 0)
     report.orphan_conversions += int(orphan.sum())
@@ -409,6 +422,7 @@ def _events(spec, contract, t: pa.Table, items: SideTable, where, first, orphans
     rows = np.flatnonzero(keep)
     return {
         "user_key": keys["user"][rows],
+        "request_key": request[rows],
         "item_ids": ids[rows],
         "item_vals": vals[rows],
         "click": click[rows],

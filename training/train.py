@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from features.contract import FeatureContract
+from features.spec import SpecError
 from training import attributes, cli, setup_logging, tables
 from training import data as D
 from training import distributed as dist
@@ -443,7 +444,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
-    m = train(parse_args(argv))
+    cfg = parse_args(argv)
+    try:
+        m = train(cfg)
+    except SpecError as e:  # the spec or its tables: what to fix, not a trace
+        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     if not m:  # a rank other than 0: rank 0 reports
         return
     summary = {k: m[k] for k in ("ctr_auc", "cvr_auc", "ctcvr_auc", "samples_per_second")}

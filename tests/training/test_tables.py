@@ -103,10 +103,11 @@ def test_a_shops_tables_become_the_contracts_raw_arrays(shop: Path):
         "brand": "text",
         "device": "text",
     }
-    # users: one row per distinct member of the split, in key order of their raw ids
+    # users: one row per request (page view) and member, as Ali-CCP's per session
     cols = {f.name: c for f, c in contract.columns("user")}
-    assert len(train.user_ids) == 3
-    by_member = {int(train.user_ids[u, cols["member"].start]): u for u in range(3)}
+    assert len(train.user_ids) == 6  # pv0: m-3, m-1; pv1: m-9, m-3; pv2: m-1, m-9
+    assert len(np.unique(train.row_user[[0, 1]])) == 2 and train.row_user[0] != train.row_user[3]
+    by_member = {int(train.user_ids[u, cols["member"].start]): u for u in range(6)}
     m3, m1, m9 = (by_member[text_id(k)] for k in ("m-3", "m-1", "m-9"))
     assert train.user_ids[m3, cols["tier"].start] == text_id("gold")
     assert train.user_ids[m1, cols["tier"].start] == -1  # null: missing
