@@ -187,31 +187,14 @@ class RankRequest(_Strict):
         return [c.item_id for c in self.candidates or ()]
 
 
-# A user and two items of the default model's training data (`make train`), shortened: the full
-# request is docs/first-request.json.
+# The README's first request (docs/first-request.json): a user and four items of the default
+# model's training data (`make train`), by ids, as a recommender calls the default model.
 EXAMPLE = {
-    "user_id": 10002465,
-    "user_features": {
-        "101": 10002465,
-        "121": 20000002,
-        "124": 40000001,
-        "125": 50000001,
-        "109_14": {"ids": [100000008, 100000033, 100000041], "weights": [3.0, 1.0, 2.0]},
-    },
-    "candidates": [
-        {
-            "item_id": 140004992,
-            "features": {"205": 140004992, "206": 150000069, "207": 160000069, "216": 180000731},
-            "price": 24.9,
-        },
-        {
-            "item_id": 140006390,
-            "features": {"205": 140006390, "206": 150000429, "207": 160000429, "216": 180001094},
-            "price": 39.0,
-        },
-    ],
+    "user_id": 10004268,
+    "item_ids": [140006228, 140002264, 140007351, 140005086],
+    "context_features": {"scene": "search"},
     "fusion": {"a": 1.0, "b": 1.0, "c": 0.2},
-    "top_k": 10,
+    "top_k": 4,
 }
 
 
