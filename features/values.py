@@ -54,6 +54,39 @@ def raw_id(value: int | str, dtype: str) -> int:
     return value & INT64_MAX
 
 
+class ListCounts:
+    """Users' lists indexed for `count`: dense codes of their ids and, per (user, code), the
+    summed weight, sorted. Built once per list and reused for every cross counting in it
+    (training counts both splits' impressions against one users table)."""
+
+    def __init__(self, list_ids: np.ndarray, list_weights: np.ndarray):
+        list_ids = np.asarray(list_ids, dtype=np.int64)
+        lu, lc = np.nonzero(list_ids >= 0)
+        self.uniq, code = np.unique(list_ids[lu, lc], return_inverse=True)
+        self.width = np.int64(len(self.uniq))
+        pairs = lu.astype(np.int64) * self.width + code.reshape(-1)
+        self.pair, inverse = np.unique(pairs, return_inverse=True)
+        weights = np.asarray(list_weights, np.float64)[lu, lc]
+        self.summed = np.bincount(inverse.reshape(-1), weights, minlength=len(self.pair))
+
+    def count(self, row_user: np.ndarray, key_ids: np.ndarray) -> np.ndarray:
+        """(N,) float32: for row n, the summed weight in user row_user[n]'s list of each of
+        row n's key ids (N, K) (-1 = padding); 0 where none is there."""
+        key_ids = np.asarray(key_ids, dtype=np.int64)
+        n = len(key_ids)
+        kr, kc = np.nonzero(key_ids >= 0)
+        if not len(kr) or not len(self.pair):
+            return np.zeros(n, dtype=np.float32)
+        keys = key_ids[kr, kc]
+        at = np.minimum(np.searchsorted(self.uniq, keys), len(self.uniq) - 1)
+        listed = self.uniq[at] == keys  # a key no list holds finds nothing
+        kr, at = kr[listed], at[listed]
+        wanted = np.asarray(row_user, dtype=np.int64)[kr] * self.width + at
+        pos = np.minimum(np.searchsorted(self.pair, wanted), len(self.pair) - 1)
+        hit = self.pair[pos] == wanted
+        return np.bincount(kr[hit], self.summed[pos[hit]], minlength=n).astype(np.float32)
+
+
 def count_in(
     list_ids: np.ndarray,
     list_weights: np.ndarray,
@@ -64,25 +97,7 @@ def count_in(
     key ids (0 where none is there).
 
     list_ids, list_weights: (U, L) raw ids (-1 = padding) and weights of the users' lists;
-    key_ids: (N, K) raw ids of each row's item values (-1 = padding). Exact and vectorised:
-    ids become dense codes, (user, code) one int64, the lists' pairs summed per pair and sorted,
-    and each (row's user, key) found by one searchsorted."""
-    list_ids = np.asarray(list_ids, dtype=np.int64)
-    key_ids = np.asarray(key_ids, dtype=np.int64)
-    row_user = np.asarray(row_user, dtype=np.int64)
-    n = len(key_ids)
-    lu, lc = np.nonzero(list_ids >= 0)
-    kr, kc = np.nonzero(key_ids >= 0)
-    if not len(lu) or not len(kr):
-        return np.zeros(n, dtype=np.float32)
-    ids = np.concatenate([list_ids[lu, lc], key_ids[kr, kc]])
-    uniq, code = np.unique(ids, return_inverse=True)
-    width = np.int64(len(uniq))
-    pairs = lu.astype(np.int64) * width + code[: len(lu)]
-    keys = row_user[kr] * width + code[len(lu) :]
-    pair, inverse = np.unique(pairs, return_inverse=True)
-    summed = np.bincount(inverse, np.asarray(list_weights, dtype=np.float64)[lu, lc])
-    pos = np.minimum(np.searchsorted(pair, keys), len(pair) - 1)
-    hit = pair[pos] == keys
-    out = np.bincount(kr[hit], summed[pos[hit]], minlength=n)
-    return out.astype(np.float32)
+    key_ids: (N, K) raw ids of each row's item values (-1 = padding). Exact and vectorised
+    (ListCounts): the lists' ids become dense codes, (user, code) one int64, the lists' pairs
+    summed per pair and sorted, and each (row's user, key's code) found by one searchsorted."""
+    return ListCounts(list_ids, list_weights).count(row_user, key_ids)

@@ -85,9 +85,18 @@ class EncodedSplit:
     sample_id: np.ndarray  # (N,) int64
     report: ReadReport
     action: np.ndarray | None = None  # (N,) uint8, post-click action and click; None: no label
+    # (N,) int64 request of each row, where user rows are not per request (a spec's: one per
+    # user); training shuffles and splits by requests. None: the user rows are the requests
+    # (Ali-CCP's common features are per session).
+    session: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.click)
+
+    @property
+    def sessions(self) -> np.ndarray:
+        """(N,) the request of each row: what training keeps together and splits by."""
+        return self.row_user if self.session is None else self.session
 
     def take(self, rows: np.ndarray) -> EncodedSplit:
         """A subset of rows with only the users they use (rows keep their order)."""
@@ -103,6 +112,7 @@ class EncodedSplit:
             np.asarray(self.sample_id[rows]),
             self.report,
             None if self.action is None else np.asarray(self.action[rows]),
+            None if self.session is None else np.asarray(self.session[rows]),
         )
 
 
@@ -533,9 +543,15 @@ def make_batch(split: EncodedSplit, contract: FeatureContract, rows: np.ndarray)
 def session_order(split: EncodedSplit, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """`rows` shuffled by session: sessions in random order, a session's rows together, so a
     batch holds few distinct users and each user's heavy features are pooled once."""
-    sessions = split.row_user[rows]
-    rank = rng.permutation(len(split.user_ids))
+    sessions = np.asarray(split.sessions)[rows]
+    rank = rng.permutation(_n_sessions(split))
     return rows[np.argsort(rank[sessions], kind="stable")]
+
+
+def _n_sessions(split: EncodedSplit) -> int:
+    if split.session is None:
+        return len(split.user_ids)
+    return int(np.asarray(split.session).max(initial=-1)) + 1
 
 
 def iter_batches(
@@ -550,9 +566,8 @@ def split_sessions(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (train, validation): a random `fraction` of sessions goes to validation."""
     rng = np.random.default_rng(seed)
-    n_users = len(split.user_ids)
-    val_users = rng.random(n_users) < fraction
-    is_val = val_users[np.asarray(split.row_user)]
+    val_sessions = rng.random(_n_sessions(split)) < fraction
+    is_val = val_sessions[np.asarray(split.sessions)]
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 

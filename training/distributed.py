@@ -108,7 +108,7 @@ def shard(
     if world.size == 1:
         return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     steps = -(-len(order) // batch_size)
-    sessions = split.row_user[order]
+    sessions = np.asarray(split.sessions)[order]
     starts = np.flatnonzero(np.r_[True, sessions[1:] != sessions[:-1]])  # each session's first
     targets = np.arange(1, world.size) * len(order) / world.size
     cuts = np.r_[0, starts[np.minimum(np.searchsorted(starts, targets), len(starts) - 1)]]

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from features import spec as S
 from features.contract import FeatureContract
-from features.values import count_in, int_ids, text_ids
+from features.values import ListCounts, int_ids, text_ids
 from training.data import EncodedSplit, OrphanPolicy, ReadReport
 from training.progress import Progress
 
@@ -300,9 +300,12 @@ def read_split(
     items: SideTable,
     orphans: OrphanPolicy = "drop",
     keep_all: bool = False,
+    lists: dict | None = None,
 ) -> EncodedSplit:
     """One split's events joined to the side tables, as raw arrays (`sample_id`: the event's
-    row number in its table). `keep_all` keeps every event whatever its labels (predict)."""
+    row number in its table). `keep_all` keeps every event whatever its labels (predict);
+    `lists` (cross_lists) is reused across splits."""
+    lists = cross_lists(contract, users) if lists is None else lists
     path = spec.table_path("events", split)
     pf = pq.ParquetFile(path)
     total = pf.metadata.num_rows
@@ -322,16 +325,16 @@ def read_split(
         progress.update(done)
     progress.finish()
     report.lines = total
-    keys = np.concatenate(user_keys) if user_keys else np.empty(0, np.int64)
-    groups = np.concatenate(request_keys) if request_keys else np.empty(0, np.int64)
-    # One user row per request (its user's features as of it, as Ali-CCP's common features
-    # are per session): training shuffles and splits by these rows, a request's impressions
-    # stay together. Without a request key, one row per user.
+    keys = _joined(user_keys) if user_keys else np.empty(0, np.int64)
+    groups = _joined(request_keys) if request_keys else np.empty(0, np.int64)
+    # One user row per user (the users table's); each row's request (its user's, so one user
+    # in two requests is two) is what training shuffles and splits by, as it does Ali-CCP's
+    # sessions: a batch then mixes many requests.
+    uniq, row_user = np.unique(keys, return_inverse=True)
     pairs = np.stack([groups, keys], axis=1)
-    _, first, row_user = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
-    row_user = row_user.reshape(-1)
-    u_ids, u_vals = _users(spec, contract, users, keys[first])
-    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    _, session = np.unique(pairs, axis=0, return_inverse=True)
+    u_ids, u_vals = _users(spec, contract, users, uniq)
+    cat = {k: _joined([p[k] for p in parts]) for k in parts[0]} if parts else {}
     split_data = EncodedSplit(
         u_ids,
         u_vals,
@@ -342,18 +345,26 @@ def read_split(
         cat["conv"],
         cat["sample_id"],
         report,
+        session=session.reshape(-1).astype(np.int64),
     )
-    _crosses(contract, split_data)
+    _crosses(contract, split_data, users, keys, lists)
     report.rows = len(split_data)
     return split_data
 
 
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The batches' arrays as one (no copy for a split read in one batch)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def _users(spec, contract, users: SideTable, keys: np.ndarray):
-    width = contract.width("user")
-    ids = np.full((len(keys), width), -1, dtype=np.int64)
-    vals = np.zeros((len(keys), width), dtype=np.float32)
+    """The user rows of `keys`: the users table's rows (one gather into the output), a user it
+    lacks its key features alone."""
     pos, found = users.find(keys)
-    ids[found], vals[found] = users.ids[pos[found]], users.vals[pos[found]]
+    row = np.where(found, pos, len(users.keys))  # the last row: an empty one
+    width = contract.width("user")
+    ids = np.concatenate([users.ids, np.full((1, width), -1, np.int64)]).take(row, axis=0)
+    vals = np.concatenate([users.vals, np.zeros((1, width), np.float32)]).take(row, axis=0)
     _key_features(spec, contract, "user", ids, vals, keys)
     return ids, vals
 
@@ -401,11 +412,16 @@ def _events(spec, contract, t: pa.Table, items: SideTable, where, first, orphans
     elif orphans == "click":
         click = np.where(orphan, 1, click).astype(np.uint8)
     conv = (conv & click).astype(np.uint8)
-    width = contract.width("item")
-    ids = np.full((n, width), -1, dtype=np.int64)
-    vals = np.zeros((n, width), dtype=np.float32)
+    rows = np.flatnonzero(keep)
+    if len(rows) < n:
+        t = t.take(pa.array(rows))
+        keys = {side: k[rows] for side, k in keys.items()}
+    # the items table's rows, gathered once into the output (an item it lacks: an empty row)
     pos, found = items.find(keys["item"])
-    ids[found], vals[found] = items.ids[pos[found]], items.vals[pos[found]]
+    row = np.where(found, pos, len(items.keys))
+    width = contract.width("item")
+    ids = np.concatenate([items.ids, np.full((1, width), -1, np.int64)]).take(row, axis=0)
+    vals = np.concatenate([items.vals, np.zeros((1, width), np.float32)]).take(row, axis=0)
     _key_features(spec, contract, "item", ids, vals, keys["item"])
     cols = {f.name: c for f, c in contract.columns("item")}
     for f in spec.side("context"):
@@ -419,28 +435,44 @@ def _events(spec, contract, t: pa.Table, items: SideTable, where, first, orphans
             None,
             f"{where}: column {f.column!r}",
         )
-    rows = np.flatnonzero(keep)
     return {
-        "user_key": keys["user"][rows],
+        "user_key": keys["user"],
         "request_key": request[rows],
-        "item_ids": ids[rows],
-        "item_vals": vals[rows],
+        "item_ids": ids,
+        "item_vals": vals,
         "click": click[rows],
         "conv": conv[rows],
         "sample_id": (first + rows).astype(np.int64),
     }
 
 
-def _crosses(contract: FeatureContract, s: EncodedSplit) -> None:
-    """Each cross field's value on every row, from the row's user list and item key."""
+def cross_lists(contract: FeatureContract, users: SideTable) -> dict[str, ListCounts]:
+    """The users table's lists that crosses count in, indexed once (features.values): by the
+    table's rows (one per user: request rows repeat them, a tenth of the work); a user the
+    table lacks has empty lists (its row: `len(users.keys)`, past them)."""
     ucols = {f.name: c for f, c in contract.columns("user")}
+    return {
+        name: ListCounts(users.ids[:, ucols[name]], users.vals[:, ucols[name]])
+        for name in dict.fromkeys(f.cross[0] for f in contract.fields if f.cross)
+    }
+
+
+def _crosses(
+    contract: FeatureContract,
+    s: EncodedSplit,
+    users: SideTable,
+    user_keys: np.ndarray,
+    lists: dict[str, ListCounts],
+) -> None:
+    """Each cross field's value on every row, from its user's list and its item key: the same
+    count (features.values) the service makes per request."""
     icols = {f.name: c for f, c in contract.columns("item")}
+    pos, found = users.find(user_keys)
+    row = np.where(found, pos, len(users.keys))  # past every list's rows: nothing found
     for f, c in contract.columns("item"):
-        if f.source != "cross":
-            continue
-        lst, key = ucols[f.cross[0]], icols[f.cross[1]]
-        v = count_in(s.user_ids[:, lst], s.user_vals[:, lst], s.row_user, s.item_ids[:, key])
-        s.item_ids[:, c.start], s.item_vals[:, c.start] = 0, v
+        if f.source == "cross":
+            v = lists[f.cross[0]].count(row, s.item_ids[:, icols[f.cross[1]]])
+            s.item_ids[:, c.start], s.item_vals[:, c.start] = 0, v
 
 
 # ---- the whole read ---------------------------------------------------------------------------
@@ -460,8 +492,9 @@ def load(
         len(users.keys),
         len(items.keys),
     )
-    train = read_split(spec, contract, "train", users, items, orphans)
-    test = read_split(spec, contract, "test", users, items, orphans)
+    lists = cross_lists(contract, users)
+    train = read_split(spec, contract, "train", users, items, orphans, lists=lists)
+    test = read_split(spec, contract, "test", users, items, orphans, lists=lists)
     contract = contract.with_bounds(numeric_values(contract, train), _numeric_buckets(spec))
     return spec, contract, train, test
 

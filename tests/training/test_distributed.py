@@ -139,7 +139,7 @@ def test_only_rank_0_writes(two):
 def test_shards_keep_sessions_whole_and_take_the_same_steps():
     rng = np.random.default_rng(0)
     row_user = np.repeat(np.arange(300), rng.integers(1, 20, 300))  # sessions of 1-19 rows
-    split = SimpleNamespace(row_user=row_user)
+    split = SimpleNamespace(row_user=row_user, sessions=row_user)  # (EncodedSplit.sessions)
     order = rng.permutation(len(row_user))
     order = order[np.argsort(row_user[order], kind="stable")]  # sessions contiguous
     parts = [dist.shard(dist.World(r, 3), split, order, 64) for r in range(3)]

@@ -103,11 +103,12 @@ def test_a_shops_tables_become_the_contracts_raw_arrays(shop: Path):
         "brand": "text",
         "device": "text",
     }
-    # users: one row per request (page view) and member, as Ali-CCP's per session
+    # users: one row per member; training groups rows by request (page view) and member
     cols = {f.name: c for f, c in contract.columns("user")}
-    assert len(train.user_ids) == 6  # pv0: m-3, m-1; pv1: m-9, m-3; pv2: m-1, m-9
-    assert len(np.unique(train.row_user[[0, 1]])) == 2 and train.row_user[0] != train.row_user[3]
-    by_member = {int(train.user_ids[u, cols["member"].start]): u for u in range(6)}
+    assert len(train.user_ids) == 3
+    assert train.row_user[0] == train.row_user[3]  # m-3 in pv0 and in pv1
+    assert train.session[0] != train.session[3] and len(np.unique(train.session)) == 6
+    by_member = {int(train.user_ids[u, cols["member"].start]): u for u in range(3)}
     m3, m1, m9 = (by_member[text_id(k)] for k in ("m-3", "m-1", "m-9"))
     assert train.user_ids[m3, cols["tier"].start] == text_id("gold")
     assert train.user_ids[m1, cols["tier"].start] == -1  # null: missing
