@@ -59,10 +59,13 @@ else
 endif
 	$(VENV)/bin/ranker export --run $(RUN) --out $(MODELS)/$(MODEL_NAME)/$$(date -u +%Y%m%dT%H%M%SZ)
 
-# Serving benchmark: raw item-scorer ceiling, /rank over HTTP (hit, miss), naive baseline.
+# Serving benchmark: raw item-scorer ceiling, /rank over HTTP by ids and by features (hit,
+# miss), naive baseline. BENCH_VS=DIR also times another model's decode and encode of the same
+# traffic in this run (a model of the other route: field numbers against names).
+BENCH_VS ?=
 bench: install
 	@test -n "$$(find $(MODELS) -name manifest.json -print -quit 2>/dev/null)" || $(MAKE) train
-	$(VENV)/bin/ranker bench --model-dir $(MODELS)
+	$(VENV)/bin/ranker bench --model-dir $(MODELS) $(if $(BENCH_VS),--vs $(BENCH_VS),)
 
 # Locust, headless, against a running ranker (start one with `make run`); every request
 # (requests.csv), Locust's CSV and HTML report, summary.{json,md} and, for MODE=step, the step
