@@ -107,6 +107,7 @@ class Spec:
     price: str = ""  # the items column the fusion's price comes from ("" = none)
     root: Path = Path(".")  # the spec file's folder: table paths are relative to it
     source: str = "<spec>"  # the file, for messages
+    lines: Mapping[str, int] = dataclasses.field(default_factory=dict, compare=False)  # top keys
 
     def feature(self, name: str) -> Feature:
         for f in self.features:
@@ -377,6 +378,7 @@ def _build(doc, root: Path, source: str) -> Spec:
         features=tuple(features),
         root=root,
         source=source,
+        lines={k: at(k) for k in _TOP if k in top},
     )
 
 
@@ -547,23 +549,26 @@ def check_columns(spec: Spec, schemas: Mapping[str, Mapping[str, str]]) -> dict[
     (int or text), and the keys' as `keys.user` and `keys.item`: ids are hashed from it, so a
     shared table's members must agree on it."""
     c = _Check(spec.source)
+    L = lambda key: spec.lines.get(key, 0)  # noqa: E731 (a top-level key's line)
     ev = schemas.get("events")
     if ev is not None:
         for role, col in spec.keys.items():
             if col and col not in ev:
-                c.fail(0, f"keys.{role}", f"the events table has no column {col!r}")
+                c.fail(L("keys"), f"keys.{role}", f"the events table has no column {col!r}")
             if col and role != "request" and ev[col] not in (INT, TEXT):
                 c.fail(
-                    0,
+                    L("keys"),
                     f"keys.{role}",
                     f"column {col!r} of the events table is {ev[col]}, not an integer or text key",
                 )
         for role, col in spec.labels.items():
             if col not in ev:
-                c.fail(0, f"labels.{role}", f"the events table has no column {col!r}")
+                c.fail(L("labels"), f"labels.{role}", f"the events table has no column {col!r}")
             if ev[col] not in (INT, BOOL):
                 c.fail(
-                    0, f"labels.{role}", f"column {col!r} is {ev[col]}; a label is 0/1 or boolean"
+                    L("labels"),
+                    f"labels.{role}",
+                    f"column {col!r} is {ev[col]}; a label is 0/1 or boolean",
                 )
     dtypes: dict[str, str] = {}
     for table, role in (("users", "user"), ("items", "item")):
@@ -575,16 +580,18 @@ def check_columns(spec: Spec, schemas: Mapping[str, Mapping[str, str]]) -> dict[
             continue
         cols = schemas[table]
         if key not in cols:
-            c.fail(0, f"tables.{table}", f"{path} has no key column {key!r} (keys.{role})")
+            c.fail(
+                L("tables"), f"tables.{table}", f"{path} has no key column {key!r} (keys.{role})"
+            )
         if cols[key] not in (INT, TEXT):
             c.fail(
-                0,
+                L("keys"),
                 f"keys.{role}",
                 f"column {key!r} of {table} is {cols[key]}, not an integer or text key",
             )
         if ev is not None and cols[key] != ev[key]:
             c.fail(
-                0,
+                L("keys"),
                 f"keys.{role}",
                 f"column {key!r} is {ev[key]} in the events table but {cols[key]} in {table}",
             )
@@ -592,9 +599,11 @@ def check_columns(spec: Spec, schemas: Mapping[str, Mapping[str, str]]) -> dict[
     if spec.price:
         cols = schemas.get("items")
         if cols is not None and spec.price not in cols:
-            c.fail(0, "price", f"the items table has no column {spec.price!r}")
+            c.fail(L("price"), "price", f"the items table has no column {spec.price!r}")
         if cols is not None and cols[spec.price] not in (INT, FLOAT):
-            c.fail(0, "price", f"column {spec.price!r} is {cols[spec.price]}, not a number")
+            c.fail(
+                L("price"), "price", f"column {spec.price!r} is {cols[spec.price]}, not a number"
+            )
     for f in spec.features:
         if f.side == "cross":
             continue

@@ -377,5 +377,6 @@ BAD_COLUMNS = {
 @pytest.mark.parametrize("case", sorted(BAD_COLUMNS))
 def test_a_spec_its_tables_do_not_fit_is_refused_naming_the_column(case):
     changes, message = BAD_COLUMNS[case]
-    with pytest.raises(S.SpecError, match=S.re.escape(message)):
+    with pytest.raises(S.SpecError, match=S.re.escape(message)) as e:
         S.check_columns(S.loads(GOOD, source="spec.yaml"), _schemas(**changes))
+    assert S.re.match(r"spec\.yaml:[1-9][0-9]*: ", str(e.value)), str(e.value)  # its line
