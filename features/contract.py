@@ -44,40 +44,44 @@ import functools
 import json
 import zlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 Side = Literal["user", "item"]
 
-# Ali-CCP fields by origin. User fields live in common_features_*.csv; the others are per
-# impression in sample_skeleton_*.csv.
-USER_FIELDS = (
-    "101",
-    "121",
-    "122",
-    "124",
-    "125",
-    "126",
-    "127",
-    "128",
-    "129",
-    "109_14",
-    "110_14",
-    "127_14",
-    "150_14",
-)
-ITEM_FIELDS = ("205", "206", "207", "210", "216")
-COMBINATION_FIELDS = ("508", "509", "702", "853")
-CONTEXT_FIELDS = ("301",)
-ALL_FIELDS = USER_FIELDS + ITEM_FIELDS + COMBINATION_FIELDS + CONTEXT_FIELDS
+# Ali-CCP is one spec: features/aliccp.yaml declares its fields by field id, side and columns,
+# read once here by the spec reader (features/spec.py). User fields live in
+# common_features_*.csv; the others are per impression in sample_skeleton_*.csv.
+ALICCP_SPEC = Path(__file__).with_name("aliccp.yaml")
+
+
+def _aliccp():
+    from features.spec import load  # (the spec reader is below nothing: no circle)
+
+    spec = load(ALICCP_SPEC)
+    by_side = {
+        side: tuple(f.name for f in spec.features if f.side == side)
+        for side in ("user", "item", "event", "context")
+    }
+    max_len = {f.name: f.max_len for f in spec.features if f.max_len > 1}
+    return spec, by_side, max_len
+
+
+ALICCP, _SIDES, _MAX_LEN = _aliccp()
+USER_FIELDS = _SIDES["user"]
+ITEM_FIELDS = _SIDES["item"]
+COMBINATION_FIELDS = _SIDES["event"]  # per impression, opaque (no rule to rebuild them)
+CONTEXT_FIELDS = _SIDES["context"]
+ALL_FIELDS = tuple(f.name for f in ALICCP.features)  # user, item, combination, context
 # The keys of the feature stores (a user's and an item's own id): every model keeps them.
-KEY_FIELDS = ("101", "205")
+KEY_FIELDS = (ALICCP.keys["user"], ALICCP.keys["item"])
 
 # Default column counts of the multi-hot fields (every other field is single-valued). The
 # behaviour fields hold the user's last two weeks of categories / shops / brands / intents:
 # real users carry up to several hundred ids there.
-DEFAULT_MAX_LEN = {"109_14": 128, "110_14": 384, "127_14": 256, "150_14": 256, "210": 16, "853": 8}
+DEFAULT_MAX_LEN = _MAX_LEN
 
 PAD_ROW = 0
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)

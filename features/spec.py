@@ -22,18 +22,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-SIDES = ("user", "item", "context", "cross")
+SIDES = ("user", "item", "context", "event", "cross")
+LAYOUTS = ("tables", "aliccp")
 KINDS = ("id", "ids", "numeric")
 POOLINGS = ("mean", "sum")
 SPLITS = ("train", "test")
-NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 DEFAULT_MAX_LEN = 32  # columns of an `ids` feature unless it says
 DEFAULT_NUMERIC_BUCKETS = 32  # quantile buckets of a numeric or cross feature unless it says
 MAX_MAX_LEN = 4096
 MAX_BUCKETS = 1 << 24
 
-_TOP = {"keys", "labels", "tables", "features", "price"}
-_REQUIRED = _TOP - {"price"}
+_TOP = {"keys", "labels", "tables", "features", "price", "layout"}
+_REQUIRED = {"keys", "labels", "features"}  # and tables, in the tables layout
 _KEYS = {"user", "item", "request"}
 _LABELS = {"click", "conversion"}
 _TABLES = {"events", "users", "items"}
@@ -108,6 +109,7 @@ class Spec:
     root: Path = Path(".")  # the spec file's folder: table paths are relative to it
     source: str = "<spec>"  # the file, for messages
     lines: Mapping[str, int] = dataclasses.field(default_factory=dict, compare=False)  # top keys
+    layout: str = "tables"  # or aliccp: the raw Ali-CCP files of a folder (features/aliccp.yaml)
 
     def feature(self, name: str) -> Feature:
         for f in self.features:
@@ -130,9 +132,9 @@ class Spec:
             if getattr(self, t):
                 tables[t] = getattr(self, t)
         return {
+            **({"layout": self.layout} if self.layout != "tables" else {"tables": tables}),
             "keys": dict(self.keys),
             "labels": dict(self.labels),
-            "tables": tables,
             "features": [f.to_dict() for f in self.features],
             **({"price": self.price} if self.price else {}),
         }
@@ -338,6 +340,13 @@ def _build(doc, root: Path, source: str) -> Spec:
         c.fail(0, "spec", "the file is empty")
     top = c.mapping(doc, "spec", _line(doc, 1), _TOP, _REQUIRED)
     at = top.at if isinstance(top, _Map) else (lambda k: 0)
+    layout = c.choice(top, "layout", "spec", at("layout"), LAYOUTS) if "layout" in top else "tables"
+    if layout == "tables" and "tables" not in top:
+        c.fail(1, "spec", "missing required key 'tables'")
+    if layout == "aliccp":
+        for key in ("tables", "price"):
+            if key in top:
+                c.fail(at(key), key, "the Ali-CCP layout's files are the folder `--data` names")
 
     keys = c.mapping(top["keys"], "keys", at("keys"), _KEYS, {"user", "item"})
     key_cols = {k: c.text(keys, k, "keys", at("keys")) for k in keys}
@@ -351,21 +360,25 @@ def _build(doc, root: Path, source: str) -> Spec:
         if v in taken:
             c.fail(at("labels"), f"labels.{k}", f"column {v!r} is already {taken[v]}")
 
-    tables = c.mapping(top["tables"], "tables", at("tables"), _TABLES, {"events"})
-    t_at = tables.at if isinstance(tables, _Map) else (lambda k: at("tables"))
-    events = c.mapping(tables["events"], "tables.events", t_at("events"), set(SPLITS), set(SPLITS))
-    event_paths = {s: c.text(events, s, "tables.events", t_at("events")) for s in SPLITS}
-    side_tables = {
-        t: c.text(tables, t, "tables", at("tables")) if t in tables else ""
-        for t in ("users", "items")
-    }
+    event_paths, side_tables = {}, {"users": "", "items": ""}
+    if layout == "tables":
+        tables = c.mapping(top["tables"], "tables", at("tables"), _TABLES, {"events"})
+        t_at = tables.at if isinstance(tables, _Map) else (lambda k: at("tables"))
+        events = c.mapping(
+            tables["events"], "tables.events", t_at("events"), set(SPLITS), set(SPLITS)
+        )
+        event_paths = {s: c.text(events, s, "tables.events", t_at("events")) for s in SPLITS}
+        side_tables = {
+            t: c.text(tables, t, "tables", at("tables")) if t in tables else ""
+            for t in ("users", "items")
+        }
 
     raw = top["features"]
     if not isinstance(raw, list) or not raw:
         c.fail(at("features"), "features", f"expected a non-empty list, got {_kind(raw)}")
     lines = getattr(raw, "item_lines", None) or [_line(raw)] * len(raw)
     features = [_feature(c, f, k, _line(f, lines[k])) for k, f in enumerate(raw)]
-    _check_features(c, features, key_cols, label_cols, side_tables)
+    _check_features(c, features, key_cols, label_cols, side_tables, layout)
     if "price" in top and not side_tables["items"]:
         c.fail(at("price"), "price", "the fusion's price is an items column: give tables.items")
     return Spec(
@@ -379,6 +392,7 @@ def _build(doc, root: Path, source: str) -> Spec:
         root=root,
         source=source,
         lines={k: at(k) for k in _TOP if k in top},
+        layout=layout,
     )
 
 
@@ -456,7 +470,12 @@ def _feature(c: _Check, f, k: int, line: int) -> Feature:
 
 
 def _check_features(
-    c: _Check, features: list[Feature], keys: Mapping, labels: Mapping, tables: Mapping
+    c: _Check,
+    features: list[Feature],
+    keys: Mapping,
+    labels: Mapping,
+    tables: Mapping,
+    layout: str = "tables",
 ) -> None:
     by_name: dict[str, Feature] = {}
     for f in features:
@@ -503,11 +522,13 @@ def _check_features(
                     f"{lst.name} and {key.name} read different "
                     "embedding tables, so their ids are not one space",
                 )
-        if f.side == "user" and not tables["users"] and f.column != keys["user"]:
+        if layout != "tables":
+            pass  # the layout's files hold every side
+        elif f.side == "user" and not tables["users"] and f.column != keys["user"]:
             c.fail(
                 f.line, what, "a user feature needs tables.users (or the user key as its column)"
             )
-        if f.side == "item" and not tables["items"] and f.column != keys["item"]:
+        elif f.side == "item" and not tables["items"] and f.column != keys["item"]:
             c.fail(
                 f.line, what, "an item feature needs tables.items (or the item key as its column)"
             )
@@ -607,7 +628,7 @@ def check_columns(spec: Spec, schemas: Mapping[str, Mapping[str, str]]) -> dict[
     for f in spec.features:
         if f.side == "cross":
             continue
-        table = {"user": "users", "item": "items", "context": "events"}[f.side]
+        table = {"user": "users", "item": "items", "context": "events", "event": "events"}[f.side]
         key = spec.keys.get(f.side, "")
         if f.side in ("user", "item") and f.column == key:
             cols = schemas.get("events") or schemas.get(table)  # the key: every event has it

@@ -217,9 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
 
     if args.spec is not None:
-        reqs = spec_requests(
-            args.spec, args.split, args.limit, args.max_candidates, args.timeout_ms
-        )
+        from features.spec import SpecError
+
+        try:
+            reqs = spec_requests(
+                args.spec, args.split, args.limit, args.max_candidates, args.timeout_ms
+            )
+        except (SpecError, FileNotFoundError) as e:
+            p.error(str(e))
         log.info("%d id-only requests (crosses computed by the service)", len(reqs))
     else:
         model = httpx.get(f"{args.url}/v1/model", timeout=10).json()

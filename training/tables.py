@@ -81,6 +81,11 @@ def _schema(spec: S.Spec, table: str, split: str = "train") -> dict[str, str]:
 def check_tables(spec: S.Spec) -> dict[str, str]:
     """Every table's schema against the spec (before any row is read); the id features' value
     types (int or text)."""
+    if spec.layout != "tables":
+        raise S.SpecError(
+            f"{spec.source}: layout: {spec.layout} is read from a folder of its files: "
+            "ranker train --data DIR"
+        )
     schemas = {"events": _schema(spec, "events")}
     for t in ("users", "items"):
         if getattr(spec, t):
@@ -101,7 +106,7 @@ def _event_columns(spec: S.Spec) -> list[str]:
     cols = [spec.keys["user"], spec.keys["item"], *spec.labels.values()]
     if spec.keys["request"]:
         cols.append(spec.keys["request"])
-    cols += [f.column for f in spec.side("context")]
+    cols += [f.column for f in (*spec.side("context"), *spec.side("event"))]
     return list(dict.fromkeys(cols))
 
 
@@ -424,7 +429,7 @@ def _events(spec, contract, t: pa.Table, items: SideTable, where, first, orphans
     vals = np.concatenate([items.vals, np.zeros((1, width), np.float32)]).take(row, axis=0)
     _key_features(spec, contract, "item", ids, vals, keys["item"])
     cols = {f.name: c for f, c in contract.columns("item")}
-    for f in spec.side("context"):
+    for f in (*spec.side("context"), *spec.side("event")):
         _fill(
             ids,
             vals,

@@ -380,3 +380,46 @@ def test_a_spec_its_tables_do_not_fit_is_refused_naming_the_column(case):
     with pytest.raises(S.SpecError, match=S.re.escape(message)) as e:
         S.check_columns(S.loads(GOOD, source="spec.yaml"), _schemas(**changes))
     assert S.re.match(r"spec\.yaml:[1-9][0-9]*: ", str(e.value)), str(e.value)  # its line
+
+
+def test_ali_ccp_is_one_spec_and_its_contract_is_todays():
+    """features/aliccp.yaml declares the Ali-CCP fields; the contract's constants come from it
+    and are what they were as literals (so Ali-CCP contracts and model digests are unchanged)."""
+    from features import contract as C
+
+    spec = S.load(C.ALICCP_SPEC)
+    assert spec.layout == "aliccp" and spec.keys["user"] == "101" and spec.keys["item"] == "205"
+    user = ("101", "121", "122", "124", "125", "126", "127", "128", "129")
+    assert user + ("109_14", "110_14", "127_14", "150_14") == C.USER_FIELDS
+    assert C.ITEM_FIELDS == ("205", "206", "207", "210", "216")
+    assert C.COMBINATION_FIELDS == ("508", "509", "702", "853")
+    assert C.CONTEXT_FIELDS == ("301",)
+    assert C.ALL_FIELDS == C.USER_FIELDS + C.ITEM_FIELDS + C.COMBINATION_FIELDS + C.CONTEXT_FIELDS
+    assert C.KEY_FIELDS == ("101", "205")
+    assert C.DEFAULT_MAX_LEN == {
+        "109_14": 128,
+        "110_14": 384,
+        "127_14": 256,
+        "150_14": 256,
+        "210": 16,
+        "853": 8,
+    }
+    c = C.FeatureContract.default()
+    assert c.version == 1 and not any(f.source for f in c.fields)  # no spec fields: v1 JSON
+
+
+def test_the_ali_ccp_layout_has_no_tables():
+    base = "layout: aliccp\nkeys: {user: u, item: i}\nlabels: {click: c, conversion: v}\n"
+    ok = S.loads(base + "features:\n  - {name: '1', side: event, kind: id}\n")
+    assert ok.layout == "aliccp" and ok.features[0].side == "event"
+    for extra, message in (
+        ("tables: {events: {train: a, test: b}}\n", "tables: the Ali-CCP layout's files"),
+        ("price: p\n", "price: the Ali-CCP layout's files"),
+        ("layout: csv\n", "'csv' is not one of tables, aliccp"),
+    ):
+        text = base if "layout" not in extra else base.replace("layout: aliccp\n", extra)
+        text += "features:\n  - {name: a, side: user, kind: id}\n"
+        if "layout" not in extra:
+            text = extra + text
+        with pytest.raises(S.SpecError, match=S.re.escape(message)):
+            S.loads(text)

@@ -1,0 +1,1 @@
+"""Load tests: realistic /rank traffic (traffic.py) and the Locust user driving it."""

@@ -1,0 +1,508 @@
+"""make bench: the item scorer's raw ceiling, POST /rank over real HTTP (user cache hit and miss;
+full-feature requests and requests by item ids, the items' features from an item table built
+from the same traffic), and the naive baseline (loadtest/naive.py: full graph per request, user
+rows tiled, no cache, no batching) on the same HTTP stack, all in one run. Writes
+OUT/serve.{json,md} and rewrites the README's block between `<!-- bench:serving -->` markers.
+
+    python -m loadtest.bench --model-dir models [--candidates 500] [--seconds 8] [--out runs/bench]
+
+Servers are real processes (`python -m service`, `python -m loadtest.naive`) started and loaded by
+loadtest/harness.py; bodies come from loadtest/traffic.py. The load driver runs on the same
+machine, so on 2 cores it takes CPU from the server: figures are end to end on one box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+import msgspec
+import numpy as np
+import orjson
+
+from loadtest.harness import Load, ServiceProcess
+from loadtest.traffic import NAMES, POPULATION, Traffic, by_ids, raw_features
+from service import fusion, request
+from service.config import Settings
+from service.encoding import RequestEncoder
+from service.engine import Engine, newest_version
+from service.response import ranked
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+MARKER = re.compile(r"(<!-- bench:serving -->\n).*?(<!-- /bench:serving -->)", re.S)
+HIT_USERS = 4  # users sent again and again: after the first request, every one a cache hit
+FUSION = {"c": 0.2}  # price in the fusion, so its cost is in every figure
+
+
+class NewUsers(Sequence[bytes]):
+    """`body` again and again under a new user id each time: every request a cache miss. Each
+    body is built when indexed (a splice of bytes), so there are as many as a run sends."""
+
+    def __init__(self, body: bytes, first_id: int = 1 << 40):
+        rest = orjson.loads(body)
+        del rest["user_id"]
+        self.rest, self.first_id = orjson.dumps(rest)[1:], first_id  # `"user_features":...}`
+
+    def __len__(self) -> int:
+        return 1 << 40
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return b'{"user_id":%d,' % (self.first_id + i) + self.rest
+
+
+def bodies(n: int, users: int = HIT_USERS, seed: int = 1, names: bool = False) -> list[bytes]:
+    """Full-feature bodies of `users` users, by Ali-CCP field or (names) the spec's names."""
+    traffic = Traffic(seed=seed, names=names)
+    return [
+        orjson.dumps({**traffic.request(user=u, candidates=n), "fusion": FUSION})
+        for u in range(users)
+    ]
+
+
+STORE_MISS_USERS = 4000  # stored users of the id-only miss run, each sent once per cycle
+
+
+def id_only(body: bytes, user_id: int) -> bytes:
+    """The request as a recommender sends it with both stores: ids, context, fusion."""
+    b = by_ids(orjson.loads(body))
+    del b["user_features"]
+    return orjson.dumps({**b, "user_id": user_id})
+
+
+class StoredUsers(Sequence[bytes]):
+    """An id-only body under `count` stored user ids in turn: with `count` above what a run
+    sends, every request a user cache miss whose features come from the store."""
+
+    def __init__(self, body: bytes, first_id: int, count: int):
+        rest = orjson.loads(body)
+        del rest["user_id"]
+        self.rest, self.first_id, self.count = orjson.dumps(rest)[1:], first_id, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return b'{"user_id":%d,' % (self.first_id + i) + self.rest
+
+
+def load_store(url: str, hit: list[bytes], miss_first: int) -> list[int]:
+    """The hit users under their 101 ids, and STORE_MISS_USERS more (the first hit user's
+    features under ids from `miss_first`), written as `ranker users load` writes them."""
+    import redis
+
+    from features import users
+
+    client = redis.Redis.from_url(url)
+    pipe = client.pipeline(transaction=False)
+    ids = []
+    key = None
+    for body in hit:
+        feats = raw_features(orjson.loads(body)["user_features"])
+        key = "101" if "101" in feats else NAMES["101"]  # by field or by the spec's name
+        uid = feats[key][0][0]
+        ids.append(uid)
+        d, blob = users.encode(feats)
+        pipe.hset(users.key(uid), mapping={"d": d, "f": blob})
+    base = raw_features(orjson.loads(hit[0])["user_features"])
+    for k in range(STORE_MISS_USERS):
+        d, blob = users.encode({**base, key: ([miss_first + k], [1.0])})
+        pipe.hset(users.key(miss_first + k), mapping={"d": d, "f": blob})
+    pipe.execute()
+    client.close()
+    return ids
+
+
+def behaviour_ids(body: bytes) -> int:
+    feats = orjson.loads(body)["user_features"]
+    lists = [*POPULATION, *(NAMES[f] for f in POPULATION)]  # by field or by name
+    return sum(len(feats[f]["ids"]) for f in lists if f in feats)  # the behaviour lists
+
+
+def _time(fn: Callable[[], object], seconds: float) -> float:
+    """Seconds per call: one untimed call, then as many as fit in `seconds` (at least one)."""
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while n == 0 or time.perf_counter() - t0 < seconds:
+        fn()
+        n += 1
+    return (time.perf_counter() - t0) / n
+
+
+def in_process(
+    engine: Engine, body: bytes, rule: request.Rules, seconds: float, table=None
+) -> dict:
+    """The raw ceiling and each step of a request's Python work, timed on one body. Encoded by
+    the service's own decoder and encoder: the ceiling scores exactly what /rank would."""
+    r = request.decode(body, rule)
+    encoder = RequestEncoder(engine.contract)
+    rows = encoder.encode(r.req)
+    n = r.rows
+    user = engine.user_repr(rows.user_ids, rows.user_weights)
+    index = np.zeros(n, np.int64)
+    scores = engine.score(user, index, rows.item_ids, rows.item_weights)
+    fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, r.prices())
+    item_ids = r.req.item_keys()
+    tiled = np.repeat(rows.user_ids, n, 0), np.repeat(rows.user_weights, n, 0)
+    t_item = _time(lambda: engine.score(user, index, rows.item_ids, rows.item_weights), seconds)
+    return {
+        "ceiling": {
+            "rows": n,
+            "item_scorer_ms": t_item * 1e3,
+            "candidates_per_s": n / t_item,
+            "user_tower_ms": _time(
+                lambda: engine.user_repr(rows.user_ids, rows.user_weights), seconds / 4
+            )
+            * 1e3,
+            "full_graph_ms": _time(
+                lambda: engine.score_full(*tiled, rows.item_ids, rows.item_weights), seconds / 2
+            )
+            * 1e3,
+        },
+        "parsing": {
+            "body_bytes": len(body),
+            # the hot path: typed, strict, every request rule (service/request.py)
+            "decode_ms": _time(lambda: request.decode(body, rule), seconds / 4) * 1e3,
+            # parsing alone, for scale: no types, no rules
+            "msgspec_untyped_ms": _time(lambda: msgspec.json.decode(body), seconds / 4) * 1e3,
+            "orjson_untyped_ms": _time(lambda: orjson.loads(body), seconds / 4) * 1e3,
+            "encode_ms": _time(lambda: encoder.encode(r.req), seconds / 4) * 1e3,
+            **_by_ids(engine, body, rule, seconds, table),
+            "response_ms": _time(
+                lambda: msgspec.json.encode(
+                    ranked(engine.version, True, r.fusion, item_ids, scores, fused, None)
+                ),
+                seconds / 4,
+            )
+            * 1e3,
+        },
+    }
+
+
+def _by_ids(engine: Engine, body: bytes, rule: request.Rules, seconds: float, table) -> dict:
+    """Decoding and encoding the same request by item ids, the items from the table."""
+    if table is None:
+        return {}
+    from features import users
+    from service.encoding import StoredItems
+
+    ids_body = id_only(body, 1)
+    r = request.decode(ids_body, rule)
+    encoder = RequestEncoder(engine.contract, StoredItems(table, engine.contract))
+    _, blob = users.encode(raw_features(orjson.loads(body)["user_features"]))
+    return {
+        "ids_body_bytes": len(ids_body),
+        "ids_decode_ms": _time(lambda: request.decode(ids_body, rule), seconds / 4) * 1e3,
+        "ids_encode_ms": _time(lambda: encoder.encode(r.req), seconds / 4) * 1e3,
+        # a cache miss's stored user: its record decoded and checked, then encoded
+        "stored_user_bytes": len(blob),
+        "stored_user_ms": _time(lambda: encoder.encode_stored_user(users.decode(blob)), seconds / 4)
+        * 1e3,
+    }
+
+
+class Shifted(Sequence[bytes]):
+    """`base[offset:offset + span]`: each load of a sweep gets bodies no earlier load sent, so
+    a miss run stays a miss run."""
+
+    def __init__(self, base: Sequence[bytes], offset: int, span: int):
+        self.base, self.offset, self.span = base, offset, min(span, len(base) - offset)
+
+    def __len__(self) -> int:
+        return self.span
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.base[self.offset + i]
+
+
+P99_BOUND_MS = 50.0  # each path's figure: the most candidates/s at which p99 stays under this
+
+
+def _figures(r, candidates: int) -> dict:
+    return {
+        **r.summary(),
+        "candidates_per_s": r.statuses.get(200, 0) / r.seconds * candidates,
+        "hit_rate": r.user_cache.get("hit", 0) / max(r.statuses.get(200, 0), 1),
+    }
+
+
+def sweep(url: str, sent: Sequence[bytes], args: argparse.Namespace, miss: bool) -> dict:
+    """Closed loop at each concurrency of args.levels (peak, and the best rate whose p99 stays
+    under P99_BOUND_MS), then open loop at half the peak's requests/s (the p99 at half load)."""
+    span = len(sent) // (len(args.levels) + 1) if miss else len(sent)
+    runs = {}
+    for k, c in enumerate(args.levels):
+        bodies = Shifted(sent, k * span, span) if miss else sent
+        runs[c] = _figures(
+            asyncio.run(Load(url, bodies, concurrency=c).run(args.seconds)), args.candidates
+        )
+    peak_c = max(runs, key=lambda c: runs[c]["candidates_per_s"])
+    under = [
+        c
+        for c in runs
+        if runs[c]["accepted_p99_ms"] is not None and runs[c]["accepted_p99_ms"] <= P99_BOUND_MS
+    ]
+    best_c = max(under, key=lambda c: runs[c]["candidates_per_s"]) if under else None
+    rate = runs[peak_c]["accepted_per_s"] / 2
+    bodies = Shifted(sent, len(args.levels) * span, span) if miss else sent
+    half = asyncio.run(Load(url, bodies, rate=rate, concurrency=64).run(args.seconds))
+    return {
+        "levels": {str(c): v for c, v in runs.items()},
+        "peak": {"concurrency": peak_c, **runs[peak_c]},
+        "under_bound": None if best_c is None else {"concurrency": best_c, **runs[best_c]},
+        "half": {"rate": rate, **_figures(half, args.candidates)},
+    }
+
+
+def over_http(
+    name: str,
+    folder: Path,
+    scenarios: dict[str, Sequence[bytes]],
+    args: argparse.Namespace,
+    **settings,
+) -> dict:
+    """Each scenario's sweep against one server, started for them and stopped after."""
+    module = {"service": "service", "naive": "loadtest.naive"}[name]
+    # no access log: the naive server writes none either
+    svc = ServiceProcess(
+        args.out / f"{name}.log",
+        module,
+        model_dir=folder,
+        access_log=False,
+        reload_poll_s=0,
+        **settings,
+    )
+    try:
+        svc.wait_ready()
+        for scenario, sent in scenarios.items():  # warm: the hit users' first requests
+            for body in sent[:HIT_USERS] if scenario.endswith("hit") else ():
+                httpx.post(f"{svc.url}/rank", content=body, timeout=60).raise_for_status()
+        return {
+            scenario: sweep(svc.url, sent, args, miss=scenario.endswith("miss"))
+            for scenario, sent in scenarios.items()
+        }
+    finally:
+        svc.stop()
+
+
+def run(args: argparse.Namespace) -> dict:
+    from loadtest.harness import RedisServer
+
+    folder = newest_version(args.model_dir)
+    engine = Engine(folder)
+    names = engine.contract.keys is not None  # a spec's model: requests by its feature names
+    hit = bodies(args.candidates, names=names)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = Traffic(seed=1, names=names).item_table()
+    table.save(args.out / "items.npz")
+    result = {
+        "model": engine.version,
+        "cpus": os.cpu_count(),
+        "candidates": args.candidates,
+        "behaviour_ids": [behaviour_ids(b) for b in hit],
+        "concurrency_levels": list(args.levels),
+        "seconds": args.seconds,
+        **in_process(
+            engine,
+            hit[0],
+            request.Rules.from_settings(Settings(model_dir=folder)),
+            args.seconds,
+            table,
+        ),
+    }
+    with RedisServer() as store:
+        miss_first = 1 << 42
+        user_ids = load_store(store.url, hit, miss_first)
+        scenarios = {
+            "hit": hit,
+            "miss": NewUsers(hit[0]),
+            "ids_hit": [id_only(b, u) for b, u in zip(hit, user_ids, strict=True)],
+            "ids_miss": StoredUsers(id_only(hit[0], 0), miss_first, STORE_MISS_USERS),
+        }
+        service = over_http(
+            "service",
+            folder,
+            scenarios,
+            args,
+            item_table=args.out / "items.npz",
+            user_store=store.url,
+        )
+    naive = over_http("naive", folder, {"hit": hit}, args)
+    result |= {f"service_{k}": v for k, v in service.items()}
+    result["naive"] = naive["hit"]
+    if args.vs is not None:
+        result["vs"] = versus(engine, hit[0], table, args)
+    return result
+
+
+VS_STAGES = ("decode_ms", "encode_ms", "ids_decode_ms", "ids_encode_ms", "stored_user_ms")
+
+
+def versus(engine: Engine, body: bytes, table, args: argparse.Namespace) -> dict:
+    """The same traffic's per-request Python work through this model and through the other
+    route's (`--vs`: by field numbers against by names), timed in rounds that alternate the
+    two, so both see the same machine; the median of the rounds per stage."""
+    other = Engine(newest_version(args.vs))
+    other_names = other.contract.keys is not None
+    other_body = bodies(args.candidates, users=1, names=other_names)[0]
+    other_table = Traffic(seed=1, names=other_names).item_table()
+    rules = request.Rules.from_settings(Settings(model_dir=args.model_dir))
+    rounds: dict[str, list[dict]] = {"this": [], "vs": []}
+    for _ in range(5):
+        rounds["this"].append(in_process(engine, body, rules, args.seconds / 5, table)["parsing"])
+        rounds["vs"].append(
+            in_process(other, other_body, rules, args.seconds / 5, other_table)["parsing"]
+        )
+    label = {True: "by names (a spec's model)", False: "by field numbers (Ali-CCP model)"}
+    out = {}
+    for key, engine_ in (("this", engine), ("vs", other)):
+        out[key] = {
+            "model": engine_.version,
+            "route": label[engine_.contract.keys is not None],
+            **{k: float(np.median([r[k] for r in rounds[key]])) for k in VS_STAGES},
+        }
+    return out
+
+
+ROWS = (  # the id path first: it is how a recommender calls a ranker
+    ("service_ids_hit", "/rank by ids (both stores), user cache hit"),
+    ("service_ids_miss", "/rank by ids (both stores), user cache miss"),
+    ("service_hit", "/rank by features, user cache hit"),
+    ("service_miss", "/rank by features, user cache miss"),
+    ("naive", "naive: full graph per request, tiled, no cache/batching"),
+)
+
+
+def markdown(r: dict) -> str:
+    c, p = r["ceiling"], r["parsing"]
+    behaviour = r["behaviour_ids"]
+    levels = ", ".join(map(str, r["concurrency_levels"]))
+    lines = [
+        f"{r['candidates']} candidates per request (`loadtest/traffic.py`), {len(behaviour)} "
+        f"users of {min(behaviour)}-{max(behaviour)} behaviour ids; each path closed-loop at "
+        f"{levels} concurrent clients ({r['seconds']:g} s each), then open-loop at half its "
+        f"peak; load generator on the same {r['cpus']}-core machine; model {r['model']}. User "
+        f"tower {c['user_tower_ms']:.2f} ms, full graph at {r['candidates']} rows "
+        f"{c['full_graph_ms']:.2f} ms.",
+        "",
+        f"| path | peak candidates/s (clients) | p99 at peak ms | candidates/s at p99 <= "
+        f"{P99_BOUND_MS:.0f} ms (clients) | p50 / p99 ms at half of peak | cache hits |",
+        "|---|---|---|---|---|---|",
+        f"| item scorer in-process, one thread (raw ceiling) | {c['candidates_per_s']:,.0f} "
+        f"| {c['item_scorer_ms']:.2f} ms per run |  |  |  |",
+    ]
+    failed = []
+    for key, label in ROWS:
+        x = r[key]
+        pk, ub, hf = x["peak"], x["under_bound"], x["half"]
+        under = "none" if ub is None else f"{ub['candidates_per_s']:,.0f} ({ub['concurrency']})"
+        lines.append(
+            f"| {label} | {pk['candidates_per_s']:,.0f} ({pk['concurrency']}) "
+            f"| {_ms(pk['accepted_p99_ms'])} | {under} "
+            f"| {_ms(hf['accepted_p50_ms'])} / {_ms(hf['accepted_p99_ms'])} "
+            f"| {pk['hit_rate']:.0%} |"
+        )
+        for run in [*x["levels"].values(), hf]:
+            bad = {k: v for k, v in run["by_status"].items() if k != "200"}
+            if bad:
+                failed.append(f"{label}: {sum(bad.values())} of {run['requests']} not 200 ({bad})")
+    lines += [
+        "",
+        f"Where a request's time goes, per stage, one request of {r['candidates']} candidates "
+        "timed in-process on one thread (the mean of repeated runs):",
+        "",
+        "| stage | by features | by ids |",
+        "|---|---|---|",
+        f"| request body | {p['body_bytes'] / 1e3:.0f} kB | {p['ids_body_bytes'] / 1e3:.1f} kB |",
+        f"| decode and check (msgspec, strict, every rule) | {p['decode_ms']:.2f} ms "
+        f"| {p['ids_decode_ms']:.2f} ms |",
+        f"| encode into embedding rows (hash; by ids: the table's rows gathered) "
+        f"| {p['encode_ms']:.2f} ms | {p['ids_encode_ms']:.2f} ms |",
+        f"| user tower (a cache miss only; by ids also the stored record, "
+        f"{p['stored_user_bytes'] / 1e3:.1f} kB, decoded and encoded) "
+        f"| {c['user_tower_ms']:.2f} ms | {c['user_tower_ms'] + p['stored_user_ms']:.2f} ms |",
+        f"| item scorer run | {c['item_scorer_ms']:.2f} ms | {c['item_scorer_ms']:.2f} ms |",
+        f"| response (sorted, msgspec) | {p['response_ms']:.2f} ms | {p['response_ms']:.2f} ms |",
+        "",
+        f"For scale, parsing the features body untyped takes {p['msgspec_untyped_ms']:.2f} ms "
+        f"with msgspec and {p['orjson_untyped_ms']:.2f} ms with orjson.",
+    ]
+    s, ids, nv = r["service_hit"]["peak"], r["service_ids_hit"]["peak"], r["naive"]["peak"]
+    lines += [
+        "",
+        f"At its peak, end to end with a cache hit is "
+        f"{s['candidates_per_s'] / c['candidates_per_s']:.0%} of the raw ceiling by features and "
+        f"{ids['candidates_per_s'] / c['candidates_per_s']:.0%} by ids; by features it is "
+        f"{s['candidates_per_s'] / max(nv['candidates_per_s'], 1e-9):.1f}x the naive baseline.",
+    ]
+    if "vs" in r:
+        a, b = r["vs"]["this"], r["vs"]["vs"]
+        lines += [
+            "",
+            f"The same traffic {a['route']} and {b['route']}: Python work per request, "
+            "in-process, medians of 5 alternating rounds (ms):",
+            "",
+            f"| stage | {a['route']} | {b['route']} |",
+            "|---|---|---|",
+            *(f"| {k.removesuffix('_ms')} | {a[k]:.3f} | {b[k]:.3f} |" for k in VS_STAGES),
+        ]
+    if failed:
+        lines += ["", "Failed requests: " + "; ".join(failed) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def rewrite_readme(path: Path, md: str) -> bool:
+    """Replace the block between the bench:serving markers with `md`; False when `path` has no
+    such block (nothing is written then)."""
+    text = path.read_text() if path.is_file() else ""
+    if not MARKER.search(text):
+        return False
+    path.write_text(MARKER.sub(lambda m: m.group(1) + md + m.group(2), text))
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model-dir", type=Path, default=Path("models"))
+    p.add_argument("--candidates", type=int, default=500)
+    p.add_argument("--seconds", type=float, default=5.0, help="of load per run")
+    p.add_argument(
+        "--levels",
+        type=lambda t: tuple(int(x) for x in t.split(",")),
+        default=(1, 2, 4, 8),
+        help="concurrent clients of the closed-loop runs, e.g. 1,2,4,8",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/bench"))
+    p.add_argument(
+        "--vs",
+        type=Path,
+        help="a second model folder (the other route: Ali-CCP fields or a spec's names) whose "
+        "in-process decode and encode of the same traffic are timed in this run, alternating",
+    )
+    p.add_argument("--readme", type=Path, default=README, help="whose bench block is rewritten")
+    args = p.parse_args(argv)
+    r = run(args)
+    md = markdown(r)
+    (args.out / "serve.json").write_text(json.dumps(r, indent=2))
+    (args.out / "serve.md").write_text(md)
+    if not rewrite_readme(args.readme, md):
+        print(f"(no bench:serving block in {args.readme}: not rewritten)")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The ranking service: POST /rank over an exported ESMM model."""

@@ -1,0 +1,155 @@
+"""create_app(settings): load -> warm -> serve (and reload) -> drain -> close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+
+from features.user_table import UserTableError
+from ranker import __version__
+from service import admin, request, tracing
+from service.admission import Admission
+from service.config import Settings
+from service.engine import newest_version
+from service.handlers import install_error_handlers
+from service.metrics import Metrics
+from service.openapi import install_openapi
+from service.ranking import Ranker
+from service.reload import ModelLoader, Reloader
+from service.requestid import RequestIdMiddleware, install_log_field
+from service.routes import router
+from service.served import ModelSlot
+from service.user_cache import Breaker, RedisTier
+from service.user_store import EmbeddedUserStore, UserStore, is_redis_url
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+log = logging.getLogger("service")
+
+
+def create_app(settings: Settings, tracer_provider: TracerProvider | None = None) -> FastAPI:
+    """`tracer_provider`: where traces go with RANKER_TRACING on (default: OTLP; tests give one
+    of their own)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        st, s = app.state, settings
+        tracing.start(provider)
+        # One thread runs every ONNX graph, of every version: runs never overlap on 2 cores.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
+        # Large bodies are decoded and encoded here, off the event loop (ranking.py).
+        workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+        redis = None
+        if s.redis_url:
+            breaker = Breaker(s.redis_breaker_failures, s.redis_breaker_reset_s)
+            redis = RedisTier(
+                s.redis_url,
+                s.redis_timeout_ms,
+                s.cache_ttl_s,
+                breaker,
+                on_event=st.metrics.on_redis,
+            )
+        users = None
+        if s.user_store and not is_redis_url(s.user_store):
+            try:  # the embedded store: a user table file (`ranker users build`)
+                users = EmbeddedUserStore(s.user_store, on_event=st.metrics.on_user_store)
+            except UserTableError as e:
+                raise SystemExit(f"RANKER_USER_STORE={s.user_store}: {e}") from None
+        elif s.user_store:
+            users = UserStore(
+                s.user_store,
+                s.user_store_timeout_ms,
+                s.user_max_age_s,
+                s.cache_size,
+                Breaker(s.redis_breaker_failures, s.redis_breaker_reset_s),
+                on_event=st.metrics.on_user_store,
+            )
+        loader = ModelLoader(s, executor, redis, st.metrics)
+        model = await asyncio.to_thread(loader.build, newest_version(s.model_dir))
+        st.slot = slot = ModelSlot(model)
+        st.admission = Admission(
+            s.max_queued_rows,
+            lambda: slot.current.batcher.rows_per_s,
+            on_refuse=lambda reason: st.metrics.shed.labels(reason).inc(),
+        )
+        rules = request.Rules.from_settings(s)
+        st.ranker = Ranker(
+            slot,
+            st.admission,
+            rules,
+            workers,
+            st.metrics.candidates.observe,
+            st.metrics.unknown_items.inc,
+            users,
+            st.metrics.unknown_users.inc,
+        )
+        st.reloader = Reloader(s, loader, slot, st.metrics)
+        watcher = (
+            asyncio.get_running_loop().create_task(st.reloader.watch(s.reload_poll_s))
+            if s.reload_poll_s > 0
+            else None
+        )
+        st.metrics.queue_rows.set_function(lambda: st.admission.rows)
+        st.metrics.on_model(model.version)
+        st.loaded = st.ready = True
+        log.info(
+            "serving %s on %s (redis tier: %s; user store: %s)",
+            model.version,
+            model.engine.providers,
+            "on" if redis else "off",
+            users.url if users else "off",
+        )
+        del model  # the slot holds it: a reload must be able to free it (tables and all)
+        try:
+            yield
+        finally:
+            st.ready, st.admission.draining = False, True
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await slot.close()
+            executor.shutdown(wait=True)
+            workers.shutdown(wait=True)
+            if redis is not None:
+                await redis.close()
+            if users is not None:
+                await users.close()
+            tracing.start(None)
+            if provider is not None and tracer_provider is None:
+                await asyncio.to_thread(provider.shutdown)  # ours: sends the spans still batched
+
+    # /docs from assets served by the app itself (Swagger UI 5, which renders OpenAPI 3.1): the
+    # default page loads them from a CDN and is blank on a host that cannot reach one
+    app = FastAPIOffline(
+        static_url="/docs/assets",
+        redoc_url=None,
+        title="ranker",
+        version=__version__,
+        lifespan=lifespan,
+        description="ESMM ranking: pCTR, pCVR, pCTCVR and a fusion score per "
+        "candidate, user representation computed once and cached.",
+    )
+    app.state.settings, app.state.metrics = settings, Metrics()
+    app.state.loaded = app.state.ready = False  # ready: loaded and not shutting down
+    app.include_router(router)
+    app.include_router(admin.router)
+    install_error_handlers(app)
+    install_openapi(app)
+    install_log_field()
+    provider = tracing.instrument(app, settings.tracing, tracer_provider)
+    app.add_middleware(
+        RequestIdMiddleware,
+        access_log=settings.access_log,
+        on_request=app.state.metrics.on_request,
+        on_response=app.state.metrics.on_response,
+    )
+    return app

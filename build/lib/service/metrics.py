@@ -1,0 +1,125 @@
+"""Prometheus metrics of one app instance (its own registry, so several apps can coexist)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+PATHS = frozenset(
+    ("/rank", "/admin/reload", "/healthz", "/readyz", "/metrics", "/v1/model", "/docs")
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.latency = Histogram(
+            "ranker_request_seconds",
+            "latency of every response, by path and status",
+            ["path", "status"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 5),
+        )
+        self.candidates = Histogram(
+            "ranker_candidates_per_request",
+            "candidates per /rank request",
+            registry=r,
+            buckets=(1, 10, 50, 100, 200, 500, 1000, 2000, 5000),
+        )
+        self.batch_rows = Histogram(
+            "ranker_batch_rows",
+            "candidate rows per item-scorer run",
+            registry=r,
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 4000, 8000),
+        )
+        self.batch_jobs = Histogram(
+            "ranker_batch_jobs",
+            "request parts per item-scorer run",
+            registry=r,
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+        )
+        self.runs = Counter("ranker_scorer_runs", "item-scorer runs", registry=r)
+        self.unknown_items = Counter(
+            "ranker_unknown_items",
+            "candidates with no features given and an id the item table lacks (scored by id)",
+            registry=r,
+        )
+        self.unknown_users = Counter(
+            "ranker_unknown_users",
+            "requests without user_features for a user the store lacks (scored by id)",
+            registry=r,
+        )
+        self.user_store = Counter(
+            "ranker_user_store_calls",
+            "user store reads: op check (the digest) or fetch (the features); outcome ok, "
+            "recent (checked within RANKER_USER_MAX_AGE_S: not read), error, skipped",
+            ["op", "outcome"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "ranker_requests_in_flight",
+            "requests received and not yet answered, by path",
+            ["path"],
+            registry=r,
+        )
+        self.queue_rows = Gauge(
+            "ranker_queue_rows", "candidate rows waiting to be scored", registry=r
+        )
+        self.cache = Counter(
+            "ranker_user_cache", "user cache lookups", ["tier", "outcome"], registry=r
+        )
+        self.responses = Counter(
+            "ranker_responses",
+            "every response, by path, status and type (ok, or the error type)",
+            ["path", "status", "type"],
+            registry=r,
+        )
+        self.shed = Counter(
+            "ranker_shed_requests",
+            "requests refused by admission: queue_full, deadline or draining",
+            ["reason"],
+            registry=r,
+        )
+        self.redis = Counter(
+            "ranker_redis_calls", "Redis tier calls by outcome", ["op", "outcome"], registry=r
+        )
+        self.redis_open = Gauge(
+            "ranker_redis_breaker_open", "1 while the Redis tier is skipped", registry=r
+        )
+        self.reloads = Counter(
+            "ranker_reloads", "model reloads by outcome", ["outcome"], registry=r
+        )
+        self.model = Gauge("ranker_model_info", "the served model version", ["version"], registry=r)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes and friends
+
+    def on_request(self, method: str, path: str) -> None:
+        self.in_flight.labels(path if path in PATHS else "other").inc()
+
+    def on_response(
+        self, method: str, path: str, status: int, error_type: str | None, seconds: float
+    ) -> None:
+        path = path if path in PATHS else "other"  # a label per known path, not per URL
+        self.in_flight.labels(path).dec()
+        code = str(status)
+        self.responses.labels(path, code, error_type or ("ok" if status < 400 else "http")).inc()
+        self.latency.labels(path, code).observe(seconds)
+
+    def on_run(self, rows: int, jobs: int) -> None:
+        self.runs.inc()
+        self.batch_rows.observe(rows)
+        self.batch_jobs.observe(jobs)
+
+    def on_cache(self, tier: str, outcome: str) -> None:
+        self.cache.labels(tier, outcome).inc()
+
+    def on_redis(self, op: str, outcome: str) -> None:
+        if op == "breaker":
+            self.redis_open.set(1 if outcome == "open" else 0)
+        self.redis.labels(op, outcome).inc()
+
+    def on_user_store(self, op: str, outcome: str) -> None:
+        self.user_store.labels(op, outcome).inc()
+
+    def on_model(self, version: str, previous: str | None = None) -> None:
+        if previous is not None:
+            self.model.remove(previous)
+        self.model.labels(version).set(1)

@@ -1,0 +1,193 @@
+"""The one place that knows every part: body -> request -> admission -> model -> cache ->
+batcher -> fusion -> response.
+
+Flow of one request: a scan of its body gives its candidate count and timeout (request.py);
+admission takes its rows in or refuses them at once (admission.py); its body is decoded and
+checked (request.py); it leases the current model version (served.py)
+and keeps that lease to the end, so a reload never changes the model under it. Both sides are
+encoded through that version's feature contract (encoding.py); the user part is looked up in the
+version's user cache, or the user tower runs once (off the event loop). Its candidates become
+item rows in jobs of at most `max_batch_rows`, scored by the batcher together with other
+requests' rows, before the request's deadline or not at all. Fusion turns pCTR/pCVR/price into
+the score; items come back sorted, with the version that scored them. Duplicate item ids are
+allowed: each candidate is its own row.
+
+Large bodies are decoded and encoded in a worker thread, so one 4 MB request does not hold the
+event loop (and every other request) for the tens of milliseconds its Python work takes; small
+ones stay on the loop, where a thread hop would cost more than the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from features.contract import ALL_FIELDS, FeatureContract
+from features.users import UserRecordError
+from service import fusion, request, tracing
+from service.admission import Admission, Refused
+from service.encoding import Encoded
+from service.errors import ClientError, Overloaded, StoreUnavailable, Timeout
+from service.response import RankResponse, ranked
+from service.served import ModelSlot, ServedModel
+from service.user_store import Changed, UserStore
+
+log = logging.getLogger("service.ranking")
+OFF_LOOP_BYTES = 64 << 10  # bodies this large are decoded and encoded off the event loop
+
+
+class Ranker:
+    def __init__(
+        self,
+        slot: ModelSlot,
+        admission: Admission,
+        rules: request.Rules,
+        workers: Executor,
+        on_request: Callable[[int], None] = lambda candidates: None,
+        on_unknown: Callable[[int], None] = lambda candidates: None,
+        users: UserStore | None = None,
+        on_unknown_user: Callable[[], None] = lambda: None,
+    ):
+        self.slot, self.admission, self.rules, self.workers = slot, admission, rules, workers
+        self.on_request, self.on_unknown = on_request, on_unknown
+        self.users, self.on_unknown_user = users, on_unknown_user
+
+    def refuse_early(self) -> None:
+        """Before a body is read: refuse at once when no request could be admitted now."""
+        if self.admission.full():
+            try:
+                self.admission.refuse_now()
+            except Refused as e:
+                raise Overloaded(e.message, e.retry_after_s) from None
+
+    async def rank(self, body: bytes) -> RankResponse:
+        # Admission first, on what a scan of the body says (rows, timeout): a refused request
+        # costs the scan, never its decoding, and nothing waits unadmitted in a decode queue.
+        size = request.size(body, self.rules)
+        deadline = asyncio.get_running_loop().time() + size.timeout_s
+        try:
+            self.admission.admit(size.rows, size.timeout_s)
+        except Refused as e:
+            raise Overloaded(e.message, e.retry_after_s) from None
+        try:
+            return await self._rank(body, deadline)
+        finally:
+            self.admission.release(size.rows)
+
+    async def _rank(self, body: bytes, deadline: float) -> RankResponse:
+        large = len(body) >= OFF_LOOP_BYTES
+        with tracing.span("decode"):
+            if large:
+                r = await self._off_loop(request.decode_sized, body, self.rules)
+            else:
+                r = request.decode_sized(body, self.rules)
+        self.on_request(r.rows)
+        async with self.slot.lease() as model:
+            user_key = None
+            if r.req.user_features is None:
+                user_key = self._store_key(model, r.req.user_id)
+            with tracing.span("encode"):
+                if large:
+                    rows = await self._off_loop(model.encoder.encode, r.req)
+                else:
+                    rows = model.encoder.encode(r.req)
+            price = r.prices(rows.price)  # the request's, else the table's; refused if none
+            try:
+                async with asyncio.timeout_at(deadline):
+                    with tracing.span("user_repr"):
+                        part, hit, source = await self._user(model, r.req.user_id, user_key, rows)
+                    user_repr, lists = model.encoder.split(part)
+                    model.encoder.fill_crosses(rows, lists)
+                    scores = await model.score(
+                        user_repr, rows.item_ids, rows.item_weights, deadline
+                    )
+            except TimeoutError:  # also the batcher's DeadlineExceeded: never run
+                raise Timeout(f"not scored within {r.timeout_s * 1000:.0f} ms") from None
+        keys = r.req.item_keys()
+        unknown = [keys[i] for i in rows.unknown.tolist()]
+        if unknown:
+            self.on_unknown(len(unknown))
+        with tracing.span("fusion"):
+            fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, price)
+        return ranked(
+            model.version, hit, r.fusion, keys, scores, fused, r.req.top_k, unknown, source
+        )
+
+    async def _off_loop(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.workers, fn, *args)
+
+    def _store_key(self, model: ServedModel, user_id) -> int:
+        """The key a request without user_features finds its user by in the store."""
+        if self.users is None:
+            raise ClientError(
+                "user_features is required: this service has no user store (RANKER_USER_STORE)",
+                field="user_features",
+            )
+        key = model.encoder.key("user", user_id)
+        if key is None:
+            where = "" if model.encoder.named else " (field 101)"
+            raise ClientError(
+                f"without user_features the user_id must be a user's "
+                f"{model.encoder.key_kind('user')} id{where} to look up in the user store",
+                field="user_id",
+            )
+        return key
+
+    async def _user(self, model: ServedModel, user_id, key: int | None, rows: Encoded):
+        """(user part, cache hit, where the features came from): the request's; else the
+        store's current ones (the user found by `key`), proven current by their digest; else,
+        for a user the store lacks, the user id alone (its key feature), counted."""
+        if rows.user_ids is not None:
+            part = await model.user_repr(user_id, rows.user_ids, rows.user_weights, rows.user_lists)
+            return *part, "request"
+        for _ in range(3):  # a record rewritten between the digest read and the fetch: again
+            digest = await self.users.digest(key)
+            if digest is None:
+                break
+            try:
+                fetch = functools.partial(self.users.features, key, digest)
+                return *await model.stored_user_repr(key, digest, fetch), "store"
+            except Changed:
+                continue
+            except UserRecordError as e:
+                log.warning("user %r: stored record unusable (%s): scored by its id", user_id, e)
+                break
+        else:
+            raise StoreUnavailable("the user's stored features kept changing while being read")
+        self.on_unknown_user()
+        return *await model.user_repr(key, *model.encoder.encode_unknown_user(key)), "unknown"
+
+
+def contract_summary(contract: FeatureContract) -> dict:
+    """The fields a model reads per side, the Ali-CCP fields it leaves out (skipped when a
+    request gives them), and the numeric item attributes it reads (a candidate's `price` and
+    `attributes`, else the item table's); a spec's model: its spec, and its features by name
+    with their kinds."""
+    used = {f.name for f in contract.fields}
+    if contract.keys is not None:
+        return {
+            "spec": contract.spec,
+            "keys": contract.keys,
+            "features": [
+                {
+                    "name": f.name,
+                    "source": f.source,
+                    "kind": "numeric" if f.numeric else ("ids" if f.max_len > 1 else "id"),
+                    "max_len": f.max_len,
+                    **({"values": f.dtype} if f.dtype else {}),
+                    **({"count_in": list(f.cross)} if f.cross else {}),
+                }
+                for f in contract.fields
+            ],
+        }
+    return {
+        **{
+            side: [{"field": f.name, "max_len": f.max_len} for f in contract.side_fields(side)]
+            for side in ("user", "item")
+        },
+        "left_out": [n for n in ALL_FIELDS if n not in used],
+        "numeric": [f.name for f in contract.side_fields("item") if f.numeric],
+    }

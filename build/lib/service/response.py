@@ -1,0 +1,105 @@
+"""What the service answers: the /rank response and the error body, declared once as msgspec
+structs, encoded by msgspec and documented from the same structs (service/openapi.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+import numpy as np
+from fastapi import Response
+
+from service.engine import Scores
+from service.errors import ScoringError
+from service.fusion import FusionParams
+from service.request import Key
+
+
+class RankedItem(msgspec.Struct, frozen=True):
+    item_id: Key
+    pctr: float
+    pcvr: float
+    pctcvr: float
+    score: float
+
+
+class FusionUsed(msgspec.Struct, frozen=True):
+    policy: Literal["product", "sum"]
+    a: float
+    b: float
+    c: float
+
+
+class RankResponse(msgspec.Struct, frozen=True):
+    model_version: Annotated[
+        str, msgspec.Meta(description="NAME/VERSION of the model that scored every item")
+    ]
+    user_cache: Literal["hit", "miss"]
+    fusion: FusionUsed
+    items: Annotated[list[RankedItem], msgspec.Meta(description="best first")]
+    unknown_items: Annotated[
+        list[Key],
+        msgspec.Meta(
+            description="candidates with no features in the request and an id the item table "
+            "lacks: scored by their id alone (counted in ranker_unknown_items_total)"
+        ),
+    ] = []
+    user: Annotated[
+        Literal["request", "store", "unknown"],
+        msgspec.Meta(
+            description="where the user's features came from: the request's user_features, the "
+            "user store, or neither (a user id the store lacks: scored by its id alone, field "
+            "101, and counted in ranker_unknown_users_total)"
+        ),
+    ] = "request"
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    type: Annotated[
+        str,
+        msgspec.Meta(description="invalid_request, overloaded, timeout, ... (stable, for code)"),
+    ]
+    message: Annotated[str, msgspec.Meta(description="what is wrong, for people")]
+    request_id: Annotated[
+        str, msgspec.Meta(description="also in the X-Request-ID header and the service's logs")
+    ]
+    field: Annotated[
+        str | None, msgspec.Meta(description="the request field at fault, when there is one")
+    ] = None
+
+
+class ErrorResponse(msgspec.Struct, frozen=True):
+    error: ErrorBody
+
+
+def ranked(
+    version: str,
+    hit: bool,
+    params: FusionParams,
+    item_ids: list,
+    scores: Scores,
+    fused: np.ndarray,
+    top_k: int | None,
+    unknown: list | None = None,
+    user: str = "request",
+) -> RankResponse:
+    """The response: items sorted by fused score (ties keep the request's order). A non-finite
+    score is a defect upstream (the request rules keep every input finite): it fails the
+    request loudly instead of reaching a caller as `null` ranked first."""
+    if not (np.isfinite(fused).all() and np.isfinite(scores.pctcvr).all()):
+        raise ScoringError(f"{version} produced a non-finite score")
+    order = np.argsort(-fused, kind="stable")[:top_k]
+    pctr, pcvr, pctcvr = scores.pctr.tolist(), scores.pcvr.tolist(), scores.pctcvr.tolist()
+    f = fused.tolist()
+    return RankResponse(
+        model_version=version,
+        user_cache="hit" if hit else "miss",
+        fusion=FusionUsed(params.policy, params.a, params.b, params.c),
+        items=[RankedItem(item_ids[i], pctr[i], pcvr[i], pctcvr[i], f[i]) for i in order.tolist()],
+        unknown_items=unknown or [],
+        user=user,
+    )
+
+
+def json_response(body: msgspec.Struct | dict, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(body), status_code=status, media_type="application/json")

@@ -1,0 +1,118 @@
+"""Thin endpoints: read, delegate to the Ranker, serialise. Admin endpoints are in admin.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
+
+from service.errors import ClientClosed, NotReady, PayloadTooLarge, RequestTimeout
+from service.openapi import body_schema, error_docs, json_body
+from service.ranking import contract_summary
+from service.response import json_response
+
+router = APIRouter()
+
+RANK_ERRORS = error_docs(
+    {
+        408: "the body did not arrive within RANKER_BODY_TIMEOUT_S",
+        413: "body over RANKER_MAX_BODY_BYTES (refused before it is read when declared)",
+        422: "malformed JSON, too many candidates, or an invalid field (named)",
+        503: "refused at once, with Retry-After: the rows queued would not be scored within "
+        "timeout_ms, the queue's memory bound is full, the service is shutting down, or the "
+        "model is not loaded yet",
+        504: "not scored within timeout_ms (and, when that ran out while queued, never run)",
+    }
+)
+NOT_READY = error_docs({503: "model not loaded or not warm yet, or shutting down"})
+
+
+def refuse_declared_over(request: Request, limit: int) -> None:
+    """413 before a byte of the body is read, when its declared length is over `limit`."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes; at most {limit}")
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refused as soon as it passes `limit` bytes, read within `timeout_s`; a client
+    that hangs up mid-body is ClientClosed."""
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body over {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
+    except ClientDisconnect:
+        raise ClientClosed("the client closed the connection before sending its body") from None
+    return b"".join(chunks)
+
+
+@router.post(
+    "/rank",
+    responses={200: json_body("RankResponse"), **RANK_ERRORS},
+    openapi_extra=body_schema("RankRequest"),
+)
+async def rank(request: Request) -> Response:
+    """Score one user's candidates: pCTR, pCVR, pCTCVR and the fusion score, sorted."""
+    state = request.app.state
+    if not state.loaded:  # while draining, admission refuses (after RANKER_SHUTDOWN_DELAY_S)
+        raise NotReady("the model is not loaded yet")
+    s = state.settings
+    refuse_declared_over(request, s.max_body_bytes)  # the client's error, before any overload
+    state.ranker.refuse_early()  # before the body costs anything
+    body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
+    return json_response(await state.ranker.rank(body))
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    """The process is alive and its event loop answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses=NOT_READY)
+async def readyz(request: Request) -> Response:
+    """200 once the model is loaded and warm; 503 before, and from the moment shutdown starts."""
+    state = request.app.state
+    if not state.ready:
+        raise NotReady("not ready: loading, or shutting down")
+    return json_response({"status": "ready", "model_version": state.slot.current.version})
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )
+
+
+@router.get("/v1/model", responses=NOT_READY)
+async def model(request: Request) -> Response:
+    """The served model: version, content digest, feature contract summary, ONNX Runtime
+    providers that run, and whether reloads follow the newest version or are pinned."""
+    state = request.app.state
+    if not state.loaded:
+        raise NotReady("the model is not loaded yet")
+    e = state.slot.current.engine
+    return json_response(
+        {
+            "model_version": e.version,
+            "model_digest": e.digest,
+            "kind": e.manifest.kind,
+            "providers": e.providers,
+            "user_repr_dim": e.repr_dim,
+            "calibration": {k: c.method for k, c in e.calibration.items()},
+            "features": contract_summary(e.contract),
+            "metrics": {k: e.manifest.metrics.get(k) for k in ("ctr_auc", "cvr_auc", "ctcvr_auc")},
+            "pinned": state.reloader.pinned,
+        }
+    )

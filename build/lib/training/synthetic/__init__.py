@@ -1,0 +1,1 @@
+"""The synthetic Ali-CCP generator's parts; `training.generate` puts them together."""
