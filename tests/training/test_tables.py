@@ -259,3 +259,22 @@ def test_a_missing_or_broken_table_file_is_refused(tmp_path):
     (tmp_path / "skus.parquet").write_text("not parquet")
     with pytest.raises(S.SpecError, match="tables.items: .* is not a Parquet file"):
         T.load(path)
+
+
+def test_an_event_feature_is_read_per_impression(tmp_path):
+    """side: event, an events column of each impression (a slot, a position): its row's value."""
+    spec = SPEC.replace(
+        "  - {name: device, side: context, kind: id}\n",
+        "  - {name: device, side: context, kind: id}\n  - {name: slot, side: event, kind: id}\n",
+    )
+    path = _bad(
+        tmp_path,
+        spec,
+        ev_train=_events(slot=pa.array([3, 1, 4, 1, 5, 9], pa.int64())),
+        ev_test=_events(3, slot=pa.array([2, 6, 5], pa.int64())),
+    )
+    _, contract, train, test = T.load(path)
+    assert contract.field("slot").source == "event" and contract.field("slot").side == "item"
+    col = {f.name: c.start for f, c in contract.columns("item")}["slot"]
+    assert train.item_ids[:, col].tolist() == [3, 1, 4, 1, 5, 9]
+    assert test.item_ids[:, col].tolist() == [2, 6, 5]
