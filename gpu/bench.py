@@ -40,7 +40,7 @@ import numpy as np
 import orjson
 
 from loadtest.harness import Load, ServiceProcess
-from loadtest.traffic import Traffic, by_ids
+from loadtest.traffic import Traffic, by_ids, speaks_names
 from service.engine import Engine, ScorerOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,14 +90,14 @@ def ceilings(folder: Path, provider: str, seconds: float) -> dict:
 
 
 # ---- 2. /rank over HTTP ---------------------------------------------------------------------
-def scenarios(candidates: int) -> tuple[dict[str, list[bytes]], object]:
-    t = Traffic(seed=1)
+def scenarios(candidates: int, names: bool = False) -> tuple[dict[str, list[bytes]], object]:
+    t = Traffic(seed=1, names=names)
     full = [
         orjson.dumps({**t.request(user=u, candidates=candidates), "fusion": {"c": 0.2}})
         for u in range(HIT_USERS)
     ]
     ids = [orjson.dumps(by_ids(orjson.loads(b))) for b in full]
-    return {"features": full, "ids": ids}, Traffic(seed=1).item_table()
+    return {"features": full, "ids": ids}, Traffic(seed=1, names=names).item_table()
 
 
 def _client(urls: list[str], bodies: list[bytes], per_server: int, seconds: float) -> dict:
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     if "ceiling" not in skip:
         r["ceiling"] = ceilings(args.model, args.provider, min(args.seconds / 6, 1.0))
         print("ceiling", json.dumps(r["ceiling"]), f"{time.perf_counter() - t0:.0f} s")
-    bodies, table = scenarios(args.candidates)
+    bodies, table = scenarios(args.candidates, speaks_names(args.model))
     table.save(args.work / "items.npz")
     common = {
         "item_table": args.work / "items.npz",

@@ -23,14 +23,15 @@ from pathlib import Path
 import httpx
 
 from loadtest.harness import Load, RedisServer, ServiceProcess, copy_version
-from loadtest.traffic import Traffic
+from loadtest.traffic import Traffic, speaks_names
 from service.engine import newest_version
 
 TOKEN = "chaos-run-admin-token"
 
 
-def bodies(n: int, seed: int = 0) -> list[bytes]:
-    traffic = Traffic(seed=seed, users=max(50, n // 4))
+def bodies(n: int, seed: int = 0, names: bool = False) -> list[bytes]:
+    """Full-feature bodies by field number or (names) by the generated spec's names."""
+    traffic = Traffic(seed=seed, users=max(50, n // 4), names=names)
     return [json.dumps(traffic.request()).encode() for _ in range(n)]
 
 
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             reload_poll_s=0,
             cache_size=0,  # no process tier: every request asks Redis, the hardest case
         ).wait_ready()
-        load = Load(svc.url, bodies(400), concurrency=args.concurrency).start()
+        names = speaks_names(source)
+        load = Load(svc.url, bodies(400, names=names), concurrency=args.concurrency).start()
         end, k = time.monotonic() + args.seconds, 0
         while time.monotonic() + args.period < end:
             time.sleep(args.period)

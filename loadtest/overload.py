@@ -30,7 +30,7 @@ from pathlib import Path
 
 from loadtest.chaos import bodies
 from loadtest.harness import Load, ServiceProcess
-from loadtest.traffic import Traffic
+from loadtest.traffic import Traffic, speaks_names
 from service.engine import newest_version
 
 
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/overload"))
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    data = bodies(600)
+    names = speaks_names(newest_version(args.models))
+    data = bodies(600, names=names)
     svc = ServiceProcess(
         log_path=args.out / "service.log",
         model_dir=newest_version(args.models),
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         sampler.join()
         print(f"concurrency: {args.clients} closed-loop clients of {args.client_candidates}")
-        traffic = Traffic(seed=2, users=200)
+        traffic = Traffic(seed=2, users=200, names=names)
         big = [
             json.dumps(traffic.request(candidates=args.client_candidates)).encode()
             for _ in range(64)

@@ -14,6 +14,9 @@ default model's stores hold (`make train`: 5000 users, 7500 items).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from features.values import text_id
@@ -200,6 +203,13 @@ def to_names(body: dict) -> dict:
             for c in body["candidates"]
         ]
     return out
+
+
+def speaks_names(version: Path) -> bool:
+    """Whether a model version folder's model reads a spec's names (its manifest's contract has
+    keys), so its traffic must be Traffic(names=True)."""
+    manifest = json.loads((Path(version) / "manifest.json").read_text())
+    return manifest["feature_contract"].get("keys") is not None
 
 
 def by_ids(body: dict) -> dict:

@@ -82,9 +82,11 @@ curl -fsS "$url/readyz" >/dev/null || { compose logs 2>&1 | tail -n 60; exit 1; 
 say "ready: $(curl -fsS "$url/readyz")"
 
 # 4. real requests through the published port
-body='{"user_id": "compose-test", "user_features": {"101": 5, "109_14": {"ids": [1, 2, 3], "weights": [3, 1, 1]}},
- "candidates": [{"item_id": "a", "features": {"205": 7, "206": 3}, "price": 3.0},
-                {"item_id": "b", "features": {"205": 8, "210": [4, 5]}, "price": 9.5}],
+# (the baked model reads the generated spec's features by name)
+body='{"user_id": "compose-test",
+ "user_features": {"user_id": 5, "recent_categories": {"ids": [1, 2, 3], "weights": [3, 1, 1]}},
+ "candidates": [{"item_id": "a", "features": {"item_id": 7, "category": 3}, "price": 3.0},
+                {"item_id": "b", "features": {"item_id": 8, "intents": [4, 5]}, "price": 9.5}],
  "fusion": {"c": 0.5}}'
 rank() { curl -fsS -X POST "$url/rank" -H 'content-type: application/json' -d "$body"; }
 first=$(rank)
