@@ -1,1 +1,0 @@
-"""The ranking service: POST /rank over an exported ESMM model."""

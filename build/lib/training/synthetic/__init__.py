@@ -1,1 +1,0 @@
-"""The synthetic Ali-CCP generator's parts; `training.generate` puts them together."""
