@@ -437,6 +437,12 @@ def _feature(c: _Check, f, k: int, line: int) -> Feature:
         column = c.text(m, "column", what, line) if "column" in m else name
     if "weights" in m and kind != "ids":
         c.fail(at("weights"), f"{what}.weights", f"only an ids feature has weights, not {kind}")
+    if "weights" in m and side in ("context", "event"):
+        c.fail(
+            at("weights"),
+            f"{what}.weights",
+            f"a {side} list is sent without weights online: weights are for user and item lists",
+        )
     if "pooling" in m and kind != "ids":
         c.fail(at("pooling"), f"{what}.pooling", f"only an ids feature is pooled, not {kind}")
     if "max_len" in m and kind != "ids":
@@ -486,6 +492,20 @@ def _check_features(
                 f"named twice (first at line {by_name[f.name].line})",
             )
         by_name[f.name] = f
+    on_key: dict[str, Feature] = {}
+    for f in features:
+        side = f.side if f.side in ("user", "item") else ""
+        if not side or f.column != keys[side]:
+            continue
+        if f.kind != "id":
+            c.fail(f.line, f"features ({f.name})", f"it reads the {side} key: it is an id feature")
+        if side in on_key:
+            c.fail(
+                f.line,
+                f"features ({f.name})",
+                f"{on_key[side].name} reads the {side} key already: one feature per key",
+            )
+        on_key[side] = f
     groups: dict[str, list[Feature]] = {}
     for f in features:
         what = f"features ({f.name})"
@@ -576,7 +596,7 @@ def check_columns(spec: Spec, schemas: Mapping[str, Mapping[str, str]]) -> dict[
         for role, col in spec.keys.items():
             if col and col not in ev:
                 c.fail(L("keys"), f"keys.{role}", f"the events table has no column {col!r}")
-            if col and role != "request" and ev[col] not in (INT, TEXT):
+            if col and ev[col] not in (INT, TEXT):
                 c.fail(
                     L("keys"),
                     f"keys.{role}",
@@ -673,4 +693,13 @@ def check_columns(spec: Spec, schemas: Mapping[str, Mapping[str, str]]) -> dict[
                     f"{first[0]} holds {first[1]} values but {f.name} holds {dtypes[f.name]}: "
                     "one table needs one id space",
                 )
+    for f in spec.features:
+        lst, key = f.count_in or ("", "")
+        if f.side == "cross" and lst in dtypes and key in dtypes and dtypes[lst] != dtypes[key]:
+            c.fail(
+                f.line,
+                f"features ({f.name}).count_in",
+                f"{lst} holds {dtypes[lst]} values but {key} holds {dtypes[key]}: no item value "
+                "could ever be in the list",
+            )
     return dtypes

@@ -101,18 +101,21 @@ def spec_requests(
     spec_path: Path, split: str, limit: int | None, max_candidates: int, timeout_ms: int = 10_000
 ) -> list[tuple[dict, list[int]]]:
     """(id-only request body, the event row of each candidate) per request of a spec's events
-    table and context values, in table order."""
+    table and context values, in table order. A spec with event features sends each candidate
+    as {item_id, features: its event values} (they belong to no store); a missing value (null,
+    NaN, an empty text) is left out, as training reads it as missing."""
     import pyarrow.parquet as pq
 
     from features import spec as S
 
     spec = S.load(spec_path)
     context = [f for f in spec.features if f.side == "context"]
+    event = [f for f in spec.features if f.side == "event"]
     cols = [
         spec.keys["request"],
         spec.keys["user"],
         spec.keys["item"],
-        *(f.column for f in context),
+        *(f.column for f in (*context, *event)),
     ]
     t = pq.read_table(
         spec.table_path("events", split), columns=list(dict.fromkeys(filter(None, cols)))
@@ -122,6 +125,7 @@ def spec_requests(
     req = t[spec.keys["request"]].to_pylist() if spec.keys["request"] else [None] * n
     users, items = t[spec.keys["user"]].to_pylist(), t[spec.keys["item"]].to_pylist()
     ctx = [t[f.column].to_pylist() for f in context]
+    per_event = [t[f.column].to_pylist() for f in event]
     groups: dict[tuple, list[int]] = defaultdict(list)
     run = 0
     for r in range(n):
@@ -132,15 +136,34 @@ def spec_requests(
     out = []
     for key, rows in groups.items():
         values = key[2:]
-        features = {f.name: v for f, v in zip(context, values, strict=True) if v is not None}
+        features = {f.name: v for f, v in zip(context, values, strict=True) if _given(v)}
         for a in range(0, len(rows), max_candidates):
             part = rows[a : a + max_candidates]
-            body: dict = {"user_id": key[1], "item_ids": [items[r] for r in part]}
+            body: dict = {"user_id": key[1]}
+            if event:
+                body["candidates"] = [
+                    {
+                        "item_id": items[r],
+                        "features": {
+                            f.name: col[r]
+                            for f, col in zip(event, per_event, strict=True)
+                            if _given(col[r])
+                        },
+                    }
+                    for r in part
+                ]
+            else:
+                body["item_ids"] = [items[r] for r in part]
             if features:
                 body["context_features"] = features
             body["timeout_ms"] = timeout_ms
             out.append((body, part))
     return out
+
+
+def _given(v) -> bool:
+    """A value a request can carry: not null, NaN or an empty text (training's missing)."""
+    return v is not None and v == v and v != "" and v != []
 
 
 def read_predictions(path: Path) -> dict[int, tuple[float, float, float]]:

@@ -260,10 +260,12 @@ class RequestEncoder:
             if (type(i) is str) != text:
                 what = "text ids" if text else "integer ids"
                 raise ClientError(f"{at(k)}: feature {f.name} takes {what}, got {i!r}", field=at(k))
-            if not text and i < 0:
+            if not text and i < 0 and not self.named:
                 raise ClientError(f"{at(k)}: ids are integers in [0, 2^63), got {i}", field=at(k))
         if text:
             out = [V.text_id(i) for i in ids]
+        elif self.named:
+            out = [i & V.INT64_MAX for i in ids]  # as training's: the sign bit cleared
         return out
 
     # ---- the user -------------------------------------------------------------------------
@@ -284,12 +286,18 @@ class RequestEncoder:
                 feats[name] = checked[1:]
         return self._user_rows(feats)
 
-    def encode_stored_user(self, feats: dict):
+    def encode_stored_user(self, feats: dict, key: int | None = None):
         """A user's stored raw features (features/users.py, already checked) -> one hashed row
         and its cross lists; the fields this model leaves out are skipped, long lists
-        truncated by the contract."""
+        truncated by the contract. A spec's model reads its user key feature from the key the
+        user was found by (`key`), as training reads it from the events, whatever the record
+        says."""
         used = self._fields["user"]
-        return self._user_rows({k: v for k, v in feats.items() if k in used})
+        feats = {k: v for k, v in feats.items() if k in used}
+        name = self.key_field["user"]
+        if self.named and name and key is not None:
+            feats[name] = ([key], [1.0])
+        return self._user_rows(feats)
 
     def encode_unknown_user(self, key: int):
         """A user the store lacks: its id is its one feature (the user key's, where the model
@@ -342,6 +350,14 @@ class RequestEncoder:
             keys = self._item_keys(req.item_ids)
         else:  # an id that cannot be an item key is never looked up: -1
             keys = np.array([self._key_or(k) for k in req.item_keys()], np.int64)
+            if self.named:
+                for i, c in enumerate(req.candidates):
+                    if c.attributes is not None:
+                        raise ClientError(
+                            "a spec's model takes its numeric features by name in `features`; "
+                            "`attributes` is for an Ali-CCP model trained with --items",
+                            field=f"candidates[{i}].attributes",
+                        )
         if self.items is None:
             pos, found = np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
         else:
@@ -458,10 +474,17 @@ class RequestEncoder:
                 ids[own], weights[own] = self.contract.hash_side("item", own_ids, own_vals)
         else:
             raw_ids, raw_vals = self._inline_rows(req, base_ids, base_vals, context, inline, bare)
-            # a bare candidate's own id is its key feature (stored rows replace it when found)
+            # a bare candidate's own id is its key feature (stored rows replace it when found);
+            # a spec's candidate's, whenever it does not give the key feature itself, as
+            # training reads it from every event
             if id_col is not None:
-                raw_ids[bare & (keys >= 0), id_col] = keys[bare & (keys >= 0)]
-                raw_vals[bare & (keys >= 0), id_col] = 1.0
+                own = bare & (keys >= 0)
+                if self.named:
+                    name = self.key_field["item"]
+                    given = np.array([name in c.features for c in req.candidates], dtype=bool)
+                    own = ~given & (keys >= 0)
+                raw_ids[own, id_col] = keys[own]
+                raw_vals[own, id_col] = 1.0
             ids, weights = self.contract.hash_side("item", raw_ids, raw_vals)
         price = np.full(n, np.nan)
         useless = np.flatnonzero(bare & ~found & (keys < 0))
@@ -522,7 +545,7 @@ class RequestEncoder:
                     and kind is list
                     and name not in context
                     and len(value) <= col[1]
-                    and all(type(i) is int for i in value)
+                    and all(type(i) is int and i >= 0 for i in value)
                 ):
                     # a plain id list that fits: its columns still hold padding
                     start = col[0]

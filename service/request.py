@@ -55,7 +55,9 @@ Integer = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]
 Number = Annotated[float, msgspec.Meta(ge=-MAX_ATTRIBUTE, le=MAX_ATTRIBUTE)]
 Weight = Annotated[float, msgspec.Meta(gt=0, le=MAX_WEIGHT)]
-Ids = Annotated[list[FeatureId | Text], msgspec.Meta(min_length=1, max_length=MAX_IDS)]
+# (an Ali-CCP model's ids are at least 0: the encoder says so, naming the id; a spec's integer
+# ids lose their sign bit, as training's do)
+Ids = Annotated[list[Integer | Text], msgspec.Meta(min_length=1, max_length=MAX_IDS)]
 Key = (
     Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]
     | Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]

@@ -119,7 +119,7 @@ class ServedModel:
         cache without fetching them, or fetched, encoded and run through the user tower."""
 
         async def compute() -> np.ndarray:
-            return await self._part(*self.encoder.encode_stored_user(await fetch()))
+            return await self._part(*self.encoder.encode_stored_user(await fetch(), user_id))
 
         return await self.cache.get_or_compute(
             stored_user_key(self.digest, user_id, digest), compute

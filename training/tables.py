@@ -112,27 +112,30 @@ def _event_columns(spec: S.Spec) -> list[str]:
 
 # ---- columns -> raw arrays --------------------------------------------------------------------
 def raw_ids(column: pa.ChunkedArray | pa.Array, dtype: str) -> np.ndarray:
-    """(n,) int64 raw ids of an id column (or a list column's flattened values); -1 where null."""
+    """(n,) int64 raw ids of an id column (or a list column's flattened values); -1 where null
+    (or an empty text: a request cannot send one, so a table's is missing too). An unsigned
+    integer past 2^63 wraps, then loses its sign bit, as every integer id does."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     if dtype == S.TEXT:
         enc = pc.dictionary_encode(arr)
         codes = enc.indices.to_numpy(zero_copy_only=False)
-        hashed = text_ids(enc.dictionary.to_pylist())
+        words = enc.dictionary.to_pylist()
+        hashed = np.where([w == "" for w in words], -1, text_ids(words)) if words else text_ids([])
         valid = ~np.asarray(pc.is_null(arr))
         out = np.full(len(arr), -1, dtype=np.int64)
         out[valid] = hashed[codes[valid].astype(np.int64)]
         return out
     valid = ~np.asarray(pc.is_null(arr))
-    vals = np.asarray(pc.fill_null(arr.cast(pa.int64()), 0))
+    vals = np.asarray(pc.fill_null(arr.cast(pa.int64(), safe=False), 0))
     return np.where(valid, int_ids(vals), -1)
 
 
 def numbers(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """(n,) float64, NaN where null."""
+    """(n,) float64, NaN where null (an integer past 2^53 to its nearest float)."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return np.asarray(pc.fill_null(arr.cast(pa.float64()), np.nan), dtype=np.float64)
+    return np.asarray(pc.fill_null(arr.cast(pa.float64(), safe=False), np.nan), dtype=np.float64)
 
 
 def padded_list(
@@ -177,7 +180,8 @@ def padded_list(
     if (lengths > max_len).any():
         long = (lengths > max_len)[row]
         idx = np.flatnonzero(long)
-        order = idx[np.lexsort((pos[idx], -w[idx], row[idx]))]
+        w32 = w.astype(np.float32)  # ranked as truncate ranks them online (float32)
+        order = idx[np.lexsort((pos[idx], -w32[idx], row[idx]))]
         r = row[order]
         rank = np.arange(len(order)) - np.searchsorted(r, r)
         keep = ~long
@@ -500,7 +504,10 @@ def load(
     lists = cross_lists(contract, users)
     train = read_split(spec, contract, "train", users, items, orphans, lists=lists)
     test = read_split(spec, contract, "test", users, items, orphans, lists=lists)
-    contract = contract.with_bounds(numeric_values(contract, train), _numeric_buckets(spec))
+    try:
+        contract = contract.with_bounds(numeric_values(contract, train), _numeric_buckets(spec))
+    except ValueError as e:  # a numeric feature with no value in the training rows
+        raise S.SpecError(f"{spec.source}: features: {e}") from None
     return spec, contract, train, test
 
 

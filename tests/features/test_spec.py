@@ -275,6 +275,26 @@ BAD = {
         "a label is never a feature",
         16,
     ),
+    "weights on a context list": (
+        _replace(
+            "{name: scene, side: context, kind: id}",
+            "{name: scene, side: context, kind: ids, weights: w}",
+        ),
+        "a context list is sent without weights online",
+        13,
+    ),
+    "numeric on the user key": (
+        GOOD + "  - {name: uid_number, column: user_id, side: user, kind: numeric}\n",
+        "it reads the user key: it is an id feature",
+        16,
+    ),
+    "two features on the item key": (
+        GOOD
+        + "  - {name: item_id, side: item, kind: id}\n"
+        + "  - {name: item_id_again, column: item_id, side: item, kind: id}\n",
+        "item_id reads the item key already",
+        17,
+    ),
     "item feature without items table": (
         _replace("  items: items.parquet\n", ""),
         "an item feature needs tables.items",
@@ -371,6 +391,7 @@ BAD_COLUMNS = {
     ),
     "context missing": ({"events__scene": None}, "the events table has no column 'scene'"),
     "group of two id types": ({"items__category": "text"}, "one table needs one id space"),
+    "request key of floats": ({"events__request_id": "float"}, "not an integer or text key"),
 }
 
 
@@ -423,3 +444,12 @@ def test_the_ali_ccp_layout_has_no_tables():
             text = extra + text
         with pytest.raises(S.SpecError, match=S.re.escape(message)):
             S.loads(text)
+
+
+def test_a_cross_over_two_value_types_is_refused():
+    unshared = GOOD.replace(", embedding: category}", "}").replace(
+        "\n     weights: recent_categories_count, embedding: category}",
+        "\n     weights: recent_categories_count}",
+    )
+    with pytest.raises(S.SpecError, match="no item value could ever be in the list"):
+        S.check_columns(S.loads(unshared), _schemas(items__category="text"))

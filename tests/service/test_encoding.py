@@ -202,3 +202,14 @@ def test_a_new_table_is_swapped_in_by_a_reload_and_a_broken_one_refused(
         r = httpx.post(f"{url}/admin/reload", headers=AUTH, timeout=60)
         assert r.status_code == 409 and "item table items.npz" in r.json()["error"]["message"]
         assert abs(price_served(url) - 8.0) < 1e-6  # the old table keeps serving
+
+
+def test_a_negative_id_of_an_ali_ccp_field_is_refused_naming_it(client, samples):
+    """(a spec's integer ids lose their sign bit, as training's do; Ali-CCP's ids are >= 0)"""
+    contract, s = samples
+    body, _ = request_for(contract, s, 0)
+    body["candidates"][1]["features"]["210"] = [5, -1]
+    r = client.post("/rank", json=body)
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["field"] == "candidates[1].features.210[1]" and "[0, 2^63)" in err["message"]

@@ -183,6 +183,33 @@ def test_a_wrong_value_is_refused_naming_the_feature(
     assert err["field"] == field and message in err["message"], err
 
 
+def test_an_unknown_item_with_inline_features_keeps_its_key_and_negative_ids_are_ids(
+    shop_model, stores, shop
+):
+    """A candidate the item table lacks, sent with some features, is scored with its key
+    feature as training reads it from every event: as if it had given the key itself. A spec's
+    negative integer id is an id (its sign bit cleared, as in training), not a refusal."""
+    views, members, skus = shop
+    table, store = stores
+    app = create_app(Settings(model_dir=shop_model.parent, item_table=table, user_store=str(store)))
+    body = by_ids(views[0])
+    del body["item_ids"]
+    feats = {"brand": "brand-3", "rating": 4.0, "tags": [-7, 2]}
+    body["candidates"] = [
+        {"item_id": "sku-new", "features": feats},
+        {"item_id": "sku-new", "features": {**feats, "sku": "sku-new"}},
+    ]
+    with TestClient(app) as c:
+        r = c.post("/rank", json=body)
+        assert r.status_code == 200, r.text
+        got = [it["pctr"] for it in r.json()["items"]]
+        assert got[0] == got[1]
+        body["candidates"][0]["attributes"] = {"rating": 4.0}
+        bad = c.post("/rank", json=body)
+        assert bad.status_code == 422
+        assert bad.json()["error"]["field"] == "candidates[0].attributes"
+
+
 def test_a_numeric_id_for_a_text_user_key_is_refused(shop_model, stores):
     table, store = stores
     app = create_app(Settings(model_dir=shop_model.parent, item_table=table, user_store=str(store)))

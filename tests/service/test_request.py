@@ -59,7 +59,6 @@ def test_a_valid_body_decodes_with_its_rules_resolved():
         ("item_id", "", "candidates[1].item_id"),
         ("user_id", "u" * 1_000_000, "user_id"),  # megabyte ids would sit in the cache
         ("id", 2**63, "candidates[1].features.205"),
-        ("id", -1, "candidates[1].features.210[0]"),
         ("top_k", 2**64, "top_k"),
     ],
 )

@@ -278,3 +278,20 @@ def test_an_event_feature_is_read_per_impression(tmp_path):
     col = {f.name: c.start for f, c in contract.columns("item")}["slot"]
     assert train.item_ids[:, col].tolist() == [3, 1, 4, 1, 5, 9]
     assert test.item_ids[:, col].tolist() == [2, 6, 5]
+
+
+def test_an_empty_text_is_missing_and_a_numeric_without_values_is_refused(tmp_path):
+    members = _members().set_column(1, "tier", pa.array(["silver", "", None]))  # m-3, m-1, m-2
+    path = _bad(tmp_path, members=members)
+    _, contract, train, _ = T.load(path)
+    col = {f.name: c.start for f, c in contract.columns("user")}["tier"]
+    # the split's members: m-3 (silver), m-1 (empty: missing), m-9 (not in the table)
+    assert sorted(train.user_ids[:, col].tolist()) == [-1, -1, text_id("silver")]
+    no_age = _members().set_column(2, "age", pa.array([None, None, None], pa.float64()))
+    with pytest.raises(S.SpecError, match="numeric column 'age' has no values"):
+        T.load(_bad(tmp_path, members=no_age))
+
+
+def test_unsigned_ids_past_int64_lose_their_sign_bit_as_every_integer_id():
+    big = pa.array([2**63 + 5, 7, None], pa.uint64())
+    assert T.raw_ids(big, "int").tolist() == [5, 7, -1]
