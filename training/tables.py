@@ -310,10 +310,14 @@ def read_split(
     orphans: OrphanPolicy = "drop",
     keep_all: bool = False,
     lists: dict | None = None,
+    out_dir: Path | None = None,
 ) -> EncodedSplit:
     """One split's events joined to the side tables, as raw arrays (`sample_id`: the event's
     row number in its table). `keep_all` keeps every event whatever its labels (predict);
-    `lists` (cross_lists) is reused across splits."""
+    `lists` (cross_lists) is reused across splits. Read in batches of BATCH_ROWS events, each
+    batch's rows (crosses counted) written into the split's arrays: with `out_dir` those are
+    .npy files mapped from disk (a table of any size in the memory of a batch and the page
+    cache), else arrays in memory."""
     lists = cross_lists(contract, users) if lists is None else lists
     path = spec.table_path("events", split)
     pf = pq.ParquetFile(path)
@@ -321,21 +325,28 @@ def read_split(
     where = f"{spec.source}: tables.events.{split} ({path.name})"
     report = ReadReport()
     progress = Progress(log, f"read {path.name}", total, unit="rows")
-    parts: list[dict] = []
-    user_keys: list[np.ndarray] = []
-    request_keys: list[np.ndarray] = []
-    done = 0
+    width = contract.width("item")
+    alloc = _allocator(out_dir)
+    item_ids = alloc("item_ids", (total, width), np.int64)
+    item_vals = alloc("item_vals", (total, width), np.float32)
+    small: dict[str, list[np.ndarray]] = {}
+    done = n = 0
     for batch in pf.iter_batches(BATCH_ROWS, columns=_event_columns(spec)):
         t = pa.Table.from_batches([batch])
-        parts.append(_events(spec, contract, t, items, where, done, orphans, report, keep_all))
-        user_keys.append(parts[-1].pop("user_key"))
-        request_keys.append(parts[-1].pop("request_key"))
+        part = _events(spec, contract, t, items, where, done, orphans, report, keep_all)
+        _crosses(contract, part["item_ids"], part["item_vals"], users, part["user_key"], lists)
+        k = len(part["click"])
+        item_ids[n : n + k], item_vals[n : n + k] = part.pop("item_ids"), part.pop("item_vals")
+        for name, values in part.items():
+            small.setdefault(name, []).append(values)
+        n += k
         done += len(t)
         progress.update(done)
     progress.finish()
     report.lines = total
-    keys = _joined(user_keys) if user_keys else np.empty(0, np.int64)
-    groups = _joined(request_keys) if request_keys else np.empty(0, np.int64)
+    cat = {k: _joined(v) for k, v in small.items()}
+    keys = cat.get("user_key", np.empty(0, np.int64))
+    groups = cat.get("request_key", np.empty(0, np.int64))
     # One user row per user (the users table's); each row's request (its user's, so one user
     # in two requests is two) is what training shuffles and splits by, as it does Ali-CCP's
     # sessions: a batch then mixes many requests.
@@ -343,22 +354,36 @@ def read_split(
     pairs = np.stack([groups, keys], axis=1)
     _, session = np.unique(pairs, axis=0, return_inverse=True)
     u_ids, u_vals = _users(spec, contract, users, uniq)
-    cat = {k: _joined([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    empty = np.empty(0, np.uint8)
     split_data = EncodedSplit(
         u_ids,
         u_vals,
-        cat["item_ids"],
-        cat["item_vals"],
-        row_user.astype(np.int64),
-        cat["click"],
-        cat["conv"],
-        cat["sample_id"],
+        item_ids[:n],
+        item_vals[:n],
+        row_user.reshape(-1).astype(np.int64),
+        cat.get("click", empty),
+        cat.get("conv", empty),
+        cat.get("sample_id", np.empty(0, np.int64)),
         report,
         session=session.reshape(-1).astype(np.int64),
     )
-    _crosses(contract, split_data, users, keys, lists)
     report.rows = len(split_data)
     return split_data
+
+
+def _allocator(out_dir: Path | None):
+    """Arrays in memory, or .npy files in `out_dir` mapped from disk (written anew)."""
+    if out_dir is None:
+        return lambda name, shape, dtype: np.empty(shape, dtype=dtype)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def alloc(name: str, shape: tuple, dtype) -> np.ndarray:
+        return np.lib.format.open_memmap(
+            out_dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape
+        )
+
+    return alloc
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
@@ -468,28 +493,30 @@ def cross_lists(contract: FeatureContract, users: SideTable) -> dict[str, ListCo
 
 def _crosses(
     contract: FeatureContract,
-    s: EncodedSplit,
+    item_ids: np.ndarray,
+    item_vals: np.ndarray,
     users: SideTable,
     user_keys: np.ndarray,
     lists: dict[str, ListCounts],
 ) -> None:
-    """Each cross field's value on every row, from its user's list and its item key: the same
-    count (features.values) the service makes per request."""
+    """Each cross field's value on every row (in place), from its user's list and its item
+    key: the same count (features.values) the service makes per request."""
     icols = {f.name: c for f, c in contract.columns("item")}
     pos, found = users.find(user_keys)
     row = np.where(found, pos, len(users.keys))  # past every list's rows: nothing found
     for f, c in contract.columns("item"):
         if f.source == "cross":
-            v = lists[f.cross[0]].count(row, s.item_ids[:, icols[f.cross[1]]])
-            s.item_ids[:, c.start], s.item_vals[:, c.start] = 0, v
+            v = lists[f.cross[0]].count(row, item_ids[:, icols[f.cross[1]]])
+            item_ids[:, c.start], item_vals[:, c.start] = 0, v
 
 
 # ---- the whole read ---------------------------------------------------------------------------
 def load(
-    spec_path: Path, seed: int = 0, orphans: OrphanPolicy = "drop"
+    spec_path: Path, seed: int = 0, orphans: OrphanPolicy = "drop", out_dir: Path | None = None
 ) -> tuple[S.Spec, FeatureContract, EncodedSplit, EncodedSplit]:
-    """The spec checked against its tables, both splits read; the contract has its numeric
-    bounds but no bucket sizes yet (training.data.fit_contract)."""
+    """The spec checked against its tables, both splits read (into `out_dir`/spec-<split>/,
+    mapped from disk, when given); the contract has its numeric bounds but no bucket sizes yet
+    (training.data.fit_contract)."""
     spec = S.load(spec_path)
     dtypes = check_tables(spec)
     contract = spec.contract(dtypes, seed)
@@ -502,8 +529,19 @@ def load(
         len(items.keys),
     )
     lists = cross_lists(contract, users)
-    train = read_split(spec, contract, "train", users, items, orphans, lists=lists)
-    test = read_split(spec, contract, "test", users, items, orphans, lists=lists)
+    train, test = (
+        read_split(
+            spec,
+            contract,
+            split,
+            users,
+            items,
+            orphans,
+            lists=lists,
+            out_dir=None if out_dir is None else Path(out_dir) / f"spec-{split}",
+        )
+        for split in ("train", "test")
+    )
     try:
         contract = contract.with_bounds(numeric_values(contract, train), _numeric_buckets(spec))
     except ValueError as e:  # a numeric feature with no value in the training rows

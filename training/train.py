@@ -142,7 +142,11 @@ def load_data(cfg: TrainConfig) -> tuple[FeatureContract, D.EncodedSplit, D.Enco
     """Both splits, read (or taken from the cache) and reported, and the contract fitted on
     the training split."""
     if cfg.spec is not None:
-        spec, contract, train_split, test_split = tables.load(cfg.spec, cfg.seed, cfg.orphans)
+        # the splits' arrays mapped from disk (written anew each run: a spec's read is as fast
+        # as reading a cache would be)
+        spec, contract, train_split, test_split = tables.load(
+            cfg.spec, cfg.seed, cfg.orphans, out_dir=_cache_dir(cfg)
+        )
         _log_splits(cfg, train_split, test_split)
         contract = D.fit_contract(
             contract,
@@ -425,7 +429,7 @@ def _show_progress(cfg: TrainConfig) -> bool:
 def _cache_dir(cfg: TrainConfig) -> Path:
     if cfg.cache is not None:
         return cfg.cache
-    if os.access(cfg.data, os.W_OK):
+    if cfg.data is not None and os.access(cfg.data, os.W_OK):
         return cfg.data / ".encoded"
     return cfg.out / "encoded"
 
