@@ -144,15 +144,15 @@ class Ranker:
             part = await model.user_repr(user_id, rows.user_ids, rows.user_weights, rows.user_lists)
             return *part, "request"
         for _ in range(3):  # a record rewritten between the digest read and the fetch: again
-            digest = await self.users.digest(key)
-            if digest is None:
-                break
             try:
+                digest = await self.users.digest(key)
+                if digest is None:
+                    break
                 fetch = functools.partial(self.users.features, key, digest)
                 return *await model.stored_user_repr(key, digest, fetch), "store"
             except Changed:
                 continue
-            except UserRecordError as e:
+            except UserRecordError as e:  # that user's record, never the store's failure
                 log.warning("user %r: stored record unusable (%s): scored by its id", user_id, e)
                 break
         else:

@@ -56,6 +56,15 @@ def stored_user_key(model: str, user_id: int, digest: str) -> str:
     return f"ranker:u:{model[:24]}:{h.hexdigest()}"
 
 
+def data_error(e: BaseException) -> bool:
+    """A reply about the value at one key (it holds another Redis type: WRONGTYPE), not a fault
+    of the store: the server answered. One key's data must never open a breaker that every
+    other key's reads go through."""
+    from redis.exceptions import ResponseError
+
+    return isinstance(e, ResponseError) and str(e).startswith("WRONGTYPE")
+
+
 ENTRY_OVERHEAD = 200  # bytes an entry costs beyond its key and vector (dict, tuple, array header)
 
 
@@ -280,6 +289,10 @@ class RedisTier:
                 await self._connected()
                 out = await fn(*args, **kwargs)
         except Exception as e:  # a Redis fault is a miss, never an error for the client
+            if data_error(e):  # this key's value, not the tier: a miss, the breaker untouched
+                self.on_event(op, "bad_value")
+                log.warning("redis tier: %s %s holds another type: a miss", op, args[:1])
+                return None
             self.on_event(op, "error")
             if self.breaker.failure():
                 self.on_event("breaker", "open")

@@ -37,7 +37,7 @@ from pathlib import Path
 from features import users
 from features.user_table import UserTable
 from service.errors import StoreUnavailable
-from service.user_cache import Breaker, Initialized, redacted, redis_client
+from service.user_cache import Breaker, Initialized, data_error, redacted, redis_client
 
 log = logging.getLogger("service.user_store")
 
@@ -96,7 +96,9 @@ class UserStore:
         now = self.clock()
         d, blob = await self._call("fetch", self.client.hmget, users.key(user_id), ["d", "f"])
         current = None if d is None else d.decode("ascii", "replace")
-        if current != digest or blob is None:
+        if current == digest and blob is None:  # written without its features: unusable
+            raise users.UserRecordError("it has a digest (d) but no features (f)")
+        if current != digest:
             self._remember(user_id, now, current)
             raise Changed
         return users.decode(blob, expected=digest)  # UserRecordError: an unusable record
@@ -118,6 +120,9 @@ class UserStore:
                 await self._connected()
                 out = await fn(*args)
         except Exception as e:
+            if data_error(e):  # the user's key holds another type: that user's problem
+                self.on_event(op, "bad_record")
+                raise users.UserRecordError(f"its key holds another Redis type ({e})") from None
             self.on_event(op, "error")
             if self.breaker.failure():
                 log.warning(

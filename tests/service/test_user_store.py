@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
+import httpx
 import numpy as np
 import pytest
 import redis
@@ -265,3 +266,50 @@ def test_a_dead_store_is_a_503_and_requests_with_features_still_score(exported, 
             assert "Retry-After" in r.headers
         body = {"user_id": uid, "user_features": features_body(feats), "candidates": cands}
         assert c.post("/rank", json=body).status_code == 200
+
+
+# ---- one bad record hurts no one else (issue 23, classes 1 and 3) -------------------------------
+def test_one_users_broken_record_is_that_users_problem_never_the_stores(exported, samples, store):
+    """Over HTTP, a real redis-server: a user whose key holds another Redis type (WRONGTYPE)
+    and one whose record has a digest but no features are each scored as an unknown user,
+    counted as bad records, at once (no retries, no 503), however often they come; the
+    breaker stays closed, so every other stored user is served from the store, and a cache
+    tier key holding another type is a miss that opens nothing either."""
+    from support import serving
+
+    from service.user_cache import stored_user_key
+
+    server, found = store
+    contract, s = samples
+    cands = candidates(contract, s)
+    client = redis.Redis.from_url(server.url)
+    wrong, half = 999_999_001, 999_999_002
+    client.set(users.key(wrong), b"not a hash")
+    client.hset(users.key(half), mapping={"d": "0" * 32})
+    good = next(iter(found))
+    settings = dict(
+        model_dir=exported,
+        user_store=server.url,
+        user_store_timeout_ms=STORE_MS,
+        redis_url=server.url,
+        redis_timeout_ms=STORE_MS,
+        redis_breaker_failures=2,
+    )
+    try:
+        with serving(**settings) as (url, app):
+            digest = client.hget(users.key(good), "d").decode()
+            model = app.state.slot.current.digest
+            client.hset(stored_user_key(model, good, digest), mapping={"x": "1"})
+            for _ in range(6):
+                for uid in (wrong, half):
+                    r = httpx.post(f"{url}/rank", json={"user_id": uid, "candidates": cands})
+                    assert r.status_code == 200 and r.json()["user"] == "unknown", r.text
+            r = httpx.post(f"{url}/rank", json={"user_id": good, "candidates": cands})
+            assert r.status_code == 200 and r.json()["user"] == "store", r.text
+            text = httpx.get(f"{url}/metrics").text
+            assert 'ranker_user_store_calls_total{op="check",outcome="bad_record"} 6.0' in text
+            assert 'ranker_user_store_calls_total{op="check",outcome="error"}' not in text
+            assert 'ranker_redis_calls_total{op="get",outcome="bad_value"} 1.0' in text
+            assert "ranker_redis_breaker_open 0.0" in text
+    finally:
+        client.delete(users.key(wrong), users.key(half))
