@@ -54,15 +54,15 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from features.bounds import MAX_NUMBER as MAX_ATTRIBUTE  # the request's bounds
+from features.bounds import MAX_PRICE, MAX_WEIGHT
 from features.contract import DEFAULT_MAX_LEN, ITEM_FIELDS, FeatureContract, field_side, truncate
 from features.items import ITEM_ID_FIELD, ItemTable, ItemTableError
 
 ITEM_ID = "item_id"
 PRICE = "price"
 WEIGHTS = "_weights"
-MAX_WEIGHT = 1e6  # the request's bounds (service/request.py)
-MAX_PRICE = 1e9
-MAX_ATTRIBUTE = 1e18  # a numeric attribute's size: float32 holds it
+
 ATTRIBUTE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
 SHOWN = 5  # item ids a message names
 

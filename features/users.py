@@ -31,10 +31,10 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
+from features.bounds import INT64_MAX, MAX_NUMBER
 from features.contract import USER_FIELDS
 
 PREFIX = "ranker:user:"
-INT64_MAX = (1 << 63) - 1
 
 RawFeatures = Mapping[str, tuple[Sequence[int], Sequence[float]]]
 NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")  # a spec's feature name or an Ali-CCP field id
@@ -96,3 +96,5 @@ def _check(body) -> None:
             raise UserRecordError(f"field {name}: ids must be integers in [0, 2^63)")
         if not all(type(v) in (int, float) and math.isfinite(v) for v in values):
             raise UserRecordError(f"field {name}: values must be finite numbers")
+        if not all(abs(v) <= MAX_NUMBER for v in values):
+            raise UserRecordError(f"field {name}: a value over {MAX_NUMBER:g} in size")

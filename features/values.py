@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-INT64_MAX = (1 << 63) - 1
+from features.bounds import INT64_MAX  # (re-exported: the sign-bit mask)
 
 
 def text_id(text: str) -> int:

@@ -25,8 +25,10 @@ from typing import NamedTuple
 import numpy as np
 
 from features import values as V
+from features.bounds import MAX_NUMBER, MAX_WEIGHT
 from features.contract import ALL_FIELDS, FeatureContract, Field, Side, field_side, truncate
 from features.items import ITEM_ID_FIELD, ItemTable, ItemTableError, lookup
+from features.users import UserRecordError
 from service.errors import ClientError
 from service.request import MAX_ATTRIBUTE, RankRequest, WeightedIds
 
@@ -133,6 +135,20 @@ class StoredItems:
         return (
             self.ids.nbytes + self.weights.nbytes + self.item_id.nbytes + self.price.nbytes + extra
         )
+
+
+def _check_stored(f: Field, values) -> None:
+    """A stored field's values meet the bounds a request's would (features/bounds.py): a
+    numeric field's number at most MAX_NUMBER in size, any other field's weights in
+    (0, MAX_WEIGHT]; else the record is unusable (its user is scored by id, nothing cached)."""
+    if f.numeric:
+        bad = [v for v in values if not abs(v) <= MAX_NUMBER]
+        rule = f"at most {MAX_NUMBER:g} in size"
+    else:
+        bad = [v for v in values if not 0 < v <= MAX_WEIGHT]
+        rule = f"a weight in (0, {MAX_WEIGHT:g}]"
+    if bad:
+        raise UserRecordError(f"field {f.name}: {bad[0]} is not {rule}, as a request's must be")
 
 
 class RequestEncoder:
@@ -294,6 +310,8 @@ class RequestEncoder:
         says."""
         used = self._fields["user"]
         feats = {k: v for k, v in feats.items() if k in used}
+        for k, (_, values) in feats.items():
+            _check_stored(used[k], values)
         name = self.key_field["user"]
         if self.named and name and key is not None:
             feats[name] = ([key], [1.0])

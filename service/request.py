@@ -35,14 +35,12 @@ from typing import Annotated, Literal
 import msgspec
 import numpy as np
 
+from features.bounds import INT64_MAX, INT64_MIN, MAX_PRICE, MAX_WEIGHT
+from features.bounds import MAX_NUMBER as MAX_ATTRIBUTE
 from service import fusion
 from service.errors import ClientError, MalformedJson
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_KEY_CHARS = 256
-MAX_WEIGHT = 1e6
-MAX_PRICE = 1e9
-MAX_ATTRIBUTE = 1e18  # the item table's bound (features/item_source.py): float32 holds it
 MAX_EXPONENT = 8.0
 MAX_IDS = 10_000
 MAX_FIELDS = 64

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features import spec as S
+from features.bounds import MAX_NUMBER, MAX_PRICE, MAX_WEIGHT
 from features.contract import FeatureContract
 from features.values import ListCounts, int_ids, text_ids
 from training.data import EncodedSplit, OrphanPolicy, ReadReport
@@ -43,8 +44,7 @@ from training.progress import Progress
 
 log = logging.getLogger(__name__)
 
-MAX_WEIGHT = 1e6  # a request's bound on a weight (service/request.py); stored data meets it too
-MAX_PRICE = 1e9  # and on a price
+
 BATCH_ROWS = 1 << 20
 
 
@@ -295,7 +295,7 @@ def _fill(ids, vals, c: slice, f: S.Feature, dtype: str, column, weights, where:
         ids[:, c], vals[:, c] = padded_list(column, weights, dtype, f.max_len, where)
     else:  # numeric: id 0 with the number as its value; missing (null, NaN, inf) is padding
         v = numbers(column)
-        ok = np.isfinite(v) & (np.abs(v) <= 1e18)
+        ok = np.isfinite(v) & (np.abs(v) <= MAX_NUMBER)
         ids[:, c.start] = np.where(ok, 0, -1)
         vals[:, c.start] = np.where(ok, v, 0.0)
 

@@ -313,3 +313,35 @@ def test_one_users_broken_record_is_that_users_problem_never_the_stores(exported
             assert "ranker_redis_breaker_open 0.0" in text
     finally:
         client.delete(users.key(wrong), users.key(half))
+
+
+@pytest.mark.parametrize("weight", [1e300, 3.5e38, 1e7, 0.0])
+def test_a_stored_value_a_request_could_not_send_makes_the_record_unusable(
+    exported, samples, store, weight
+):
+    """Stored values meet a request's bounds (features/bounds.py): a weight of 1e300 or 3.5e38
+    (finite, so the record's JSON check passed them) or 1e7 or 0 makes the record unusable: the
+    user is scored by its id (200, never a non-finite 500) and nothing is cached for it."""
+    import json as _json
+
+    from support import serving
+
+    server, found = store
+    contract, s = samples
+    cands = candidates(contract, s)
+    client = redis.Redis.from_url(server.url)
+    uid = 999_999_003
+    blob = _json.dumps({"101": [[uid], [1.0]], "109_14": [[5, 6], [weight, 1.0]]}).encode()
+    client.hset(users.key(uid), mapping={"d": users.digest(blob), "f": blob})
+    try:
+        with serving(model_dir=exported, user_store=server.url, user_store_timeout_ms=STORE_MS) as (
+            url,
+            app,
+        ):
+            for _ in range(2):
+                r = httpx.post(f"{url}/rank", json={"user_id": uid, "candidates": cands})
+                assert r.status_code == 200 and r.json()["user"] == "unknown", r.text
+                assert all(np.isfinite(it["score"]) for it in r.json()["items"])
+            assert len(app.state.slot.current.cache.local) == 1  # the unknown user's id alone
+    finally:
+        client.delete(users.key(uid))
