@@ -75,6 +75,8 @@ def decode(blob: bytes, expected: str | None = None) -> dict[str, tuple[list[int
         body = json.loads(blob)
     except (ValueError, UnicodeDecodeError) as e:
         raise UserRecordError(f"its features are not JSON ({e})") from None
+    except RecursionError:  # the decoder's depth bound (the interpreter's recursion limit)
+        raise UserRecordError("its features are nested too deep to be a record") from None
     _check(body)
     return {name: (ids, values) for name, (ids, values) in body.items()}
 

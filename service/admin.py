@@ -98,5 +98,7 @@ async def reload(request: Request) -> Response:
             raise ClientError(f"invalid request: {e}") from None
         except (msgspec.DecodeError, UnicodeDecodeError) as e:
             raise MalformedJson(f"malformed JSON: {e}") from None
+        except RecursionError:
+            raise MalformedJson("malformed JSON: a value nested too deep") from None
     folder = None if path is None else state.reloader.version_folder(path)
     return json_response(await state.reloader.reload(folder, pin=folder is not None))

@@ -305,6 +305,9 @@ class Size:
 
 
 _size = msgspec.json.Decoder(_Size)
+# The decoders bound nesting by the interpreter's recursion limit (about 1,000 levels: far
+# beyond any request's 3) and raise RecursionError past it: a 400, never a 500.
+TOO_DEEP = "malformed JSON: a value nested deeper than the decoder allows"
 _decoder = msgspec.json.Decoder(RankRequest)
 _any = msgspec.json.Decoder()
 
@@ -320,6 +323,8 @@ def size(body: bytes, rules: Rules) -> Size:
         return Size(0, rules.default_timeout_ms / 1000)  # `decode` says what is wrong
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise MalformedJson(f"malformed JSON: {e}") from None
+    except RecursionError:  # the decoder's own depth bound: a value nested too deep
+        raise MalformedJson(TOO_DEEP) from None
     n = len(scan.candidates) + len(scan.item_ids)
     if n > rules.max_candidates:
         raise ClientError(f"{n} candidates; at most {rules.max_candidates}", field="candidates")
@@ -341,7 +346,12 @@ def decode_sized(body: bytes, rules: Rules) -> Ranking:
     try:
         req = _decoder.decode(body)
     except msgspec.ValidationError as e:
-        raise _located(body, str(e)) from None
+        try:
+            raise _located(body, str(e)) from None
+        except RecursionError:  # naming the field needs the whole value decoded: too deep
+            raise ClientError(f"body: {e}") from None
+    except RecursionError:
+        raise MalformedJson(TOO_DEEP) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise MalformedJson(f"malformed JSON: {e}") from None
     return rules.check(req)

@@ -345,3 +345,39 @@ def test_a_stored_value_a_request_could_not_send_makes_the_record_unusable(
             assert len(app.state.slot.current.cache.local) == 1  # the unknown user's id alone
     finally:
         client.delete(users.key(uid))
+
+
+def test_a_value_nested_100000_deep_is_a_4xx_in_a_request_and_unusable_in_a_record(
+    exported, samples, store
+):
+    """Over HTTP, a real redis-server: nesting past the decoders' depth bound is a 4xx naming
+    the problem when a request carries it (it was a RecursionError and a 500), and makes a
+    stored record unusable (its user scored by its id) when the store holds it."""
+    from support import serving
+
+    server, found = store
+    contract, s = samples
+    cands = candidates(contract, s)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    client = redis.Redis.from_url(server.url)
+    uid = 999_999_004
+    blob = b'{"101": [[' + str(uid).encode() + b'], [1.0]], "121": ' + deep + b"}"
+    client.hset(users.key(uid), mapping={"d": users.digest(blob), "f": blob})
+    try:
+        with serving(model_dir=exported, user_store=server.url, user_store_timeout_ms=STORE_MS) as (
+            url,
+            _,
+        ):
+            for body in (
+                b'{"user_id": 1, "user_features": {"101": ' + deep + b'}, "item_ids": [1]}',
+                b'{"user_id": 1, "item_ids": ' + deep + b"}",
+                deep,
+            ):
+                r = httpx.post(
+                    f"{url}/rank", content=body, headers={"content-type": "application/json"}
+                )
+                assert 400 <= r.status_code < 500, (r.status_code, r.text[:200])
+            r = httpx.post(f"{url}/rank", json={"user_id": uid, "candidates": cands})
+            assert r.status_code == 200 and r.json()["user"] == "unknown", r.text
+    finally:
+        client.delete(users.key(uid))
