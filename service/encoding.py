@@ -396,7 +396,16 @@ class RequestEncoder:
     def _item_keys(self, item_ids: list) -> np.ndarray:
         if self.key_dtype["item"] == "int" and all(type(k) is int for k in item_ids):
             keys = np.array(item_ids, dtype=np.int64)
-            return keys & V.INT64_MAX if self.named else np.where(keys >= 0, keys, -1)
+            if self.named:
+                return keys & V.INT64_MAX
+            if (keys < 0).any():
+                i = int(np.flatnonzero(keys < 0)[0])
+                raise ClientError(
+                    f"item_ids[{i}]: an item id of field 205 is an integer in [0, 2^63), got "
+                    f"{item_ids[i]}",
+                    field=f"item_ids[{i}]",
+                )
+            return keys
         out = []
         for i, k in enumerate(item_ids):
             raw = self.key("item", k)
@@ -476,6 +485,9 @@ class RequestEncoder:
         raw_ids = None
         stored = self.items.fields if self.items is not None else []
         inline = np.zeros((n, len(stored)), dtype=bool)  # item fields given inline
+        # an item field in context_features applies to every candidate, overriding the table's
+        # (as a candidate's own inline field does), never dropped under the stored rows
+        inline[:, [k for k, name in enumerate(stored) if name in context]] = True
         bare = np.ones(n, dtype=bool)  # no inline features
         if self.items is None and req.candidates is None:
             raise ClientError(
@@ -551,7 +563,7 @@ class RequestEncoder:
             if c.features:
                 bare[i] = False
                 for k, name in enumerate(stored):
-                    inline[i, k] = name in c.features
+                    inline[i, k] = inline[i, k] or name in c.features
             for name, value in c.features.items():
                 col = columns.get(name)
                 kind = type(value)

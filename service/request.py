@@ -61,6 +61,7 @@ Key = (
     | Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 )
 Exponent = Annotated[float, msgspec.Meta(ge=-MAX_EXPONENT, le=MAX_EXPONENT)]
+Attribute = Annotated[float, msgspec.Meta(ge=-MAX_ATTRIBUTE, le=MAX_ATTRIBUTE)]
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -119,7 +120,7 @@ class Candidate(_Strict):
         Annotated[
             dict[
                 Annotated[str, msgspec.Meta(min_length=1, max_length=32)],
-                Annotated[float, msgspec.Meta(ge=-MAX_ATTRIBUTE, le=MAX_ATTRIBUTE)],
+                Attribute,
             ],
             msgspec.Meta(
                 max_length=MAX_FIELDS,
@@ -370,10 +371,11 @@ def _located(body: bytes, message: str) -> ClientError:
     if "[...]" in path:
         head, _, tail = path.partition("[...]")
         node = _walk(_any.decode(body), head)
+        kind = Attribute if head.endswith(".attributes") else FeatureValue  # the dict's values
         if isinstance(node, dict):
             for key, value in node.items():
                 try:
-                    msgspec.convert(value, FeatureValue, strict=True)
+                    msgspec.convert(value, kind, strict=True)
                 except msgspec.ValidationError as e:
                     inner, _, sub = str(e).rpartition(" - at `")
                     what = inner or str(e)

@@ -213,3 +213,39 @@ def test_a_negative_id_of_an_ali_ccp_field_is_refused_naming_it(client, samples)
     assert r.status_code == 422, r.text
     err = r.json()["error"]
     assert err["field"] == "candidates[1].features.210[1]" and "[0, 2^63)" in err["message"]
+
+
+def test_every_4xx_names_the_field_the_caller_wrote_and_its_rule(exported, samples, table_file):
+    """Over HTTP (issue 23, classes 5 and 6): a negative id in item_ids is item_ids[i] (not a
+    candidate's features the request does not have); a bad attribute is named under its own
+    name with the bound it broke; an item field in context_features applies to every
+    candidate, overriding the table's, where with item_ids it was silently dropped."""
+    import httpx
+    from support import serving
+
+    contract, s = samples
+    cols = dict(contract.columns("item"))
+    ids = [int(s["item_ids"][r, cols[contract.field("205")]][0]) for r in range(3)]
+    with serving(model_dir=exported, item_table=table_file) as (url, _):
+
+        def refused(body: dict) -> dict:
+            r = httpx.post(f"{url}/rank", json={"user_id": 1, "user_features": {"101": 1}, **body})
+            assert r.status_code == 422, r.text
+            return r.json()["error"]
+
+        e = refused({"item_ids": [ids[0], -5, ids[1]]})
+        assert e["field"] == "item_ids[1]" and "[0, 2^63)" in e["message"]
+        attrs = {"rating": 2.0, "sales": 1e30, "stock": 3.0}
+        e = refused({"candidates": [{"item_id": ids[0], "attributes": attrs}]})
+        assert e["field"] == "candidates[0].attributes.sales", e
+        assert "1e+18" in e["message"] or "1000000000000000000" in e["message"], e
+        base = {"user_id": 1, "user_features": {"101": 1}}
+
+        def scores(body: dict) -> dict:
+            r = httpx.post(f"{url}/rank", json={**base, **body})
+            assert r.status_code == 200, r.text
+            return {it["item_id"]: it["pctcvr"] for it in r.json()["items"]}
+
+        context = scores({"item_ids": ids, "context_features": {"206": 5}})
+        inline = scores({"candidates": [{"item_id": i, "features": {"206": 5}} for i in ids]})
+        assert context == inline != scores({"item_ids": ids})
