@@ -34,6 +34,7 @@ from service.config import Settings
 from service.encoding import RequestEncoder
 from service.engine import Engine, newest_version
 from service.response import ranked
+from training.cli import prog as cli_prog
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = re.compile(r"(<!-- bench:serving -->\n).*?(<!-- /bench:serving -->)", re.S)
@@ -473,7 +474,7 @@ def rewrite_readme(path: Path, md: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m loadtest.bench",
+        prog=cli_prog("loadtest.bench"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -34,6 +34,7 @@ from features.item_source import from_parquet
 from features.items import ItemTable
 from loadtest.harness import ServiceProcess
 from service.engine import newest_version
+from training.cli import prog as cli_prog
 
 MB = 1 << 20
 REQUESTS = 20  # id-only requests after each step, so the figures are a serving process's
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m loadtest.table_memory",
+        prog=cli_prog("loadtest.table_memory"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

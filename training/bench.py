@@ -22,6 +22,7 @@ from pathlib import Path
 
 from features.contract import FeatureContract
 from training import data as D
+from training.cli import prog as cli_prog
 from training.config import POOLING, TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -146,7 +147,7 @@ def markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m training.bench",
+        prog=cli_prog("training.bench"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -19,12 +19,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 MISSING = dataclasses.MISSING
+
+
+def prog(module: str) -> str:
+    """The program a usage line names: `ranker <verb>` when the ranker command runs it (it sets
+    sys.argv[0] so, ranker/cli.py), else `python -m <module>`, as the user typed it."""
+    return sys.argv[0] if sys.argv[0].startswith("ranker ") else f"python -m {module}"
 
 
 def option(

@@ -28,6 +28,7 @@ import shutil
 from pathlib import Path
 
 from training import setup_logging
+from training.cli import prog as cli_prog
 from training.compare_report import differences, markdown, plot, summarise
 from training.reference import reference_metrics
 from training.train import TrainConfig, train
@@ -175,7 +176,7 @@ def compare(data: Path, models: list[str], seeds: int, out: Path, epochs: int = 
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     p = argparse.ArgumentParser(
-        prog="python -m training.compare",
+        prog=cli_prog("training.compare"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

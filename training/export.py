@@ -33,6 +33,7 @@ from features import manifest, parity
 from features.contract import FeatureContract
 from features.manifest import OUTPUTS, SIGNATURES
 from training import setup_logging
+from training.cli import prog as cli_prog
 from training.model import ModelConfig, RankingModel, build_model
 
 log = logging.getLogger("training.export")
@@ -358,7 +359,7 @@ def export(run_dir: Path, out: Path, force: bool = False) -> dict:
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     p = argparse.ArgumentParser(
-        prog="python -m training.export",
+        prog=cli_prog("training.export"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

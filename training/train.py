@@ -33,6 +33,7 @@ from training import attributes, cli, setup_logging, tables
 from training import data as D
 from training import distributed as dist
 from training.calibrate import fit_calibration
+from training.cli import prog as cli_prog
 from training.config import POOLING, TrainConfig
 from training.metrics import (
     funnel_eces,
@@ -438,7 +439,7 @@ def _cache_dir(cfg: TrainConfig) -> Path:
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """The command line is TrainConfig's fields (training/cli.py); bad values exit with usage."""
     p = argparse.ArgumentParser(
-        prog="python -m training.train",
+        prog=cli_prog("training.train"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -452,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         m = train(cfg)
     except SpecError as e:  # the spec or its tables: what to fix, not a trace
-        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+        print(f"{cli_prog('training.train')}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     if not m:  # a rank other than 0: rank 0 reports
         return

@@ -53,6 +53,7 @@ from pathlib import Path
 import optuna
 
 from training import setup_logging
+from training.cli import prog as cli_prog
 from training.config import POOLING, TrainConfig
 from training.model import IPS_KINDS, KINDS
 from training.train import train
@@ -348,7 +349,7 @@ def markdown(r: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     p = argparse.ArgumentParser(
-        prog="python -m training.tune",
+        prog=cli_prog("training.tune"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
