@@ -224,12 +224,18 @@ class TwoTowers(RankingModel):
         return Logits(self.ctr(r[:, :h], x_ctr), self.cvr(r[:, h:], x_cvr))
 
 
-class ESMM(TwoTowers):
-    kind = "esmm"
+class EntireSpace:
+    """The entire-space loss (entire_space_loss: ESMM's, with ESCM2-IPS and the clicked-rows
+    CVR term it takes) of a kind whose pCTCVR is pCTR x pCVR: ESMM's and MMoE's, one method."""
+
     takes_ips = True
 
     def loss(self, logits, click, conv, action=None):
         return entire_space_loss(self.cfg, logits, click, conv)
+
+
+class ESMM(EntireSpace, TwoTowers):
+    kind = "esmm"
 
 
 class ESMMNS(ESMM):
@@ -314,9 +320,8 @@ def ips_cvr_bce(
 
 
 # ---- MMoE + ESMM ---------------------------------------------------------------------------
-class MMoE(RankingModel):
+class MMoE(EntireSpace, RankingModel):
     kind = "mmoe"
-    takes_ips = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -344,9 +349,6 @@ class MMoE(RankingModel):
         gates = torch.softmax((r[:, e * h :] + self.gate_item(x)).reshape(-1, 2, e), -1)
         mixed = torch.bmm(gates, experts)  # (B, 2, h): each task's mixture of experts
         return Logits(self.ctr(mixed[:, 0]).squeeze(-1), self.cvr(mixed[:, 1]).squeeze(-1))
-
-    def loss(self, logits, click, conv, action=None):
-        return entire_space_loss(self.cfg, logits, click, conv)
 
 
 # ---- ESM2 ----------------------------------------------------------------------------------
