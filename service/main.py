@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from features.package import __version__
 from features.user_table import UserTableError
-from ranker import __version__
 from service import admin, request, tracing
 from service.admission import Admission
 from service.config import Settings
