@@ -7,16 +7,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 # Big enough that AUCs are stable to a point or two, small enough for 2 cores.
 IMPRESSIONS = 200_000
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    path = SHARED / "data"
-    assert path.is_dir(), f"{path} is missing: the project expects ../shared beside the checkout"
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,9 @@ import pytest
 from features.contract import FeatureContract
 from training import data as D
 
+# real Ali-CCP rows shipped with the tests (tests/data/README.md: origin and licence)
+PADDLEREC = Path(__file__).resolve().parents[1] / "data" / "paddlerec"
+
 
 def feats(*triples) -> str:
     return "\x01".join(f"{f}\x02{i}\x03{v}" for f, i, v in triples)
@@ -118,12 +121,12 @@ def test_missing_files_name_the_file(tmp_path):
         D.read_aliccp(tmp_path, "test", FeatureContract.default())
 
 
-def test_paddlerec_rows_from_shared_data(shared_data):
+def test_paddlerec_rows_shipped_with_the_tests():
     c = FeatureContract.default()
     lens = {f.name: f.max_len for f in c.fields}
     assert lens["110_14"] >= 342  # the real rows' longest list fits untruncated
     for name, clicks, convs in (("train_small.txt", 2, 1), ("test_small.txt", 1, 0)):
-        s = D.read_paddlerec(shared_data / "PaddleRec" / "esmm" / name, c)
+        s = D.read_paddlerec(PADDLEREC / name, c)
         assert len(s) == 10 and s.report.malformed == 0
         assert int(s.click.sum()) == clicks and int(s.conv.sum()) == convs
         cols = {f.name: sl for f, sl in c.columns("user")}
@@ -135,19 +138,13 @@ def test_paddlerec_rows_from_shared_data(shared_data):
         n210 = (s.item_ids[:, icols["210"]] >= 0).sum(1)
         assert n210.min() >= 3 and n210.max() <= 14
         # the first feature token (a 210 id) is not skipped, unlike PaddleRec's own reader
-        first = next(
-            t
-            for t in (shared_data / "PaddleRec/esmm" / name)
-            .read_text()
-            .splitlines()[0]
-            .split(",")[3:]
-        )
+        first = next(t for t in (PADDLEREC / name).read_text().splitlines()[0].split(",")[3:])
         assert first.startswith("210:") and int(first[4:]) in s.item_ids[0, icols["210"]]
 
 
-def test_paddlerec_rows_encode_and_batch(shared_data):
+def test_paddlerec_rows_encode_and_batch():
     c = FeatureContract.default()
-    s = D.read_paddlerec(shared_data / "PaddleRec" / "esmm" / "train_small.txt", c)
+    s = D.read_paddlerec(PADDLEREC / "train_small.txt", c)
     c = D.fit_contract(c, s)
     b = D.make_batch(s, c, np.arange(len(s)))
     assert b.user_ids.shape == (10, c.width("user")) and b.item_ids.shape == (10, c.width("item"))
