@@ -35,7 +35,7 @@ log = logging.getLogger("ranker.items")
 
 
 def build_from_aliccp(data: Path, splits: list[str]) -> ItemTable:
-    from training.data import read_aliccp
+    from training.columnar import read_columnar as read_aliccp  # the same arrays, in columns
 
     contract = FeatureContract.default()
     parts = [read_aliccp(data, s, contract, orphans="ignore") for s in splits]

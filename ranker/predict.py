@@ -38,7 +38,7 @@ def predict(
     with numeric item attributes reads them from `items`, joined as training joined them."""
     from service.engine import Engine, newest_version
     from training import attributes
-    from training.data import read_aliccp
+    from training.columnar import read_columnar as read_aliccp  # the same arrays, in columns
 
     engine = Engine(newest_version(model_dir))
     c = engine.contract
