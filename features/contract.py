@@ -49,6 +49,8 @@ from typing import Literal
 
 import numpy as np
 
+from features.spec import load as load_spec  # (the spec is below the contract)
+
 Side = Literal["user", "item"]
 
 # Ali-CCP is one spec: features/aliccp.yaml declares its fields by field id, side and columns,
@@ -58,9 +60,7 @@ ALICCP_SPEC = Path(__file__).with_name("aliccp.yaml")
 
 
 def _aliccp():
-    from features.spec import load  # (the spec reader is below nothing: no circle)
-
-    spec = load(ALICCP_SPEC)
+    spec = load_spec(ALICCP_SPEC)
     by_side = {
         side: tuple(f.name for f in spec.features if f.side == side)
         for side in ("user", "item", "event", "context")
@@ -216,6 +216,35 @@ class FeatureContract:
             mean=mean,
             seed=seed,
         )
+
+    @classmethod
+    def from_spec(cls, spec, dtypes: Mapping[str, str], seed: int = 0) -> FeatureContract:
+        """The contract a feature spec (features/spec.py) declares, not yet fitted: one field
+        per feature in spec order (user features on the user side; item, context, event and
+        cross features on the candidate's), value types from `spec.check_columns`. Numeric and
+        cross fields get their bounds (`with_bounds`) and every table its size
+        (`fit_buckets`) from training data."""
+        fields = tuple(
+            Field(
+                f.name,
+                "user" if f.side == "user" else "item",
+                f.max_len,
+                source=f.side,
+                dtype=dtypes.get(f.name, ""),
+                embedding=f.embedding,
+                pool=f.pooling if f.kind == "ids" else "",
+                cross=f.count_in,
+            )
+            for f in spec.features
+        )
+        keys = {
+            side: {
+                "dtype": dtypes.get(f"keys.{side}", "int"),
+                "field": next((f.name for f in spec.side(side) if f.column == spec.keys[side]), ""),
+            }
+            for side in ("user", "item")
+        }
+        return cls(fields, weighted=True, mean=False, seed=seed, spec=spec.to_dict(), keys=keys)
 
     def fit_buckets(
         self,

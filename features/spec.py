@@ -8,10 +8,11 @@ whose members disagree; `check_columns(spec, schemas)` then checks it against th
 types before any row is read. Every refusal is a SpecError that names the key or the column and
 the spec's line.
 
-This module is the declaration only (numpy-free; PyYAML imported when a file is read). What
-training fits from the data (hash sizes, numeric bounds, offsets) lives in the feature contract,
-built from the spec by `features.contract.FeatureContract.from_spec`; the model's manifest keeps
-both, so the service never reads a spec file.
+This module is the declaration only (numpy-free, and below the contract: it imports nothing of
+the project; PyYAML imported when a file is read). What training fits from the data (hash
+sizes, numeric bounds, offsets) lives in the feature contract, built from the spec by
+`features.contract.FeatureContract.from_spec`; the model's manifest keeps both, so the service
+never reads a spec file.
 """
 
 from __future__ import annotations
@@ -145,38 +146,6 @@ class Spec:
 
     def where(self, line: int) -> str:
         return f"{self.source}:{line}" if line else self.source
-
-    def contract(self, dtypes: Mapping[str, str], seed: int = 0):
-        """The feature contract this spec declares, not yet fitted: one field per feature in
-        spec order (user features on the user side; item, context and cross features on the
-        candidate's), value types from `check_columns`. Numeric and cross fields get their
-        bounds (`with_bounds`) and every table its size (`fit_buckets`) from training data."""
-        from features.contract import FeatureContract, Field  # (the contract is below a spec)
-
-        fields = []
-        for f in self.features:
-            fields.append(
-                Field(
-                    f.name,
-                    "user" if f.side == "user" else "item",
-                    f.max_len,
-                    source=f.side,
-                    dtype=dtypes.get(f.name, ""),
-                    embedding=f.embedding,
-                    pool=f.pooling if f.kind == "ids" else "",
-                    cross=f.count_in,
-                )
-            )
-        keys = {
-            side: {
-                "dtype": dtypes.get(f"keys.{side}", INT),
-                "field": next((f.name for f in self.side(side) if f.column == self.keys[side]), ""),
-            }
-            for side in ("user", "item")
-        }
-        return FeatureContract(
-            tuple(fields), weighted=True, mean=False, seed=seed, spec=self.to_dict(), keys=keys
-        )
 
     def fixed_buckets(self) -> dict[str, int]:
         """Tables whose size the spec sets (`buckets` of an id/ids feature)."""
@@ -555,24 +524,15 @@ def _check_features(
         if f.embedding:
             groups.setdefault(f.embedding, []).append(f)
     for name, members in groups.items():
-        sizes = {f.buckets for f in members if f.buckets}
-        if len(sizes) > 1:
-            c.fail(
-                members[0].line,
-                f"embedding {name}",
-                "its features disagree on buckets ("
-                + ", ".join(f"{f.name}: {f.buckets or 'fitted'}" for f in members)
-                + ")",
-            )
-        mins = {f.min_count for f in members}
-        if len(mins) > 1:
-            c.fail(
-                members[0].line,
-                f"embedding {name}",
-                "its features disagree on min_count ("
-                + ", ".join(f"{f.name}: {f.min_count}" for f in members)
-                + ")",
-            )
+        for key, unset in (("buckets", "fitted"), ("min_count", "the trainer's")):
+            if len({getattr(f, key) for f in members if key == "min_count" or f.buckets}) > 1:
+                c.fail(
+                    members[0].line,
+                    f"embedding {name}",
+                    f"its features disagree on {key} ("
+                    + ", ".join(f"{f.name}: {getattr(f, key) or unset}" for f in members)
+                    + ")",
+                )
         if name in by_name and by_name[name] not in members:
             c.fail(
                 members[0].line,

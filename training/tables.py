@@ -519,7 +519,7 @@ def load(
     (training.data.fit_contract)."""
     spec = S.load(spec_path)
     dtypes = check_tables(spec)
-    contract = spec.contract(dtypes, seed)
+    contract = FeatureContract.from_spec(spec, dtypes, seed)
     users = read_side(spec, contract, "user")
     items = read_side(spec, contract, "item")
     log.info(
@@ -590,7 +590,7 @@ def side_table(spec_path: Path, side: str) -> tuple[S.Spec, FeatureContract, Sid
     if not getattr(spec, table):
         raise S.SpecError(f"{spec.source}: tables.{table}: the spec names no {table} table")
     dtypes = S.check_columns(spec, {table: _schema(spec, table)})
-    contract = spec.contract(dtypes)
+    contract = FeatureContract.from_spec(spec, dtypes)
     extra = (spec.price,) if side == "item" and spec.price else ()
     return spec, contract, read_side(spec, contract, side, extra)
 
