@@ -56,7 +56,7 @@ from training.synthetic.impressions import (
     make_sessions,
 )
 from training.synthetic.params import PRESETS, Params, with_overrides
-from training.synthetic.tables import write_tables, write_truth
+from training.synthetic.tables import write_tables
 from training.synthetic.world import make_users, make_world
 from training.synthetic.writer import (
     FIELD_BASE,
@@ -64,6 +64,7 @@ from training.synthetic.writer import (
     write_actions,
     write_item_table,
     write_splits,
+    write_truth,
 )
 
 __all__ = [

@@ -101,24 +101,6 @@ def write_tables(out: Path, w: World, users: Users, s: Sessions, imp: Impression
     (out / SPEC_FILE).write_text(spec_text(), encoding="utf-8")
 
 
-def write_truth(out: Path, s: Sessions, imp: Impressions) -> None:
-    """truth_{split}.csv of both splits, as the Ali-CCP writer writes them (writer._write_split):
-    the layout without the Ali-CCP files still has its truth."""
-    for split in SPLITS:
-        _, rows = _split_rows(s, imp, split)
-        with open(out / f"truth_{split}.csv", "w", encoding="ascii", newline="") as f:
-            f.write("sample_id,p_click,p_conversion\n")
-            f.writelines(
-                f"{r + 1},{a:.8f},{b:.8f}\n"
-                for r, a, b in zip(
-                    rows.tolist(),
-                    imp.p_click[rows].tolist(),
-                    imp.p_conv[rows].tolist(),
-                    strict=True,
-                )
-            )
-
-
 def _names(names: tuple[str, ...], n: int, prefix: str) -> list[str]:
     return [names[k] if k < len(names) else f"{prefix}_{k}" for k in range(n)]
 

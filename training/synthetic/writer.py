@@ -149,6 +149,7 @@ def write_splits(out: Path, w: World, users: Users, s: Sessions, imp: Impression
     combos = _combo_tokens(w, imp)
     for split in SPLITS:
         _write_split(out, split, s, imp, user_lines, item_tok, combos)
+    write_truth(out, s, imp)
 
 
 def write_item_table(out: Path, w: World) -> None:
@@ -209,11 +210,21 @@ def _write_split(
                 np.flatnonzero(in_split).tolist(), s.user[in_split].tolist(), strict=True
             )
         )
-    with open(out / f"truth_{split}.csv", "w", encoding="ascii", newline="") as f:
-        f.write("sample_id,p_click,p_conversion\n")
-        f.writelines(
-            f"{r + 1},{a:.8f},{b:.8f}\n"
-            for r, a, b in zip(
-                rows.tolist(), imp.p_click[rows].tolist(), imp.p_conv[rows].tolist(), strict=True
+
+
+def write_truth(out: Path, s: Sessions, imp: Impressions) -> None:
+    """truth_{split}.csv of both splits: each impression's true probabilities, by sample id, in
+    the split's order (both layouts write it: the named tables have it beside them too)."""
+    for split in SPLITS:
+        _, rows = _split_rows(s, imp, split)
+        with open(out / f"truth_{split}.csv", "w", encoding="ascii", newline="") as f:
+            f.write("sample_id,p_click,p_conversion\n")
+            f.writelines(
+                f"{r + 1},{a:.8f},{b:.8f}\n"
+                for r, a, b in zip(
+                    rows.tolist(),
+                    imp.p_click[rows].tolist(),
+                    imp.p_conv[rows].tolist(),
+                    strict=True,
+                )
             )
-        )
