@@ -21,13 +21,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from features import npz
 from features.contract import ITEM_FIELDS, FeatureContract, truncate
 
 FORMAT_VERSION = 1
@@ -134,28 +133,24 @@ class ItemTable:
             "items": len(self),
             "numeric": list(self.numeric),
         }
-        tmp = path.with_name(f".{path.name}.partial")
-        with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                item_id=self.item_id,
-                ids=self.ids,
-                vals=self.vals,
-                price=self.price,
-                **{f"numeric:{k}": v for k, v in self.numeric.items()},
-                meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-            )
-        os.replace(tmp, path)
+        arrays = {"item_id": self.item_id, "ids": self.ids, "vals": self.vals, "price": self.price}
+        npz.save(path, {**arrays, **{f"numeric:{k}": v for k, v in self.numeric.items()}}, meta)
 
     @classmethod
     def load(cls, path: Path) -> ItemTable:
-        try:
-            with np.load(Path(path), allow_pickle=False) as z:
-                meta = json.loads(z["meta"].tobytes())
-                arrays = {k: z[k] for k in ("item_id", "ids", "vals", "price")}
-                numeric = {k: z[f"numeric:{k}"] for k in meta.get("numeric", [])}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            raise ItemTableError(f"unreadable item table ({type(e).__name__}: {e})") from None
+        meta, arrays = npz.load(
+            path,
+            lambda m: (
+                "item_id",
+                "ids",
+                "vals",
+                "price",
+                *(f"numeric:{k}" for k in m.get("numeric", [])),
+            ),
+            ItemTableError,
+            "item table",
+        )
+        numeric = {k.removeprefix("numeric:"): v for k, v in arrays.items() if ":" in k}
         if meta.get("format_version") != FORMAT_VERSION:
             raise ItemTableError(f"format_version {meta.get('format_version')!r} is not 1")
         try:

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from features import users
+from features import npz, users
 
 FORMAT_VERSION = 1
 
@@ -94,27 +91,14 @@ class UserTable:
             "source": self.source,
             "users": len(self),
         }
-        tmp = path.with_name(f".{path.name}.partial")
-        with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                keys=self.keys,
-                digests=self.digests,
-                offsets=self.offsets,
-                blob=self.blob,
-                meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-            )
-        os.replace(tmp, path)
+        arrays = {"keys": self.keys, "digests": self.digests, "offsets": self.offsets}
+        npz.save(path, {**arrays, "blob": self.blob}, meta)
 
     @classmethod
     def load(cls, path: Path) -> UserTable:
-        try:
-            with np.load(Path(path), allow_pickle=False) as z:
-                meta = json.loads(z["meta"].tobytes())
-                arrays = {k: z[k] for k in ("keys", "digests", "offsets", "blob")}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            raise UserTableError(f"unreadable user table ({type(e).__name__}: {e})") from None
-        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        names = ("keys", "digests", "offsets", "blob")
+        meta, arrays = npz.load(path, lambda _: names, UserTableError, "user table")
+        if meta.get("format_version") != FORMAT_VERSION:
             raise UserTableError(f"format_version is not {FORMAT_VERSION}")
         try:
             table = cls(
