@@ -144,9 +144,6 @@ class Spec:
     def from_dict(cls, d: Mapping, root: Path = Path("."), source: str = "<manifest>") -> Spec:
         return _build(d, root, source)
 
-    def where(self, line: int) -> str:
-        return f"{self.source}:{line}" if line else self.source
-
     def fixed_buckets(self) -> dict[str, int]:
         """Tables whose size the spec sets (`buckets` of an id/ids feature)."""
         return {f.table: f.buckets for f in self.features if f.kind != "numeric" and f.buckets}

@@ -42,18 +42,6 @@ def int_ids(values: np.ndarray) -> np.ndarray:
     return (np.asarray(values, dtype=np.int64) & INT64_MAX).astype(np.int64)
 
 
-def raw_id(value: int | str, dtype: str) -> int:
-    """One value of an id/ids feature of value type `dtype` -> its raw id; TypeError when the
-    value is of the other type (the caller names the feature)."""
-    if dtype == "text":
-        if type(value) is not str:
-            raise TypeError(f"takes text values, got {type(value).__name__} {value!r}")
-        return text_id(value)
-    if type(value) is not int:
-        raise TypeError(f"takes integer values, got {type(value).__name__} {value!r}")
-    return value & INT64_MAX
-
-
 class ListCounts:
     """Users' lists indexed for `count`: dense codes of their ids and, per (user, code), the
     summed weight, sorted. Built once per list and reused for every cross counting in it
