@@ -18,10 +18,10 @@ from typing import Annotated, Literal
 import msgspec
 from fastapi import APIRouter, Request, Response
 
+from service.body import read_body, refuse_declared_over
 from service.errors import ClientError, Forbidden, MalformedJson, NotReady, Unauthorized
 from service.openapi import body_schema, error_docs, json_body
 from service.response import json_response
-from service.routes import read_body, refuse_declared_over
 
 router = APIRouter()
 MAX_BODY_BYTES = 4096

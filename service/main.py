@@ -23,7 +23,9 @@ from service.metrics import Metrics
 from service.openapi import install_openapi
 from service.ranking import Ranker
 from service.reload import ModelLoader, Reloader
+from service.request import RankRequest
 from service.requestid import RequestIdMiddleware, install_log_field
+from service.response import ErrorResponse, RankResponse
 from service.routes import router
 from service.served import ModelSlot
 from service.user_cache import Breaker, RedisTier
@@ -143,7 +145,11 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
     app.include_router(router)
     app.include_router(admin.router)
     install_error_handlers(app)
-    install_openapi(app)
+    install_openapi(
+        app,
+        [RankRequest, RankResponse, ErrorResponse, admin.ReloadRequest, admin.ReloadResponse],
+        {"RankRequest": request.EXAMPLE},
+    )
     install_log_field()
     provider = tracing.instrument(app, settings.tracing, tracer_provider)
     app.add_middleware(

@@ -2,7 +2,8 @@
 
 Endpoints that read their own bodies (for speed, or to check a token first) name their schemas
 here by reference; `install_openapi` puts every schema into the document's components from the
-msgspec declarations (request.py, response.py, admin.py), so the document is what the code does.
+msgspec declarations the app gives it (main.py names them), so the document is what the code
+does.
 """
 
 from __future__ import annotations
@@ -29,19 +30,17 @@ def error_docs(statuses: dict[int, str]) -> dict:
     return {status: json_body("ErrorResponse", why) for status, why in statuses.items()}
 
 
-def install_openapi(app: FastAPI) -> None:
-    from service.admin import ReloadRequest, ReloadResponse
-    from service.request import EXAMPLE, RankRequest
-    from service.response import ErrorResponse, RankResponse
-
+def install_openapi(app: FastAPI, structs: list[type], examples: dict[str, dict]) -> None:
+    """Every struct in `structs` becomes a schema of the document's components, named by its
+    class; `examples` adds an example to the schema it names."""
     original = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             doc = original()
-            structs = [RankRequest, RankResponse, ErrorResponse, ReloadRequest, ReloadResponse]
             _, components = msgspec.json.schema_components(structs, ref_template=REF)
-            components["RankRequest"]["examples"] = [EXAMPLE]
+            for name, example in examples.items():
+                components[name]["examples"] = [example]
             doc.setdefault("components", {}).setdefault("schemas", {}).update(components)
             app.openapi_schema = doc
         return app.openapi_schema

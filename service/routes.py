@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.requests import ClientDisconnect
 
-from service.errors import ClientClosed, NotReady, PayloadTooLarge, RequestTimeout
+from service.body import read_body, refuse_declared_over
+from service.errors import NotReady
 from service.openapi import body_schema, error_docs, json_body
 from service.ranking import contract_summary
 from service.response import json_response
@@ -28,31 +26,6 @@ RANK_ERRORS = error_docs(
     }
 )
 NOT_READY = error_docs({503: "model not loaded or not warm yet, or shutting down"})
-
-
-def refuse_declared_over(request: Request, limit: int) -> None:
-    """413 before a byte of the body is read, when its declared length is over `limit`."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes; at most {limit}")
-
-
-async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The body, refused as soon as it passes `limit` bytes, read within `timeout_s`; a client
-    that hangs up mid-body is ClientClosed."""
-    chunks, size = [], 0
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"body over {limit} bytes")
-                chunks.append(chunk)
-    except TimeoutError:
-        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
-    except ClientDisconnect:
-        raise ClientClosed("the client closed the connection before sending its body") from None
-    return b"".join(chunks)
 
 
 @router.post(
