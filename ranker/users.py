@@ -34,7 +34,8 @@ log = logging.getLogger("ranker.users")
 
 def read_users(data: Path, splits: list[str]) -> tuple[dict[int, dict], dict[str, int]]:
     """{user id: raw user features} (the newest row of each user wins) and line counts."""
-    from training.data import MalformedLine, numbered_lines, parse_common_line
+    from training.aliccp import numbered_lines, parse_common_line
+    from training.encoded import MalformedLine
 
     found: dict[int, dict] = {}
     counts = {"lines": 0, "malformed": 0, "without_101": 0}

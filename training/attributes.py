@@ -23,7 +23,7 @@ import numpy as np
 
 from features.contract import FeatureContract
 from features.items import ITEM_ID_FIELD, ItemTable, ItemTableError
-from training import data as D
+from training.encoded import EncodedSplit
 
 log = logging.getLogger("training.attributes")
 
@@ -60,7 +60,7 @@ def numeric_names(table: ItemTable, wanted: Sequence[str]) -> list[str]:
 
 
 def join(
-    contract: FeatureContract, split: D.EncodedSplit, table: ItemTable, names: Sequence[str]
+    contract: FeatureContract, split: EncodedSplit, table: ItemTable, names: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ids, values) columns for `names` per row of `split`: id 0 and the number where the
     row's item has one, id -1 (padding) and 0 elsewhere."""
@@ -86,7 +86,7 @@ def numeric_fields(contract: FeatureContract) -> list[str]:
     return [f.name for f in contract.side_fields("item") if f.numeric]
 
 
-def append(split: D.EncodedSplit, contract: FeatureContract, table: ItemTable | None):
+def append(split: EncodedSplit, contract: FeatureContract, table: ItemTable | None):
     """A split read with without_numeric(contract), with the numeric columns `contract` lays
     out after its item fields joined from `table` (the offline scorer's path: ranker predict).
     A contract without numeric fields returns the split as it is."""
@@ -101,7 +101,7 @@ def append(split: D.EncodedSplit, contract: FeatureContract, table: ItemTable | 
     return _appended(split, *join(without_numeric(contract), split, table, names))
 
 
-def _appended(split: D.EncodedSplit, ids: np.ndarray, vals: np.ndarray) -> D.EncodedSplit:
+def _appended(split: EncodedSplit, ids: np.ndarray, vals: np.ndarray) -> EncodedSplit:
     """`split` with columns (ids, vals) after its item side's."""
     return dataclasses.replace(
         split,
@@ -112,11 +112,11 @@ def _appended(split: D.EncodedSplit, ids: np.ndarray, vals: np.ndarray) -> D.Enc
 
 def attach(
     contract: FeatureContract,
-    splits: Sequence[D.EncodedSplit],
+    splits: Sequence[EncodedSplit],
     table: ItemTable,
     names: Sequence[str],
     buckets: int,
-) -> tuple[FeatureContract, list[D.EncodedSplit]]:
+) -> tuple[FeatureContract, list[EncodedSplit]]:
     """The contract with one numeric field per name (bounds from the first split, the training
     one) and every split with their columns appended to its item side."""
     joined = [join(contract, s, table, names) for s in splits]  # each split joined once

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from features.contract import FeatureContract
-from training import data as D
 from training.cli import prog as cli_prog
 from training.config import POOLING, TrainConfig
+from training.splits import load_split
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = re.compile(r"(<!-- bench:training -->\n).*?(<!-- /bench:training -->)", re.S)
@@ -59,7 +59,7 @@ def run(impressions: int, models: list[str], out: Path, seed: int = 0) -> dict:
     contract = FeatureContract.default(**POOLING[TrainConfig.pooling])
     shutil.rmtree(data / ".encoded", ignore_errors=True)
     t0 = time.perf_counter()
-    n_rows = sum(len(D.load_split(data, s, contract, data / ".encoded")) for s in ("train", "test"))
+    n_rows = sum(len(load_split(data, s, contract, data / ".encoded")) for s in ("train", "test"))
     result["read_seconds"] = time.perf_counter() - t0
     result["read_rows_per_second"] = n_rows / result["read_seconds"]
     result["models"] = {}

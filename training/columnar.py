@@ -18,7 +18,7 @@ How it stays exact. Each chunk of whole lines splits in two:
   columns, and nothing about them can be malformed but a repeated common_feature_index, checked
   in file order;
 - every other line goes, in file order, through the reference's own parsers
-  (`parse_common_line`, `parse_skeleton_line`, `_split_features`) with the same checks
+  (`parse_common_line`, `parse_skeleton_line`, `split_features`) with the same checks
   in the same order as `read_aliccp`, so its verdict, message, counts and place among the first
   MAX_LOGGED_MALFORMED examples are the reference's. Such a line need not be malformed: a '\\r'
   in a value, a '+1' id or an 'inf' value gets the reference's answer, slowly.
@@ -45,16 +45,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.contract import FeatureContract, Side
-from training.data import (
+from training.aliccp import parse_common_line, parse_skeleton_line, split_features
+from training.encoded import (
     EncodedSplit,
     MalformedLine,
     OrphanPolicy,
     ReadReport,
     SplitWriter,
-    _split_features,
     count_lines,
-    parse_common_line,
-    parse_skeleton_line,
     read_progress,
 )
 
@@ -470,7 +468,7 @@ def _write_common(
             if feats is None:
                 report.unknown_fields += int(part.unknown[j])
             else:
-                feats = _split_features(contract, "user", feats, report)
+                feats = split_features(contract, "user", feats, report)
                 ids[j], vals[j] = contract.encode_entity("user", feats)
         except (MalformedLine, ValueError) as e:
             report.bad_line(name, chunk.first + j, str(e))

@@ -10,7 +10,7 @@ from pathlib import Path
 from features.calibration import FITS
 from features.contract import DEFAULT_MAX_LEN, FeatureContract
 from training.cli import option
-from training.data import OrphanPolicy
+from training.encoded import OrphanPolicy
 from training.model import IPS_KINDS, KINDS, check_options
 
 CALIBRATIONS = ("none", *FITS)

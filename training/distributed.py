@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from training import data as D
+from training.encoded import EncodedSplit
 
 BACKEND = "gloo"  # the trainer's tensors live on the CPU (see the module docstring)
 
@@ -101,10 +101,10 @@ def unwrap(net: nn.Module) -> nn.Module:
 
 
 def shard(
-    world: World, split: D.EncodedSplit, order: np.ndarray, batch_size: int
+    world: World, split: EncodedSplit, order: np.ndarray, batch_size: int
 ) -> list[np.ndarray]:
     """This rank's batches (row indices) of one epoch's session `order`; one process gets
-    `order` cut every `batch_size` rows, as `D.iter_batches` cuts it."""
+    `order` cut every `batch_size` rows, as `iter_batches` cuts it."""
     if world.size == 1:
         return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     steps = -(-len(order) // batch_size)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from training import data as D
+from training.batches import Batch
 
 
-def to_torch(b: D.Batch) -> dict[str, torch.Tensor]:
+def to_torch(b: Batch) -> dict[str, torch.Tensor]:
     """A batch's features as the keyword arguments of every model's forward."""
     return {
         "user_ids": torch.from_numpy(b.user_ids),
@@ -19,7 +19,7 @@ def to_torch(b: D.Batch) -> dict[str, torch.Tensor]:
     }
 
 
-def labels(b: D.Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def labels(b: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(click, conv, action or None) of a batch, as the models' loss takes them."""
     action = None if b.action is None else torch.from_numpy(b.action)
     return torch.from_numpy(b.click), torch.from_numpy(b.conv), action

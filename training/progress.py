@@ -4,7 +4,7 @@ A bar (tqdm) only helps a person at a terminal; a job's log, a CI console or `ra
 tee` gets nothing from it for minutes. `Progress` writes a line through `logging` every
 `every_s` seconds of a pass: what is done of the total, the rate, the running figures the caller
 gives (an epoch's loss), and the time left at that rate. A pass that ends within `every_s` writes
-nothing at INFO, so small runs (tests) stay quiet. The readers (training/data.py,
+nothing at INFO, so small runs (tests) stay quiet. The readers (training/aliccp.py,
 training/columnar.py) and the epochs (training/train.py) use it.
 """
 

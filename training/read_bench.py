@@ -6,7 +6,7 @@ Each read runs in a child process of its own and writes its arrays to a scratch 
 load_split does. Peak RSS is the child's ru_maxrss (from wait4); the parent also polls the
 child's anonymous memory (RssAnon), which leaves out the pages of the memory-mapped output.
 Each file's wall and CPU seconds come from the total the reader logs when it is done with it
-(training.data.read_progress, at DEBUG), so each file gets its own rate within one read.
+(training.encoded.read_progress, at DEBUG), so each file gets its own rate within one read.
 
 - the columnar reader (training/columnar.py) reads the whole split;
 - the reference (`read_aliccp`, line by line) and the columnar reader both read a prefix:
@@ -45,8 +45,8 @@ def _child(reader: str, data: Path, split: str, out: Path) -> None:
     """Read one split (in this process) and print what it took as JSON, each file's wall and
     CPU seconds from the total the reader logs (at DEBUG) when it has read the file."""
     from features.contract import FeatureContract
+    from training.aliccp import read_aliccp
     from training.columnar import read_columnar
-    from training.data import read_aliccp
 
     files: dict[str, dict] = {}
     cpu_at = [time.process_time()]
@@ -58,7 +58,7 @@ def _child(reader: str, data: Path, split: str, out: Path) -> None:
                 cpu_at.append(time.process_time())
                 files[m[1]] = {"wall_s": float(m[2]), "cpu_s": cpu_at[-1] - cpu_at[-2]}
 
-    log = logging.getLogger("training.data")
+    log = logging.getLogger("training.encoded")
     log.setLevel(logging.DEBUG)
     log.addHandler(Totals())
     read = read_columnar if reader == "columnar" else read_aliccp

@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from features.contract import FeatureContract
-from training import data as D
+from training.batches import iter_batches, session_order, split_sessions
 from training.config import TrainConfig
+from training.encoded import EncodedSplit
+from training.inputs import load_data, test_truth
 from training.layers import FieldPooling
 from training.metrics import auc, oracle_metrics, soft_auc
 from training.optim import make_optimizers, step, to_torch
@@ -57,21 +59,21 @@ class LogisticRegression(nn.Module):
 HEADS = ("ctr", "cvr", "ctcvr")
 
 
-def _rows(split: D.EncodedSplit, rows: np.ndarray, head: str) -> np.ndarray:
+def _rows(split: EncodedSplit, rows: np.ndarray, head: str) -> np.ndarray:
     """CVR is P(conversion | click): clicked rows only; CTR and CTCVR: every impression."""
     return rows[np.asarray(split.click)[rows] > 0] if head == "cvr" else rows
 
 
-def _label(split: D.EncodedSplit, head: str) -> np.ndarray:
+def _label(split: EncodedSplit, head: str) -> np.ndarray:
     return np.asarray(split.click if head == "ctr" else split.conv)
 
 
 def logistic_reference(
     contract: FeatureContract,
-    train: D.EncodedSplit,
+    train: EncodedSplit,
     train_rows: np.ndarray,
     val_rows: np.ndarray,
-    test: D.EncodedSplit,
+    test: EncodedSplit,
     seed: int,
     heads: tuple[str, ...] = HEADS,
     truth: dict | None = None,
@@ -79,7 +81,7 @@ def logistic_reference(
     """One logistic regression per head, each the best of its epochs on its validation rows:
     `{head}_auc` on the test split (CVR on clicked rows), with `{head}_val_auc`,
     `{head}_epochs`, `{head}_train_rows` and `{head}_seconds`. With the generator's `truth`
-    (training.data.read_truth of the test split), also `cvr_auc_entire`: the CVR regression's
+    (training.inputs.test_truth), also `cvr_auc_entire`: the CVR regression's
     scores of every impression against the true P(conversion | click), as for a model."""
     out: dict = {}
     for head in heads:
@@ -109,11 +111,9 @@ def logistic_reference(
 def reference_metrics(cfg: TrainConfig) -> dict:
     """The references alone, as a run's metrics: the `lr` row of training.compare, on the
     same data, contract, validation split and seed as every model's run."""
-    from training.train import load_data, read_truth  # train imports this module
-
     contract, train_split, test_split = load_data(cfg)
-    train_rows, val_rows = D.split_sessions(train_split, cfg.val_fraction, cfg.seed)
-    truth = read_truth(cfg, test_split)
+    train_rows, val_rows = split_sessions(train_split, cfg.val_fraction, cfg.seed)
+    truth = test_truth(cfg, test_split)
     ref = logistic_reference(
         contract, train_split, train_rows, val_rows, test_split, cfg.seed, truth=truth
     )
@@ -133,7 +133,7 @@ def reference_metrics(cfg: TrainConfig) -> dict:
 
 def _fit(
     contract: FeatureContract,
-    train: D.EncodedSplit,
+    train: EncodedSplit,
     fit: np.ndarray,
     val: np.ndarray,
     label: np.ndarray,
@@ -148,8 +148,8 @@ def _fit(
     best, best_state, epochs = -1.0, copy.deepcopy(model.state_dict()), 0
     for _ in range(LR_REFERENCE["max_epochs"]):
         model.train()
-        order = D.session_order(train, fit, rng)
-        for b in D.iter_batches(train, contract, order, batch_size):
+        order = session_order(train, fit, rng)
+        for b in iter_batches(train, contract, order, batch_size):
             y = torch.from_numpy(label[b.rows].astype(np.float32))
             step(opts, F.binary_cross_entropy_with_logits(model(**to_torch(b)), y))
         val_auc = auc(label[val], _scores(model, train, contract, val))
@@ -162,8 +162,8 @@ def _fit(
 
 @torch.no_grad()
 def _scores(
-    model: LogisticRegression, split: D.EncodedSplit, contract: FeatureContract, rows: np.ndarray
+    model: LogisticRegression, split: EncodedSplit, contract: FeatureContract, rows: np.ndarray
 ) -> np.ndarray:
     model.eval()
-    batches = D.iter_batches(split, contract, rows, 8192)
+    batches = iter_batches(split, contract, rows, 8192)
     return np.concatenate([model(**to_torch(b)).numpy() for b in batches])

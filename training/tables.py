@@ -39,7 +39,7 @@ from features import spec as S
 from features.bounds import MAX_NUMBER, MAX_PRICE, MAX_WEIGHT
 from features.contract import FeatureContract
 from features.values import ListCounts, int_ids, text_ids
-from training.data import EncodedSplit, OrphanPolicy, ReadReport
+from training.encoded import EncodedSplit, OrphanPolicy, ReadReport
 from training.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -516,7 +516,7 @@ def load(
 ) -> tuple[S.Spec, FeatureContract, EncodedSplit, EncodedSplit]:
     """The spec checked against its tables, both splits read (into `out_dir`/spec-<split>/,
     mapped from disk, when given); the contract has its numeric bounds but no bucket sizes yet
-    (training.data.fit_contract)."""
+    (training.fitting.fit_contract)."""
     spec = S.load(spec_path)
     dtypes = check_tables(spec)
     contract = FeatureContract.from_spec(spec, dtypes, seed)

@@ -17,11 +17,9 @@ import copy
 import dataclasses
 import json
 import logging
-import os
 import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,12 +27,14 @@ from tqdm import tqdm
 
 from features.contract import FeatureContract
 from features.spec import SpecError
-from training import attributes, cli, setup_logging, tables
-from training import data as D
+from training import cli, setup_logging
 from training import distributed as dist
+from training.batches import iter_batches, make_batch, session_order, split_sessions
 from training.calibrate import fit_calibration
 from training.cli import prog as cli_prog
-from training.config import POOLING, TrainConfig
+from training.config import TrainConfig
+from training.encoded import EncodedSplit
+from training.inputs import load_data, test_truth
 from training.metrics import (
     funnel_eces,
     funnel_metrics,
@@ -42,7 +42,7 @@ from training.metrics import (
     soft_auc,
     truth_predictions,
 )
-from training.model import MODELS, ModelConfig, RankingModel, build_model
+from training.model import ModelConfig, RankingModel, build_model
 from training.optim import labels, make_optimizers, step, to_torch
 from training.progress import Progress, duration
 from training.reference import logistic_reference
@@ -55,7 +55,7 @@ SAMPLE_ROWS = 512  # test rows stored in the checkpoint for export's parity chec
 def run_epoch(
     model: RankingModel,
     opts: list,
-    split: D.EncodedSplit,
+    split: EncodedSplit,
     contract: FeatureContract,
     rows: np.ndarray,
     cfg: TrainConfig,
@@ -67,7 +67,7 @@ def run_epoch(
     over every rank. `model` may be `dist.wrap`'s DDP: each rank then trains on its shard."""
     model.train()
     loss_of = dist.unwrap(model).loss
-    order = D.session_order(split, rows, rng)
+    order = session_order(split, rows, rng)
     batches = dist.shard(world, split, order, cfg.batch_size)
     n_rows = sum(len(b) for b in batches)
     total, seen, t0 = 0.0, 0, time.perf_counter()
@@ -81,7 +81,7 @@ def run_epoch(
         disable=not (_show_progress(cfg) and world.main),  # one bar, rank 0's
     )
     lines = None if not bar.disable else Progress(log, desc, n_rows)
-    for b in (D.make_batch(split, contract, r) for r in batches):
+    for b in (make_batch(split, contract, r) for r in batches):
         loss, _ = loss_of(model(**to_torch(b)), *labels(b))
         step(opts, loss)
         n = len(b.rows)
@@ -101,14 +101,14 @@ def run_epoch(
 @torch.no_grad()
 def predict(
     model: RankingModel,
-    split: D.EncodedSplit,
+    split: EncodedSplit,
     contract: FeatureContract,
     rows: np.ndarray,
     batch_size: int = 8192,
 ) -> dict[str, np.ndarray]:
     model.eval()
     out: dict[str, list[np.ndarray]] = {"pctr": [], "pcvr": [], "pctcvr": []}
-    for b in D.iter_batches(split, contract, rows, batch_size):
+    for b in iter_batches(split, contract, rows, batch_size):
         for k, v in model.probabilities(model(**to_torch(b))).items():
             out[k].append(v.numpy())
     return {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in out.items()}
@@ -117,7 +117,7 @@ def predict(
 @torch.no_grad()
 def objective(
     model: RankingModel,
-    split: D.EncodedSplit,
+    split: EncodedSplit,
     contract: FeatureContract,
     rows: np.ndarray,
     batch_size: int = 8192,
@@ -125,77 +125,20 @@ def objective(
     """The model's own training loss over `rows` (row-weighted mean of batch losses)."""
     model.eval()
     total = 0.0
-    for b in D.iter_batches(split, contract, rows, batch_size):
+    for b in iter_batches(split, contract, rows, batch_size):
         loss, _ = model.loss(model(**to_torch(b)), *labels(b))
         total += loss.item() * len(b.rows)
     return total / max(len(rows), 1)
 
 
 def evaluate(
-    model: RankingModel, split: D.EncodedSplit, contract: FeatureContract, rows: np.ndarray
+    model: RankingModel, split: EncodedSplit, contract: FeatureContract, rows: np.ndarray
 ) -> dict[str, float]:
     p = predict(model, split, contract, rows)
     return funnel_metrics(split.click[rows], split.conv[rows], p["pctr"], p["pcvr"], p["pctcvr"])
 
 
 # ---- the steps of a run --------------------------------------------------------------------
-def load_data(cfg: TrainConfig) -> tuple[FeatureContract, D.EncodedSplit, D.EncodedSplit]:
-    """Both splits, read (or taken from the cache) and reported, and the contract fitted on
-    the training split."""
-    if cfg.spec is not None:
-        # the splits' arrays mapped from disk (written anew each run: a spec's read is as fast
-        # as reading a cache would be)
-        spec, contract, train_split, test_split = tables.load(
-            cfg.spec, cfg.seed, cfg.orphans, out_dir=_cache_dir(cfg)
-        )
-        _log_splits(cfg, train_split, test_split)
-        contract = D.fit_contract(
-            contract,
-            train_split,
-            min_count=spec.min_counts(cfg.min_count),
-            max_buckets=cfg.max_buckets,
-            fixed=spec.fixed_buckets(),
-        )
-        return contract, train_split, test_split
-    contract = FeatureContract.default(
-        cfg.max_len, **POOLING[cfg.pooling], seed=cfg.seed, without=cfg.without
-    )
-    cache = _cache_dir(cfg)
-    train_split = D.load_split(cfg.data, "train", contract, cache, cfg.orphans)
-    test_split = D.load_split(cfg.data, "test", contract, cache, cfg.orphans)
-    _log_splits(cfg, train_split, test_split)
-    if MODELS[cfg.model].needs_action and (train_split.action is None or test_split.action is None):
-        raise SystemExit(
-            f"--model {cfg.model} needs the post-click action label: {cfg.data} has no "
-            "action_train.csv / action_test.csv (sample_id,action). The generator writes them "
-            "with --action-label."
-        )
-    if cfg.items is not None:
-        table = attributes.read_item_table(cfg.items)
-        names = attributes.numeric_names(table, cfg.numeric)
-        contract, (train_split, test_split) = attributes.attach(
-            contract, (train_split, test_split), table, names, cfg.numeric_buckets
-        )
-    contract = D.fit_contract(
-        contract, train_split, min_count=cfg.min_count, max_buckets=cfg.max_buckets
-    )
-    return contract, train_split, test_split
-
-
-def _log_splits(cfg: TrainConfig, train_split: D.EncodedSplit, test_split: D.EncodedSplit):
-    for name, s in (("train", train_split), ("test", test_split)):
-        r = s.report
-        log.info(
-            "%s: %d rows, %d users, %d malformed lines skipped, %d conversions without click (%s)",
-            name,
-            len(s),
-            len(s.user_ids),
-            r.malformed,
-            r.orphan_conversions,
-            cfg.orphans,
-        )
-
-
 @dataclasses.dataclass
 class Fitted:
     """What fitting left besides the weights: per-epoch figures, the epoch kept, and the time
@@ -210,7 +153,7 @@ class Fitted:
 def fit(
     model: RankingModel,
     cfg: TrainConfig,
-    split: D.EncodedSplit,
+    split: EncodedSplit,
     contract: FeatureContract,
     train_rows: np.ndarray,
     val_rows: np.ndarray,
@@ -278,7 +221,7 @@ def fit(
 
 
 def against_truth(
-    metrics: dict, truth: dict[str, np.ndarray], test: D.EncodedSplit, pred: dict
+    metrics: dict, truth: dict[str, np.ndarray], test: EncodedSplit, pred: dict
 ) -> None:
     """Generated data: pCVR scored where it serves, on every impression (against the true
     P(conversion | click)), the oracle's AUCs, and the true probabilities' ECE: the floor."""
@@ -296,7 +239,7 @@ def save_run(
     model: RankingModel,
     metrics: dict,
     calibration: dict | None,
-    test: D.EncodedSplit,
+    test: EncodedSplit,
 ) -> None:
     """RUN/checkpoint.pt, everything export needs, and RUN/metrics.json."""
     sample = test.take(np.arange(min(SAMPLE_ROWS, len(test))))
@@ -338,7 +281,7 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         cfg.out.mkdir(parents=True, exist_ok=True)
     with dist.main_first(world):
         contract, train_split, test_split = load_data(cfg)
-    train_rows, val_rows = D.split_sessions(train_split, cfg.val_fraction, cfg.seed)
+    train_rows, val_rows = split_sessions(train_split, cfg.val_fraction, cfg.seed)
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise SystemExit("the training file is too small to carve a validation split from")
     model_cfg = ModelConfig(
@@ -391,7 +334,7 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
             test_split.conv,
             test_pred,
         )
-    truth = read_truth(cfg, test_split)
+    truth = test_truth(cfg, test_split)
     if cfg.reference:
         metrics["reference"] = logistic_reference(
             contract, train_split, train_rows, val_rows, test_split, cfg.seed, truth=truth
@@ -416,26 +359,10 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
     return metrics
 
 
-def read_truth(cfg: TrainConfig, test_split: D.EncodedSplit) -> dict | None:
-    """The generator's true probabilities of the test rows, where the data has them."""
-    if cfg.spec is not None:
-        return tables.read_truth(cfg.spec, "test", np.asarray(test_split.sample_id))
-    return D.read_truth(cfg.data, "test", np.asarray(test_split.sample_id))
-
-
 def _show_progress(cfg: TrainConfig) -> bool:
     return sys.stderr.isatty() if cfg.progress is None else cfg.progress
 
 
-def _cache_dir(cfg: TrainConfig) -> Path:
-    if cfg.cache is not None:
-        return cfg.cache
-    if cfg.data is not None and os.access(cfg.data, os.W_OK):
-        return cfg.data / ".encoded"
-    return cfg.out / "encoded"
-
-
-# ---- command line --------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """The command line is TrainConfig's fields (training/cli.py); bad values exit with usage."""
     p = argparse.ArgumentParser(

@@ -14,7 +14,7 @@ def fitted(**kw) -> FeatureContract:
 
 def test_contract_imports_neither_torch_nor_web_stack():
     code = (
-        "import sys, features, features.calibration, features.parity, training.data, "
+        "import sys, features, features.calibration, features.parity, training.splits, "
         "training.metrics; "
         "bad = [m for m in ('torch', 'fastapi', 'onnxruntime') if m in sys.modules]; "
         "assert not bad, bad"

@@ -13,7 +13,7 @@ CONTRACT = FeatureContract.default()
 
 @pytest.fixture(scope="module")
 def split(generated):
-    from training.data import read_aliccp
+    from training.aliccp import read_aliccp
 
     return read_aliccp(generated, "train", CONTRACT, orphans="ignore")
 

@@ -22,7 +22,7 @@ def test_predict_equals_rank_for_the_same_impressions(exported, generated, tmp_p
     with open(out) as f:
         got = {int(r["sample_id"]): r for r in csv.DictReader(f)}
     from service.engine import Engine
-    from training.data import read_aliccp
+    from training.aliccp import read_aliccp
 
     contract = Engine(exported).contract
     s = read_aliccp(generated, "test", contract, orphans="ignore")

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from features.contract import FeatureContract
-from training import data as D
+from training.aliccp import read_aliccp
 from training.columnar import read_columnar
+from training.encoded import MAX_LOGGED_MALFORMED, EncodedSplit, read_progress
 from training.generate import generate
+from training.splits import load_split
 
 ARRAYS = ("user_ids", "user_vals", "item_ids", "item_vals", "row_user", "click", "conv")
 
@@ -27,7 +29,7 @@ def line(*cols) -> bytes:
     return ",".join(str(c) for c in cols).encode()
 
 
-def assert_same(a: D.EncodedSplit, b: D.EncodedSplit) -> None:
+def assert_same(a: EncodedSplit, b: EncodedSplit) -> None:
     for name in (*ARRAYS, "sample_id"):
         x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype and x.shape == y.shape, name
@@ -36,11 +38,11 @@ def assert_same(a: D.EncodedSplit, b: D.EncodedSplit) -> None:
     assert dataclasses.asdict(a.report) == dataclasses.asdict(b.report)
 
 
-def both(folder: Path, contract: FeatureContract, chunks=(1, 64, 1 << 20), **kw) -> D.EncodedSplit:
+def both(folder: Path, contract: FeatureContract, chunks=(1, 64, 1 << 20), **kw) -> EncodedSplit:
     """The reference's split, after checking the columnar reader gives the same at several chunk
     sizes (1 byte puts every line in a chunk of its own)."""
     split = kw.pop("split", "train")
-    ref = D.read_aliccp(folder, split, contract, **kw)
+    ref = read_aliccp(folder, split, contract, **kw)
     for chunk_bytes in chunks:
         assert_same(ref, read_columnar(folder, split, contract, chunk_bytes=chunk_bytes, **kw))
     return ref
@@ -55,7 +57,7 @@ def small_set(tmp_path_factory) -> Path:
 
 def test_generated_set_reads_the_same(small_set):
     c = FeatureContract.default()
-    ref = D.read_aliccp(small_set, "train", c)
+    ref = read_aliccp(small_set, "train", c)
     assert len(ref) > 500 and ref.report.malformed == 0
     assert_same(ref, read_columnar(small_set, "train", c, chunk_bytes=1 << 20, workers=1))
     # Chunks of a few lines, three parsed at once, written in order.
@@ -68,7 +70,7 @@ def test_generated_set_with_short_lists_and_fields_left_out(small_set):
         max_len={"109_14": 3, "110_14": 2, "127_14": 5, "150_14": 1, "210": 2, "853": 1},
         without=("508", "509", "702", "853"),
     )
-    ref = D.read_aliccp(small_set, "train", c)
+    ref = read_aliccp(small_set, "train", c)
     assert ref.report.unknown_fields > 0
     assert_same(ref, read_columnar(small_set, "train", c, chunk_bytes=16384))
 
@@ -199,7 +201,7 @@ def test_many_malformed_lines_keep_the_first_examples(tmp_path):
     (tmp_path / "common_features_train.csv").write_bytes(b"\n".join(common) + b"\n")
     (tmp_path / "sample_skeleton_train.csv").write_bytes(b"\n".join(skeleton) + b"\n")
     s = both(tmp_path, FeatureContract.default())
-    assert s.report.malformed == 60 and len(s.report.examples) == D.MAX_LOGGED_MALFORMED + 1
+    assert s.report.malformed == 60 and len(s.report.examples) == MAX_LOGGED_MALFORMED + 1
 
 
 def test_an_id_beyond_int64_stops_both_readers(tmp_path):
@@ -209,7 +211,7 @@ def test_an_id_beyond_int64_stops_both_readers(tmp_path):
     (tmp_path / "sample_skeleton_train.csv").write_bytes(b"\n".join(skeleton) + b"\n")
     c = FeatureContract.default()
     with pytest.raises(OverflowError):
-        D.read_aliccp(tmp_path, "train", c)
+        read_aliccp(tmp_path, "train", c)
     with pytest.raises(OverflowError):
         read_columnar(tmp_path, "train", c)
 
@@ -224,8 +226,8 @@ def test_crlf_files_read_the_same(small_set, tmp_path):
 
 def test_load_split_writes_the_same_files_with_either_reader(adversarial, tmp_path):
     c = FeatureContract.default()
-    a = D.load_split(adversarial, "train", c, tmp_path / "a", reader="python")
-    b = D.load_split(adversarial, "train", c, tmp_path / "b")
+    a = load_split(adversarial, "train", c, tmp_path / "a", reader="python")
+    b = load_split(adversarial, "train", c, tmp_path / "b")
     assert_same(a, b)
     (da,), (db,) = (tmp_path / "a").iterdir(), (tmp_path / "b").iterdir()
     assert da.name == db.name  # the cache key does not name the reader
@@ -242,7 +244,7 @@ def test_written_rows_stay_out_of_the_process(small_set, tmp_path):
         mm = mm.base
     resident = _resident_bytes(mm)  # before anything reads the arrays back
     assert resident < s.user_ids.nbytes / 4, (resident, s.user_ids.nbytes)
-    assert_same(D.read_aliccp(small_set, "train", c), s)
+    assert_same(read_aliccp(small_set, "train", c), s)
 
 
 def _resident_bytes(mm) -> int:
@@ -263,7 +265,7 @@ def _resident_bytes(mm) -> int:
 
 def test_progress_lines_name_the_file_rate_and_eta(caplog):
     caplog.set_level(logging.INFO, logger="training")
-    p = D.read_progress("sample_skeleton_train.csv", 4_000_000, every_s=0)
+    p = read_progress("sample_skeleton_train.csv", 4_000_000, every_s=0)
     p.update(1_200_000)
     p.finish()
     first, last = (r.getMessage() for r in caplog.records)
@@ -275,7 +277,7 @@ def test_progress_lines_name_the_file_rate_and_eta(caplog):
 def test_short_reads_log_their_totals_at_debug_only(small_set, caplog):
     caplog.set_level(logging.DEBUG, logger="training")
     read_columnar(small_set, "test", FeatureContract.default())
-    D.read_aliccp(small_set, "test", FeatureContract.default())
+    read_aliccp(small_set, "test", FeatureContract.default())
     reads = [r for r in caplog.records if r.getMessage().startswith("read ")]
     assert all(r.levelno == logging.DEBUG for r in reads)
     # one total per file and reader: what training/read_bench.py times each file by

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from features.contract import FeatureContract
-from training import data as D
+from training.aliccp import read_aliccp, read_paddlerec
+from training.batches import make_batch
+from training.fitting import fit_contract
+from training.splits import load_split
 
 # real Ali-CCP rows shipped with the tests (tests/data/README.md: origin and licence)
 PADDLEREC = Path(__file__).resolve().parents[1] / "data" / "paddlerec"
@@ -53,7 +56,7 @@ def messy(tmp_path) -> Path:
 
 
 def test_malformed_lines_are_counted_with_line_numbers_and_skipped(messy):
-    s = D.read_aliccp(messy, "train", FeatureContract.default())
+    s = read_aliccp(messy, "train", FeatureContract.default())
     r = s.report
     assert r.malformed == 2 + 5
     joined = "\n".join(r.examples)
@@ -75,14 +78,14 @@ def test_malformed_lines_are_counted_with_line_numbers_and_skipped(messy):
 
 @pytest.mark.parametrize("policy, click, conv", [("click", 1, 1), ("ignore", 0, 0)])
 def test_orphan_conversion_policies(messy, policy, click, conv):
-    s = D.read_aliccp(messy, "train", FeatureContract.default(), orphans=policy)
+    s = read_aliccp(messy, "train", FeatureContract.default(), orphans=policy)
     i = s.sample_id.tolist().index(4)
     assert (s.click[i], s.conv[i]) == (click, conv)
 
 
 def test_join_multi_hot_and_values(messy):
     c = FeatureContract.default()
-    s = D.read_aliccp(messy, "train", c)
+    s = read_aliccp(messy, "train", c)
     cols = {f.name: sl for f, sl in c.columns("user")}
     a = s.user_ids[s.row_user[0]]
     assert a[cols["101"]].tolist() == [11]
@@ -97,7 +100,7 @@ def test_long_multi_hot_keeps_the_heaviest_ids(tmp_path):
     user = feats(("101", 1, 1.0), *[("110_14", k, float(k % 7)) for k in range(50)])
     write_split(tmp_path, "train", [line("u", 51, user)], [line(1, 0, 0, "u", 0, "")])
     c = FeatureContract.default(max_len={"110_14": 8})
-    s = D.read_aliccp(tmp_path, "train", c)
+    s = read_aliccp(tmp_path, "train", c)
     kept = s.user_ids[0][dict((f.name, sl) for f, sl in c.columns("user"))["110_14"]]
     # the seven ids of value 6 and the first of value 5, in their original order
     assert kept.tolist() == [5, 6, 13, 20, 27, 34, 41, 48]
@@ -106,19 +109,19 @@ def test_long_multi_hot_keeps_the_heaviest_ids(tmp_path):
 def test_load_split_streams_to_disk_and_reuses_the_cache(messy, tmp_path):
     c = FeatureContract.default()
     cache = tmp_path / "cache"
-    first = D.load_split(messy, "train", c, cache)
+    first = load_split(messy, "train", c, cache)
     assert isinstance(first.item_ids.base, np.memmap) or isinstance(first.item_ids, np.memmap)
     assert len(list(cache.iterdir())) == 1
-    again = D.load_split(messy, "train", c, cache)
+    again = load_split(messy, "train", c, cache)
     assert np.array_equal(first.item_ids, again.item_ids)
     assert again.report.malformed == 7
-    D.load_split(messy, "train", FeatureContract.default(max_len={"210": 3}), cache)
+    load_split(messy, "train", FeatureContract.default(max_len={"210": 3}), cache)
     assert len(list(cache.iterdir())) == 2  # a different contract is a different cache
 
 
 def test_missing_files_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="common_features_test.csv"):
-        D.read_aliccp(tmp_path, "test", FeatureContract.default())
+        read_aliccp(tmp_path, "test", FeatureContract.default())
 
 
 def test_paddlerec_rows_shipped_with_the_tests():
@@ -126,7 +129,7 @@ def test_paddlerec_rows_shipped_with_the_tests():
     lens = {f.name: f.max_len for f in c.fields}
     assert lens["110_14"] >= 342  # the real rows' longest list fits untruncated
     for name, clicks, convs in (("train_small.txt", 2, 1), ("test_small.txt", 1, 0)):
-        s = D.read_paddlerec(PADDLEREC / name, c)
+        s = read_paddlerec(PADDLEREC / name, c)
         assert len(s) == 10 and s.report.malformed == 0
         assert int(s.click.sum()) == clicks and int(s.conv.sum()) == convs
         cols = {f.name: sl for f, sl in c.columns("user")}
@@ -144,8 +147,8 @@ def test_paddlerec_rows_shipped_with_the_tests():
 
 def test_paddlerec_rows_encode_and_batch():
     c = FeatureContract.default()
-    s = D.read_paddlerec(PADDLEREC / "train_small.txt", c)
-    c = D.fit_contract(c, s)
-    b = D.make_batch(s, c, np.arange(len(s)))
+    s = read_paddlerec(PADDLEREC / "train_small.txt", c)
+    c = fit_contract(c, s)
+    b = make_batch(s, c, np.arange(len(s)))
     assert b.user_ids.shape == (10, c.width("user")) and b.item_ids.shape == (10, c.width("item"))
     assert (b.user_ids < c.num_rows).all() and (b.user_w[b.user_ids == 0] == 0).all()

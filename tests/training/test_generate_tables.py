@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from features.spec import load as load_spec
-from training.data import parse_common_line, parse_feature_list
+from training.aliccp import parse_common_line, parse_feature_list
 from training.generate import FIELD_BASE, TABLES_DIR, generate, main
 from training.synthetic.tables import (
     CROSSES,

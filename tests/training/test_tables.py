@@ -142,7 +142,7 @@ def test_a_shops_tables_become_the_contracts_raw_arrays(shop: Path):
 
 
 def test_a_fitted_spec_contract_shares_the_brand_table_between_sides(shop: Path):
-    from training.data import fit_contract
+    from training.fitting import fit_contract
 
     spec, contract, train, _ = T.load(shop)
     fitted = fit_contract(contract, train, min_count=spec.min_counts(1), fixed=spec.fixed_buckets())

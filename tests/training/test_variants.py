@@ -109,12 +109,12 @@ def test_esm2_without_its_action_label_is_refused_with_a_clear_message(generated
 
 def test_the_action_label_is_read_aligned_and_only_on_clicks(generated):
     from features.contract import FeatureContract as FC
-    from training import data as D
+    from training.splits import load_split
 
-    split = D.load_split(generated, "test", FC.default(), generated / ".encoded")
+    split = load_split(generated, "test", FC.default(), generated / ".encoded")
     assert split.action is not None and len(split.action) == len(split)
     assert list((generated / ".encoded").glob("test-*/action-*.npy"))  # parsed once, then kept
-    again = D.load_split(generated, "test", FC.default(), generated / ".encoded")
+    again = load_split(generated, "test", FC.default(), generated / ".encoded")
     assert np.array_equal(again.action, split.action)
     clicked = np.asarray(split.click) > 0
     assert not split.action[~clicked].any()
