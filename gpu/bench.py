@@ -5,7 +5,7 @@
    the CPU provider (one thread, as the service runs it);
 2. /rank over real HTTP at 1,000 candidates per request: SERVERS `python -m service` processes
    (each its own port, ONNX session and batcher; the service has one process per port), driven
-   by CLIENTS load processes (loadtest/harness.py's closed-loop driver) that spread their
+   by CLIENTS load processes (loadtest/load.py's closed-loop driver) that spread their
    connections over every server, at 1 and 3 requests in flight per server; full-feature
    requests and requests by item ids (RANKER_ITEM_TABLE, the table built from the same traffic),
    the users' representations cached (each body's user sent once before the clock starts);
@@ -39,7 +39,8 @@ import httpx
 import numpy as np
 import orjson
 
-from loadtest.harness import Load, ServiceProcess
+from loadtest.load import Load
+from loadtest.parts import ServiceProcess
 from loadtest.traffic import Traffic, by_ids, speaks_names
 from service.engine import Engine, ScorerOptions
 

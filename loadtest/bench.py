@@ -2,12 +2,13 @@
 full-feature requests and requests by item ids, the items' features from an item table built
 from the same traffic), and the naive baseline (loadtest/naive.py: full graph per request, user
 rows tiled, no cache, no batching) on the same HTTP stack, all in one run. Writes
-OUT/serve.{json,md} and rewrites the README's block between `<!-- bench:serving -->` markers.
+OUT/serve.{json,md} and rewrites the README's block between `<!-- bench:serving -->` markers
+(loadtest/bench_report.py renders the figures).
 
     python -m loadtest.bench --model-dir models [--candidates 500] [--seconds 8] [--out runs/bench]
 
 Servers are real processes (`python -m service`, `python -m loadtest.naive`) started and loaded by
-loadtest/harness.py; bodies come from loadtest/traffic.py. The load driver runs on the same
+loadtest/load.py; bodies come from loadtest/traffic.py. The load driver runs on the same
 machine, so on 2 cores it takes CPU from the server: figures are end to end on one box.
 """
 
@@ -17,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,17 +27,18 @@ import msgspec
 import numpy as np
 import orjson
 
-from loadtest.harness import Load, ServiceProcess
+from loadtest import bench_report
+from loadtest.load import Load
+from loadtest.parts import ServiceProcess
 from loadtest.traffic import NAMES, POPULATION, Traffic, by_ids, raw_features
 from service import fusion, request
 from service.config import Settings
 from service.encoding import RequestEncoder
-from service.engine import Engine, newest_version
+from service.engine import Engine
+from service.model_folder import newest_version
 from service.response import ranked
 from training.cli import prog as cli_prog
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-MARKER = re.compile(r"(<!-- bench:serving -->\n).*?(<!-- /bench:serving -->)", re.S)
 HIT_USERS = 4  # users sent again and again: after the first request, every one a cache hit
 FUSION = {"c": 0.2}  # price in the fusion, so its cost is in every figure
 
@@ -222,7 +223,8 @@ class Shifted(Sequence[bytes]):
         return self.base[self.offset + i]
 
 
-P99_BOUND_MS = 50.0  # each path's figure: the most candidates/s at which p99 stays under this
+# each path's figure: the most candidates/s at which p99 stays under this
+P99_BOUND_MS = bench_report.P99_BOUND_MS
 
 
 def _figures(r, candidates: int) -> dict:
@@ -293,7 +295,7 @@ def over_http(
 
 
 def run(args: argparse.Namespace) -> dict:
-    from loadtest.harness import RedisServer
+    from loadtest.parts import RedisServer
 
     folder = newest_version(args.model_dir)
     engine = Engine(folder)
@@ -342,7 +344,7 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-VS_STAGES = ("decode_ms", "encode_ms", "ids_decode_ms", "ids_encode_ms", "stored_user_ms")
+VS_STAGES = bench_report.VS_STAGES
 
 
 def versus(engine: Engine, body: bytes, table, args: argparse.Namespace) -> dict:
@@ -371,107 +373,6 @@ def versus(engine: Engine, body: bytes, table, args: argparse.Namespace) -> dict
     return out
 
 
-ROWS = (  # the id path first: it is how a recommender calls a ranker
-    ("service_ids_hit", "/rank by ids (both stores), user cache hit"),
-    ("service_ids_miss", "/rank by ids (both stores), user cache miss"),
-    ("service_hit", "/rank by features, user cache hit"),
-    ("service_miss", "/rank by features, user cache miss"),
-    ("naive", "naive: full graph per request, tiled, no cache/batching"),
-)
-
-
-def markdown(r: dict) -> str:
-    c, p = r["ceiling"], r["parsing"]
-    behaviour = r["behaviour_ids"]
-    levels = ", ".join(map(str, r["concurrency_levels"]))
-    lines = [
-        f"{r['candidates']} candidates per request (`loadtest/traffic.py`), {len(behaviour)} "
-        f"users of {min(behaviour)}-{max(behaviour)} behaviour ids; each path closed-loop at "
-        f"{levels} concurrent clients ({r['seconds']:g} s each), then open-loop at half its "
-        f"peak; load generator on the same {r['cpus']}-core machine; model {r['model']}. User "
-        f"tower {c['user_tower_ms']:.2f} ms, full graph at {r['candidates']} rows "
-        f"{c['full_graph_ms']:.2f} ms.",
-        "",
-        f"| path | peak candidates/s (clients) | p99 at peak ms | candidates/s at p99 <= "
-        f"{P99_BOUND_MS:.0f} ms (clients) | p50 / p99 ms at half of peak | cache hits |",
-        "|---|---|---|---|---|---|",
-        f"| item scorer in-process, one thread (raw ceiling) | {c['candidates_per_s']:,.0f} "
-        f"| {c['item_scorer_ms']:.2f} ms per run |  |  |  |",
-    ]
-    failed = []
-    for key, label in ROWS:
-        x = r[key]
-        pk, ub, hf = x["peak"], x["under_bound"], x["half"]
-        under = "none" if ub is None else f"{ub['candidates_per_s']:,.0f} ({ub['concurrency']})"
-        lines.append(
-            f"| {label} | {pk['candidates_per_s']:,.0f} ({pk['concurrency']}) "
-            f"| {_ms(pk['accepted_p99_ms'])} | {under} "
-            f"| {_ms(hf['accepted_p50_ms'])} / {_ms(hf['accepted_p99_ms'])} "
-            f"| {pk['hit_rate']:.0%} |"
-        )
-        for run in [*x["levels"].values(), hf]:
-            bad = {k: v for k, v in run["by_status"].items() if k != "200"}
-            if bad:
-                failed.append(f"{label}: {sum(bad.values())} of {run['requests']} not 200 ({bad})")
-    lines += [
-        "",
-        f"Where a request's time goes, per stage, one request of {r['candidates']} candidates "
-        "timed in-process on one thread (the mean of repeated runs):",
-        "",
-        "| stage | by features | by ids |",
-        "|---|---|---|",
-        f"| request body | {p['body_bytes'] / 1e3:.0f} kB | {p['ids_body_bytes'] / 1e3:.1f} kB |",
-        f"| decode and check (msgspec, strict, every rule) | {p['decode_ms']:.2f} ms "
-        f"| {p['ids_decode_ms']:.2f} ms |",
-        f"| encode into embedding rows (hash; by ids: the table's rows gathered) "
-        f"| {p['encode_ms']:.2f} ms | {p['ids_encode_ms']:.2f} ms |",
-        f"| user tower (a cache miss only; by ids also the stored record, "
-        f"{p['stored_user_bytes'] / 1e3:.1f} kB, decoded and encoded) "
-        f"| {c['user_tower_ms']:.2f} ms | {c['user_tower_ms'] + p['stored_user_ms']:.2f} ms |",
-        f"| item scorer run | {c['item_scorer_ms']:.2f} ms | {c['item_scorer_ms']:.2f} ms |",
-        f"| response (sorted, msgspec) | {p['response_ms']:.2f} ms | {p['response_ms']:.2f} ms |",
-        "",
-        f"For scale, parsing the features body untyped takes {p['msgspec_untyped_ms']:.2f} ms "
-        f"with msgspec and {p['orjson_untyped_ms']:.2f} ms with orjson.",
-    ]
-    s, ids, nv = r["service_hit"]["peak"], r["service_ids_hit"]["peak"], r["naive"]["peak"]
-    lines += [
-        "",
-        f"At its peak, end to end with a cache hit is "
-        f"{s['candidates_per_s'] / c['candidates_per_s']:.0%} of the raw ceiling by features and "
-        f"{ids['candidates_per_s'] / c['candidates_per_s']:.0%} by ids; by features it is "
-        f"{s['candidates_per_s'] / max(nv['candidates_per_s'], 1e-9):.1f}x the naive baseline.",
-    ]
-    if "vs" in r:
-        a, b = r["vs"]["this"], r["vs"]["vs"]
-        lines += [
-            "",
-            f"The same traffic {a['route']} and {b['route']}: Python work per request, "
-            "in-process, medians of 5 alternating rounds (ms):",
-            "",
-            f"| stage | {a['route']} | {b['route']} |",
-            "|---|---|---|",
-            *(f"| {k.removesuffix('_ms')} | {a[k]:.3f} | {b[k]:.3f} |" for k in VS_STAGES),
-        ]
-    if failed:
-        lines += ["", "Failed requests: " + "; ".join(failed) + "."]
-    return "\n".join(lines) + "\n"
-
-
-def _ms(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f}"
-
-
-def rewrite_readme(path: Path, md: str) -> bool:
-    """Replace the block between the bench:serving markers with `md`; False when `path` has no
-    such block (nothing is written then)."""
-    text = path.read_text() if path.is_file() else ""
-    if not MARKER.search(text):
-        return False
-    path.write_text(MARKER.sub(lambda m: m.group(1) + md + m.group(2), text))
-    return True
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog=cli_prog("loadtest.bench"),
@@ -494,13 +395,15 @@ def main(argv: list[str] | None = None) -> None:
         help="a second model folder (the other route: Ali-CCP fields or a spec's names) whose "
         "in-process decode and encode of the same traffic are timed in this run, alternating",
     )
-    p.add_argument("--readme", type=Path, default=README, help="whose bench block is rewritten")
+    p.add_argument(
+        "--readme", type=Path, default=bench_report.README, help="whose bench block is rewritten"
+    )
     args = p.parse_args(argv)
     r = run(args)
-    md = markdown(r)
+    md = bench_report.markdown(r)
     (args.out / "serve.json").write_text(json.dumps(r, indent=2))
     (args.out / "serve.md").write_text(md)
-    if not rewrite_readme(args.readme, md):
+    if not bench_report.rewrite_readme(args.readme, md):
         print(f"(no bench:serving block in {args.readme}: not rewritten)")
     print(md)
 

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import httpx
 
-from loadtest.harness import Load, RedisServer, ServiceProcess, copy_version
+from loadtest.load import Load
+from loadtest.parts import RedisServer, ServiceProcess, copy_version
 from loadtest.traffic import Traffic, speaks_names
-from service.engine import newest_version
+from service.model_folder import newest_version
 
 TOKEN = "chaos-run-admin-token"
 

@@ -25,9 +25,10 @@ from service import fusion, request
 from service.__main__ import load_settings
 from service.config import Settings
 from service.encoding import Encoded, RequestEncoder
-from service.engine import Engine, Scores, newest_version
+from service.engine import Engine, Scores
 from service.errors import NotReady
 from service.handlers import install_error_handlers
+from service.model_folder import newest_version
 from service.requestid import RequestIdMiddleware
 from service.response import json_response, ranked
 from service.server import server_config

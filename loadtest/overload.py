@@ -29,9 +29,10 @@ import threading
 from pathlib import Path
 
 from loadtest.chaos import bodies
-from loadtest.harness import Load, ServiceProcess
+from loadtest.load import Load
+from loadtest.parts import ServiceProcess
 from loadtest.traffic import Traffic, speaks_names
-from service.engine import newest_version
+from service.model_folder import newest_version
 
 
 def saturation(url: str, data: list[bytes], step_s: float) -> tuple[float, list[dict]]:

@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 
 from features.item_source import from_parquet
 from features.items import ItemTable
-from loadtest.harness import ServiceProcess
-from service.engine import newest_version
+from loadtest.parts import ServiceProcess
+from service.model_folder import newest_version
 from training.cli import prog as cli_prog
 
 MB = 1 << 20

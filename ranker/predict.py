@@ -36,7 +36,8 @@ def predict(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(sample ids, {pctr, pcvr, pctcvr}) of every impression of the split; a model trained
     with numeric item attributes reads them from `items`, joined as training joined them."""
-    from service.engine import Engine, newest_version
+    from service.engine import Engine
+    from service.model_folder import newest_version
     from training import attributes
     from training.columnar import read_columnar as read_aliccp  # the same arrays, in columns
 
@@ -54,7 +55,8 @@ def predict_spec(model_dir: Path, spec_path: Path, split: str) -> tuple[dict, di
     import pyarrow.parquet as pq
 
     from features.spec import SpecError
-    from service.engine import Engine, newest_version
+    from service.engine import Engine
+    from service.model_folder import newest_version
     from training import tables
 
     engine = Engine(newest_version(model_dir))

@@ -17,9 +17,9 @@ from features.user_table import UserTableError
 from service import admin, request, tracing
 from service.admission import Admission
 from service.config import Settings
-from service.engine import newest_version
 from service.handlers import install_error_handlers
 from service.metrics import Metrics
+from service.model_folder import newest_version
 from service.openapi import install_openapi
 from service.ranking import Ranker
 from service.reload import ModelLoader, Reloader

@@ -32,9 +32,10 @@ from features import manifest
 from features.items import ItemTable, ItemTableError
 from service.config import Settings
 from service.encoding import StoredItems, payload_size
-from service.engine import Engine, ModelError, newest_version
+from service.engine import Engine
 from service.errors import ClientError, ModelRefused
 from service.metrics import Metrics
+from service.model_folder import ModelError, newest_version
 from service.served import ModelSlot, ServedModel
 from service.user_cache import LocalLRU, RedisTier, UserCache
 

@@ -13,7 +13,7 @@ import numpy as np
 import uvicorn
 from fastapi.testclient import TestClient
 
-from loadtest.harness import free_port
+from loadtest.parts import free_port
 from service.config import Settings
 from service.main import create_app
 from service.server import server_config

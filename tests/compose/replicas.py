@@ -39,7 +39,8 @@ import httpx
 import numpy as np
 import orjson
 
-from loadtest.harness import Load, LoadResult, metric
+from loadtest.load import Load, LoadResult
+from loadtest.parts import metric
 
 # The baked model reads the generator's named tables by their spec (data/.../tables/spec.yaml)
 FEATURES = {"user_id": 5, "recent_categories": {"ids": [1, 2, 3], "weights": [3, 1, 1]}}
@@ -75,7 +76,7 @@ def every_item(i: int, answer: dict) -> str | None:
 
 
 def load(url: str, clients: int) -> Load:
-    """The project's load driver (loadtest/harness.py): closed loop, keep-alive connections,
+    """The project's load driver (loadtest/load.py): closed loop, keep-alive connections,
     every answer checked; cheap on the client side, so the rankers keep the CPU."""
     return Load(url, BODIES, concurrency=clients, check=every_item, timeout_s=30)
 

@@ -26,7 +26,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 from support import AUTH, TOKEN, request_for
 
-from loadtest.harness import free_port
+from loadtest.parts import free_port
 from service.config import Settings
 from service.main import create_app
 

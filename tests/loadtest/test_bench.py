@@ -13,8 +13,9 @@ import orjson
 import pytest
 
 from features import manifest, parity
-from loadtest import bench
-from loadtest.harness import Load, ServiceProcess
+from loadtest import bench, bench_report
+from loadtest.load import Load
+from loadtest.parts import ServiceProcess
 from service import request
 from service.config import Settings
 
@@ -151,7 +152,7 @@ def result(**naive) -> dict:
 
 
 def test_report_has_a_row_per_path_and_names_failures():
-    md = bench.markdown(result())
+    md = bench_report.markdown(result())
     assert "| item scorer in-process, one thread (raw ceiling) | 200,000 | 2.50 ms per run |" in md
     assert (
         "| /rank by features, user cache hit | 50,000 (8) | 140.0 | 25,000 (1) "
@@ -164,7 +165,7 @@ def test_report_has_a_row_per_path_and_names_failures():
     assert "4.0x the naive baseline" in md
     assert "| request body | 77 kB | 4.0 kB |" in md and "Failed" not in md
     assert "| encode into embedding rows (hash; by ids: the table's rows gathered) | 3.20 ms" in md
-    md = bench.markdown(result(requests=10, by_status={"200": 7, "503": 3}))
+    md = bench_report.markdown(result(requests=10, by_status={"200": 7, "503": 3}))
     assert "Failed requests: naive: full graph" in md and "3 of 10 not 200" in md
 
 
@@ -172,14 +173,14 @@ def test_readme_block_is_rewritten_in_place_and_nothing_else(tmp_path):
     readme = tmp_path / "README.md"
     head, tail = "# Title\n\nbefore\n", "\nafter <!-- bench:training -->\n"
     readme.write_text(f"{head}<!-- bench:serving -->\nold table\n<!-- /bench:serving -->{tail}")
-    assert bench.rewrite_readme(readme, "new\n")
+    assert bench_report.rewrite_readme(readme, "new\n")
     want = f"{head}<!-- bench:serving -->\nnew\n<!-- /bench:serving -->{tail}"
     assert readme.read_text() == want
-    assert bench.rewrite_readme(readme, "new\n") and readme.read_text() == want
+    assert bench_report.rewrite_readme(readme, "new\n") and readme.read_text() == want
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
-    assert not bench.rewrite_readme(plain, "new\n") and plain.read_text() == "no markers\n"
-    assert not bench.rewrite_readme(tmp_path / "missing.md", "new\n")
+    assert not bench_report.rewrite_readme(plain, "new\n") and plain.read_text() == "no markers\n"
+    assert not bench_report.rewrite_readme(tmp_path / "missing.md", "new\n")
 
 
 def test_a_short_benchmark_runs_end_to_end(exported, tmp_path):

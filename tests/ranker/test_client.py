@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import pytest
 from support import request_for, serving
 
-from loadtest.harness import free_port
+from loadtest.parts import free_port
 from ranker.client import (
     REQUEST_ID,
     ConnectionFailed,

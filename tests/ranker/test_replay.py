@@ -11,7 +11,7 @@ import csv
 import pytest
 from support import serving
 
-from loadtest.harness import RedisServer
+from loadtest.parts import RedisServer
 from ranker import items, predict, replay, users
 
 LIMIT = 1500  # impressions replayed (every one of them is predicted offline); enough sessions

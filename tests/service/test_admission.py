@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from support import encoded, request_for, serving
 
-from loadtest.harness import Load
+from loadtest.load import Load
 from service.admission import Admission, Refused
 from service.config import Settings
 from service.main import create_app

@@ -146,7 +146,7 @@ def test_ranking_by_ids_without_a_table_is_refused(exported):
 
 
 def test_a_damaged_table_stops_the_start_naming_it(exported, tmp_path):
-    from service.engine import ModelError
+    from service.model_folder import ModelError
 
     (tmp_path / "items.npz").write_bytes(b"not a table")
     with (

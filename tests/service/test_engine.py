@@ -6,18 +6,19 @@ import json
 
 import pytest
 
-from loadtest.harness import copy_version
+from loadtest.parts import copy_version
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    from service.engine import ModelError, newest_version
+    from service.model_folder import ModelError, newest_version
 
     with pytest.raises(ModelError, match="make train"):
         newest_version(tmp_path)
 
 
 def test_a_manifest_whose_digest_does_not_match_its_content_is_refused(exported, tmp_path):
-    from service.engine import Engine, ModelError
+    from service.engine import Engine
+    from service.model_folder import ModelError
 
     copy = copy_version(exported, tmp_path, "tampered")
     m = json.loads((copy / "manifest.json").read_text())

@@ -20,17 +20,9 @@ import pytest
 from pydantic import ValidationError
 
 from service.config import Settings
-from service.engine import (
-    MIN_BUCKET,
-    Engine,
-    ModelError,
-    ScorerOptions,
-    _Buffers,
-    _GraphScorer,
-    _PageLock,
-    bucket,
-    bucket_users,
-)
+from service.engine import Engine, ScorerOptions
+from service.model_folder import ModelError
+from service.scorers import MIN_BUCKET, Buffers, GraphScorer, PageLock, bucket, bucket_users
 
 KEYS = ("pctr", "pcvr", "pctcvr")
 
@@ -95,8 +87,8 @@ def test_buckets_are_powers_of_two_from_the_smallest():
         2048,
     ]
     assert bucket_users(64) == 64 and bucket_users(16384) == 256
-    assert _GraphScorer.buckets(2048) == [64, 128, 256, 512, 1024, 2048]
-    assert _GraphScorer.buckets(3000)[-1] == 4096  # the batch's own rows fit the top bucket
+    assert GraphScorer.buckets(2048) == [64, 128, 256, 512, 1024, 2048]
+    assert GraphScorer.buckets(3000)[-1] == 4096  # the batch's own rows fit the top bucket
 
 
 def test_bound_runs_score_what_plain_runs_do(model, rows, provider):
@@ -136,9 +128,9 @@ def test_page_locked_buffers_own_whole_pages_and_are_released():
             del self.live[ptr.value]
             return 0
 
-    pin = _PageLock(cuda=False)
+    pin = PageLock(cuda=False)
     pin.lib = cudart = Cudart()
-    bufs = [_Buffers(rows, 3, 400, 32, pin) for rows in (64, 100, 1000)]
+    bufs = [Buffers(rows, 3, 400, 32, pin) for rows in (64, 100, 1000)]
     assert len(cudart.live) == 3 * 7  # inputs and outputs of each
     b = bufs[1]
     assert b.item_ids.shape == (100, 32) and b.item_ids.dtype == np.int64 and not b.item_ids.any()
@@ -154,7 +146,7 @@ def test_io_binding_auto_is_on_with_cuda_only(model, provider):
     assert (e._bound is not None) == (provider == "cuda")
 
 
-def graph_scorer(model, provider) -> tuple[Engine, _GraphScorer]:
+def graph_scorer(model, provider) -> tuple[Engine, GraphScorer]:
     """A graph scorer as the engine makes it for CUDA; on the CPU the same bookkeeping over a
     CPU session and CPU buffers (ONNX Runtime captures nothing there)."""
     if provider == "cuda":
@@ -162,7 +154,7 @@ def graph_scorer(model, provider) -> tuple[Engine, _GraphScorer]:
         assert e._graphs is not None, e.scorer_mode
         return e, e._graphs
     e = Engine(model, "cpu", scorer=ScorerOptions(io_binding="on"))
-    e._graphs = _GraphScorer(e.sessions["item_scorer"], _PageLock(False), device="cpu")
+    e._graphs = GraphScorer(e.sessions["item_scorer"], PageLock(False), device="cpu")
     return e, e._graphs
 
 

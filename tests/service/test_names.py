@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from support import serving
 
-from loadtest.harness import RedisServer
+from loadtest.parts import RedisServer
 from ranker import items, users
 from service.config import Settings
 from service.main import create_app

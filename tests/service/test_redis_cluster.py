@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from support import encoded, serving
 
-from loadtest.harness import Load, RedisClusterServer
+from loadtest.load import Load
+from loadtest.parts import RedisClusterServer
 from service.config import Settings
 from service.main import create_app
 from service.user_cache import LocalLRU, RedisTier, UserCache, user_key

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from support import AUTH, TOKEN, encoded, entity, reference, serving
 
 from features.items import ItemTable
-from loadtest.harness import Load, copy_version
+from loadtest.load import Load
+from loadtest.parts import copy_version
 from service.config import Settings
 from service.main import create_app
 

@@ -11,7 +11,8 @@ import httpx
 import pytest
 from support import encoded
 
-from loadtest.harness import Load, ServiceProcess, free_port
+from loadtest.load import Load
+from loadtest.parts import ServiceProcess, free_port
 from service.config import Settings
 from service.main import create_app
 from service.server import DrainingServer

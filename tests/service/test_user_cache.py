@@ -13,7 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from support import encoded, reference, request_for, serving
 
-from loadtest.harness import Load, RedisServer, copy_version
+from loadtest.load import Load
+from loadtest.parts import RedisServer, copy_version
 from service.config import Settings
 from service.main import create_app
 from service.user_cache import (

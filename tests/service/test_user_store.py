@@ -13,7 +13,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from features import users
-from loadtest.harness import RedisServer
+from loadtest.parts import RedisServer
 from ranker.users import main as users_main
 from ranker.users import read_users
 from service.config import Settings
