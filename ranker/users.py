@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import redis
 
-    from service.user_cache import redacted, redis_client
+    from service.redis_guard import redacted, redis_client
 
     client = None
     try:  # a cluster client asks for the slot map as it is made: that can fail too

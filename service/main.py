@@ -22,13 +22,14 @@ from service.metrics import Metrics
 from service.model_folder import newest_version
 from service.openapi import install_openapi
 from service.ranking import Ranker
+from service.redis_guard import Breaker
 from service.reload import ModelLoader, Reloader
 from service.request import RankRequest
 from service.requestid import RequestIdMiddleware, install_log_field
 from service.response import ErrorResponse, RankResponse
 from service.routes import router
 from service.served import ModelSlot
-from service.user_cache import Breaker, RedisTier
+from service.user_cache import RedisTier
 from service.user_store import EmbeddedUserStore, UserStore, is_redis_url
 
 if TYPE_CHECKING:

@@ -51,7 +51,8 @@ class Metrics:
         self.user_store = Counter(
             "ranker_user_store_calls",
             "user store reads: op check (the digest) or fetch (the features); outcome ok, "
-            "recent (checked within RANKER_USER_MAX_AGE_S: not read), error, skipped",
+            "recent (checked within RANKER_USER_MAX_AGE_S: not read), error, skipped, "
+            "bad_record; op breaker: open, closed",
             ["op", "outcome"],
             registry=r,
         )

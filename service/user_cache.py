@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from service import tracing
+from service.redis_guard import Breaker, GuardedRedis, RedisDataError, RedisUnavailable
 
 log = logging.getLogger("service.user_cache")
 MAGIC = b"RNK1"
@@ -54,15 +55,6 @@ def stored_user_key(model: str, user_id: int, digest: str) -> str:
     h = hashlib.blake2b(digest_size=12)
     h.update(f"store:{user_id}:{digest}".encode())
     return f"ranker:u:{model[:24]}:{h.hexdigest()}"
-
-
-def data_error(e: BaseException) -> bool:
-    """A reply about the value at one key (it holds another Redis type: WRONGTYPE), not a fault
-    of the store: the server answered. One key's data must never open a breaker that every
-    other key's reads go through."""
-    from redis.exceptions import ResponseError
-
-    return isinstance(e, ResponseError) and str(e).startswith("WRONGTYPE")
 
 
 ENTRY_OVERHEAD = 200  # bytes an entry costs beyond its key and vector (dict, tuple, array header)
@@ -130,113 +122,13 @@ def decode_value(blob: bytes, model: str, dim: int) -> np.ndarray | None:
         return None
 
 
-class Breaker:
-    """A circuit breaker: after `failures` errors in a row Redis is left alone for `reset_s`
-    (every call a quick miss), then one call probes it; a success closes the circuit again.
-    So a hung or dead Redis costs a few timeouts, not one per request."""
-
-    def __init__(self, failures: int = 3, reset_s: float = 1.0, clock=time.monotonic):
-        self.failures, self.reset_s, self.clock = failures, reset_s, clock
-        self.errors_in_row = 0
-        self.open_until: float | None = None  # None: closed
-        self.probing = False
-
-    @property
-    def is_open(self) -> bool:
-        return self.open_until is not None
-
-    def allow(self) -> bool:
-        if self.open_until is None:
-            return True
-        if self.probing or self.clock() < self.open_until:
-            return False
-        self.probing = True  # half open: this one call tries Redis
-        return True
-
-    def success(self) -> bool:
-        """Record a success; True when it closed an open circuit."""
-        was_open = self.open_until is not None
-        self.errors_in_row, self.open_until, self.probing = 0, None, False
-        return was_open
-
-    def failure(self) -> bool:
-        """Record a failure; True when it opened the circuit (or kept a probe's open)."""
-        self.errors_in_row += 1
-        if self.probing or self.errors_in_row >= self.failures:
-            opened = self.open_until is None
-            self.open_until, self.probing = self.clock() + self.reset_s, False
-            return opened
-        return False
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for logs."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
-
-
-CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-
-
-def redis_client(url: str, *, sync: bool = False, **kwargs):
-    """A client of `url` (asyncio's, or with `sync` the blocking one): `redis://`, `rediss://` or
-    `unix://` for one Redis (redis-py's forms), `redis+cluster://host:port` (`rediss+cluster://`
-    with TLS) for a Redis Cluster, the node named the first one asked for the slot map
-    (redis-py's cluster client takes `redis://` only: the scheme is what says cluster). The
-    cache tier, the user store and its loader (ranker/users.py) all read their URLs here."""
-    if sync:
-        import redis
-        from redis.cluster import RedisCluster
-    else:
-        import redis.asyncio as redis
-        from redis.asyncio.cluster import RedisCluster
-
-    scheme, sep, rest = url.partition("://")
-    if scheme in CLUSTER_SCHEMES:
-        return RedisCluster.from_url(scheme.removesuffix("+cluster") + sep + rest, **kwargs)
-    return redis.Redis.from_url(url, **kwargs)
-
-
-class Initialized:
-    """A client's first initialize(): a cluster client's learns the slot map (CLUSTER SLOTS,
-    COMMAND), more round trips than one call's timeout may allow on a busy host, so it is a task
-    of its own that a timed-out call leaves running for the next (a failed one is started
-    again). One Redis's does nothing. Only the first fetch is covered: after a connection error
-    redis-py refreshes the slot map inside the next command, under that call's timeout (a call
-    that runs out of time is a miss, and the refresh goes on in the one after)."""
-
-    def __init__(self, client) -> None:
-        self.client = client
-        self._task: asyncio.Task | None = None
-        self._done = False
-
-    async def __call__(self) -> None:
-        if self._done:  # every call after the first: nothing to wait for
-            return
-        task = self._task
-        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            task = self._task = asyncio.get_running_loop().create_task(self.client.initialize())
-        await asyncio.shield(task)
-        self._done = True
-
-    async def close(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.wait([self._task])
-
-
 class RedisTier:
-    """Redis behind hard timeouts and a circuit breaker. Reads wait at most `timeout_ms`; writes
-    go to the background (bounded), so a slow Redis never delays a response by more than one
-    read timeout, and not at all while the circuit is open. The client reconnects by itself:
-    after a restart the breaker's probe finds it again. `on_event(op, outcome)` feeds metrics:
-    op get/set/breaker, outcome ok/error/skipped/open/closed."""
+    """Redis behind hard timeouts and a circuit breaker (service/redis_guard.py). Reads wait at
+    most `timeout_ms`; writes go to the background (bounded), so a slow Redis never delays a
+    response by more than one read timeout, and not at all while the circuit is open. Every
+    failure is a miss, never an error for the client; a key holding another Redis type is a miss
+    that leaves the breaker alone. `on_event(op, outcome)` feeds metrics: op get/set/breaker,
+    outcome ok/error/skipped/bad_value/open/closed."""
 
     def __init__(
         self,
@@ -247,24 +139,18 @@ class RedisTier:
         max_pending_writes: int = 1000,
         on_event: Callable[[str, str], None] = lambda op, outcome: None,
     ):
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        self.url, self.timeout_s = redacted(url), timeout_ms / 1000
-        # One immediate retry: a connection Redis dropped on restart fails once, then the retry
-        # reconnects (a cluster client also asks for the slot map again first). The whole call
-        # stays under the hard timeout regardless.
-        self.client = redis_client(
-            url,  # the real one; self.url is for logs
-            socket_timeout=self.timeout_s,
-            socket_connect_timeout=self.timeout_s,
-            retry=Retry(NoBackoff(), 1),
+        self.redis = GuardedRedis(
+            url,
+            timeout_ms,
+            breaker,
+            on_event,
+            what="redis tier",
+            meanwhile="serving from the process cache and the user tower",
         )
+        self.client, self.breaker, self.url = self.redis.client, self.redis.breaker, self.redis.url
         self.ttl_ms = int(ttl_s * 1000)
-        self.breaker = breaker or Breaker()
         self.max_pending_writes, self.on_event = max_pending_writes, on_event
         self._writes: set[asyncio.Task] = set()
-        self._connected = Initialized(self.client)
 
     async def get(self, key: str) -> bytes | None:
         return await self._call("get", self.client.get, key)
@@ -281,41 +167,19 @@ class RedisTier:
         task.add_done_callback(self._writes.discard)
 
     async def _call(self, op: str, fn, *args, **kwargs):
-        if not self.breaker.allow():
-            self.on_event(op, "skipped")
-            return None
         try:
-            async with asyncio.timeout(self.timeout_s):
-                await self._connected()
-                out = await fn(*args, **kwargs)
-        except Exception as e:  # a Redis fault is a miss, never an error for the client
-            if data_error(e):  # this key's value, not the tier: a miss, the breaker untouched
-                self.on_event(op, "bad_value")
-                log.warning("redis tier: %s %s holds another type: a miss", op, args[:1])
-                return None
-            self.on_event(op, "error")
-            if self.breaker.failure():
-                self.on_event("breaker", "open")
-                log.warning(
-                    "redis tier at %s unavailable (%s: %s): skipping it for %.1f s, serving "
-                    "from the process cache and the user tower",
-                    self.url,
-                    type(e).__name__,
-                    str(e) or "timeout",
-                    self.breaker.reset_s,
-                )
+            return await self.redis.call(op, fn, *args, **kwargs)
+        except RedisUnavailable:  # a Redis fault is a miss, never an error for the client
             return None
-        self.on_event(op, "ok")
-        if self.breaker.success():
-            self.on_event("breaker", "closed")
-            log.warning("redis tier at %s answers again: using it", self.url)
-        return out
+        except RedisDataError:  # this key's value, not the tier: a miss, the breaker untouched
+            self.on_event(op, "bad_value")
+            log.warning("redis tier: %s %s holds another type: a miss", op, args[:1])
+            return None
 
     async def close(self) -> None:
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=1.0)
-        await self._connected.close()
-        await self.client.aclose()
+        await self.redis.close()
 
 
 class UserCache:

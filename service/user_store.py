@@ -27,7 +27,6 @@ by RANKER_USER_STORE: a redis URL, or a file's path.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 from features import users
 from features.user_table import UserTable
 from service.errors import StoreUnavailable
-from service.user_cache import Breaker, Initialized, data_error, redacted, redis_client
+from service.redis_guard import Breaker, GuardedRedis, RedisDataError, RedisUnavailable
 
 log = logging.getLogger("service.user_store")
 
@@ -57,19 +56,16 @@ class UserStore:
         on_event: Callable[[str, str], None] = lambda op, outcome: None,
         clock: Callable[[], float] = time.monotonic,
     ):
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        self.url, self.timeout_s = redacted(url), timeout_ms / 1000
-        self.client = redis_client(  # one Redis or a Redis Cluster (redis+cluster://)
+        self.redis = GuardedRedis(  # one Redis or a Redis Cluster (redis+cluster://)
             url,
-            socket_timeout=self.timeout_s,
-            socket_connect_timeout=self.timeout_s,
-            retry=Retry(NoBackoff(), 1),  # a connection dropped on restart reconnects once
+            timeout_ms,
+            breaker,
+            on_event,
+            what="user store",
+            meanwhile="requests without user_features get 503",
         )
-        self._connected = Initialized(self.client)
+        self.client, self.breaker, self.url = self.redis.client, self.redis.breaker, self.redis.url
         self.max_age_s, self.size, self.clock = max_age_s, size, clock
-        self.breaker = breaker or Breaker()
         self.on_event = on_event
         # user id -> (when its digest was read, the digest or None for an absent user)
         self._checked: collections.OrderedDict[int, tuple[float, str | None]] = (
@@ -112,36 +108,16 @@ class UserStore:
             self._checked.popitem(last=False)
 
     async def _call(self, op: str, fn, *args):
-        if not self.breaker.allow():
-            self.on_event(op, "skipped")
-            raise StoreUnavailable(f"the user store at {self.url} is unavailable (retrying soon)")
         try:
-            async with asyncio.timeout(self.timeout_s):
-                await self._connected()
-                out = await fn(*args)
-        except Exception as e:
-            if data_error(e):  # the user's key holds another type: that user's problem
-                self.on_event(op, "bad_record")
-                raise users.UserRecordError(f"its key holds another Redis type ({e})") from None
-            self.on_event(op, "error")
-            if self.breaker.failure():
-                log.warning(
-                    "user store at %s unavailable (%s: %s): requests without user_features get "
-                    "503 for %.1f s",
-                    self.url,
-                    type(e).__name__,
-                    str(e) or "timeout",
-                    self.breaker.reset_s,
-                )
-            raise StoreUnavailable(f"the user store did not answer ({type(e).__name__})") from None
-        self.on_event(op, "ok")
-        if self.breaker.success():
-            log.warning("user store at %s answers again", self.url)
-        return out
+            return await self.redis.call(op, fn, *args)
+        except RedisUnavailable as e:
+            raise StoreUnavailable(f"the {e}") from None
+        except RedisDataError as e:  # the user's key holds another type: that user's problem
+            self.on_event(op, "bad_record")
+            raise users.UserRecordError(f"its key holds another Redis type ({e})") from None
 
     async def close(self) -> None:
-        await self._connected.close()
-        await self.client.aclose()
+        await self.redis.close()
 
 
 class EmbeddedUserStore:

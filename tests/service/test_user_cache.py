@@ -17,13 +17,12 @@ from loadtest.load import Load
 from loadtest.parts import RedisServer, copy_version
 from service.config import Settings
 from service.main import create_app
+from service.redis_guard import Breaker, redacted
 from service.user_cache import (
-    Breaker,
     LocalLRU,
     UserCache,
     decode_value,
     encode_value,
-    redacted,
     user_key,
 )
 
