@@ -43,7 +43,7 @@ import dataclasses
 import functools
 import json
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -475,6 +475,22 @@ class FeatureContract:
             ids[c.start : c.start + len(fids)] = fids
             vals[c.start : c.start + len(fids)] = fvals
         return ids, vals
+
+    def decode_entity(
+        self, side: Side, ids: np.ndarray, vals: np.ndarray, keep: Callable | None = None
+    ) -> dict[str, tuple[list[int], list[float]]]:
+        """One raw row of a side (encode_entity's output, or an encoded split's) -> {field: (raw
+        ids, values)} of the fields it has, padding dropped; `keep(field)` picks the fields.
+        What the stores hold, and what a request written from a log sends."""
+        out = {}
+        for f, cols in self.columns(side):
+            if keep is not None and not keep(f):
+                continue
+            i = ids[cols]
+            present = i >= 0
+            if present.any():
+                out[f.name] = (i[present].tolist(), vals[cols][present].tolist())
+        return out
 
     # ---- persistence --------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -41,16 +41,10 @@ log = logging.getLogger("ranker.replay")
 HEADS = ("pctr", "pcvr", "pctcvr")
 
 
-def _raw(contract: FeatureContract, side: str, ids: np.ndarray, vals: np.ndarray, names) -> dict:
-    """The named fields of one raw row as request features."""
-    out = {}
-    for f, cols in contract.columns(side):
-        if f.name in names:
-            i, v = ids[cols], vals[cols]
-            keep = i >= 0
-            if keep.any():
-                out[f.name] = {"ids": i[keep].tolist(), "weights": v[keep].tolist()}
-    return out
+def request_features(raw: dict) -> dict:
+    """{feature: (raw ids, values)} (FeatureContract.decode_entity) -> a request's features, each
+    as ids with their weights."""
+    return {name: {"ids": ids, "weights": vals} for name, (ids, vals) in raw.items()}
 
 
 def requests(
@@ -85,8 +79,13 @@ def requests(
                 body["candidates"] = [
                     {
                         "item_id": i,
-                        "features": _raw(
-                            c, "item", s.item_ids[r], s.item_vals[r], COMBINATION_FIELDS
+                        "features": request_features(
+                            c.decode_entity(
+                                "item",
+                                s.item_ids[r],
+                                s.item_vals[r],
+                                lambda f: f.name in COMBINATION_FIELDS,
+                            )
                         ),
                     }
                     for i, r in zip(items, part, strict=True)

@@ -14,6 +14,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from loadtest.parts import free_port
+from ranker.replay import request_features
 from service.config import Settings
 from service.main import create_app
 from service.server import server_config
@@ -21,15 +22,8 @@ from service.server import server_config
 
 def entity(contract, side, ids, vals) -> dict:
     """A raw row's id fields as request features (numeric fields: `numbers`)."""
-    out = {}
-    for f, cols in contract.columns(side):
-        if f.numeric:
-            continue
-        i, v = ids[cols], vals[cols]
-        keep = i >= 0
-        if keep.any():
-            out[f.name] = {"ids": i[keep].tolist(), "weights": v[keep].tolist()}
-    return out
+    raw = contract.decode_entity(side, ids, vals, lambda f: not f.numeric)
+    return request_features(raw)
 
 
 def numbers(contract, ids, vals) -> dict:

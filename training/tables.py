@@ -632,14 +632,9 @@ def user_records(spec_path: Path) -> tuple[S.Spec, list[tuple[int, dict]]]:
     """Each user of a spec's users table as (raw key, {feature: (raw ids, values)}), the
     features it has (features/users.py's record), in key order."""
     spec, contract, st = side_table(spec_path, "user")
-    cols = own_columns(contract, "user")
-    out = []
-    for r in range(len(st.keys)):
-        feats = {}
-        for f, c in cols:
-            ids = st.ids[r, c]
-            keep = ids >= 0
-            if keep.any():
-                feats[f.name] = (ids[keep].tolist(), st.vals[r, c][keep].tolist())
-        out.append((int(st.keys[r]), feats))
+    own = {f.name for f, _ in own_columns(contract, "user")}
+    out = [
+        (int(key), contract.decode_entity("user", ids, vals, lambda f: f.name in own))
+        for key, ids, vals in zip(st.keys, st.ids, st.vals, strict=True)
+    ]
     return spec, out
