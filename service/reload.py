@@ -119,6 +119,10 @@ class Reloader:
             raise ClientError(
                 "path must name a version folder inside RANKER_MODEL_DIR", field="path"
             )
+        if not folder.is_dir():  # the client's error; a folder that is no model is a 409
+            raise ClientError(
+                f"path {path!r} names no folder inside RANKER_MODEL_DIR", field="path"
+            )
         return folder
 
     def _shown(self, folder: Path) -> str:

@@ -20,5 +20,6 @@ def test_admin_endpoints_need_the_token(exported, tmp_path):
         r = c.post("/admin/reload", headers=AUTH, json={"path": "../../etc"})
         assert r.status_code == 422 and r.json()["error"]["field"] == "path"
         r = c.post("/admin/reload", headers=AUTH, json={"path": "nothing-here"})
-        assert r.status_code == 409 and "not a model version" in r.json()["error"]["message"]
+        assert r.status_code == 422 and r.json()["error"]["field"] == "path"
+        assert "names no folder" in r.json()["error"]["message"]
         assert c.post("/admin/reload", headers=AUTH).json()["status"] == "unchanged"
