@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import time
@@ -144,7 +145,7 @@ def in_process(
     the service's own decoder and encoder: the ceiling scores exactly what /rank would."""
     r = request.decode(body, rule)
     encoder = RequestEncoder(engine.contract)
-    rows = encoder.encode(r.req)
+    rows = encoder.encode(r.req, r.price)
     n = r.rows
     user = engine.user_repr(rows.user_ids, rows.user_weights)
     index = np.zeros(n, np.int64)
@@ -174,7 +175,7 @@ def in_process(
             # parsing alone, for scale: no types, no rules
             "msgspec_untyped_ms": _time(lambda: msgspec.json.decode(body), seconds / 4) * 1e3,
             "orjson_untyped_ms": _time(lambda: orjson.loads(body), seconds / 4) * 1e3,
-            "encode_ms": _time(lambda: encoder.encode(r.req), seconds / 4) * 1e3,
+            "encode_ms": _time(lambda: encoder.encode(r.req, r.price), seconds / 4) * 1e3,
             **_by_ids(engine, body, rule, seconds, table),
             "response_ms": _time(
                 lambda: msgspec.json.encode(
@@ -185,6 +186,13 @@ def in_process(
             * 1e3,
         },
     }
+
+
+def rules(model_dir: Path) -> request.Rules:
+    """The service's rules with both stores present: the in-process timings give the encoder its
+    item table and a stored user themselves."""
+    settings = request.Rules.from_settings(Settings(model_dir=model_dir))
+    return dataclasses.replace(settings, item_table=True, user_store=True)
 
 
 def _by_ids(engine: Engine, body: bytes, rule: request.Rules, seconds: float, table) -> dict:
@@ -201,7 +209,7 @@ def _by_ids(engine: Engine, body: bytes, rule: request.Rules, seconds: float, ta
     return {
         "ids_body_bytes": len(ids_body),
         "ids_decode_ms": _time(lambda: request.decode(ids_body, rule), seconds / 4) * 1e3,
-        "ids_encode_ms": _time(lambda: encoder.encode(r.req), seconds / 4) * 1e3,
+        "ids_encode_ms": _time(lambda: encoder.encode(r.req, r.price), seconds / 4) * 1e3,
         # a cache miss's stored user: its record decoded and checked, then encoded
         "stored_user_bytes": len(blob),
         "stored_user_ms": _time(lambda: encoder.encode_stored_user(users.decode(blob)), seconds / 4)
@@ -314,7 +322,7 @@ def run(args: argparse.Namespace) -> dict:
         **in_process(
             engine,
             hit[0],
-            request.Rules.from_settings(Settings(model_dir=folder)),
+            rules(folder),
             args.seconds,
             table,
         ),
@@ -355,12 +363,12 @@ def versus(engine: Engine, body: bytes, table, args: argparse.Namespace) -> dict
     other_names = other.contract.keys is not None
     other_body = bodies(args.candidates, users=1, names=other_names)[0]
     other_table = Traffic(seed=1, names=other_names).item_table()
-    rules = request.Rules.from_settings(Settings(model_dir=args.model_dir))
+    rules_ = rules(args.model_dir)
     rounds: dict[str, list[dict]] = {"this": [], "vs": []}
     for _ in range(5):
-        rounds["this"].append(in_process(engine, body, rules, args.seconds / 5, table)["parsing"])
+        rounds["this"].append(in_process(engine, body, rules_, args.seconds / 5, table)["parsing"])
         rounds["vs"].append(
-            in_process(other, other_body, rules, args.seconds / 5, other_table)["parsing"]
+            in_process(other, other_body, rules_, args.seconds / 5, other_table)["parsing"]
         )
     label = {True: "by names (a spec's model)", False: "by field numbers (Ali-CCP model)"}
     out = {}

@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     def prepare(body: bytes) -> tuple[request.Ranking, Encoded]:
         r = request.decode(body, app.state.rules)
-        return r, app.state.encoder.encode(r.req)
+        return r, app.state.encoder.encode(r.req, r.price)
 
     @app.post("/rank")
     async def rank(req: Request) -> Response:

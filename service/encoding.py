@@ -39,7 +39,7 @@ class Encoded(NamedTuple):
     user_lists: np.ndarray | None  # (payload,) float32: the user's cross lists (pack_lists)
     item_ids: np.ndarray  # (candidates, item width)
     item_weights: np.ndarray
-    price: np.ndarray  # (candidates,) float64 from the item table, NaN where it has none
+    price: np.ndarray  # (candidates,) float64: the request's, else the item table's; NaN: none
     unknown: np.ndarray  # candidate positions with no features at all: scored by their id alone
     cross_keys: tuple[np.ndarray, ...] = ()  # per cross: (candidates, key width) raw ids
 
@@ -284,10 +284,23 @@ class RequestEncoder:
             out = [i & V.INT64_MAX for i in ids]  # as training's: the sign bit cleared
         return out
 
+    def store_key(self, user_id) -> int:
+        """The key a request without user_features finds its user by in the store."""
+        key = self.key("user", user_id)
+        if key is None:
+            where = "" if self.named else " (field 101)"
+            raise ClientError(
+                f"without user_features the user_id must be a user's {self.key_kind('user')} "
+                f"id{where} to look up in the user store",
+                field="user_id",
+            )
+        return key
+
     # ---- the user -------------------------------------------------------------------------
-    def encode(self, req: RankRequest) -> Encoded:
+    def encode(self, req: RankRequest, price: np.ndarray | None = None) -> Encoded:
+        """`price`: the request's per candidate, NaN where it gives none (request.Ranking's)."""
         user = self.encode_user(req)
-        return Encoded(*user, *self.encode_items(req))
+        return Encoded(*user, *self.encode_items(req, price))
 
     def encode_user(self, req: RankRequest):
         """The request's user features -> one hashed row (1, user width) and its cross lists;
@@ -361,9 +374,11 @@ class RequestEncoder:
             rows.item_weights[:, col] = 1.0
 
     # ---- the candidates -------------------------------------------------------------------
-    def encode_items(self, req: RankRequest):
-        """Candidates -> (hashed item rows, weights, table price, unknown positions, cross key
-        ids); see _encode_items, then the numeric attributes' rows."""
+    def encode_items(self, req: RankRequest, given: np.ndarray | None = None):
+        """Candidates -> (hashed item rows, weights, price, unknown positions, cross key ids);
+        see _encode_items, then the numeric attributes' rows. The price, the one place it is
+        resolved: the request's (`given`, NaN where none), else the item table's; the fusion and
+        a model that reads price as a feature both take it from here."""
         if req.candidates is None:
             keys = self._item_keys(req.item_ids)
         else:  # an id that cannot be an item key is never looked up: -1
@@ -381,9 +396,10 @@ class RequestEncoder:
         else:
             pos, found = self.items.index(keys)
             found &= keys >= 0
-        ids, weights, price, unknown, raw = self._encode_items(req, keys, pos, found)
+        ids, weights, stored, unknown, raw = self._encode_items(req, keys, pos, found)
+        price = stored if given is None else np.where(np.isnan(given), stored, given)
         if self._numeric:
-            self._fill_numeric(req, pos, found, ids, weights)
+            self._fill_numeric(req, pos, found, price, ids, weights)
         cross_keys = tuple(
             self._cross_keys(name, raw, keys, pos, found, req) for _, _, _, name in self.crosses
         )
@@ -440,24 +456,25 @@ class RequestEncoder:
         req: RankRequest,
         pos: np.ndarray,
         found: np.ndarray,
+        price: np.ndarray,
         ids: np.ndarray,
         weights: np.ndarray,
     ) -> None:
-        """Each numeric field's row per candidate from its value: the request's (`price`, or
-        `attributes`), else the item table's (`pos`, `found`: the candidates' table rows),
-        else none (padding, weight 0), exactly as training joined the table
+        """Each numeric field's row per candidate from its value: `price` (resolved), or the
+        request's `attributes`, else the item table's (`pos`, `found`: the candidates' table
+        rows), else none (padding, weight 0), exactly as training joined the table
         (training/attributes.py)."""
         for f, col in self._numeric:
-            v = np.full(len(found), np.nan)
-            if self.items is not None:
-                v[found] = self.items.numeric[f.name][pos[found]]
-            if req.candidates is not None:
-                given = [
-                    c.price if f.name == "price" else (c.attributes or {}).get(f.name)
-                    for c in req.candidates
-                ]
-                mine = np.array([np.nan if x is None else x for x in given], dtype=np.float64)
-                v = np.where(np.isnan(mine), v, mine)
+            if f.name == "price":
+                v = price
+            else:
+                v = np.full(len(found), np.nan)
+                if self.items is not None:
+                    v[found] = self.items.numeric[f.name][pos[found]]
+                if req.candidates is not None:
+                    given = [(c.attributes or {}).get(f.name) for c in req.candidates]
+                    mine = np.array([np.nan if x is None else x for x in given], np.float64)
+                    v = np.where(np.isnan(mine), v, mine)
             v = v.astype(np.float32)
             ok = np.isfinite(v)
             ids[:, col] = np.where(ok, self.contract.numeric_rows(f, np.where(ok, v, 0.0)), 0)
@@ -489,10 +506,6 @@ class RequestEncoder:
         # (as a candidate's own inline field does), never dropped under the stored rows
         inline[:, [k for k, name in enumerate(stored) if name in context]] = True
         bare = np.ones(n, dtype=bool)  # no inline features
-        if self.items is None and req.candidates is None:
-            raise ClientError(
-                "ranking by item_ids needs an item table (RANKER_ITEM_TABLE)", field="item_ids"
-            )
         if req.candidates is None:  # by id alone: the context row for every candidate
             base = np.array(base_ids, dtype=np.int64)[None], np.array(base_vals, np.float32)[None]
             h_ids, h_weights = self.contract.hash_side("item", *base)  # hashed once

@@ -30,7 +30,7 @@ from features.users import UserRecordError
 from service import fusion, request, tracing
 from service.admission import Admission, Refused
 from service.encoding import Encoded
-from service.errors import ClientError, Overloaded, StoreUnavailable, Timeout
+from service.errors import Overloaded, StoreUnavailable, Timeout
 from service.response import RankResponse, ranked
 from service.served import ModelSlot, ServedModel
 from service.user_store import Changed, UserStore
@@ -88,12 +88,12 @@ class Ranker:
         async with self.slot.lease() as model:
             user_key = None
             if r.req.user_features is None:
-                user_key = self._store_key(model, r.req.user_id)
+                user_key = model.encoder.store_key(r.req.user_id)
             with tracing.span("encode"):
                 if large:
-                    rows = await self._off_loop(model.encoder.encode, r.req)
+                    rows = await self._off_loop(model.encoder.encode, r.req, r.price)
                 else:
-                    rows = model.encoder.encode(r.req)
+                    rows = model.encoder.encode(r.req, r.price)
             price = r.prices(rows.price)  # the request's, else the table's; refused if none
             try:
                 async with asyncio.timeout_at(deadline):
@@ -118,23 +118,6 @@ class Ranker:
 
     async def _off_loop(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.workers, fn, *args)
-
-    def _store_key(self, model: ServedModel, user_id) -> int:
-        """The key a request without user_features finds its user by in the store."""
-        if self.users is None:
-            raise ClientError(
-                "user_features is required: this service has no user store (RANKER_USER_STORE)",
-                field="user_features",
-            )
-        key = model.encoder.key("user", user_id)
-        if key is None:
-            where = "" if model.encoder.named else " (field 101)"
-            raise ClientError(
-                f"without user_features the user_id must be a user's "
-                f"{model.encoder.key_kind('user')} id{where} to look up in the user store",
-                field="user_id",
-            )
-        return key
 
     async def _user(self, model: ServedModel, user_id, key: int | None, rows: Encoded):
         """(user part, cache hit, where the features came from): the request's; else the

@@ -1,4 +1,4 @@
-"""The POST /rank request: its one declaration, its decoding and every rule it must meet.
+"""The POST /rank request: its one declaration, its decoding and every rule that needs no model.
 
 Declared once, as strict msgspec structs (no coercion: `"price": false` is an error). The
 OpenAPI document's schema is derived from these same structs (service/openapi.py), so the
@@ -6,8 +6,10 @@ document cannot drift from what is decoded. `size(body, rules)` reads what admis
 (candidate count, checked against the cap, and timeout) without decoding; `decode(body, rules)`
 is the only way a body becomes a request: the same cap first, one decoding pass from bytes
 (msgspec: about 0.6 ms for 500 candidates here, several times less than pydantic), then the
-rules that depend on settings. Anything wrong is a ClientError naming the field at fault
-(`candidates[3].features.206.ids[2]`).
+rules that depend on settings (caps, the fusion's range, the stores the service has). Anything
+wrong is a ClientError naming the field at fault (`candidates[3].features.206.ids[2]`). The
+rules that need the model (its feature names and kinds, its key types) are the encoder's
+(service/encoding.py); the body's size and arrival time are service/body.py's.
 
 Numbers are checked for the arithmetic they feed, so every accepted request has finite scores:
 - feature ids: integers in [0, 2^63 - 1], hashed as int64 by the feature contract;
@@ -212,13 +214,13 @@ class Ranking:
     def rows(self) -> int:
         return len(self.price)
 
-    def prices(self, stored: np.ndarray | None = None) -> np.ndarray | None:
-        """Each candidate's price for the fusion: the request's, else the item table's
-        (`stored`, NaN where it has none); None when the fusion does not use price. A candidate
-        left with none is a ClientError naming it."""
+    def prices(self, resolved: np.ndarray | None = None) -> np.ndarray | None:
+        """Each candidate's price for the fusion: `resolved` (the encoder's: the request's, else
+        the item table's), or the request's alone; None when the fusion does not use price. A
+        candidate left with none is a ClientError naming it."""
         if not self.fusion.needs_price:
             return None
-        price = self.price if stored is None else np.where(np.isnan(self.price), stored, self.price)
+        price = self.price if resolved is None else resolved
         missing = np.flatnonzero(np.isnan(price))
         if missing.size:
             i = int(missing[0])
@@ -233,13 +235,16 @@ class Ranking:
 
 @dataclasses.dataclass(frozen=True)
 class Rules:
-    """The limits that come from settings."""
+    """The limits that come from settings, and what the service was given to look things up
+    in (an item table, a user store): a request that needs one it lacks is refused here."""
 
     max_candidates: int
     default_fusion: fusion.FusionParams
     fusion_min: float
     fusion_max: float
     default_timeout_ms: int
+    item_table: bool = False  # RANKER_ITEM_TABLE is set: candidates may come by id alone
+    user_store: bool = False  # RANKER_USER_STORE is set: user_features may be left out
 
     @classmethod
     def from_settings(cls, s) -> Rules:
@@ -250,15 +255,27 @@ class Rules:
             s.fusion_min,
             s.fusion_max,
             s.default_timeout_ms,
+            item_table=s.item_table is not None,
+            user_store=bool(s.user_store),
         )
 
     def check(self, req: RankRequest) -> Ranking:
-        """The rules that need no model. Prices a request leaves out may come from the item
-        table: `Ranking.prices` checks them once the table was asked (ranking.py)."""
+        """The rules that need no model (the model's own, its field names and kinds, are the
+        encoder's: service/encoding.py). Prices a request leaves out may come from the item
+        table: `Ranking.prices` checks them once the encoder resolved them."""
         if (req.candidates is None) == (req.item_ids is None):
             raise ClientError(
                 "give the candidates either as `candidates` or as `item_ids`, not both",
                 field="item_ids" if req.candidates is not None else "candidates",
+            )
+        if req.item_ids is not None and not self.item_table:
+            raise ClientError(
+                "ranking by item_ids needs an item table (RANKER_ITEM_TABLE)", field="item_ids"
+            )
+        if req.user_features is None and not self.user_store:
+            raise ClientError(
+                "user_features is required: this service has no user store (RANKER_USER_STORE)",
+                field="user_features",
             )
         params = self._fusion(req.fusion)
         if req.candidates is not None:

@@ -125,9 +125,9 @@ def test_large_bodies_are_decoded_and_encoded_off_the_event_loop(monkeypatch):
         model = r.slot.current
         real_encode = model.encoder.encode
 
-        def encode(req):
+        def encode(req, price=None):
             seen["encode"].add(threading.get_ident())
-            return real_encode(req)
+            return real_encode(req, price)
 
         model.encoder.encode = encode
         small = body(n=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import msgspec
@@ -157,8 +158,11 @@ def test_price_is_required_only_when_the_fusion_uses_it():
 
 def test_candidates_come_as_candidates_or_as_item_ids():
     by_ids = {k: v for k, v in body().items() if k != "candidates"} | {"item_ids": [1, 2, 3]}
-    r = request.decode(json.dumps(by_ids).encode(), RULES)
+    with_table = dataclasses.replace(RULES, item_table=True)
+    r = request.decode(json.dumps(by_ids).encode(), with_table)
     assert r.rows == 3 and r.req.item_keys() == [1, 2, 3]
+    without = refused(by_ids)  # no item table: by ids is refused, naming the setting
+    assert without.field == "item_ids" and "RANKER_ITEM_TABLE" in without.message
     assert refused({**body(), "item_ids": [1]}).field == "item_ids"
     assert refused({k: v for k, v in body().items() if k != "candidates"}).field == "candidates"
     many = {**by_ids, "item_ids": list(range(2001))}
@@ -170,6 +174,13 @@ def test_the_settings_rules_come_from_the_settings():
 
     rules = request.Rules.from_settings(Settings(max_candidates=7, fusion_c=0.5, fusion_max=2))
     assert rules.max_candidates == 7 and rules.default_fusion.c == 0.5 and rules.fusion_max == 2
+    assert not rules.item_table and not rules.user_store
+    stored = request.Rules.from_settings(Settings(user_store="redis://localhost:6379/0"))
+    assert stored.user_store and not stored.item_table
+    no_user = {k: v for k, v in body().items() if k != "user_features"}
+    assert request.decode(json.dumps(no_user).encode(), stored).req.user_features is None
+    e = refused(no_user)  # no user store: user_features is required, naming the setting
+    assert e.field == "user_features" and "RANKER_USER_STORE" in e.message
     with pytest.raises(ValueError, match="fusion_max"):
         Settings(fusion_max=100)  # exponents past 8 could overflow float64
 
