@@ -152,7 +152,7 @@ def problems(dashboard: dict, exposed: dict[str, set[str]]) -> list[str]:
 def exposed(exported, samples) -> dict[str, set[str]]:
     """Every sample name the real app's GET /metrics exposes, with the label names it carries."""
     settings = Settings(
-        model_dir=exported.parent,
+        model_dir=exported.parent.parent,  # NAME/VERSION inside: `esmm` holds no model itself
         admin_token=TOKEN,
         redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens: errors, breaker opens
     )
@@ -161,7 +161,7 @@ def exposed(exported, samples) -> dict[str, set[str]]:
         contract, s = samples
         body, _ = request_for(contract, s, int(s["row_user"][0]))
         assert c.post("/rank", json=body).status_code == 200
-        r = c.post("/admin/reload", headers=AUTH, json={"path": "nothing-here"})
+        r = c.post("/admin/reload", headers=AUTH, json={"path": "esmm"})
         assert r.status_code == 409  # ranker_reloads_total{outcome="refused"}
         text = c.get("/metrics").text
     # Labelled metrics that this run never touched (admission refusals, the user store) expose

@@ -27,7 +27,9 @@ RANK_STATUSES = {200, 413, 422, 503, 504}
 
 @pytest.fixture(scope="module")
 def app_client(exported):
-    app = create_app(Settings(model_dir=exported, max_candidates=600, admin_token=TOKEN))
+    # the models folder (NAME/VERSION inside): `esmm` is a folder that holds no model, a 409
+    models = exported.parent.parent
+    app = create_app(Settings(model_dir=models, max_candidates=600, admin_token=TOKEN))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
@@ -224,7 +226,7 @@ def producers(body: dict) -> dict:
             create_app(Settings(model_dir=c.app.state.settings.model_dir))
         ).post("/admin/reload"),
         ("/admin/reload", "post", 409): lambda c: c.post(
-            "/admin/reload", headers=AUTH, json={"path": "missing"}
+            "/admin/reload", headers=AUTH, json={"path": "esmm"}
         ),
         ("/admin/reload", "post", 413): lambda c: c.post(
             "/admin/reload", headers=AUTH, content=b" " * 5000
