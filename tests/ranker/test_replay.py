@@ -18,33 +18,31 @@ LIMIT = 1500  # impressions replayed (every one of them is predicted offline); e
 # and users to cross every path (a 4000-row replay took 15 s a case and proved no more)
 
 
-def _trained(generated, tmp_path_factory, name: str, **options):
+def _trained(data, tmp_path_factory, name: str, **options):
     """A one-epoch ESMM without the combination fields (the way to serve by ids alone), exported
-    as models/esmm/v1 of its own folder."""
+    as models/esmm/v1 of its own folder. Trained on the small set (the same generator): replay
+    proves the served scores equal the batch job's on `generated`, whatever the weights."""
     from training.export import export
     from training.train import TrainConfig, train
 
     run = tmp_path_factory.mktemp(f"{name}-run")
     without = ("508", "509", "702", "853")
-    train(
-        TrainConfig(data=generated, out=run, epochs=1, without=without, reference=False, **options)
-    )
+    train(TrainConfig(data=data, out=run, epochs=1, without=without, reference=False, **options))
     out = tmp_path_factory.mktemp(name) / "esmm" / "v1"
     export(run, out)
     return out
 
 
 @pytest.fixture(scope="module")
-def id_only_model(generated, tmp_path_factory):
-    return _trained(generated, tmp_path_factory, "id-only", seed=1)
+def id_only_model(small_generated, tmp_path_factory):
+    return _trained(small_generated, tmp_path_factory, "id-only", seed=1)
 
 
 @pytest.fixture(scope="module")
-def numeric_model(generated, tmp_path_factory):
+def numeric_model(small_generated, tmp_path_factory):
     """Served by ids alone, with the item table's price as a bucketised feature."""
-    return _trained(
-        generated, tmp_path_factory, "numeric", seed=2, items=generated / "items.parquet"
-    )
+    items = small_generated / "items.parquet"
+    return _trained(small_generated, tmp_path_factory, "numeric", seed=2, items=items)
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ CAL = "esmm:cal=platt"
 
 
 @pytest.fixture(scope="module")
-def compared(generated, tmp_path_factory):
+def compared(small_generated, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    return out, compare(generated, ["base", CAL], seeds=2, out=out, epochs=1)
+    return out, compare(small_generated, ["base", CAL], seeds=2, out=out, epochs=1)
 
 
 def test_the_table_has_every_model_with_mean_and_spread(compared):
@@ -59,11 +59,11 @@ def test_the_table_has_every_model_with_mean_and_spread(compared):
     assert not list(out.glob("runs/*/checkpoint.pt"))
 
 
-def test_a_comparison_resumes_and_grows(compared, generated, caplog):
+def test_a_comparison_resumes_and_grows(compared, small_generated, caplog):
     """Finished runs are reused (same figures, no training); only the new seed trains."""
     out, first = compared
     with caplog.at_level(logging.INFO, logger="training.compare"):
-        again = compare(generated, [CAL], seeds=3, out=out, epochs=1)
+        again = compare(small_generated, [CAL], seeds=3, out=out, epochs=1)
     messages = [r.getMessage() for r in caplog.records if r.name == "training.compare"]
     assert sum(m.startswith(f"reusing {CAL}") for m in messages) == 2
     assert messages.count(f"training {CAL}, seed 2") == 1
@@ -125,10 +125,10 @@ def test_a_bad_spec_stops_the_comparison_before_any_training(generated, tmp_path
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_logistic_references_are_a_row_like_any_model(generated, tmp_path):
+def test_the_logistic_references_are_a_row_like_any_model(small_generated, tmp_path):
     """`lr`: one logistic regression per head on the same data, split and seed, tabulated (and
     differenced) like the models, the entire-space CVR AUC included."""
-    result = compare(generated, ["lr"], seeds=1, out=tmp_path, epochs=1)
+    result = compare(small_generated, ["lr"], seeds=1, out=tmp_path, epochs=1)
     row = result["models"]["lr"]
     for key in ("ctr_auc", "cvr_auc", "ctcvr_auc", "cvr_auc_entire"):
         assert 0.5 < row[key]["mean"] < result["oracle"][key], key
