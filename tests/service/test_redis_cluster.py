@@ -123,7 +123,7 @@ def test_a_cluster_node_killed_and_restarted_under_load_fails_no_request(exporte
     assert r.user_cache["miss"] > 0 and r.user_cache["hit"] > 0
 
 
-def test_the_user_store_may_be_a_cluster(exported, samples, generated, cluster):
+def test_the_user_store_may_be_a_cluster(exported, samples, small_generated, cluster):
     """`ranker users load` into a cluster spreads the users over every node, and the service
     reads a user's stored features from it (RANKER_USER_STORE=redis+cluster://...): the same
     scores as the features sent in the request."""
@@ -132,9 +132,9 @@ def test_the_user_store_may_be_a_cluster(exported, samples, generated, cluster):
     from ranker.users import main as users_main
     from ranker.users import read_users
 
-    url = cluster.url(1)
-    assert users_main(["load", "--data", str(generated), "--redis", url]) == 0
-    found, _ = read_users(generated, ["train", "test"])
+    url, data = cluster.url(1), small_generated
+    assert users_main(["load", "--data", str(data), "--redis", url]) == 0
+    found, _ = read_users(data, ["train", "test"])
     per_node = [cluster.dbsize(i) for i in range(len(cluster.nodes))]
     assert sum(per_node) == len(found) and min(per_node) > 0
     contract, s = samples
@@ -147,7 +147,4 @@ def test_the_user_store_may_be_a_cluster(exported, samples, generated, cluster):
                 c, {"user_id": uid, "user_features": features_body(feats), "candidates": cands}
             )
             assert by_id["user"] == "store" and close(scores(by_id), scores(given))
-    assert (
-        users_main(["load", "--data", str(generated), "--redis", "redis+cluster://127.0.0.1:1"])
-        == 1
-    )
+    assert users_main(["load", "--data", str(data), "--redis", "redis+cluster://127.0.0.1:1"]) == 1

@@ -60,11 +60,13 @@ STORE_MS = 2_000
 
 
 @pytest.fixture(scope="module")
-def store(generated):
-    """A redis-server loaded by `ranker users load` from the generated folder: (url, users)."""
+def store(small_generated):
+    """A redis-server loaded by `ranker users load` from a generated folder (the small one: the
+    same generator, half the users to write): (url, users)."""
+    data = small_generated
     with RedisServer() as server:
-        assert users_main(["load", "--data", str(generated), "--redis", server.url]) == 0
-        found, _ = read_users(generated, ["train", "test"])
+        assert users_main(["load", "--data", str(data), "--redis", server.url]) == 0
+        found, _ = read_users(data, ["train", "test"])
         yield server, found
 
 
@@ -95,7 +97,7 @@ def candidates(contract, s, n: int = 5) -> list[dict]:
     ]
 
 
-def test_the_loader_writes_every_user_once_with_the_documented_layout(store, generated):
+def test_the_loader_writes_every_user_once_with_the_documented_layout(store):
     server, found = store
     client = redis.Redis.from_url(server.url)
     keys = set(client.scan_iter(match=f"{users.PREFIX}*", count=1000))
