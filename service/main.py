@@ -38,6 +38,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("service")
 
 
+async def watch_loop_lag(observe, every_s: float = 0.05) -> None:
+    """How late a timer of the event loop fires, every `every_s`: while the loop runs one
+    request's Python work, every other ready callback (a response due, the batcher's next run)
+    waits that long."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t = loop.time()
+        await asyncio.sleep(every_s)
+        observe(max(0.0, loop.time() - t - every_s))
+
+
 def create_app(settings: Settings, tracer_provider: TracerProvider | None = None) -> FastAPI:
     """`tracer_provider`: where traces go with RANKER_TRACING on (default: OTLP; tests give one
     of their own)."""
@@ -101,6 +112,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             else None
         )
         st.metrics.queue_rows.set_function(lambda: st.admission.rows)
+        lag = asyncio.get_running_loop().create_task(watch_loop_lag(st.metrics.loop_lag.observe))
         st.metrics.on_model(model.version)
         st.loaded = st.ready = True
         log.info(
@@ -115,10 +127,11 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             yield
         finally:
             st.ready, st.admission.draining = False, True
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            for task in (watcher, lag):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await slot.close()
             executor.shutdown(wait=True)
             workers.shutdown(wait=True)

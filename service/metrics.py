@@ -38,6 +38,26 @@ class Metrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
         )
         self.runs = Counter("ranker_scorer_runs", "item-scorer runs", registry=r)
+        stage_buckets = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
+        self.batch_seconds = Histogram(
+            "ranker_batch_run_seconds",
+            "time of one item-scorer run (its batch's rows together), on the scorer thread",
+            registry=r,
+            buckets=stage_buckets,
+        )
+        self.batch_wait = Histogram(
+            "ranker_batch_wait_seconds",
+            "time a request's rows waited for their run (submitted until the run began)",
+            registry=r,
+            buckets=stage_buckets,
+        )
+        self.loop_lag = Histogram(
+            "ranker_event_loop_lag_seconds",
+            "how late a 50 ms timer of the event loop fires: the time every ready callback "
+            "waits behind the work the loop is doing",
+            registry=r,
+            buckets=stage_buckets,
+        )
         self.unknown_items = Counter(
             "ranker_unknown_items",
             "candidates with no features given and an id the item table lacks (scored by id)",
@@ -104,10 +124,13 @@ class Metrics:
         self.responses.labels(path, code, error_type or ("ok" if status < 400 else "http")).inc()
         self.latency.labels(path, code).observe(seconds)
 
-    def on_run(self, rows: int, jobs: int) -> None:
+    def on_run(self, rows: int, jobs: int, seconds: float, waits: list[float]) -> None:
         self.runs.inc()
         self.batch_rows.observe(rows)
         self.batch_jobs.observe(jobs)
+        self.batch_seconds.observe(seconds)
+        for w in waits:
+            self.batch_wait.observe(w)
 
     def on_cache(self, tier: str, outcome: str) -> None:
         self.cache.labels(tier, outcome).inc()

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +38,7 @@ class ScoreJob:
     item_ids: np.ndarray  # (n, item width) embedding rows
     item_weights: np.ndarray  # (n, item width)
     ran: tuple[int, int, int] | None = None  # its batch's run (start, end ns, rows); traced only
+    queued: int = field(default_factory=time.perf_counter_ns)  # when it was made (submitted)
 
 
 class ServedModel:
@@ -47,7 +48,7 @@ class ServedModel:
         cache: UserCache,
         max_batch_rows: int,
         executor: Executor,
-        on_run: Callable[[int, int], None] = lambda rows, jobs: None,
+        on_run: Callable[[int, int, float, list[float]], None] = lambda *run: None,
         items: StoredItems | None = None,
         table_stamp: tuple | None = None,
     ):
@@ -74,6 +75,10 @@ class ServedModel:
 
     # ---- runs on the executor thread ------------------------------------------------------------
     def _run_batch(self, jobs: list[ScoreJob]) -> list[Scores]:
+        """One run of the item scorer over every job's rows. `on_run` gets its rows, jobs, run
+        time and each job's wait in the queue (seconds): the stages a request's time under load
+        is made of, measured where they happen."""
+        began = time.perf_counter_ns()
         start = time.time_ns()
         reprs = np.stack([j.user_repr for j in jobs])  # (U, R)
         sizes = [len(j.item_ids) for j in jobs]
@@ -84,7 +89,8 @@ class ServedModel:
             np.concatenate([j.item_ids for j in jobs]),
             np.concatenate([j.item_weights for j in jobs]),
         )
-        self.on_run(int(index.size), len(jobs))
+        waits = [(began - j.queued) / 1e9 for j in jobs]
+        self.on_run(int(index.size), len(jobs), (time.perf_counter_ns() - began) / 1e9, waits)
         if tracing.enabled():
             ran = (start, time.time_ns(), int(index.size))
             for j in jobs:
