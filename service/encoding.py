@@ -361,15 +361,13 @@ class RequestEncoder:
         if not self.crosses:
             return
         user_lists, at = {}, 0
-        for f, _ in self.lists:
+        for f, _ in self.lists:  # each list indexed once, whatever number of crosses count in it
             n = f.max_len
             ids = unpack_ids(lists[at : at + 3 * n])
-            user_lists[f.name] = (ids[None], lists[at + 3 * n : at + 4 * n][None])
+            user_lists[f.name] = V.OneList(ids, lists[at + 3 * n : at + 4 * n])
             at += 4 * n
-        zero = np.zeros(len(rows.item_ids), dtype=np.int64)
         for (f, col, _, _), keys in zip(self.crosses, rows.cross_keys, strict=True):
-            ids, weights = user_lists[f.cross[0]]
-            v = V.count_in(ids, weights, zero, keys)
+            v = user_lists[f.cross[0]].count(keys)
             rows.item_ids[:, col] = self.contract.numeric_rows(f, v)
             rows.item_weights[:, col] = 1.0
 
