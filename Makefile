@@ -19,7 +19,7 @@ ROUTE ?= spec
 SPEC ?= $(DATA)/tables/spec.yaml
 STORES ?= stores
 
-.PHONY: install redis-server test train run bench bench-train loadtest compose-test chaos overload compare lint clean gpu-wheels gpu-check gpu-image
+.PHONY: install redis-server wrk test train run bench bench-train loadtest compose-test chaos overload compare lint clean gpu-wheels gpu-check gpu-image
 
 install: $(STAMP)
 
@@ -36,7 +36,14 @@ redis-server:
 	  echo "installing redis-server"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
-test: install redis-server
+# The serving benchmark's load comes from wrk, a C load generator (loadtest/wrk.py): on 2 cores
+# the Python driver's millisecond of CPU per request would be load taken from the server.
+wrk:
+	@command -v wrk >/dev/null || { \
+	  echo "installing wrk"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+
+test: install redis-server wrk
 	$(PY) -m pytest -q --durations=15
 
 lint: install
@@ -63,7 +70,7 @@ endif
 # miss), naive baseline. BENCH_VS=DIR also times another model's decode and encode of the same
 # traffic in this run (a model of the other route: field numbers against names).
 BENCH_VS ?=
-bench: install
+bench: install redis-server wrk
 	@test -n "$$(find $(MODELS) -name manifest.json -print -quit 2>/dev/null)" || $(MAKE) train
 	$(VENV)/bin/ranker bench --model-dir $(MODELS) $(if $(BENCH_VS),--vs $(BENCH_VS),)
 

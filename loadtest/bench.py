@@ -28,9 +28,9 @@ import msgspec
 import numpy as np
 import orjson
 
-from loadtest import bench_report
+from loadtest import bench_report, wrk
 from loadtest.load import Load
-from loadtest.parts import ServiceProcess
+from loadtest.parts import ServiceProcess, metric
 from loadtest.traffic import NAMES, POPULATION, Traffic, by_ids, raw_features
 from service import fusion, request
 from service.config import Settings
@@ -243,10 +243,72 @@ def _figures(r, candidates: int) -> dict:
     }
 
 
-def sweep(url: str, sent: Sequence[bytes], args: argparse.Namespace, miss: bool) -> dict:
-    """Closed loop at each concurrency of args.levels (peak, and the best rate whose p99 stays
-    under P99_BOUND_MS), then open loop at half the peak's requests/s (the p99 at half load)."""
-    span = len(sent) // (len(args.levels) + 1) if miss else len(sent)
+# bodies a miss run writes for wrk per second of load at 500 candidates (more for fewer): more
+# than any path answers here, so every request is a user no earlier request named
+MISS_BODIES_PER_S = 1500
+OVERLOAD = bench_report.OVERLOAD
+
+
+def _cache_hits(url: str) -> float:
+    return metric(url, 'ranker_user_cache_total{outcome="hit",')  # either tier
+
+
+def _wrk_step(url, bodies, args, connections, rate=None, pid=None, offset=0) -> dict:
+    """One wrk run, with the cache hits the server counted during it."""
+    hits = _cache_hits(url)
+    r = wrk.run(url, bodies, args.seconds, connections, rate, pid, offset=offset)
+    answered = max(r["by_status"].get("200", 0), 1)
+    return {
+        **r,
+        "accepted_p50_ms": r["p50_ms"],
+        "accepted_p99_ms": r["p99_ms"],
+        "candidates_per_s": r["accepted_per_s"] * args.candidates,
+        "hit_rate": min(1.0, (_cache_hits(url) - hits) / answered),
+    }
+
+
+def sweep(
+    url: str, sent: Sequence[bytes], args: argparse.Namespace, miss: bool, pid: int | None = None
+) -> dict:
+    """Closed loop at each number of callers of args.levels (peak, and the best rate whose p99
+    stays under P99_BOUND_MS), then open loop at half the peak's requests/s (the p99 at half
+    load) and at OVERLOAD times it (goodput when offered more than it can do). With wrk (the
+    default where installed) every figure is what wrk saw, with the server's cores; without it,
+    the Python driver (loadtest/load.py) runs the same steps, cores not measured."""
+    if args.driver == "python" or not wrk.available():
+        return _sweep_python(url, sent, args, miss)
+    steps = len(args.levels) + 2
+    per_step = int(wrk.duration(args.seconds) * MISS_BODIES_PER_S * 500 / args.candidates)
+    n = min(len(sent), per_step * steps) if miss else len(sent)
+    bodies = wrk.Bodies([sent[i] for i in range(n)])
+    try:
+        span = n // steps if miss else 0
+        runs = {
+            c: _wrk_step(url, bodies, args, c, pid=pid, offset=k * span)
+            for k, c in enumerate(args.levels)
+        }
+        peak_c = max(runs, key=lambda c: runs[c]["candidates_per_s"])
+        rate = runs[peak_c]["accepted_per_s"]
+        open_c = max(64, 2 * max(args.levels))  # think times much longer than the answers
+        at = len(args.levels) * span
+        half = _wrk_step(url, bodies, args, open_c, rate / 2, pid, offset=at)
+        over = _wrk_step(url, bodies, args, open_c, rate * OVERLOAD, pid, offset=at + span)
+    finally:
+        bodies.close()
+    under = [c for c in runs if runs[c]["p99_ms"] is not None and runs[c]["p99_ms"] <= P99_BOUND_MS]
+    best_c = max(under, key=lambda c: runs[c]["candidates_per_s"]) if under else None
+    return {
+        "driver": "wrk",
+        "levels": {str(c): v for c, v in runs.items()},
+        "peak": {"concurrency": peak_c, **runs[peak_c]},
+        "under_bound": None if best_c is None else {"concurrency": best_c, **runs[best_c]},
+        "half": {"rate": rate / 2, **half},
+        "overload": {"rate": rate * OVERLOAD, **over},
+    }
+
+
+def _sweep_python(url: str, sent: Sequence[bytes], args: argparse.Namespace, miss: bool) -> dict:
+    span = len(sent) // (len(args.levels) + 2) if miss else len(sent)
     runs = {}
     for k, c in enumerate(args.levels):
         bodies = Shifted(sent, k * span, span) if miss else sent
@@ -260,14 +322,18 @@ def sweep(url: str, sent: Sequence[bytes], args: argparse.Namespace, miss: bool)
         if runs[c]["accepted_p99_ms"] is not None and runs[c]["accepted_p99_ms"] <= P99_BOUND_MS
     ]
     best_c = max(under, key=lambda c: runs[c]["candidates_per_s"]) if under else None
-    rate = runs[peak_c]["accepted_per_s"] / 2
-    bodies = Shifted(sent, len(args.levels) * span, span) if miss else sent
-    half = asyncio.run(Load(url, bodies, rate=rate, concurrency=64).run(args.seconds))
+    rate = runs[peak_c]["accepted_per_s"]
+    steps = {}
+    for k, (name, r) in enumerate((("half", rate / 2), ("overload", rate * OVERLOAD))):
+        bodies = Shifted(sent, (len(args.levels) + k) * span, span) if miss else sent
+        load = Load(url, bodies, rate=r, concurrency=64)
+        steps[name] = {"rate": r, **_figures(asyncio.run(load.run(args.seconds)), args.candidates)}
     return {
+        "driver": "python",
         "levels": {str(c): v for c, v in runs.items()},
         "peak": {"concurrency": peak_c, **runs[peak_c]},
         "under_bound": None if best_c is None else {"concurrency": best_c, **runs[best_c]},
-        "half": {"rate": rate, **_figures(half, args.candidates)},
+        **steps,
     }
 
 
@@ -295,7 +361,7 @@ def over_http(
             for body in sent[:HIT_USERS] if scenario.endswith("hit") else ():
                 httpx.post(f"{svc.url}/rank", content=body, timeout=60).raise_for_status()
         return {
-            scenario: sweep(svc.url, sent, args, miss=scenario.endswith("miss"))
+            scenario: sweep(svc.url, sent, args, scenario.endswith("miss"), svc.proc.pid)
             for scenario, sent in scenarios.items()
         }
     finally:
@@ -393,10 +459,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--levels",
         type=lambda t: tuple(int(x) for x in t.split(",")),
-        default=(1, 2, 4, 8),
+        default=(1, 2, 4, 8, 16, 32),
         help="concurrent clients of the closed-loop runs, e.g. 1,2,4,8",
     )
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
+    p.add_argument(
+        "--driver",
+        choices=("wrk", "python"),
+        default="wrk",
+        help="the load generator: wrk (C, where installed; else python) or loadtest/load.py",
+    )
     p.add_argument(
         "--vs",
         type=Path,

@@ -10,6 +10,7 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = re.compile(r"(<!-- bench:serving -->\n).*?(<!-- /bench:serving -->)", re.S)
 P99_BOUND_MS = 50.0
+OVERLOAD = 2.0  # the open-loop overload step: this many times the peak's requests/s
 VS_STAGES = ("decode_ms", "encode_ms", "ids_decode_ms", "ids_encode_ms", "stored_user_ms")
 
 
@@ -26,35 +27,80 @@ def markdown(r: dict) -> str:
     c, p = r["ceiling"], r["parsing"]
     behaviour = r["behaviour_ids"]
     levels = ", ".join(map(str, r["concurrency_levels"]))
+    driver = next(iter(r[k]["driver"] for k, _ in ROWS if "driver" in r[k]), "python")
+    how = {
+        "wrk": "wrk (a C load generator, `loadtest/wrk.py`), one thread",
+        "python": "the Python driver (`loadtest/load.py`; wrk not installed)",
+    }[driver]
     lines = [
         f"{r['candidates']} candidates per request (`loadtest/traffic.py`), {len(behaviour)} "
         f"users of {min(behaviour)}-{max(behaviour)} behaviour ids; each path closed-loop at "
-        f"{levels} concurrent clients ({r['seconds']:g} s each), then open-loop at half its "
-        f"peak; load generator on the same {r['cpus']}-core machine; model {r['model']}. User "
-        f"tower {c['user_tower_ms']:.2f} ms, full graph at {r['candidates']} rows "
-        f"{c['full_graph_ms']:.2f} ms.",
+        f"{levels} callers ({r['seconds']:g} s each), then open-loop (Poisson arrivals) at half "
+        f"its peak and at {OVERLOAD:g}x it; load from {how} on the same {r['cpus']}-core "
+        f"machine; model {r['model']}. User tower {c['user_tower_ms']:.2f} ms, full graph at "
+        f"{r['candidates']} rows {c['full_graph_ms']:.2f} ms.",
         "",
-        f"| path | peak candidates/s (clients) | p99 at peak ms | candidates/s at p99 <= "
-        f"{P99_BOUND_MS:.0f} ms (clients) | p50 / p99 ms at half of peak | cache hits |",
-        "|---|---|---|---|---|---|",
+        f"| path | peak candidates/s (callers) | p99 at peak ms | candidates/s at p99 <= "
+        f"{P99_BOUND_MS:.0f} ms (callers) | half of peak, open loop: achieved of offered, "
+        f"p50 / p99 / p999 ms | {OVERLOAD:g}x peak, open loop: goodput of peak, p99 ms | "
+        "server cores at peak | cache hits |",
+        "|---|---|---|---|---|---|---|---|",
         f"| item scorer in-process, one thread (raw ceiling) | {c['candidates_per_s']:,.0f} "
-        f"| {c['item_scorer_ms']:.2f} ms per run |  |  |  |",
+        f"| {c['item_scorer_ms']:.2f} ms per run |  |  |  |  |  |",
     ]
-    failed = []
+    failed, refused = [], []
     for key, label in ROWS:
         x = r[key]
         pk, ub, hf = x["peak"], x["under_bound"], x["half"]
+        ov = x.get("overload")
         under = "none" if ub is None else f"{ub['candidates_per_s']:,.0f} ({ub['concurrency']})"
+        offered = hf.get("rate") or 0.0
+        achieved = hf.get("accepted_per_s", 0.0) / offered if offered else 0.0
+        goodput = (
+            "-"
+            if ov is None
+            else f"{ov['candidates_per_s'] / max(pk['candidates_per_s'], 1e-9):.0%}"
+        )
+        over_p99 = "-" if ov is None else _ms(ov["accepted_p99_ms"])
+        cores = pk.get("server_cores")
         lines.append(
             f"| {label} | {pk['candidates_per_s']:,.0f} ({pk['concurrency']}) "
             f"| {_ms(pk['accepted_p99_ms'])} | {under} "
-            f"| {_ms(hf['accepted_p50_ms'])} / {_ms(hf['accepted_p99_ms'])} "
-            f"| {pk['hit_rate']:.0%} |"
+            f"| {achieved:.0%}, {_ms(hf['accepted_p50_ms'])} / {_ms(hf['accepted_p99_ms'])} / "
+            f"{_ms(hf.get('p999_ms'))} | {goodput}, {over_p99} "
+            f"| {'-' if cores is None else f'{cores:.2f}'} | {pk['hit_rate']:.0%} |"
         )
         for run in [*x["levels"].values(), hf]:
             bad = {k: v for k, v in run["by_status"].items() if k != "200"}
             if bad:
                 failed.append(f"{label}: {sum(bad.values())} of {run['requests']} not 200 ({bad})")
+        if ov is not None:
+            bad = {k: v for k, v in ov["by_status"].items() if k != "200"}
+            if bad:
+                refused.append(f"{label}: {sum(bad.values())} of {ov['requests']} ({bad})")
+    ids = r["service_ids_hit"]["levels"]
+    peak = max(v["candidates_per_s"] for v in ids.values())
+    lines += [
+        "",
+        "By ids with a cache hit, step by step (the shape: throughput should not fall as callers "
+        "are added):",
+        "",
+        "| callers (closed loop) | " + " | ".join(ids) + " |",
+        "|---|" + "---|" * len(ids),
+        "| candidates/s | "
+        + " | ".join(f"{v['candidates_per_s']:,.0f}" for v in ids.values())
+        + " |",
+        "| of the best step | "
+        + " | ".join(f"{v['candidates_per_s'] / max(peak, 1e-9):.0%}" for v in ids.values())
+        + " |",
+        "| p99 ms | " + " | ".join(_ms(v["accepted_p99_ms"]) for v in ids.values()) + " |",
+        "| server cores | "
+        + " | ".join(
+            "-" if v.get("server_cores") is None else f"{v['server_cores']:.2f}"
+            for v in ids.values()
+        )
+        + " |",
+    ]
     lines += [
         "",
         f"Where a request's time goes, per stage, one request of {r['candidates']} candidates "
@@ -97,6 +143,13 @@ def markdown(r: dict) -> str:
         ]
     if failed:
         lines += ["", "Failed requests: " + "; ".join(failed) + "."]
+    if refused:
+        lines += [
+            "",
+            f"Refused at {OVERLOAD:g}x the peak (503, as admission should): "
+            + "; ".join(refused)
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from features import manifest, parity
-from loadtest import bench, bench_report
+from loadtest import bench, bench_report, wrk
 from loadtest.load import Load
 from loadtest.parts import ServiceProcess
 from service import request
@@ -108,12 +108,20 @@ def result(**naive) -> dict:
         }
 
     def path(per_s: float, hit: float, **extra) -> dict:
-        levels = {"1": run(per_s / 2, hit, 10.0), "8": run(per_s, hit, 140.0, **extra)}
+        levels = {
+            "1": run(per_s / 2, hit, 10.0, server_cores=0.9),
+            "8": run(per_s, hit, 140.0, server_cores=1.5, **extra),
+        }
         return {
+            "driver": "wrk",
             "levels": levels,
             "peak": {"concurrency": 8, **levels["8"]},
             "under_bound": {"concurrency": 1, **levels["1"]},
-            "half": {"rate": per_s / 2, **run(per_s / 2, hit, 12.0)},
+            "half": {"rate": per_s / 2, **run(per_s / 2, hit, 12.0, p999_ms=20.0)},
+            "overload": {
+                "rate": per_s * 2,
+                **run(per_s * 0.9, hit, 30.0, by_status={"200": 90, "503": 10}),
+            },
         }
 
     return {
@@ -156,8 +164,14 @@ def test_report_has_a_row_per_path_and_names_failures():
     assert "| item scorer in-process, one thread (raw ceiling) | 200,000 | 2.50 ms per run |" in md
     assert (
         "| /rank by features, user cache hit | 50,000 (8) | 140.0 | 25,000 (1) "
-        "| 6.0 / 12.0 | 100% |" in md
+        "| 100%, 6.0 / 12.0 / 20.0 | 90%, 30.0 | 1.50 | 100% |" in md
     )
+    assert "load from wrk (a C load generator" in md
+    # the id path's shape, step by step, against its best step
+    assert "| callers (closed loop) | 1 | 8 |" in md and "| of the best step | 50% | 100% |" in md
+    assert "| server cores | 0.90 | 1.50 |" in md
+    # refusals at twice the peak are reported as such, not as failures
+    assert "Refused at 2x the peak" in md and "10 of 100" in md
     assert "| /rank by features, user cache miss | 40,000 (8) |" in md
     assert "| naive: full graph per request, tiled, no cache/batching | 12,500 (8) |" in md
     assert "| /rank by ids (both stores), user cache hit | 150,000 (8) |" in md
@@ -188,6 +202,7 @@ def test_a_short_benchmark_runs_end_to_end(exported, tmp_path):
     readme.write_text("<!-- bench:serving -->\n<!-- /bench:serving -->\n")
     out = tmp_path / "bench"
     args = ["--model-dir", str(exported.parent), "--candidates", "50", "--seconds", "0.3"]
+    args += ["--driver", "python"]  # wrk runs whole seconds; its own test is below
     bench.main([*args, "--levels", "1,2", "--out", str(out), "--readme", str(readme)])
     r = json.loads((out / "serve.json").read_text())
     for key, hits in (
@@ -203,3 +218,26 @@ def test_a_short_benchmark_runs_end_to_end(exported, tmp_path):
     assert r["ceiling"]["rows"] == 50 and r["ceiling"]["candidates_per_s"] > 0
     md = (out / "serve.md").read_text()
     assert readme.read_text() == f"<!-- bench:serving -->\n{md}<!-- /bench:serving -->\n"
+
+
+@pytest.mark.skipif(not wrk.available(), reason="wrk is not installed (make test installs it)")
+def test_wrk_closed_and_open_loop_report_what_the_caller_saw_and_the_server_used(exported):
+    """wrk against the real service: every answer counted by status, the open loop's achieved
+    rate near its offered one, percentiles in order, and the server's cores measured."""
+    (body,) = bench.bodies(50, users=1)
+    bodies = wrk.Bodies([body])
+    svc = ServiceProcess(model_dir=exported, access_log=False).wait_ready()
+    try:
+        closed = wrk.run(svc.url, bodies, 1, 2, server_pid=svc.proc.pid)
+        opened = wrk.run(svc.url, bodies, 2, 16, rate=40.0, server_pid=svc.proc.pid)
+    finally:
+        svc.stop()
+        bodies.close()
+    for r in (closed, opened):
+        assert r["by_status"] == {"200": r["requests"]} and r["requests"] > 0, r
+        assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["p999_ms"] <= r["max_ms"], r
+        assert r["server_cores"] > 0, r
+    assert closed["offered_per_s"] is None and opened["offered_per_s"] == 40.0
+    assert 20 < opened["achieved_per_s"] < 60, opened  # Poisson: about the offered rate
+    with pytest.raises(ValueError, match="one line"):
+        wrk.Bodies([b"{\n}"])
