@@ -69,7 +69,7 @@ def bodies(n: int, users: int = HIT_USERS, seed: int = 1, names: bool = False) -
     ]
 
 
-STORE_MISS_USERS = 4000  # stored users of the id-only miss run, each sent once per cycle
+STORE_MISS_USERS = 24_000  # stored users of the id-only miss run: each step its own 3,000
 
 
 def id_only(body: bytes, user_id: int) -> bytes:
@@ -246,11 +246,19 @@ def _figures(r, candidates: int) -> dict:
 # bodies a miss run writes for wrk per second of load at 500 candidates (more for fewer): more
 # than any path answers here, so every request is a user no earlier request named
 MISS_BODIES_PER_S = 1500
+MISS_FILE_BYTES = 64 << 20  # at most this much of bodies per step (1,000 full-feature ones)
 OVERLOAD = bench_report.OVERLOAD
 
 
 def _cache_hits(url: str) -> float:
     return metric(url, 'ranker_user_cache_total{outcome="hit",')  # either tier
+
+
+def _open_connections(rate: float) -> int:
+    """Connections of an open-loop step: enough that a fifth of a second of arrivals can be in
+    flight at once (so arrivals do not wait for answers), each waiting 0.2 s on average between
+    its requests (far under the server's keep-alive timeout)."""
+    return int(min(256, max(16, rate * 0.2)))
 
 
 def _wrk_step(url, bodies, args, connections, rate=None, pid=None, offset=0) -> dict:
@@ -279,22 +287,24 @@ def sweep(
         return _sweep_python(url, sent, args, miss)
     steps = len(args.levels) + 2
     per_step = int(wrk.duration(args.seconds) * MISS_BODIES_PER_S * 500 / args.candidates)
-    n = min(len(sent), per_step * steps) if miss else len(sent)
-    bodies = wrk.Bodies([sent[i] for i in range(n)])
-    try:
-        span = n // steps if miss else 0
-        runs = {
-            c: _wrk_step(url, bodies, args, c, pid=pid, offset=k * span)
-            for k, c in enumerate(args.levels)
-        }
-        peak_c = max(runs, key=lambda c: runs[c]["candidates_per_s"])
-        rate = runs[peak_c]["accepted_per_s"]
-        open_c = max(64, 2 * max(args.levels))  # think times much longer than the answers
-        at = len(args.levels) * span
-        half = _wrk_step(url, bodies, args, open_c, rate / 2, pid, offset=at)
-        over = _wrk_step(url, bodies, args, open_c, rate * OVERLOAD, pid, offset=at + span)
-    finally:
-        bodies.close()
+    per_step = min(per_step, MISS_FILE_BYTES // len(sent[0]))  # full-feature bodies are large
+    span = min(per_step, len(sent) // steps) if miss else len(sent)
+
+    def step(k: int, connections: int, rate: float | None = None) -> dict:
+        # a miss run's step gets bodies of its own (wrk starts over at the end of its file: a
+        # body sent twice is a hit, and counted as one)
+        part = [sent[i] for i in range(k * span, (k + 1) * span)] if miss else sent
+        bodies = wrk.Bodies(part)
+        try:
+            return _wrk_step(url, bodies, args, connections, rate, pid, offset=k)
+        finally:
+            bodies.close()
+
+    runs = {c: step(k, c) for k, c in enumerate(args.levels)}
+    peak_c = max(runs, key=lambda c: runs[c]["candidates_per_s"])
+    rate = runs[peak_c]["accepted_per_s"]
+    half = step(len(args.levels), _open_connections(rate / 2), rate / 2)
+    over = step(len(args.levels) + 1, _open_connections(rate * OVERLOAD), rate * OVERLOAD)
     under = [c for c in runs if runs[c]["p99_ms"] is not None and runs[c]["p99_ms"] <= P99_BOUND_MS]
     best_c = max(under, key=lambda c: runs[c]["candidates_per_s"]) if under else None
     return {
