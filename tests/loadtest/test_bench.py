@@ -241,3 +241,25 @@ def test_wrk_closed_and_open_loop_report_what_the_caller_saw_and_the_server_used
     assert 20 < opened["achieved_per_s"] < 60, opened  # Poisson: about the offered rate
     with pytest.raises(ValueError, match="one line"):
         wrk.Bodies([b"{\n}"])
+
+
+def test_the_stage_table_has_a_column_per_step_and_a_row_per_stage():
+    from loadtest import stages
+
+    step = {
+        "callers": 4,
+        "candidates_per_s": 200_000.0,
+        "p50_ms": 9.0,
+        "p99_ms": 15.0,
+        "server_cores": 1.37,
+        "runs_per_s": 285.0,
+        "rows_per_run": 755.0,
+        "run_ms": 2.35,
+        "wait_ms": 1.18,
+        "loop_lag_ms": None,
+    }
+    md = stages.markdown([step, {**step, "callers": 16}])
+    assert "| callers (closed loop) | 4 | 16 |" in md
+    assert "| p50 / p99 ms | 9.0 / 15.0 | 9.0 / 15.0 |" in md
+    assert "| wait for a run ms (mean) | 1.18 | 1.18 |" in md
+    assert "| event-loop lag ms (mean) | - | - |" in md
