@@ -367,8 +367,11 @@ def over_http(
     )
     try:
         svc.wait_ready()
-        for scenario, sent in scenarios.items():  # warm: the hit users' first requests
-            for body in sent[:HIT_USERS] if scenario.endswith("hit") else ():
+        # warm: the hit users' first requests, on fresh connections, several per worker (the
+        # kernel picks the worker of each connection; each has its own process cache)
+        repeat = 1 if settings.get("workers", 1) == 1 else 8 * settings["workers"]
+        for scenario, sent in scenarios.items():
+            for body in sent[:HIT_USERS] * repeat if scenario.endswith("hit") else ():
                 httpx.post(f"{svc.url}/rank", content=body, timeout=60).raise_for_status()
         return {
             scenario: sweep(svc.url, sent, args, scenario.endswith("miss"), svc.proc.pid)
@@ -420,6 +423,17 @@ def run(args: argparse.Namespace) -> dict:
             item_table=args.out / "items.npz",
             user_store=store.url,
         )
+        if args.workers > 1:  # the id path again, on RANKER_WORKERS processes
+            result["workers"] = args.workers
+            result["service_ids_hit_workers"] = over_http(
+                "service",
+                folder,
+                {"ids_hit": scenarios["ids_hit"]},
+                args,
+                item_table=args.out / "items.npz",
+                user_store=store.url,
+                workers=args.workers,
+            )["ids_hit"]
     naive = over_http("naive", folder, {"hit": hit}, args)
     result |= {f"service_{k}": v for k, v in service.items()}
     result["naive"] = naive["hit"]
@@ -473,6 +487,12 @@ def main(argv: list[str] | None = None) -> None:
         help="concurrent clients of the closed-loop runs, e.g. 1,2,4,8",
     )
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="RANKER_WORKERS of the id path's second run (service/workers.py); 1: no second run",
+    )
     p.add_argument(
         "--driver",
         choices=("wrk", "python"),

@@ -16,6 +16,7 @@ VS_STAGES = ("decode_ms", "encode_ms", "ids_decode_ms", "ids_encode_ms", "stored
 
 ROWS = (  # the id path first: it is how a recommender calls a ranker
     ("service_ids_hit", "/rank by ids (both stores), user cache hit"),
+    ("service_ids_hit_workers", "the same, RANKER_WORKERS={workers}"),
     ("service_ids_miss", "/rank by ids (both stores), user cache miss"),
     ("service_hit", "/rank by features, user cache hit"),
     ("service_miss", "/rank by features, user cache miss"),
@@ -27,7 +28,7 @@ def markdown(r: dict) -> str:
     c, p = r["ceiling"], r["parsing"]
     behaviour = r["behaviour_ids"]
     levels = ", ".join(map(str, r["concurrency_levels"]))
-    driver = next(iter(r[k]["driver"] for k, _ in ROWS if "driver" in r[k]), "python")
+    driver = next(iter(r[k]["driver"] for k, _ in ROWS if "driver" in r.get(k, {})), "python")
     how = {
         "wrk": "wrk (a C load generator, `loadtest/wrk.py`), one thread",
         "python": "the Python driver (`loadtest/load.py`; wrk not installed)",
@@ -50,6 +51,9 @@ def markdown(r: dict) -> str:
     ]
     failed, refused = [], []
     for key, label in ROWS:
+        if key not in r:  # (a run before the row existed)
+            continue
+        label = label.format(workers=r.get("workers"))
         x = r[key]
         pk, ub, hf = x["peak"], x["under_bound"], x["half"]
         ov = x.get("overload")
@@ -78,29 +82,17 @@ def markdown(r: dict) -> str:
             bad = {k: v for k, v in ov["by_status"].items() if k != "200"}
             if bad:
                 refused.append(f"{label}: {sum(bad.values())} of {ov['requests']} ({bad})")
-    ids = r["service_ids_hit"]["levels"]
-    peak = max(v["candidates_per_s"] for v in ids.values())
-    lines += [
-        "",
-        "By ids with a cache hit, step by step (the shape: throughput should not fall as callers "
-        "are added):",
-        "",
-        "| callers (closed loop) | " + " | ".join(ids) + " |",
-        "|---|" + "---|" * len(ids),
-        "| candidates/s | "
-        + " | ".join(f"{v['candidates_per_s']:,.0f}" for v in ids.values())
-        + " |",
-        "| of the best step | "
-        + " | ".join(f"{v['candidates_per_s'] / max(peak, 1e-9):.0%}" for v in ids.values())
-        + " |",
-        "| p99 ms | " + " | ".join(_ms(v["accepted_p99_ms"]) for v in ids.values()) + " |",
-        "| server cores | "
-        + " | ".join(
-            "-" if v.get("server_cores") is None else f"{v['server_cores']:.2f}"
-            for v in ids.values()
-        )
-        + " |",
-    ]
+    for key, title in (("service_ids_hit", "one process"), ("service_ids_hit_workers", None)):
+        if key not in r:
+            continue
+        title = title or f"RANKER_WORKERS={r.get('workers')}"
+        lines += [
+            "",
+            f"By ids with a cache hit, {title}, step by step (throughput should not "
+            "fall as callers are added):",
+            "",
+            *_shape(r[key]["levels"]),
+        ]
     lines += [
         "",
         f"Where a request's time goes, per stage, one request of {r['candidates']} candidates "
@@ -151,6 +143,26 @@ def markdown(r: dict) -> str:
             + ".",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _shape(levels: dict) -> list[str]:
+    peak = max(v["candidates_per_s"] for v in levels.values())
+    cores = [
+        "-" if v.get("server_cores") is None else f"{v['server_cores']:.2f}"
+        for v in levels.values()
+    ]
+    return [
+        "| callers (closed loop) | " + " | ".join(levels) + " |",
+        "|---|" + "---|" * len(levels),
+        "| candidates/s | "
+        + " | ".join(f"{v['candidates_per_s']:,.0f}" for v in levels.values())
+        + " |",
+        "| of the best step | "
+        + " | ".join(f"{v['candidates_per_s'] / max(peak, 1e-9):.0%}" for v in levels.values())
+        + " |",
+        "| p99 ms | " + " | ".join(_ms(v["accepted_p99_ms"]) for v in levels.values()) + " |",
+        "| server cores | " + " | ".join(cores) + " |",
+    ]
 
 
 def _ms(x: float | None) -> str:

@@ -14,7 +14,7 @@ import typing
 
 from pydantic import ValidationError
 
-from service import logs
+from service import logs, workers
 from service.config import Settings
 from service.main import create_app
 from service.server import DrainingServer
@@ -48,13 +48,16 @@ def settings_help() -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> None:
-    """--help, and nothing else: the settings come from the environment."""
-    argparse.ArgumentParser(
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """--help, and nothing else: the settings come from the environment. (`--listen-fd` is the
+    supervisor's, service/workers.py: a worker serves on the socket it inherits.)"""
+    p = argparse.ArgumentParser(
         description=__doc__,
         epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    ).parse_args(argv)
+    )
+    p.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
 
 
 def quiet_gc() -> None:
@@ -70,9 +73,11 @@ def quiet_gc() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parse_args(argv)
+    args = parse_args(argv)
     settings = load_settings()
     log_config = logs.configure(settings.log_format)
+    if settings.workers > 1 and args.listen_fd is None:  # the supervisor serves nothing itself
+        sys.exit(workers.supervise(settings))
     if settings.gc_freeze:
         quiet_gc()
     server = DrainingServer(
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         log_config=log_config,
     )
-    server.run()
+    server.run(None if args.listen_fd is None else [workers.inherited(args.listen_fd)])
     sys.exit(0 if server.started else 1)
 
 

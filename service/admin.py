@@ -53,9 +53,16 @@ class ReloadResponse(msgspec.Struct, frozen=True):
 
 
 def _check_token(request: Request) -> None:
-    token = request.app.state.settings.admin_token
+    settings = request.app.state.settings
+    token = settings.admin_token
     if token is None:
         raise Forbidden("admin endpoints are off: the service has no RANKER_ADMIN_TOKEN")
+    if settings.workers > 1:  # a reload would reach one process of several
+        raise Forbidden(
+            f"admin endpoints are off with RANKER_WORKERS={settings.workers}: every worker "
+            "follows new versions (RANKER_RELOAD_POLL_S); to serve one, point RANKER_MODEL_DIR "
+            "at it"
+        )
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         value.encode(), token.get_secret_value().encode()
@@ -70,7 +77,7 @@ def _check_token(request: Request) -> None:
         **error_docs(
             {
                 401: "no or wrong bearer token",
-                403: "admin endpoints are off (no RANKER_ADMIN_TOKEN)",
+                403: "admin endpoints are off (no RANKER_ADMIN_TOKEN, or RANKER_WORKERS > 1)",
                 409: "the model was refused (the message says why); the old one keeps serving",
                 413: f"body over {MAX_BODY_BYTES} bytes",
                 422: "malformed JSON, or a path that does not name a folder inside "

@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="server processes on the port (service/workers.py): each its own event loop, "
+        "scorer, model and item table; /metrics sums them; POST /admin/reload is off above 1",
+    )
     providers: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="ONNX Runtime provider: auto takes CUDA when it really runs"
     )

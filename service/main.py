@@ -111,7 +111,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             if s.reload_poll_s > 0
             else None
         )
-        st.metrics.queue_rows.set_function(lambda: st.admission.rows)
+        st.metrics.watch_queue(lambda: st.admission.rows)
         lag = asyncio.get_running_loop().create_task(watch_loop_lag(st.metrics.loop_lag.observe))
         st.metrics.on_model(model.version)
         st.loaded = st.ready = True

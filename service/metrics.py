@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    values,
+)
 
 PATHS = frozenset(
     ("/rank", "/admin/reload", "/healthz", "/readyz", "/metrics", "/v1/model", "/docs")
@@ -10,7 +18,13 @@ PATHS = frozenset(
 
 
 class Metrics:
+    """With RANKER_WORKERS > 1 (service/workers.py) every worker writes its samples where all can
+    read them (prometheus_client's multiprocess mode) and `exposition` sums them; gauges say how
+    (in flight and queued: summed over the live workers; breaker and model: the highest)."""
+
     def __init__(self) -> None:
+        self.multiprocess = values.ValueClass is not values.MutexValue
+        self._queue_rows = None  # the admission's row count, read per request (multiprocess)
         self.registry = r = CollectorRegistry()
         self.latency = Histogram(
             "ranker_request_seconds",
@@ -81,9 +95,13 @@ class Metrics:
             "requests received and not yet answered, by path",
             ["path"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.queue_rows = Gauge(
-            "ranker_queue_rows", "candidate rows waiting to be scored", registry=r
+            "ranker_queue_rows",
+            "candidate rows waiting to be scored",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.cache = Counter(
             "ranker_user_cache", "user cache lookups", ["tier", "outcome"], registry=r
@@ -104,16 +122,45 @@ class Metrics:
             "ranker_redis_calls", "Redis tier calls by outcome", ["op", "outcome"], registry=r
         )
         self.redis_open = Gauge(
-            "ranker_redis_breaker_open", "1 while the Redis tier is skipped", registry=r
+            "ranker_redis_breaker_open",
+            "1 while the Redis tier is skipped",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.reloads = Counter(
             "ranker_reloads", "model reloads by outcome", ["outcome"], registry=r
         )
-        self.model = Gauge("ranker_model_info", "the served model version", ["version"], registry=r)
-        ProcessCollector(registry=r)  # process_resident_memory_bytes and friends
+        self.model = Gauge(
+            "ranker_model_info",
+            "the served model version",
+            ["version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        if not self.multiprocess:  # (per process: the sum over workers would mean nothing)
+            ProcessCollector(registry=r)  # process_resident_memory_bytes and friends
+
+    def watch_queue(self, rows) -> None:
+        """`rows()`: the candidate rows admission holds, exported as ranker_queue_rows."""
+        if self.multiprocess:
+            self._queue_rows = rows
+        else:
+            self.queue_rows.set_function(rows)
+
+    def exposition(self) -> bytes:
+        """The text /metrics answers: this process's, or with several workers all of theirs."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
 
     def on_request(self, method: str, path: str) -> None:
         self.in_flight.labels(path if path in PATHS else "other").inc()
+        if self._queue_rows is not None:
+            self.queue_rows.set(self._queue_rows())
 
     def on_response(
         self, method: str, path: str, status: int, error_type: str | None, seconds: float
@@ -123,6 +170,8 @@ class Metrics:
         code = str(status)
         self.responses.labels(path, code, error_type or ("ok" if status < 400 else "http")).inc()
         self.latency.labels(path, code).observe(seconds)
+        if self._queue_rows is not None:
+            self.queue_rows.set(self._queue_rows())
 
     def on_run(self, rows: int, jobs: int, seconds: float, waits: list[float]) -> None:
         self.runs.inc()
@@ -145,5 +194,6 @@ class Metrics:
 
     def on_model(self, version: str, previous: str | None = None) -> None:
         if previous is not None:
+            self.model.labels(previous).set(0)  # what the other workers read, in multiprocess
             self.model.remove(previous)
         self.model.labels(version).set(1)

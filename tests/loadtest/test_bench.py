@@ -154,6 +154,8 @@ def result(**naive) -> dict:
         "service_hit": path(100.0, 1.0),
         "service_miss": path(80.0, 0.0),
         "service_ids_hit": path(300.0, 1.0),
+        "workers": 2,
+        "service_ids_hit_workers": path(360.0, 1.0),
         "service_ids_miss": path(250.0, 0.0),
         "naive": path(25.0, 0.0, **naive),
     }
@@ -169,6 +171,8 @@ def test_report_has_a_row_per_path_and_names_failures():
     assert "load from wrk (a C load generator" in md
     # the id path's shape, step by step, against its best step
     assert "| callers (closed loop) | 1 | 8 |" in md and "| of the best step | 50% | 100% |" in md
+    assert "| the same, RANKER_WORKERS=2 | 180,000 (8) |" in md
+    assert "By ids with a cache hit, RANKER_WORKERS=2, step by step" in md
     assert "| server cores | 0.90 | 1.50 |" in md
     # refusals at twice the peak are reported as such, not as failures
     assert "Refused at 2x the peak" in md and "10 of 100" in md
@@ -203,6 +207,7 @@ def test_a_short_benchmark_runs_end_to_end(exported, tmp_path):
     out = tmp_path / "bench"
     args = ["--model-dir", str(exported.parent), "--candidates", "50", "--seconds", "0.3"]
     args += ["--driver", "python"]  # wrk runs whole seconds; its own test is below
+    args += ["--workers", "1"]  # no second run of the id path (test_workers.py tests workers)
     bench.main([*args, "--levels", "1,2", "--out", str(out), "--readme", str(readme)])
     r = json.loads((out / "serve.json").read_text())
     for key, hits in (
@@ -217,6 +222,7 @@ def test_a_short_benchmark_runs_end_to_end(exported, tmp_path):
             assert run["hit_rate"] == hits, key
     assert r["ceiling"]["rows"] == 50 and r["ceiling"]["candidates_per_s"] > 0
     md = (out / "serve.md").read_text()
+    assert "service_ids_hit_workers" not in r and "RANKER_WORKERS" not in md
     assert readme.read_text() == f"<!-- bench:serving -->\n{md}<!-- /bench:serving -->\n"
 
 
