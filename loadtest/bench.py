@@ -69,7 +69,9 @@ def bodies(n: int, users: int = HIT_USERS, seed: int = 1, names: bool = False) -
     ]
 
 
-STORE_MISS_USERS = 24_000  # stored users of the id-only miss run: each step its own 3,000
+# stored users of the id-only miss run, per second of a step (each step its own): more than the
+# path answers, at most 24,000 in all (5 kB each in Redis)
+STORE_MISS_USERS_PER_S, STORE_MISS_USERS = 600, 24_000
 
 
 def id_only(body: bytes, user_id: int) -> bytes:
@@ -95,8 +97,8 @@ class StoredUsers(Sequence[bytes]):
         return b'{"user_id":%d,' % (self.first_id + i) + self.rest
 
 
-def load_store(url: str, hit: list[bytes], miss_first: int) -> list[int]:
-    """The hit users under their 101 ids, and STORE_MISS_USERS more (the first hit user's
+def load_store(url: str, hit: list[bytes], miss_first: int, misses: int = 4000) -> list[int]:
+    """The hit users under their 101 ids, and `misses` more (the first hit user's
     features under ids from `miss_first`), written as `ranker users load` writes them."""
     import redis
 
@@ -114,7 +116,7 @@ def load_store(url: str, hit: list[bytes], miss_first: int) -> list[int]:
         d, blob = users.encode(feats)
         pipe.hset(users.key(uid), mapping={"d": d, "f": blob})
     base = raw_features(orjson.loads(hit[0])["user_features"])
-    for k in range(STORE_MISS_USERS):
+    for k in range(misses):
         d, blob = users.encode({**base, key: ([miss_first + k], [1.0])})
         pipe.hset(users.key(miss_first + k), mapping={"d": d, "f": blob})
     pipe.execute()
@@ -408,12 +410,15 @@ def run(args: argparse.Namespace) -> dict:
     }
     with RedisServer() as store:
         miss_first = 1 << 42
-        user_ids = load_store(store.url, hit, miss_first)
+        steps = len(args.levels) + 2
+        misses = STORE_MISS_USERS_PER_S * wrk.duration(args.seconds) * steps
+        misses = min(STORE_MISS_USERS, misses)
+        user_ids = load_store(store.url, hit, miss_first, misses)
         scenarios = {
             "hit": hit,
             "miss": NewUsers(hit[0]),
             "ids_hit": [id_only(b, u) for b, u in zip(hit, user_ids, strict=True)],
-            "ids_miss": StoredUsers(id_only(hit[0], 0), miss_first, STORE_MISS_USERS),
+            "ids_miss": StoredUsers(id_only(hit[0], 0), miss_first, misses),
         }
         service = over_http(
             "service",

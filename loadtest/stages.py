@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp, RedisServer() as store:
         table = Path(tmp) / "items.npz"
         Traffic(seed=1, names=names).item_table().save(table)
-        ids = bench.load_store(store.url, hit, 1 << 42)
+        ids = bench.load_store(store.url, hit, 1 << 42, misses=0)
         sent = [bench.id_only(b, u) for b, u in zip(hit, ids, strict=True)]
         svc = ServiceProcess(
             model_dir=folder,
