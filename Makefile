@@ -24,12 +24,10 @@ STORES ?= stores
 install: $(STAMP)
 
 # A new top-level package needs a reinstall too: an editable install maps the packages it saw.
-# --no-compile: Python compiles what it imports on first use (a fraction of torch's thousands of
-# files); byte-compiling everything at install took 20 of its 37 s here.
 $(STAMP): pyproject.toml $(wildcard */__init__.py)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 # Redis tests start their own redis-server on a free port; install the binary where missing.

@@ -16,8 +16,6 @@ from pydantic import ValidationError
 
 from service import logs, workers
 from service.config import Settings
-from service.main import create_app
-from service.server import DrainingServer
 
 
 def load_settings() -> Settings:
@@ -78,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     log_config = logs.configure(settings.log_format)
     if settings.workers > 1 and args.listen_fd is None:  # the supervisor serves nothing itself
         sys.exit(workers.supervise(settings))
+    from service.main import create_app  # (the supervisor above serves nothing: not imported)
+    from service.server import DrainingServer
+
     if settings.gc_freeze:
         quiet_gc()
     server = DrainingServer(
