@@ -205,7 +205,7 @@ def test_a_short_benchmark_runs_end_to_end(exported, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- bench:serving -->\n<!-- /bench:serving -->\n")
     out = tmp_path / "bench"
-    args = ["--model-dir", str(exported.parent), "--candidates", "50", "--seconds", "0.3"]
+    args = ["--model-dir", str(exported.parent), "--candidates", "50", "--seconds", "0.2"]
     args += ["--driver", "python"]  # wrk runs whole seconds; its own test is below
     args += ["--workers", "1"]  # no second run of the id path (test_workers.py tests workers)
     bench.main([*args, "--levels", "1,2", "--out", str(out), "--readme", str(readme)])

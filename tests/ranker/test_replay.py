@@ -1,6 +1,7 @@
 """One feature path, proven by replay: `ranker predict` scores a split offline; the same
 impressions sent to the running service as id-only requests (the item table and the user store
-loaded from the same folder) get the same pctr/pcvr/pctcvr to 1e-5. For a model trained without
+loaded from the same folder) get the same pctr/pcvr/pctcvr to 1e-5 (on the small generated set:
+what this proves needs no more rows). For a model trained without
 the combination fields (the way to serve by ids alone), and for one that uses them, with the
 caller sending them inline."""
 
@@ -21,7 +22,7 @@ LIMIT = 1500  # impressions replayed (every one of them is predicted offline); e
 def _trained(data, tmp_path_factory, name: str, **options):
     """A one-epoch ESMM without the combination fields (the way to serve by ids alone), exported
     as models/esmm/v1 of its own folder. Trained on the small set (the same generator): replay
-    proves the served scores equal the batch job's on `generated`, whatever the weights."""
+    proves the served scores equal the batch job's on `small_generated`, whatever the weights."""
     from training.export import export
     from training.train import TrainConfig, train
 
@@ -46,21 +47,21 @@ def numeric_model(small_generated, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def priced_table(generated, tmp_path_factory):
-    """The generated folder's own item table (with prices), built by the command."""
+def priced_table(small_generated, tmp_path_factory):
+    """The small_generated folder's own item table (with prices), built by the command."""
     table = tmp_path_factory.mktemp("priced") / "items.npz"
-    args = ["build", "--table", str(generated / "items.parquet"), "--out", str(table)]
+    args = ["build", "--table", str(small_generated / "items.parquet"), "--out", str(table)]
     assert items.main(args) == 0
     return table
 
 
 @pytest.fixture(scope="module")
-def stores(generated, tmp_path_factory):
-    """The item table and the user store of the generated folder, by the two commands."""
+def stores(small_generated, tmp_path_factory):
+    """The item table and the user store of the small_generated folder, by the two commands."""
     table = tmp_path_factory.mktemp("stores") / "items.npz"
-    assert items.main(["build", "--data", str(generated), "--out", str(table)]) == 0
+    assert items.main(["build", "--data", str(small_generated), "--out", str(table)]) == 0
     with RedisServer() as redis:
-        assert users.main(["load", "--data", str(generated), "--redis", redis.url]) == 0
+        assert users.main(["load", "--data", str(small_generated), "--redis", redis.url]) == 0
         yield table, redis.url
 
 
@@ -68,7 +69,7 @@ def stores(generated, tmp_path_factory):
     "kind", ["without combination fields", "with them inline", "with price as a feature"]
 )
 def test_id_only_requests_score_as_the_batch_job(
-    kind, request, exported, generated, stores, tmp_path, capsys
+    kind, request, exported, small_generated, stores, tmp_path, capsys
 ):
     table, store = stores
     model = {
@@ -81,7 +82,16 @@ def test_id_only_requests_score_as_the_batch_job(
         table = request.getfixturevalue("priced_table")
         extra = ["--items", str(table)]
     pred = tmp_path / "pred.csv"
-    args = ["--model", str(model), "--data", str(generated), "--split", "test", "--out", str(pred)]
+    args = [
+        "--model",
+        str(model),
+        "--data",
+        str(small_generated),
+        "--split",
+        "test",
+        "--out",
+        str(pred),
+    ]
     assert predict.main([*args, *extra]) == 0
     with serving(
         model_dir=model, item_table=table, user_store=store, user_store_timeout_ms=2_000
@@ -91,7 +101,7 @@ def test_id_only_requests_score_as_the_batch_job(
     ):
         code = replay.main(
             [
-                *("--data", str(generated), "--split", "test", "--predictions", str(pred)),
+                *("--data", str(small_generated), "--split", "test", "--predictions", str(pred)),
                 *("--url", url, "--limit", str(LIMIT)),
             ]
         )
@@ -100,17 +110,17 @@ def test_id_only_requests_score_as_the_batch_job(
     assert f'"impressions": {LIMIT}' in report and '"over_tolerance": 0' in report
     inline = kind.startswith("with them")
     assert (
-        "candidates" in str(replay.requests(generated, "test", inline, 50, 500)[0][0])
+        "candidates" in str(replay.requests(small_generated, "test", inline, 50, 500)[0][0])
     ) is inline
 
 
 def test_replay_catches_a_service_that_scores_differently(
-    exported, id_only_model, generated, stores, tmp_path, capsys
+    exported, id_only_model, small_generated, stores, tmp_path, capsys
 ):
     """The check can fail: the id-only model's predictions against the full model served."""
     table, store = stores
     pred = tmp_path / "pred.csv"
-    args = ["--model", str(id_only_model), "--data", str(generated), "--out", str(pred)]
+    args = ["--model", str(id_only_model), "--data", str(small_generated), "--out", str(pred)]
     assert predict.main(args) == 0
     with serving(
         model_dir=exported, item_table=table, user_store=store, user_store_timeout_ms=2_000
@@ -119,7 +129,16 @@ def test_replay_catches_a_service_that_scores_differently(
         _,
     ):
         code = replay.main(
-            ["--data", str(generated), "--predictions", str(pred), "--url", url, "--limit", "500"]
+            [
+                "--data",
+                str(small_generated),
+                "--predictions",
+                str(pred),
+                "--url",
+                url,
+                "--limit",
+                "500",
+            ]
         )
     assert code == 1 and '"over_tolerance": 0' not in capsys.readouterr().out
 
