@@ -408,8 +408,9 @@ class RequestEncoder:
         return -1 if k is None else k
 
     def _item_keys(self, item_ids: list) -> np.ndarray:
-        if self.key_dtype["item"] == "int" and all(type(k) is int for k in item_ids):
-            keys = np.array(item_ids, dtype=np.int64)
+        # all integers (the decoder bounds them to int64): one conversion, no loop in Python
+        keys = np.array(item_ids) if self.key_dtype["item"] == "int" else None
+        if keys is not None and keys.dtype == np.int64:
             if self.named:
                 return keys & V.INT64_MAX
             if (keys < 0).any():
