@@ -42,6 +42,18 @@ def int_ids(values: np.ndarray) -> np.ndarray:
     return (np.asarray(values, dtype=np.int64) & INT64_MAX).astype(np.int64)
 
 
+def _listed(uniq: np.ndarray, key_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, position in `uniq`) of each key id (N, K) that `uniq` (sorted) holds, in row-major
+    order; padding (-1) and ids no list holds find nothing."""
+    kr, kc = np.nonzero(key_ids >= 0)
+    if not len(kr) or not len(uniq):
+        return kr[:0], kr[:0]
+    keys = key_ids[kr, kc]
+    at = np.minimum(np.searchsorted(uniq, keys), len(uniq) - 1)
+    hit = uniq[at] == keys
+    return kr[hit], at[hit]
+
+
 class ListCounts:
     """Users' lists indexed for `count`: dense codes of their ids and, per (user, code), the
     summed weight, sorted. Built once per list and reused for every cross counting in it
@@ -62,13 +74,9 @@ class ListCounts:
         row n's key ids (N, K) (-1 = padding); 0 where none is there."""
         key_ids = np.asarray(key_ids, dtype=np.int64)
         n = len(key_ids)
-        kr, kc = np.nonzero(key_ids >= 0)
+        kr, at = _listed(self.uniq, key_ids)
         if not len(kr) or not len(self.pair):
             return np.zeros(n, dtype=np.float32)
-        keys = key_ids[kr, kc]
-        at = np.minimum(np.searchsorted(self.uniq, keys), len(self.uniq) - 1)
-        listed = self.uniq[at] == keys  # a key no list holds finds nothing
-        kr, at = kr[listed], at[listed]
         wanted = np.asarray(row_user, dtype=np.int64)[kr] * self.width + at
         pos = np.minimum(np.searchsorted(self.pair, wanted), len(self.pair) - 1)
         hit = self.pair[pos] == wanted
@@ -91,14 +99,8 @@ class OneList:
     def count(self, key_ids: np.ndarray) -> np.ndarray:
         """(N,) float32: the summed weight in the list of each of row n's key ids (N, K)."""
         key_ids = np.asarray(key_ids, dtype=np.int64)
-        n = len(key_ids)
-        kr, kc = np.nonzero(key_ids >= 0)
-        if not len(kr) or not len(self.uniq):
-            return np.zeros(n, dtype=np.float32)
-        keys = key_ids[kr, kc]
-        at = np.minimum(np.searchsorted(self.uniq, keys), len(self.uniq) - 1)
-        hit = self.uniq[at] == keys
-        return np.bincount(kr[hit], self.summed[at[hit]], minlength=n).astype(np.float32)
+        kr, at = _listed(self.uniq, key_ids)
+        return np.bincount(kr, self.summed[at], minlength=len(key_ids)).astype(np.float32)
 
 
 def count_in(
