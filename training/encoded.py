@@ -76,6 +76,31 @@ class EncodedSplit:
     def __len__(self) -> int:
         return len(self.click)
 
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: dict[str, np.ndarray],
+        users: int,
+        rows: int,
+        report: ReadReport,
+        action: np.ndarray | None = None,
+    ) -> EncodedSplit:
+        """The first `users` and `rows` of SplitWriter's arrays, by their names (in memory, or
+        mapped back from their .npy files)."""
+        a, u, n = arrays, users, rows
+        return cls(
+            a["user_ids"][:u],
+            a["user_vals"][:u],
+            a["item_ids"][:n],
+            a["item_vals"][:n],
+            a["row_user"][:n],
+            a["click"][:n],
+            a["conv"][:n],
+            a["sample_id"][:n],
+            report,
+            action,
+        )
+
     @property
     def sessions(self) -> np.ndarray:
         """(N,) the request of each row: what training keeps together and splits by."""
@@ -187,14 +212,4 @@ class SplitWriter:
                 arr.flush()
         u, n = self.n_users, self.n_rows
         report.rows = n
-        return EncodedSplit(
-            a["user_ids"][:u],
-            a["user_vals"][:u],
-            a["item_ids"][:n],
-            a["item_vals"][:n],
-            a["row_user"][:n],
-            a["click"][:n],
-            a["conv"][:n],
-            a["sample_id"][:n],
-            report,
-        )
+        return EncodedSplit.from_arrays(a, u, n, report)

@@ -70,18 +70,8 @@ def load_split(
     meta = json.loads(meta_path.read_text())
     u, n = meta["n_users"], meta["n_rows"]
     arr = {p.stem: np.load(p, mmap_mode="r") for p in target.glob("*.npy")}
-    return EncodedSplit(
-        arr["user_ids"][:u],
-        arr["user_vals"][:u],
-        arr["item_ids"][:n],
-        arr["item_vals"][:n],
-        arr["row_user"][:n],
-        arr["click"][:n],
-        arr["conv"][:n],
-        arr["sample_id"][:n],
-        ReadReport(**meta["report"]),
-        _cached_action(data_dir, split, target, arr["sample_id"][:n], arr["click"][:n]),
-    )
+    action = _cached_action(data_dir, split, target, arr["sample_id"][:n], arr["click"][:n])
+    return EncodedSplit.from_arrays(arr, u, n, ReadReport(**meta["report"]), action)
 
 
 def _cached_action(
