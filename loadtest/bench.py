@@ -97,7 +97,7 @@ class StoredUsers(Sequence[bytes]):
         return b'{"user_id":%d,' % (self.first_id + i) + self.rest
 
 
-def load_store(url: str, hit: list[bytes], miss_first: int, misses: int = 4000) -> list[int]:
+def load_store(url: str, hit: list[bytes], miss_first: int, misses: int) -> list[int]:
     """The hit users under their 101 ids, and `misses` more (the first hit user's
     features under ids from `miss_first`), written as `ranker users load` writes them."""
     import redis
@@ -285,32 +285,21 @@ def sweep(
     load) and at OVERLOAD times it (goodput when offered more than it can do). With wrk (the
     default where installed) every figure is what wrk saw, with the server's cores; without it,
     the Python driver (loadtest/load.py) runs the same steps, cores not measured."""
-    if args.driver == "python" or not wrk.available():
-        return _sweep_python(url, sent, args, miss)
-    steps = len(args.levels) + 2
-    per_step = int(wrk.duration(args.seconds) * MISS_BODIES_PER_S * 500 / args.candidates)
-    per_step = min(per_step, MISS_FILE_BYTES // len(sent[0]))  # full-feature bodies are large
-    span = min(per_step, len(sent) // steps) if miss else len(sent)
-
-    def step(k: int, connections: int, rate: float | None = None) -> dict:
-        # a miss run's step gets bodies of its own (wrk starts over at the end of its file: a
-        # body sent twice is a hit, and counted as one)
-        part = [sent[i] for i in range(k * span, (k + 1) * span)] if miss else sent
-        bodies = wrk.Bodies(part)
-        try:
-            return _wrk_step(url, bodies, args, connections, rate, pid, offset=k)
-        finally:
-            bodies.close()
-
+    driver = "python" if args.driver == "python" or not wrk.available() else "wrk"
+    step = (_wrk_step_of if driver == "wrk" else _python_step_of)(url, sent, args, miss, pid)
     runs = {c: step(k, c) for k, c in enumerate(args.levels)}
     peak_c = max(runs, key=lambda c: runs[c]["candidates_per_s"])
     rate = runs[peak_c]["accepted_per_s"]
-    half = step(len(args.levels), _open_connections(rate / 2), rate / 2)
-    over = step(len(args.levels) + 1, _open_connections(rate * OVERLOAD), rate * OVERLOAD)
-    under = [c for c in runs if runs[c]["p99_ms"] is not None and runs[c]["p99_ms"] <= P99_BOUND_MS]
+    half = step(len(args.levels), None, rate / 2)
+    over = step(len(args.levels) + 1, None, rate * OVERLOAD)
+    under = [
+        c
+        for c, run in runs.items()
+        if run["accepted_p99_ms"] is not None and run["accepted_p99_ms"] <= P99_BOUND_MS
+    ]
     best_c = max(under, key=lambda c: runs[c]["candidates_per_s"]) if under else None
     return {
-        "driver": "wrk",
+        "driver": driver,
         "levels": {str(c): v for c, v in runs.items()},
         "peak": {"concurrency": peak_c, **runs[peak_c]},
         "under_bound": None if best_c is None else {"concurrency": best_c, **runs[best_c]},
@@ -319,34 +308,38 @@ def sweep(
     }
 
 
-def _sweep_python(url: str, sent: Sequence[bytes], args: argparse.Namespace, miss: bool) -> dict:
+def _wrk_step_of(url: str, sent: Sequence[bytes], args, miss: bool, pid: int | None):
+    """step(k, callers, rate): the k-th step of a sweep, closed loop with `callers` or open
+    loop at `rate`, run by wrk."""
+    steps = len(args.levels) + 2
+    per_step = int(wrk.duration(args.seconds) * MISS_BODIES_PER_S * 500 / args.candidates)
+    per_step = min(per_step, MISS_FILE_BYTES // len(sent[0]))  # full-feature bodies are large
+    span = min(per_step, len(sent) // steps) if miss else len(sent)
+
+    def step(k: int, callers: int | None, rate: float | None = None) -> dict:
+        # a miss run's step gets bodies of its own (wrk starts over at the end of its file: a
+        # body sent twice is a hit, and counted as one)
+        part = [sent[i] for i in range(k * span, (k + 1) * span)] if miss else sent
+        bodies = wrk.Bodies(part)
+        connections = callers if rate is None else _open_connections(rate)
+        try:
+            return _wrk_step(url, bodies, args, connections, rate, pid, offset=k)
+        finally:
+            bodies.close()
+
+    return step
+
+
+def _python_step_of(url: str, sent: Sequence[bytes], args, miss: bool, pid: int | None):
+    """step(k, callers, rate), run by the Python driver (64 connections when open loop)."""
     span = len(sent) // (len(args.levels) + 2) if miss else len(sent)
-    runs = {}
-    for k, c in enumerate(args.levels):
+
+    def step(k: int, callers: int | None, rate: float | None = None) -> dict:
         bodies = Shifted(sent, k * span, span) if miss else sent
-        runs[c] = _figures(
-            asyncio.run(Load(url, bodies, concurrency=c).run(args.seconds)), args.candidates
-        )
-    peak_c = max(runs, key=lambda c: runs[c]["candidates_per_s"])
-    under = [
-        c
-        for c in runs
-        if runs[c]["accepted_p99_ms"] is not None and runs[c]["accepted_p99_ms"] <= P99_BOUND_MS
-    ]
-    best_c = max(under, key=lambda c: runs[c]["candidates_per_s"]) if under else None
-    rate = runs[peak_c]["accepted_per_s"]
-    steps = {}
-    for k, (name, r) in enumerate((("half", rate / 2), ("overload", rate * OVERLOAD))):
-        bodies = Shifted(sent, (len(args.levels) + k) * span, span) if miss else sent
-        load = Load(url, bodies, rate=r, concurrency=64)
-        steps[name] = {"rate": r, **_figures(asyncio.run(load.run(args.seconds)), args.candidates)}
-    return {
-        "driver": "python",
-        "levels": {str(c): v for c, v in runs.items()},
-        "peak": {"concurrency": peak_c, **runs[peak_c]},
-        "under_bound": None if best_c is None else {"concurrency": best_c, **runs[best_c]},
-        **steps,
-    }
+        load = Load(url, bodies, concurrency=64 if rate else callers, rate=rate)
+        return _figures(asyncio.run(load.run(args.seconds)), args.candidates)
+
+    return step
 
 
 def over_http(
