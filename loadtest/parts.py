@@ -132,15 +132,21 @@ class ServiceProcess:
         return metric(self.url, name)
 
 
+def scrape(url: str) -> dict[str, float]:
+    """Every sample of a service's /metrics, by its line's name and labels as the service writes
+    them (`x{a="1",b="2"}`)."""
+    out = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 def metric(url: str, name: str) -> float:
     """The sum of the samples on a service's /metrics whose line starts with `name` (labels
-    included, as the service writes them: `x{a="1",b="2"}` names one sample)."""
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
+    included: `x{a="1",b="2"}` names one sample, `x{a="1",` every one with a="1")."""
+    return sum(v for k, v in scrape(url).items() if k.startswith(name))
 
 
 def copy_version(src: Path, root: Path, version: str) -> Path:

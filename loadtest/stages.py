@@ -20,22 +20,13 @@ from pathlib import Path
 import httpx
 
 from loadtest import bench, wrk
-from loadtest.parts import RedisServer, ServiceProcess
+from loadtest.parts import RedisServer, ServiceProcess, scrape
 from loadtest.traffic import Traffic
 from service.engine import Engine
 from service.model_folder import newest_version
 from training.cli import prog as cli_prog
 
 STAGES = ("ranker_batch_run_seconds", "ranker_batch_wait_seconds", "ranker_event_loop_lag_seconds")
-
-
-def scrape(url: str) -> dict[str, float]:
-    out = {}
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
 
 
 def _mean_ms(a: dict, b: dict, name: str) -> float | None:

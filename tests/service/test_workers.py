@@ -11,7 +11,7 @@ import httpx
 import pytest
 from support import request_for
 
-from loadtest.parts import ServiceProcess
+from loadtest.parts import ServiceProcess, metric
 
 TOKEN = "a-token-of-sixteen-chars"
 
@@ -21,11 +21,7 @@ def children(pid: int) -> list[int]:
 
 
 def rank_total(url: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in httpx.get(f"{url}/metrics").text.splitlines()
-        if line.startswith('ranker_responses_total{path="/rank",status="200"')
-    )
+    return metric(url, 'ranker_responses_total{path="/rank",status="200"')
 
 
 @pytest.fixture
