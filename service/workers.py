@@ -81,29 +81,24 @@ def supervise(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    status = 0
+    died: dict[int, int] = {}  # pid -> exit status, in the order the workers ended
     try:
-        while any(w.poll() is None for w in workers):
+        while len(died) < len(workers):
             for w in workers:
-                code = w.poll()
-                if code is None or getattr(w, "seen", False):
+                if w.pid in died or w.poll() is None:
                     continue
-                w.seen = True  # type: ignore[attr-defined]
+                died[w.pid] = w.returncode
                 _mark_dead(w.pid, metrics_dir)
-                if code != 0 and status == 0:
-                    status = code if code > 0 else 128 - code
                 if not stopping:  # died on its own: the service stops whole
-                    log.error("worker %d exited with %d: stopping the others", w.pid, code)
+                    log.error("worker %d exited with %d: stopping the others", w.pid, w.returncode)
                     stop(signal.SIGTERM, None)
             time.sleep(0.1)
-        for w in workers:
-            code = w.wait()
-            if code != 0 and status == 0:
-                status = code if code > 0 else 128 - code
     finally:
         sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    return status
+    # the first failure's status, as a shell gives it (128 + the signal that killed it)
+    first = next((code for code in died.values() if code != 0), 0)
+    return first if first >= 0 else 128 - first
 
 
 def _mark_dead(pid: int, metrics_dir: str) -> None:
