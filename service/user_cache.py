@@ -147,13 +147,12 @@ class RedisTier:
             what="redis tier",
             meanwhile="serving from the process cache and the user tower",
         )
-        self.client, self.breaker, self.url = self.redis.client, self.redis.breaker, self.redis.url
         self.ttl_ms = int(ttl_s * 1000)
         self.max_pending_writes, self.on_event = max_pending_writes, on_event
         self._writes: set[asyncio.Task] = set()
 
     async def get(self, key: str) -> bytes | None:
-        return await self._call("get", self.client.get, key)
+        return await self._call("get", self.redis.client.get, key)
 
     def put(self, key: str, blob: bytes) -> None:
         """Write in the background; dropped (and counted) when too many writes are pending."""
@@ -161,7 +160,7 @@ class RedisTier:
             self.on_event("set", "skipped")
             return
         task = asyncio.get_running_loop().create_task(
-            self._call("set", self.client.set, key, blob, px=self.ttl_ms)
+            self._call("set", self.redis.client.set, key, blob, px=self.ttl_ms)
         )
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)

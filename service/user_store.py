@@ -64,7 +64,7 @@ class UserStore:
             what="user store",
             meanwhile="requests without user_features get 503",
         )
-        self.client, self.breaker, self.url = self.redis.client, self.redis.breaker, self.redis.url
+        self.url = self.redis.url  # (for logs: the password redacted)
         self.max_age_s, self.size, self.clock = max_age_s, size, clock
         self.on_event = on_event
         # user id -> (when its digest was read, the digest or None for an absent user)
@@ -82,7 +82,7 @@ class UserStore:
                 self.on_event("check", "recent")
                 return seen[1]
         now = self.clock()
-        raw = await self._call("check", self.client.hget, users.key(user_id), "d")
+        raw = await self._call("check", self.redis.client.hget, users.key(user_id), "d")
         digest = None if raw is None else raw.decode("ascii", "replace")
         self._remember(user_id, now, digest)
         return digest
@@ -90,7 +90,7 @@ class UserStore:
     async def features(self, user_id: int, digest: str) -> dict:
         """The user's features, which must still be those of `digest` (else Changed)."""
         now = self.clock()
-        d, blob = await self._call("fetch", self.client.hmget, users.key(user_id), ["d", "f"])
+        d, blob = await self._call("fetch", self.redis.client.hmget, users.key(user_id), ["d", "f"])
         current = None if d is None else d.decode("ascii", "replace")
         if current == digest and blob is None:  # written without its features: unusable
             raise users.UserRecordError("it has a digest (d) but no features (f)")
