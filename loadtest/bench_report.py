@@ -81,7 +81,9 @@ def markdown(r: dict) -> str:
         if ov is not None:
             bad = {k: v for k, v in ov["by_status"].items() if k != "200"}
             if bad:
-                refused.append(f"{label}: {sum(bad.values())} of {ov['requests']} ({bad})")
+                fast = ov.get("refused_fast_share")
+                within = "" if fast is None else f", {fast:.0%} of the 503s answered within 10 ms"
+                refused.append(f"{label}: {sum(bad.values())} of {ov['requests']} ({bad}{within})")
     for key, title in (("service_ids_hit", "one process"), ("service_ids_hit_workers", None)):
         if key not in r:
             continue

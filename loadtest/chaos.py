@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 counts["reloads_ok" if swapped else "reloads_failed"] += 1
         time.sleep(max(0.0, end - time.monotonic()))
         result = load.stop()
-        redis_errors = svc.metric('ranker_redis_calls_total{op="get",outcome="error"}')
+        redis_errors = svc.metric("ranker_redis_calls_total", op="get", outcome="error")
         exit_code = svc.stop()
     summary = {
         **result.summary(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -128,8 +129,8 @@ class ServiceProcess:
             self.proc.terminate()
         return self.proc.wait(timeout_s)
 
-    def metric(self, name: str) -> float:
-        return metric(self.url, name)
+    def metric(self, name: str, **labels: str) -> float:
+        return metric(self.url, name, **labels)
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -143,10 +144,23 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
-def metric(url: str, name: str) -> float:
-    """The sum of the samples on a service's /metrics whose line starts with `name` (labels
-    included: `x{a="1",b="2"}` names one sample, `x{a="1",` every one with a="1")."""
-    return sum(v for k, v in scrape(url).items() if k.startswith(name))
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def total(samples: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of the samples (scrape's) of metric `name` whose labels include `labels`,
+    whatever order the service writes labels in."""
+    out = 0.0
+    for key, value in samples.items():
+        base, _, rest = key.partition("{")
+        if base == name and labels.items() <= dict(_LABEL.findall(rest)).items():
+            out += value
+    return out
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of a service's samples of metric `name` with `labels` (total), read now."""
+    return total(scrape(url), name, **labels)
 
 
 def copy_version(src: Path, root: Path, version: str) -> Path:

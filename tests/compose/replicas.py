@@ -157,14 +157,15 @@ def in_rotation(row: dict | None) -> bool:
     return row is not None and row["status"].split()[0] == "UP"
 
 
-def replica_metric(ip: str, sample: str) -> float:
-    """One sample of a replica's own /metrics (0 when absent)."""
-    return metric(f"http://{ip}:8000", sample)
+def replica_metric(ip: str, sample: tuple[str, dict[str, str]]) -> float:
+    """One sample, (name, labels), of a replica's own /metrics (0 when absent)."""
+    name, labels = sample
+    return metric(f"http://{ip}:8000", name, **labels)
 
 
-RANK_200 = 'ranker_request_seconds_count{path="/rank",status="200"}'
-REDIS_HIT = 'ranker_user_cache_total{outcome="hit",tier="redis"}'
-REDIS_SET = 'ranker_redis_calls_total{op="set",outcome="ok"}'
+RANK_200 = ("ranker_request_seconds_count", {"path": "/rank", "status": "200"})
+REDIS_HIT = ("ranker_user_cache_total", {"outcome": "hit", "tier": "redis"})
+REDIS_SET = ("ranker_redis_calls_total", {"op": "set", "outcome": "ok"})
 
 
 def quantile_ms(seconds: list[float], q: float) -> float:

@@ -4,6 +4,7 @@ promised, and a short run goes end to end on a real exported model."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 
@@ -121,6 +122,7 @@ def result(**naive) -> dict:
             "overload": {
                 "rate": per_s * 2,
                 **run(per_s * 0.9, hit, 30.0, by_status={"200": 90, "503": 10}),
+                "refused_fast_share": 0.8,
             },
         }
 
@@ -176,6 +178,7 @@ def test_report_has_a_row_per_path_and_names_failures():
     assert "| server cores | 0.90 | 1.50 |" in md
     # refusals at twice the peak are reported as such, not as failures
     assert "Refused at 2x the peak" in md and "10 of 100" in md
+    assert "80% of the 503s answered within 10 ms" in md
     assert "| /rank by features, user cache miss | 40,000 (8) |" in md
     assert "| naive: full graph per request, tiled, no cache/batching | 12,500 (8) |" in md
     assert "| /rank by ids (both stores), user cache hit | 150,000 (8) |" in md
@@ -233,12 +236,17 @@ def test_wrk_closed_and_open_loop_report_what_the_caller_saw_and_the_server_used
     (body,) = bench.bodies(50, users=1)
     bodies = wrk.Bodies([body])
     svc = ServiceProcess(model_dir=exported, access_log=False).wait_ready()
+    args = argparse.Namespace(seconds=1, candidates=50)
     try:
-        closed = wrk.run(svc.url, bodies, 1, 2, server_pid=svc.proc.pid)
+        closed = bench._wrk_step(svc.url, bodies, args, 2, pid=svc.proc.pid)
         opened = wrk.run(svc.url, bodies, 2, 16, rate=40.0, server_pid=svc.proc.pid)
     finally:
         svc.stop()
         bodies.close()
+    # what the server counted during the step: one user, so every answer a cache hit but the
+    # first of each connection at most; no refusal
+    assert 1.0 - 2 / closed["requests"] <= closed["hit_rate"] <= 1.0, closed
+    assert closed["refused_fast_share"] is None, closed
     for r in (closed, opened):
         assert r["by_status"] == {"200": r["requests"]} and r["requests"] > 0, r
         assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["p999_ms"] <= r["max_ms"], r
@@ -247,6 +255,26 @@ def test_wrk_closed_and_open_loop_report_what_the_caller_saw_and_the_server_used
     assert 20 < opened["achieved_per_s"] < 60, opened  # Poisson: about the offered rate
     with pytest.raises(ValueError, match="one line"):
         wrk.Bodies([b"{\n}"])
+
+
+def test_refusals_within_10_ms_are_read_from_the_servers_histogram():
+    """The share of a step's 503s answered within 10 ms: the growth of the latency histogram's
+    10 ms bucket over that of its count, for /rank's 503s only, whatever the labels' order."""
+    count = 'ranker_request_seconds_count{path="/rank",status="503"}'
+    fast = 'ranker_request_seconds_bucket{le="0.01",path="/rank",status="503"}'
+    slow = 'ranker_request_seconds_bucket{le="0.02",path="/rank",status="503"}'
+    other = 'ranker_request_seconds_bucket{le="0.01",path="/rank",status="200"}'
+    before = {count: 5.0, fast: 5.0, slow: 5.0, other: 10.0}
+    after = {count: 25.0, fast: 20.0, slow: 25.0, other: 500.0}
+    after['ranker_user_cache_total{outcome="hit",tier="local"}'] = 3.0  # new since before
+    after['ranker_user_cache_total{tier="redis",outcome="hit"}'] = 2.0
+    after['ranker_user_cache_total{outcome="miss",tier="redis"}'] = 7.0
+    assert bench._delta(before, after, "ranker_request_seconds_count", **bench.REFUSED) == 20.0
+    assert (
+        bench._delta(before, after, "ranker_request_seconds_bucket", le="0.01", **bench.REFUSED)
+        == 15.0
+    )
+    assert bench._delta(before, after, "ranker_user_cache_total", outcome="hit") == 5.0
 
 
 def test_the_stage_table_has_a_column_per_step_and_a_row_per_stage():

@@ -21,7 +21,7 @@ def children(pid: int) -> list[int]:
 
 
 def rank_total(url: str) -> float:
-    return metric(url, 'ranker_responses_total{path="/rank",status="200"')
+    return metric(url, "ranker_responses_total", path="/rank", status="200")
 
 
 @pytest.fixture
