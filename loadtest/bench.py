@@ -252,7 +252,7 @@ MISS_FILE_BYTES = 64 << 20  # at most this much of bodies per step (1,000 full-f
 OVERLOAD = bench_report.OVERLOAD
 
 
-def _open_connections(rate: float) -> int:
+def open_connections(rate: float) -> int:
     """Connections of an open-loop step: enough that a fifth of a second of arrivals can be in
     flight at once (so arrivals do not wait for answers), each waiting 0.2 s on average between
     its requests (far under the server's keep-alive timeout)."""
@@ -336,7 +336,7 @@ def _wrk_step_of(url: str, sent: Sequence[bytes], args, miss: bool, pid: int | N
         # body sent twice is a hit, and counted as one)
         part = [sent[i] for i in range(k * span, (k + 1) * span)] if miss else sent
         bodies = wrk.Bodies(part)
-        connections = callers if rate is None else _open_connections(rate)
+        connections = callers if rate is None else open_connections(rate)
         try:
             return _wrk_step(url, bodies, args, connections, rate, pid, offset=k)
         finally:

@@ -136,8 +136,12 @@ class ServiceProcess:
 def scrape(url: str) -> dict[str, float]:
     """Every sample of a service's /metrics, by its line's name and labels as the service writes
     them (`x{a="1",b="2"}`)."""
+    got = httpx.get(f"{url}/metrics", timeout=10)
+    if got.status_code == 404:  # a server without metrics (the naive baseline): none
+        return {}
+    got.raise_for_status()
     out = {}
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+    for line in got.text.splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)

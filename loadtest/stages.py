@@ -5,6 +5,7 @@ per run, run time, the time a request's rows waited for their run, the event loo
 server's cores. `docs/benchmarks.md` ("Latency at the tail") reads these tables.
 
     python -m loadtest.stages --model-dir models [--levels 1,2,4,8,16,32] [--seconds 8]
+        [--rates 120,240]       # open-loop steps too, Poisson arrivals at these requests/s
         [--set KEY=VALUE ...]   # RANKER_ settings of the served process, e.g. intra_op_threads=2
 
 Needs wrk (`make bench` installs it) and redis-server.
@@ -34,9 +35,15 @@ def _mean_ms(a: dict, b: dict, name: str) -> float | None:
     return None if n <= 0 else (b[f"{name}_sum"] - a.get(f"{name}_sum", 0.0)) / n * 1e3
 
 
-def step(url: str, bodies: wrk.Bodies, seconds: float, callers: int, pid: int) -> dict:
+def step(
+    url: str, bodies: wrk.Bodies, seconds: float, callers: int, pid: int, rate: float | None = None
+) -> dict:
+    """One wrk run: closed loop with `callers`, or open loop (Poisson arrivals) at `rate`
+    requests/s over as many connections as bench's open-loop steps use."""
+    if rate is not None:
+        callers = bench.open_connections(rate)
     before = scrape(url)
-    r = wrk.run(url, bodies, seconds, callers, server_pid=pid)
+    r = wrk.run(url, bodies, seconds, callers, rate, server_pid=pid)
     after = scrape(url)
     runs = after.get("ranker_batch_run_seconds_count", 0) - before.get(
         "ranker_batch_run_seconds_count", 0
@@ -44,9 +51,11 @@ def step(url: str, bodies: wrk.Bodies, seconds: float, callers: int, pid: int) -
     rows = after.get("ranker_batch_rows_sum", 0) - before.get("ranker_batch_rows_sum", 0)
     return {
         "callers": callers,
+        "rate": rate,
         "candidates_per_s": r["accepted_per_s"] * 500,
         "p50_ms": r["p50_ms"],
         "p99_ms": r["p99_ms"],
+        "p999_ms": r["p999_ms"],
         "server_cores": r["server_cores"],
         "runs_per_s": runs / r["seconds"],
         "rows_per_run": rows / runs if runs else None,
@@ -63,7 +72,7 @@ def markdown(steps: list[dict]) -> str:
 
     rows = [
         ("candidates/s", "candidates_per_s", ",.0f"),
-        ("p50 / p99 ms", None, None),
+        ("p50 / p99 / p999 ms", None, None),
         ("server cores", "server_cores", ".2f"),
         ("scorer runs/s", "runs_per_s", ".0f"),
         ("rows per run", "rows_per_run", ".0f"),
@@ -72,12 +81,14 @@ def markdown(steps: list[dict]) -> str:
         ("event-loop lag ms (mean)", "loop_lag_ms", ".2f"),
     ]
     lines = [
-        "| callers (closed loop) | " + " | ".join(str(s["callers"]) for s in steps) + " |",
+        "| callers (closed loop), or open loop at requests/s | "
+        + " | ".join(str(s["callers"]) if s["rate"] is None else f"{s['rate']:g}/s" for s in steps)
+        + " |",
         "|---|" + "---|" * len(steps),
     ]
     for label, key, fmt in rows:
         if key is None:
-            cells = [f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f}" for s in steps]
+            cells = [f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f} / {s['p999_ms']:.1f}" for s in steps]
         else:
             cells = [f(s[key], fmt) for s in steps]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -94,6 +105,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument(
         "--levels", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2, 4, 8, 16, 32]
+    )
+    p.add_argument(
+        "--rates",
+        type=lambda t: [float(x) for x in t.split(",")],
+        default=[],
+        help="open-loop steps after the closed-loop ones, at these requests/s (Poisson arrivals)",
     )
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE, a RANKER_ setting")
     p.add_argument("--out", type=Path, default=Path("runs/stages.json"))
@@ -123,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
                 httpx.post(f"{svc.url}/rank", content=b, timeout=60).raise_for_status()
             wrk.run(svc.url, bodies, 2, 2)  # warm
             steps = [step(svc.url, bodies, args.seconds, c, svc.proc.pid) for c in args.levels]
+            steps += [
+                step(svc.url, bodies, args.seconds, 0, svc.proc.pid, rate) for rate in args.rates
+            ]
         finally:
             bodies.close()
             svc.stop()

@@ -282,9 +282,11 @@ def test_the_stage_table_has_a_column_per_step_and_a_row_per_stage():
 
     step = {
         "callers": 4,
+        "rate": None,
         "candidates_per_s": 200_000.0,
         "p50_ms": 9.0,
         "p99_ms": 15.0,
+        "p999_ms": 21.0,
         "server_cores": 1.37,
         "runs_per_s": 285.0,
         "rows_per_run": 755.0,
@@ -292,8 +294,8 @@ def test_the_stage_table_has_a_column_per_step_and_a_row_per_stage():
         "wait_ms": 1.18,
         "loop_lag_ms": None,
     }
-    md = stages.markdown([step, {**step, "callers": 16}])
-    assert "| callers (closed loop) | 4 | 16 |" in md
-    assert "| p50 / p99 ms | 9.0 / 15.0 | 9.0 / 15.0 |" in md
-    assert "| wait for a run ms (mean) | 1.18 | 1.18 |" in md
-    assert "| event-loop lag ms (mean) | - | - |" in md
+    md = stages.markdown([step, {**step, "callers": 16}, {**step, "callers": 50, "rate": 250.0}])
+    assert "| callers (closed loop), or open loop at requests/s | 4 | 16 | 250/s |" in md
+    assert "| p50 / p99 / p999 ms | 9.0 / 15.0 / 21.0 | 9.0 / 15.0 / 21.0 |" in md
+    assert "| wait for a run ms (mean) | 1.18 | 1.18 | 1.18 |" in md
+    assert "| event-loop lag ms (mean) | - | - | - |" in md
