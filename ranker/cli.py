@@ -32,6 +32,7 @@ VERBS: dict[str, str] = {
     "users": "ranker.users",
     "predict": "ranker.predict",
     "replay": "ranker.replay",
+    "fusion": "ranker.fusion",
     "bench": "loadtest.bench",
     "chaos": "loadtest.chaos",
     "overload": "loadtest.overload",
