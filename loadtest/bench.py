@@ -37,7 +37,7 @@ from service.config import Settings
 from service.encoding import RequestEncoder
 from service.engine import Engine
 from service.model_folder import newest_version
-from service.response import ranked
+from service.response import order_of, ranked
 from training.cli import prog as cli_prog
 
 HIT_USERS = 4  # users sent again and again: after the first request, every one a cache hit
@@ -181,7 +181,15 @@ def in_process(
             **_by_ids(engine, body, rule, seconds, table),
             "response_ms": _time(
                 lambda: msgspec.json.encode(
-                    ranked(engine.version, True, r.fusion, item_ids, scores, fused, None)
+                    ranked(
+                        engine.version,
+                        True,
+                        r.fusion,
+                        item_ids,
+                        scores,
+                        fused,
+                        order_of(fused, None),
+                    )
                 ),
                 seconds / 4,
             )

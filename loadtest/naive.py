@@ -30,7 +30,7 @@ from service.errors import NotReady
 from service.handlers import install_error_handlers
 from service.model_folder import newest_version
 from service.requestid import RequestIdMiddleware
-from service.response import json_response, ranked
+from service.response import json_response, order_of, ranked
 from service.server import server_config
 
 log = logging.getLogger("loadtest.naive")
@@ -82,7 +82,15 @@ def create_app(settings: Settings) -> FastAPI:
         fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, price)
         item_ids = r.req.item_keys()
         return json_response(
-            ranked(st.engine.version, False, r.fusion, item_ids, scores, fused, r.req.top_k)
+            ranked(
+                st.engine.version,
+                False,
+                r.fusion,
+                item_ids,
+                scores,
+                fused,
+                order_of(fused, r.req.top_k),
+            )
         )
 
     @app.get("/readyz")

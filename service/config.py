@@ -107,6 +107,26 @@ class Settings(BaseSettings):
         10.0, ge=0, description="on SIGTERM: in-flight requests get this long to finish"
     )
     access_log: bool = Field(True, description="one log line per request, with its request id")
+    # the impression log (service/impressions.py, docs/loop.md)
+    log_dir: Path | None = Field(
+        None,
+        description="write what each sampled /rank answer served to Parquet files in this folder "
+        "(unset: off)",
+    )
+    log_sample: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="the share of answers the impression log keeps, drawn per answer",
+    )
+    log_queue: int = Field(
+        10_000,
+        ge=1,
+        description="answers waiting for the log's writer; beyond it they are dropped and "
+        "counted (ranker_log_dropped_total), never waited for",
+    )
+    log_rotate_mb: float = Field(64.0, gt=0, description="a log file is closed at this size")
+    log_rotate_s: float = Field(300.0, gt=0, description="or at this age")
     log_format: Literal["text", "json"] = Field(
         "text",
         description="json: every log line a JSON object (time, level, logger, message, and the "

@@ -18,6 +18,7 @@ from service import admin, request, tracing
 from service.admission import Admission
 from service.config import Settings
 from service.handlers import install_error_handlers
+from service.impressions import ImpressionLog
 from service.metrics import Metrics
 from service.model_folder import newest_version
 from service.openapi import install_openapi
@@ -94,6 +95,20 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             lambda: slot.current.batcher.rows_per_s,
             on_refuse=lambda reason: st.metrics.shed.labels(reason).inc(),
         )
+        impressions = None
+        if s.log_dir is not None:
+            try:
+                impressions = ImpressionLog(
+                    s.log_dir,
+                    s.log_sample,
+                    s.log_queue,
+                    int(s.log_rotate_mb * (1 << 20)),
+                    s.log_rotate_s,
+                    on_drop=lambda reason: st.metrics.log_dropped.labels(reason).inc(),
+                    on_written=st.metrics.log_written.inc,
+                )
+            except OSError as e:  # a folder that cannot be made or written to
+                raise SystemExit(f"RANKER_LOG_DIR={s.log_dir}: {e}") from None
         rules = request.Rules.from_settings(s)
         st.ranker = Ranker(
             slot,
@@ -104,6 +119,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             st.metrics.unknown_items.inc,
             users,
             st.metrics.unknown_users.inc,
+            impressions,
         )
         st.reloader = Reloader(s, loader, slot, st.metrics)
         watcher = (
@@ -133,6 +149,8 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             await slot.close()
+            if impressions is not None:  # after the last answer: its files closed, renamed
+                await asyncio.to_thread(impressions.close)
             executor.shutdown(wait=True)
             workers.shutdown(wait=True)
             if redis is not None:

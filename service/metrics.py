@@ -127,6 +127,15 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.log_dropped = Counter(
+            "ranker_log_dropped",
+            "answers the impression log lost: queue_full (never waited for) or write_error",
+            ["reason"],
+            registry=r,
+        )
+        self.log_written = Counter(
+            "ranker_log_written_rows", "item rows the impression log wrote", registry=r
+        )
         self.reloads = Counter(
             "ranker_reloads", "model reloads by outcome", ["outcome"], registry=r
         )

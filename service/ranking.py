@@ -20,8 +20,10 @@ ones stay on the loop, where a thread hop would cost more than the work.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
@@ -31,7 +33,9 @@ from service import fusion, request, tracing
 from service.admission import Admission, Refused
 from service.encoding import Encoded
 from service.errors import Overloaded, StoreUnavailable, Timeout
-from service.response import RankResponse, ranked
+from service.impressions import ImpressionLog, Served
+from service.requestid import REQUEST_ID
+from service.response import RankResponse, order_of, ranked
 from service.served import ModelSlot, ServedModel
 from service.user_store import Changed, UserStore
 
@@ -50,10 +54,12 @@ class Ranker:
         on_unknown: Callable[[int], None] = lambda candidates: None,
         users: UserStore | None = None,
         on_unknown_user: Callable[[], None] = lambda: None,
+        impressions: ImpressionLog | None = None,
     ):
         self.slot, self.admission, self.rules, self.workers = slot, admission, rules, workers
         self.on_request, self.on_unknown = on_request, on_unknown
         self.users, self.on_unknown_user = users, on_unknown_user
+        self.impressions = impressions  # each answer offered to the log (off: None)
 
     def refuse_early(self) -> None:
         """Before a body is read: refuse at once when no request could be admitted now."""
@@ -112,9 +118,32 @@ class Ranker:
             self.on_unknown(len(unknown))
         with tracing.span("fusion"):
             fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, price)
-        return ranked(
-            model.version, hit, r.fusion, keys, scores, fused, r.req.top_k, unknown, source
+        order = order_of(fused, r.req.top_k)
+        rid = REQUEST_ID.get()
+        answer = ranked(
+            model.version, hit, r.fusion, keys, scores, fused, order, unknown, source, rid
         )
+        if self.impressions is not None:  # after the answer is built: only answers are logged
+            self.impressions.offer(
+                Served(
+                    rid,
+                    time.time(),
+                    model.version,
+                    model.digest,
+                    *dataclasses.astuple(r.fusion),
+                    r.req.user_id,
+                    source,
+                    answer.user_cache,
+                    keys,
+                    order,
+                    scores.pctr,
+                    scores.pcvr,
+                    scores.pctcvr,
+                    fused,
+                    price,
+                )
+            )
+        return answer
 
     async def _off_loop(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.workers, fn, *args)

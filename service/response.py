@@ -52,6 +52,14 @@ class RankResponse(msgspec.Struct, frozen=True):
             "101, and counted in ranker_unknown_users_total)"
         ),
     ] = "request"
+    request_id: Annotated[
+        str,
+        msgspec.Meta(
+            description="this answer's id, as in its X-Request-ID header and the service's logs "
+            "(the caller's own X-Request-ID where it sent a sane one): what outcomes are "
+            "reported against"
+        ),
+    ] = ""
 
 
 class ErrorBody(msgspec.Struct, frozen=True):
@@ -72,6 +80,12 @@ class ErrorResponse(msgspec.Struct, frozen=True):
     error: ErrorBody
 
 
+def order_of(fused: np.ndarray, top_k: int | None) -> np.ndarray:
+    """The candidates' positions sorted by fused score, best first (ties keep the request's
+    order), the first `top_k` of them."""
+    return np.argsort(-fused, kind="stable")[:top_k]
+
+
 def ranked(
     version: str,
     hit: bool,
@@ -79,16 +93,16 @@ def ranked(
     item_ids: list,
     scores: Scores,
     fused: np.ndarray,
-    top_k: int | None,
+    order: np.ndarray,
     unknown: list | None = None,
     user: str = "request",
+    request_id: str = "",
 ) -> RankResponse:
-    """The response: items sorted by fused score (ties keep the request's order). A non-finite
-    score is a defect upstream (the request rules keep every input finite): it fails the
-    request loudly instead of reaching a caller as `null` ranked first."""
+    """The response: the items of `order` (order_of's), in that order. A non-finite score is a
+    defect upstream (the request rules keep every input finite): it fails the request loudly
+    instead of reaching a caller as `null` ranked first."""
     if not (np.isfinite(fused).all() and np.isfinite(scores.pctcvr).all()):
         raise ScoringError(f"{version} produced a non-finite score")
-    order = np.argsort(-fused, kind="stable")[:top_k]
     pctr, pcvr, pctcvr = scores.pctr.tolist(), scores.pcvr.tolist(), scores.pctcvr.tolist()
     f = fused.tolist()
     return RankResponse(
@@ -98,6 +112,7 @@ def ranked(
         items=[RankedItem(item_ids[i], pctr[i], pcvr[i], pctcvr[i], f[i]) for i in order.tolist()],
         unknown_items=unknown or [],
         user=user,
+        request_id=request_id,
     )
 
 

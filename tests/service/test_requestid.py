@@ -33,6 +33,17 @@ def test_every_response_carries_a_request_id_that_is_in_the_logs(exported, bodie
     assert 'ranker_requests_in_flight{path="other"} 0.0' in metrics
 
 
+def test_an_answer_names_its_request_id_in_its_body_as_in_its_header(exported, bodies):
+    """What a caller reports outcomes against: its own sane id, else the one made for it."""
+    with TestClient(create_app(Settings(model_dir=exported))) as c:
+        given = c.post("/rank", json=bodies[0], headers={"x-request-id": "page-7:slot.2"})
+        made = [c.post("/rank", json=b) for b in bodies[:2]]
+    assert given.status_code == 200 and given.json()["request_id"] == "page-7:slot.2"
+    ids = [r.json()["request_id"] for r in made]
+    assert ids == [r.headers["x-request-id"] for r in made] and ids[0] != ids[1]
+    assert all(len(i) == 32 for i in ids)
+
+
 def test_an_unexpected_failure_is_an_opaque_500_with_the_trace_only_in_the_log(
     exported, bodies, caplog
 ):

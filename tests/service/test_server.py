@@ -50,6 +50,9 @@ def test_sigterm_turns_readiness_false_then_drains_in_flight_requests(exported, 
     thread.join(15)
     assert not thread.is_alive()
     assert [a.status_code for a in answers] == [200, 200, 200]  # in flight: finished
+    # over real HTTP too, each answer's body names the id its header carries, one per request
+    ids = [a.json()["request_id"] for a in answers]
+    assert ids == [a.headers["x-request-id"] for a in answers] and len(set(ids)) == 3
     with pytest.raises(httpx.ConnectError):
         httpx.post(f"{url}/rank", json=bodies[0])
 
