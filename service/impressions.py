@@ -8,17 +8,18 @@ price, as the answer gave them (docs/loop.md). The features as served are not lo
 The request path only `offer`s a record: a sampling draw and a put on a bounded queue, never a
 wait. When the queue is full the record is dropped and counted (`on_drop`), and so is a record
 the writer could not write: a request never waits for the log and never fails because of it.
-A writer thread turns records into row groups (at most every FLUSH_S, or FLUSH_ROWS rows) of the
-current file. A file is written under a hidden name (`.NAME.partial`) and renamed to `NAME`
-(`impressions-<UTC start>-<pid>-<seq>.parquet`) once closed, when it reaches `rotate_bytes` or
-`rotate_s` of age, or on `close` (the service's shutdown, SIGTERM included): a reader that lists
-`*.parquet` only ever sees complete files. A writer killed outright (SIGKILL, a crash) leaves its
-last file hidden and unreadable; it is never renamed.
+A writer thread takes what is queued every BUILD_S, and writes what it took as a row group of
+the current file every WRITE_S. A file is written under a hidden name (`.NAME.partial`) and
+renamed to `NAME` (`impressions-<UTC start>-<pid>-<seq>.parquet`) once closed: when it reaches
+`rotate_bytes` or `rotate_s` of age, or on `close` (the service's shutdown, SIGTERM included).
+A reader that lists `*.parquet` only ever sees complete files. A writer killed outright
+(SIGKILL, a crash) leaves its last file hidden and unreadable; it is never renamed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -32,9 +33,8 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger("service.impressions")
-FLUSH_S = 1.0  # a row group at least this often while records arrive
-FLUSH_ROWS = 50_000  # or once this many item rows wait
-_STOP = object()
+BUILD_S = 0.1  # what is queued is made into a table this often
+WRITE_S = 1.0  # and the tables made are written as one row group this often
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ class ImpressionLog:
         probe.write_bytes(b"")
         probe.unlink()
         self.queue: queue.Queue = queue.Queue(max_queue)
+        self._stop = threading.Event()
         self._writer = None  # pyarrow's ParquetWriter of the open file
         self._path: Path | None = None
         self._opened = 0.0
@@ -102,28 +103,37 @@ class ImpressionLog:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued, close the open file under its final name, stop the thread."""
-        self.queue.put(_STOP)  # blocks only while the queue is full: the writer is draining it
+        self._stop.set()
         self.thread.join(timeout_s)
         if self.thread.is_alive():
             log.error("the impression log did not close within %.0f s", timeout_s)
 
     # ---- the writer thread ------------------------------------------------------------------
     def _run(self) -> None:
-        pending: list[Served] = []
-        rows, last = 0, time.monotonic()
+        """Every BUILD_S, take all that is queued at once and build its table; every WRITE_S
+        write the tables built as one row group. The thread wakes a few times a second, not
+        once an answer, and its Python work (the tables) comes in small pieces: while it holds
+        the GIL the event loop waits (measured: docs/loop.md). Writing releases the GIL."""
+        pending: list[tuple] = []  # (table, answers in it)
+        last = time.monotonic()
         while True:
-            try:
-                item = self.queue.get(timeout=FLUSH_S)
-            except queue.Empty:
-                item = None
-            stop = item is _STOP
-            if item is not None and not stop:
-                pending.append(item)
-                rows += len(item.order)
-            now = time.monotonic()
-            if pending and (stop or rows >= FLUSH_ROWS or now - last >= FLUSH_S):
+            stop = self._stop.wait(BUILD_S)
+            records = []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    records.append(self.queue.get_nowait())
+            for _, group in itertools.groupby(records, key=_kinds):
+                built = self._build(list(group))
+                if built is None:
+                    continue
+                if pending and built[0].schema != pending[0][0].schema:
+                    self._write(pending)  # ids of another type (a model of another key)
+                    pending = []
+                    self._finish()  # ... go to a new file
+                pending.append(built)
+            if pending and (stop or time.monotonic() - last >= WRITE_S):
                 self._write(pending)
-                pending, rows, last = [], 0, now
+                pending, last = [], time.monotonic()
             if self._writer is not None and (
                 stop
                 or self._path.stat().st_size >= self.rotate_bytes
@@ -133,29 +143,46 @@ class ImpressionLog:
             if stop:
                 return
 
-    def _write(self, records: list[Served]) -> None:
+    def _build(self, records: list[Served]) -> tuple | None:
         try:
-            table = _table(records)
+            return _table(records), len(records)
+        except Exception:  # a defect in a record: it is lost, the open file is not
+            self._lost(len(records))
+            return None
+
+    def _write(self, built: list[tuple]) -> None:
+        import pyarrow as pa
+
+        table = pa.concat_tables([t for t, _ in built])
+        try:
             if self._writer is not None and table.schema != self._schema:
-                self._finish()  # ids of another type (a model of another key): a new file
+                self._finish()
             if self._writer is None:
                 self._open(table.schema)
-            self._writer.write_table(table)
+            self._writer.write_table(table, row_group_size=table.num_rows)
             self.on_written(table.num_rows)
-        except Exception:  # a full disk, a folder gone: the records are lost, never a request
-            log.exception("impression log: %d records not written", len(records))
-            for _ in records:
-                self.on_drop("write_error")
+        except Exception:  # a full disk, a folder gone: the open file is lost too
+            self._lost(sum(n for _, n in built))
             self._abandon()
 
+    def _lost(self, answers: int) -> None:
+        """Answers not written: logged with the trace and counted, never a request's failure."""
+        log.exception("impression log: %d answers not written", answers)
+        for _ in range(answers):
+            self.on_drop("write_error")
+
     def _open(self, schema) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         self._seq += 1
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         name = f"impressions-{stamp}-{os.getpid()}-{self._seq:04d}.parquet"
         self._path = self.folder / f".{name}.partial"
-        self._writer = pq.ParquetWriter(self._path, schema, compression="zstd")
+        # dictionary pages for the per-request columns only: tried on the scores, they cost
+        # the writer 2.5x its time for nothing (measured: docs/loop.md)
+        text = [f.name for f in schema if pa.types.is_dictionary(f.type)]
+        self._writer = pq.ParquetWriter(self._path, schema, compression="zstd", use_dictionary=text)
         self._schema, self._opened = schema, time.time()
 
     def _finish(self) -> None:
@@ -175,14 +202,27 @@ class ImpressionLog:
             self._writer = self._path = None
 
 
+def _kinds(r: Served) -> tuple:
+    """The types of a record's ids: records of one batch with other types (a reload to a model
+    of another key type) make a table of their own."""
+    return type(r.user_id), type(r.item_ids[0]) if r.item_ids else None
+
+
 def _table(records: list[Served]):
-    """The records' returned items as one table, a row per item."""
+    """The records' returned items as one table, a row per item. Built by column, each
+    request's values taken by index in C (pyarrow's `take`), never a Python loop over rows:
+    the writer shares the GIL with the event loop."""
     import pyarrow as pa
 
     counts = np.array([len(r.order) for r in records], dtype=np.int64)
+    of_request = pa.array(np.repeat(np.arange(len(records), dtype=np.int32), counts))
 
-    def per_request(values, type_=None):
-        return pa.array(np.repeat(np.asarray(values, dtype=object), counts).tolist(), type_)
+    def per_request(name: str, type_=None):
+        """A request's value on each of its rows: dictionary-encoded text, else taken."""
+        values = pa.array([getattr(r, name) for r in records], type_)
+        if pa.types.is_string(values.type):
+            return pa.DictionaryArray.from_arrays(of_request, values)
+        return values.take(of_request)
 
     def per_item(name: str, dtype) -> np.ndarray:
         return np.concatenate([getattr(r, name)[r.order] for r in records]).astype(dtype)
@@ -190,25 +230,22 @@ def _table(records: list[Served]):
     price = np.concatenate(
         [np.full(len(r.order), np.nan) if r.price is None else r.price[r.order] for r in records]
     )
-    item_ids = [r.item_ids[i] for r in records for i in r.order.tolist()]
+    times = np.round(np.array([r.time_s for r in records]) * 1e6).astype(np.int64)
     return pa.table(
         {
-            "request_id": per_request([r.request_id for r in records], pa.string()),
-            "time": pa.array(
-                np.round(np.repeat([r.time_s for r in records], counts) * 1e6).astype(np.int64),
-                pa.timestamp("us", tz="UTC"),
-            ),
-            "model_version": per_request([r.model_version for r in records], pa.string()),
-            "model_digest": per_request([r.model_digest for r in records], pa.string()),
-            "policy": per_request([r.policy for r in records], pa.string()),
-            "a": pa.array(np.repeat([r.a for r in records], counts), pa.float64()),
-            "b": pa.array(np.repeat([r.b for r in records], counts), pa.float64()),
-            "c": pa.array(np.repeat([r.c for r in records], counts), pa.float64()),
-            "user_id": per_request([r.user_id for r in records]),
-            "user": per_request([r.user for r in records], pa.string()),
-            "user_cache": per_request([r.user_cache for r in records], pa.string()),
+            "request_id": per_request("request_id", pa.string()),
+            "time": pa.array(times, pa.timestamp("us", tz="UTC")).take(of_request),
+            "model_version": per_request("model_version", pa.string()),
+            "model_digest": per_request("model_digest", pa.string()),
+            "policy": per_request("policy", pa.string()),
+            "a": per_request("a", pa.float64()),
+            "b": per_request("b", pa.float64()),
+            "c": per_request("c", pa.float64()),
+            "user_id": per_request("user_id"),
+            "user": per_request("user", pa.string()),
+            "user_cache": per_request("user_cache", pa.string()),
             "position": pa.array(np.concatenate([np.arange(n) for n in counts]), pa.int32()),
-            "item_id": pa.array(item_ids),
+            "item_id": pa.array(np.concatenate([np.asarray(r.item_ids)[r.order] for r in records])),
             "pctr": pa.array(per_item("pctr", np.float32)),
             "pcvr": pa.array(per_item("pcvr", np.float32)),
             "pctcvr": pa.array(per_item("pctcvr", np.float32)),
