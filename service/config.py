@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         10.0, ge=0, description="on SIGTERM: in-flight requests get this long to finish"
     )
     access_log: bool = Field(True, description="one log line per request, with its request id")
+    arms: Path | None = Field(
+        None,
+        description="a YAML file of arms: users hashed with its salt into sticky buckets, each "
+        "arm with its share and fusion (service/arms.py); re-read when it changes, every "
+        "RANKER_RELOAD_POLL_S",
+    )
     # the impression log (service/impressions.py, docs/loop.md)
     log_dir: Path | None = Field(
         None,

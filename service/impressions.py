@@ -2,8 +2,9 @@
 request path (RANKER_LOG_DIR, RANKER_LOG_SAMPLE; off by default).
 
 One row per returned item: the request's id and time, the model version and its content digest,
-the fusion it was ranked by, the user, and the item's id, position, pCTR, pCVR, pCTCVR, score and
-price, as the answer gave them (docs/loop.md). The features as served are not logged yet.
+the user's arm, the fusion it was ranked by, the user, and the item's id, position, pCTR, pCVR,
+pCTCVR, score and price, as the answer gave them (docs/loop.md). The features as served are not
+logged yet.
 
 The request path only `offer`s a record: a sampling draw and a put on a bounded queue, never a
 wait. When the queue is full the record is dropped and counted (`on_drop`), and so is a record
@@ -46,6 +47,7 @@ class Served:
     time_s: float  # UNIX time of the answer
     model_version: str
     model_digest: str
+    arm: str | None  # RANKER_ARMS's arm of the user; None without arms
     policy: str
     a: float
     b: float
@@ -218,9 +220,10 @@ def _table(records: list[Served]):
     of_request = pa.array(np.repeat(np.arange(len(records), dtype=np.int32), counts))
 
     def per_request(name: str, type_=None):
-        """A request's value on each of its rows: dictionary-encoded text, else taken."""
+        """A request's value on each of its rows: text never null dictionary-encoded (the
+        same type in every batch, so one file's schema), anything else taken."""
         values = pa.array([getattr(r, name) for r in records], type_)
-        if pa.types.is_string(values.type):
+        if pa.types.is_string(values.type) and name != "arm":
             return pa.DictionaryArray.from_arrays(of_request, values)
         return values.take(of_request)
 
@@ -237,6 +240,7 @@ def _table(records: list[Served]):
             "time": pa.array(times, pa.timestamp("us", tz="UTC")).take(of_request),
             "model_version": per_request("model_version", pa.string()),
             "model_digest": per_request("model_digest", pa.string()),
+            "arm": per_request("arm", pa.string()),
             "policy": per_request("policy", pa.string()),
             "a": per_request("a", pa.float64()),
             "b": per_request("b", pa.float64()),

@@ -16,6 +16,8 @@ from features.package import __version__
 from features.user_table import UserTableError
 from service import admin, request, tracing
 from service.admission import Admission
+from service.arms import Arms, ArmsError
+from service.arms import watch as watch_arms
 from service.config import Settings
 from service.handlers import install_error_handlers
 from service.impressions import ImpressionLog
@@ -110,6 +112,13 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             except OSError as e:  # a folder that cannot be made or written to
                 raise SystemExit(f"RANKER_LOG_DIR={s.log_dir}: {e}") from None
         rules = request.Rules.from_settings(s)
+        arms = None
+        if s.arms is not None:
+            try:
+                arms = Arms.load(s.arms, rules)
+            except ArmsError as e:
+                raise SystemExit(f"RANKER_ARMS: {e}") from None
+            st.metrics.on_arms(arms)
         st.ranker = Ranker(
             slot,
             st.admission,
@@ -120,11 +129,25 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             users,
             st.metrics.unknown_users.inc,
             impressions,
+            arms,
+            st.metrics.on_arm,
         )
         st.reloader = Reloader(s, loader, slot, st.metrics)
         watcher = (
             asyncio.get_running_loop().create_task(st.reloader.watch(s.reload_poll_s))
             if s.reload_poll_s > 0
+            else None
+        )
+
+        def install_arms(new: Arms) -> Arms:
+            old, st.ranker.arms = st.ranker.arms, new  # requests read it once each
+            return old
+
+        arms_watcher = (
+            asyncio.get_running_loop().create_task(
+                watch_arms(s.arms, rules, s.reload_poll_s, install_arms, st.metrics.on_arms)
+            )
+            if s.arms is not None and s.reload_poll_s > 0
             else None
         )
         st.metrics.watch_queue(lambda: st.admission.rows)
@@ -143,7 +166,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             yield
         finally:
             st.ready, st.admission.draining = False, True
-            for task in (watcher, lag):
+            for task in (watcher, lag, arms_watcher):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

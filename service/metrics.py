@@ -136,6 +136,28 @@ class Metrics:
         self.log_written = Counter(
             "ranker_log_written_rows", "item rows the impression log wrote", registry=r
         )
+        self.arm_answers = Counter(
+            "ranker_arm_answers",
+            "/rank answers by the user's arm (RANKER_ARMS)",
+            ["arm"],
+            registry=r,
+        )
+        self.arm_users = Gauge(
+            "ranker_arm_users",
+            "distinct users seen per arm since its config was loaded (the sample-ratio check's)",
+            ["arm"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.arms_mismatch = Gauge(
+            "ranker_arms_sample_ratio_mismatch",
+            "1 while the arms' users depart from their shares (chi-square p < 0.001)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.arms_reloads = Counter(
+            "ranker_arms_reloads", "arms config re-reads by outcome", ["outcome"], registry=r
+        )
         self.reloads = Counter(
             "ranker_reloads", "model reloads by outcome", ["outcome"], registry=r
         )
@@ -200,6 +222,25 @@ class Metrics:
 
     def on_user_store(self, op: str, outcome: str) -> None:
         self.user_store.labels(op, outcome).inc()
+
+    def on_arm(self, name: str, arms) -> None:
+        """An answer in arm `name` of `arms` (service/arms.py)."""
+        self.arm_answers.labels(name).inc()
+        self.arm_users.labels(name).set(arms.users[arms.index[name]])
+        self.arms_mismatch.set(1 if arms.mismatch else 0)
+
+    def on_arms(self, arms, previous=None, refused: str | None = None) -> None:
+        """A config loaded (the previous one's per-arm users no longer count), or refused."""
+        if refused is not None:
+            self.arms_reloads.labels("refused").inc()
+            return
+        if previous is not None:
+            self.arms_reloads.labels("ok").inc()
+            for a in previous.arms:
+                self.arm_users.remove(a.name)
+        for a in arms.arms:
+            self.arm_users.labels(a.name).set(0)
+        self.arms_mismatch.set(0)
 
     def on_model(self, version: str, previous: str | None = None) -> None:
         if previous is not None:

@@ -31,6 +31,7 @@ from features.contract import ALL_FIELDS, FeatureContract
 from features.users import UserRecordError
 from service import fusion, request, tracing
 from service.admission import Admission, Refused
+from service.arms import Arms
 from service.encoding import Encoded
 from service.errors import Overloaded, StoreUnavailable, Timeout
 from service.impressions import ImpressionLog, Served
@@ -55,11 +56,14 @@ class Ranker:
         users: UserStore | None = None,
         on_unknown_user: Callable[[], None] = lambda: None,
         impressions: ImpressionLog | None = None,
+        arms: Arms | None = None,
+        on_arm: Callable[[str, Arms], None] = lambda name, arms: None,
     ):
         self.slot, self.admission, self.rules, self.workers = slot, admission, rules, workers
         self.on_request, self.on_unknown = on_request, on_unknown
         self.users, self.on_unknown_user = users, on_unknown_user
         self.impressions = impressions  # each answer offered to the log (off: None)
+        self.arms, self.on_arm = arms, on_arm  # arms: swapped whole when its file changes
 
     def refuse_early(self) -> None:
         """Before a body is read: refuse at once when no request could be admitted now."""
@@ -91,6 +95,12 @@ class Ranker:
             else:
                 r = request.decode_sized(body, self.rules)
         self.on_request(r.rows)
+        arm = None
+        if self.arms is not None:  # the user's arm: its fusion, where the request sets none
+            arms = self.arms
+            arm = arms.assign(r.req.user_id)
+            r = self.rules.with_default(r, arm.fusion)
+            self.on_arm(arm.name, arms)
         async with self.slot.lease() as model:
             user_key = None
             if r.req.user_features is None:
@@ -120,8 +130,9 @@ class Ranker:
             fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, price)
         order = order_of(fused, r.req.top_k)
         rid = REQUEST_ID.get()
+        name = None if arm is None else arm.name
         answer = ranked(
-            model.version, hit, r.fusion, keys, scores, fused, order, unknown, source, rid
+            model.version, hit, r.fusion, keys, scores, fused, order, unknown, source, rid, name
         )
         if self.impressions is not None:  # after the answer is built: only answers are logged
             self.impressions.offer(
@@ -130,6 +141,7 @@ class Ranker:
                     time.time(),
                     model.version,
                     model.digest,
+                    name,
                     *dataclasses.astuple(r.fusion),
                     r.req.user_id,
                     source,

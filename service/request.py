@@ -287,9 +287,12 @@ class Rules:
         timeout_ms = req.timeout_ms or self.default_timeout_ms
         return Ranking(req, params, price, timeout_ms / 1000)
 
-    def _fusion(self, given: Fusion | None) -> fusion.FusionParams:
-        """The default policy with a request's overrides, each within the configured bounds."""
-        d = self.default_fusion
+    def _fusion(
+        self, given: Fusion | None, default: fusion.FusionParams | None = None
+    ) -> fusion.FusionParams:
+        """The default policy (the service's, or `default`: an arm's) with a request's
+        overrides, each within the configured bounds."""
+        d = self.default_fusion if default is None else default
         if given is None:
             return d
         values = {"policy": given.policy or d.policy}
@@ -306,6 +309,10 @@ class Rules:
             else:
                 values[key] = v
         return fusion.FusionParams(**values)
+
+    def with_default(self, r: Ranking, default: fusion.FusionParams) -> Ranking:
+        """`r` ranked by `default` (an arm's fusion) where its request sets no fusion of its own."""
+        return dataclasses.replace(r, fusion=self._fusion(r.req.fusion, default))
 
 
 class _Size(msgspec.Struct):

@@ -52,6 +52,13 @@ class RankResponse(msgspec.Struct, frozen=True):
             "101, and counted in ranker_unknown_users_total)"
         ),
     ] = "request"
+    arm: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="the experiment arm the user is in (RANKER_ARMS), whose fusion ranked "
+            "the items where the request set none; null without arms"
+        ),
+    ] = None
     request_id: Annotated[
         str,
         msgspec.Meta(
@@ -97,6 +104,7 @@ def ranked(
     unknown: list | None = None,
     user: str = "request",
     request_id: str = "",
+    arm: str | None = None,
 ) -> RankResponse:
     """The response: the items of `order` (order_of's), in that order. A non-finite score is a
     defect upstream (the request rules keep every input finite): it fails the request loudly
@@ -113,6 +121,7 @@ def ranked(
         unknown_items=unknown or [],
         user=user,
         request_id=request_id,
+        arm=arm,
     )
 
 

@@ -29,6 +29,7 @@ def served(i: int, n: int = 5, top: int | None = None, ids=None) -> Served:
         1_765_000_000.0 + i,
         "esmm/v1",
         "d" * 16,
+        None if i % 2 else "price",  # the arm: none without RANKER_ARMS
         "product",
         1.0,
         1.0,
@@ -71,9 +72,9 @@ def test_each_returned_item_is_a_row_in_its_answered_order(tmp_path):
         assert [r["pctr"] for r in mine] == rec.pctr[rec.order].tolist()
         want_price = [None if np.isnan(p) else p for p in rec.price[rec.order].tolist()]
         assert [r["price"] for r in mine] == want_price  # no price: null, never NaN
-        assert {(r["model_version"], r["user_id"], r["user"], r["user_cache"]) for r in mine} == {
-            ("esmm/v1", rec.user_id, "store", "hit")
-        }
+        assert {
+            (r["model_version"], r["arm"], r["user_id"], r["user"], r["user_cache"]) for r in mine
+        } == {("esmm/v1", rec.arm, rec.user_id, "store", "hit")}
         assert mine[0]["time"].timestamp() == rec.time_s
 
 

@@ -59,7 +59,7 @@ def test_extreme_valid_numbers_give_finite_scores():
         return out
 
     for out in run(go()):
-        raw = msgspec.json.encode(out)
+        raw = msgspec.json.encode(out.items)  # every score (`arm` is null without arms)
         assert b"null" not in raw and b"Infinity" not in raw and b"NaN" not in raw
 
 

@@ -1,0 +1,251 @@
+"""Arms: users split into sticky, salted buckets, each arm with its own fusion (RANKER_ARMS).
+
+A config is a YAML file:
+
+    salt: fusion-2026-12          # a new experiment, a new salt: its buckets are independent
+    arms:
+      - {name: control, share: 0.5}                      # the service's default fusion
+      - {name: price, share: 0.5, fusion: {c: 0.5}}      # its overrides of the default
+
+A user's arm is a pure function of the salt and its id: the first 8 bytes of BLAKE2b over the
+salt and the id (its type tagged, so 5 and "5" are two users) as a number in [0, 1), against the
+arms' cumulative shares. So a user keeps its arm across requests, restarts and replicas, and two
+experiments with different salts split users independently (a modulo of raw ids would put the
+same users together in every experiment). A request's own `fusion` fields still win over its
+arm's, as over the default.
+
+The config is strict: shares in (0, 1] summing to 1, names of `A-Za-z0-9_.-` (at most 64, they
+label metrics), fusion exponents within RANKER_FUSION_MIN..MAX, nothing else: a key misspelt
+and ignored would serve another experiment than the one written. A model version per arm and
+shadow scoring are not served yet (docs/loop.md) and are refused by name.
+
+The sample-ratio check: the arms' distinct users (up to SRM_USERS since the config was loaded)
+against the configured shares, by a chi-square test; a p-value under SRM_P with at least
+SRM_MIN_USERS users means the assignment or what reaches the service is broken (a client that
+retries only one arm's failures, a cache in front that serves one arm): it is logged and
+exported (`ranker_arms_sample_ratio_mismatch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from service import fusion
+
+log = logging.getLogger("service.arms")
+NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+SRM_USERS = 200_000  # distinct users the check remembers per config
+SRM_MIN_USERS = 1_000
+SRM_P = 0.001
+SRM_EVERY = 500  # new users between two checks
+
+
+class ArmsError(ValueError):
+    """A config that cannot be served; the message names the key at fault."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    share: float
+    fusion: fusion.FusionParams
+
+
+def bucket(salt: str, user_id: int | str) -> float:
+    """A user's place in [0, 1) under `salt`."""
+    tag = b"i" if isinstance(user_id, int) else b"s"
+    digest = hashlib.blake2b(
+        salt.encode() + b"\0" + tag + str(user_id).encode(), digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+class Arms:
+    def __init__(self, salt: str, arms: list[Arm], source: str = ""):
+        self.salt, self.arms, self.source = salt, arms, source
+        self.bounds = np.cumsum([a.share for a in arms])
+        self.bounds[-1] = 1.0  # shares summing to 1 within rounding: the last arm ends at 1
+        self.index = {a.name: k for k, a in enumerate(arms)}
+        self.seen: set[int] = set()
+        self.users = [0] * len(arms)
+        self.mismatch = False
+
+    @classmethod
+    def load(cls, path: Path, rules) -> Arms:
+        """A config file checked against the service's fusion default and bounds (`rules`:
+        request.Rules); raises ArmsError naming what is wrong."""
+        where = str(path)
+        try:
+            doc = yaml.safe_load(Path(path).read_text())
+        except OSError as e:
+            raise ArmsError(f"{where}: {e.strerror or e}") from None
+        except yaml.YAMLError as e:
+            raise ArmsError(f"{where}: not YAML: {e}") from None
+        if not isinstance(doc, dict):
+            raise ArmsError(f"{where}: a mapping with `salt` and `arms` is expected")
+        _only(doc, {"salt", "arms"}, where)
+        salt = doc.get("salt")
+        if not isinstance(salt, str) or not salt:
+            raise ArmsError(f"{where}: salt: a non-empty text is required")
+        items = doc.get("arms")
+        if not isinstance(items, list) or not items:
+            raise ArmsError(f"{where}: arms: a list of at least one arm is required")
+        arms, names = [], set()
+        for i, a in enumerate(items):
+            at = f"{where}: arms[{i}]"
+            if not isinstance(a, dict):
+                raise ArmsError(f"{at}: a mapping with `name` and `share` is expected")
+            for later in ("model", "shadow"):
+                if later in a:
+                    raise ArmsError(
+                        f"{at}.{later}: a model version per arm and shadow scoring are not "
+                        "served yet (docs/loop.md); an arm sets its fusion"
+                    )
+            _only(a, {"name", "share", "fusion"}, at)
+            name = a.get("name")
+            if not isinstance(name, str) or not NAME.fullmatch(name):
+                raise ArmsError(f"{at}.name: 1-64 characters of A-Za-z0-9_.- (got {name!r})")
+            if name in names:
+                raise ArmsError(f"{at}.name: {name!r} is given twice")
+            names.add(name)
+            share = a.get("share")
+            if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+                raise ArmsError(f"{at}.share: a number in (0, 1] (got {share!r})")
+            arms.append(Arm(name, float(share), _fusion(a.get("fusion"), rules, f"{at}.fusion")))
+        total = sum(a.share for a in arms)
+        if abs(total - 1.0) > 1e-9:
+            raise ArmsError(f"{where}: arms: the shares sum to {total:g}, not 1")
+        return cls(salt, arms, where)
+
+    def assign(self, user_id: int | str) -> Arm:
+        """The user's arm, counted for the sample-ratio check when the user is new to it."""
+        u = bucket(self.salt, user_id)
+        k = min(int(np.searchsorted(self.bounds, u, side="right")), len(self.arms) - 1)
+        key = int(u * 2.0**64)
+        if len(self.seen) < SRM_USERS and key not in self.seen:
+            self.seen.add(key)
+            self.users[k] += 1
+            if len(self.seen) % SRM_EVERY == 0:
+                self.check()
+        return self.arms[k]
+
+    def check(self, on_change: Callable[[bool], None] | None = None) -> float | None:
+        """The chi-square test of the distinct users per arm against the shares: its p-value
+        (None under SRM_MIN_USERS users); sets `mismatch` and logs when it changes."""
+        n = sum(self.users)
+        if n < SRM_MIN_USERS or len(self.arms) < 2:
+            return None
+        stat = sum(
+            (seen - n * a.share) ** 2 / (n * a.share)
+            for seen, a in zip(self.users, self.arms, strict=True)
+        )
+        p = chi2_sf(stat, len(self.arms) - 1)
+        mismatch = p < SRM_P
+        if mismatch != self.mismatch:
+            self.mismatch = mismatch
+            shares = ", ".join(
+                f"{a.name} {seen / n:.3f} (configured {a.share:g})"
+                for seen, a in zip(self.users, self.arms, strict=True)
+            )
+            if mismatch:
+                log.warning("arms: sample ratio mismatch over %d users, p=%.2g: %s", n, p, shares)
+            else:
+                log.info("arms: sample ratios back within bounds over %d users: %s", n, shares)
+        return p
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+async def watch(
+    path: Path,
+    rules,
+    every_s: float,
+    install: Callable[[Arms], Arms | None],
+    on_loaded: Callable[..., None] = lambda arms, previous=None, refused=None: None,
+) -> None:
+    """Re-read the config when its file changes. One that loads is installed at once
+    (`install` returns the one it replaced; a request reads the arms once, so none sees two);
+    one that does not is refused, its reason logged, and the old one keeps serving."""
+    seen = _stamp(path)
+    while True:
+        await asyncio.sleep(every_s)
+        stamp = _stamp(path)
+        if stamp == seen:
+            continue
+        seen = stamp
+        try:
+            arms = await asyncio.to_thread(Arms.load, path, rules)
+        except ArmsError as e:
+            log.error("arms config refused, the old one keeps serving: %s", e)
+            on_loaded(None, refused=str(e))
+            continue
+        on_loaded(arms, install(arms))
+        log.info("arms config loaded: %s", ", ".join(f"{a.name} {a.share:g}" for a in arms.arms))
+
+
+def _only(d: dict, allowed: set[str], where: str) -> None:
+    extra = sorted(set(d) - allowed)
+    if extra:
+        raise ArmsError(
+            f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _fusion(given, rules, where: str) -> fusion.FusionParams:
+    d = rules.default_fusion
+    if given is None:
+        return d
+    if not isinstance(given, dict):
+        raise ArmsError(f"{where}: a mapping of policy, a, b, c is expected")
+    _only(given, {"policy", "a", "b", "c"}, where)
+    policy = given.get("policy", d.policy)
+    if policy not in ("product", "sum"):
+        raise ArmsError(f"{where}.policy: product or sum (got {policy!r})")
+    values = {}
+    for k in ("a", "b", "c"):
+        v = given.get(k, getattr(d, k))
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ArmsError(f"{where}.{k}: a number (got {v!r})")
+        if not rules.fusion_min <= v <= rules.fusion_max:
+            raise ArmsError(
+                f"{where}.{k}={v} is outside [RANKER_FUSION_MIN, RANKER_FUSION_MAX] = "
+                f"[{rules.fusion_min}, {rules.fusion_max}]"
+            )
+        values[k] = float(v)
+    return fusion.FusionParams(policy, **values)
+
+
+def chi2_sf(x: float, df: int) -> float:
+    """P(X > x) for a chi-square variable of `df` degrees of freedom (closed forms: a finite
+    series for even df, erfc and a series for odd df)."""
+    if x <= 0:
+        return 1.0
+    half = x / 2.0
+    if df % 2 == 0:
+        term, total = 1.0, 1.0
+        for i in range(1, df // 2):
+            term *= half / i
+            total += term
+        return min(1.0, math.exp(-half) * total)
+    total = math.erfc(math.sqrt(half))
+    term = math.sqrt(half) * math.exp(-half) * 2.0 / math.sqrt(math.pi)
+    for i in range(1, (df + 1) // 2):
+        total += term
+        term *= half / (i + 0.5)
+    return min(1.0, total)
