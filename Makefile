@@ -19,7 +19,7 @@ ROUTE ?= spec
 SPEC ?= $(DATA)/tables/spec.yaml
 STORES ?= stores
 
-.PHONY: install redis-server wrk test train run bench bench-train loadtest compose-test chaos overload compare lint clean gpu-wheels gpu-check gpu-image
+.PHONY: install redis-server wrk promtool test train run bench bench-train loadtest compose-test chaos overload compare lint clean gpu-wheels gpu-check gpu-image
 
 install: $(STAMP)
 
@@ -43,7 +43,15 @@ wrk:
 	  echo "installing wrk"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 
-test: install redis-server wrk
+# The calibration rules (deploy/prometheus/rules.yml) are tested with promtool, from Debian's
+# prometheus package (the binaries only: nothing is started).
+promtool:
+	@command -v promtool >/dev/null || { \
+	  echo "installing promtool"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends prometheus; }
+
+test: install redis-server wrk promtool
 	$(PY) -m pytest -q --durations=15
 
 lint: install

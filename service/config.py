@@ -113,6 +113,18 @@ class Settings(BaseSettings):
         "arm with its share and fusion (service/arms.py); re-read when it changes, every "
         "RANKER_RELOAD_POLL_S",
     )
+    # outcomes online (service/feedback.py, docs/loop.md)
+    feedback_window_s: float = Field(
+        3600.0,
+        gt=0,
+        description="POST /feedback counts events for answers this recent; older ones are late",
+    )
+    feedback_rows: int = Field(
+        1_000_000,
+        ge=0,
+        description="answers' returned items remembered for /feedback (oldest first out; about "
+        "100 bytes each); 0: no /feedback and no calibration sums",
+    )
     # the impression log (service/impressions.py, docs/loop.md)
     log_dir: Path | None = Field(
         None,

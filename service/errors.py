@@ -70,6 +70,13 @@ class Forbidden(_Closes, ClientError):
     type = "forbidden"
 
 
+class NotFound(_Closes, ClientError):
+    """An endpoint that is off in this configuration."""
+
+    status = 404
+    type = "not_found"
+
+
 class ModelRefused(ClientError):
     """A reload asked for a model that cannot be served; the old one keeps serving."""
 

@@ -79,6 +79,8 @@ class ImpressionLog:
         self.folder, self.sample = Path(folder), sample
         self.rotate_bytes, self.rotate_s = rotate_bytes, rotate_s
         self.on_drop, self.on_written, self.draw = on_drop, on_written, draw
+        import pyarrow.parquet  # noqa: F401  (at start: a service without it stops here)
+
         self.folder.mkdir(parents=True, exist_ok=True)
         probe = self.folder / f".probe-{os.getpid()}"  # refused at start, not at the first write
         probe.write_bytes(b"")

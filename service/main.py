@@ -19,6 +19,7 @@ from service.admission import Admission
 from service.arms import Arms, ArmsError
 from service.arms import watch as watch_arms
 from service.config import Settings
+from service.feedback import FeedbackRequest, FeedbackResponse, Outcomes
 from service.handlers import install_error_handlers
 from service.impressions import ImpressionLog
 from service.metrics import Metrics
@@ -111,6 +112,9 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                 )
             except OSError as e:  # a folder that cannot be made or written to
                 raise SystemExit(f"RANKER_LOG_DIR={s.log_dir}: {e}") from None
+        st.outcomes = None
+        if s.feedback_rows > 0:
+            st.outcomes = Outcomes(st.metrics.on_outcome, s.feedback_window_s, s.feedback_rows)
         rules = request.Rules.from_settings(s)
         arms = None
         if s.arms is not None:
@@ -131,6 +135,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             impressions,
             arms,
             st.metrics.on_arm,
+            st.outcomes,
         )
         st.reloader = Reloader(s, loader, slot, st.metrics)
         watcher = (
@@ -202,7 +207,15 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
     install_error_handlers(app)
     install_openapi(
         app,
-        [RankRequest, RankResponse, ErrorResponse, admin.ReloadRequest, admin.ReloadResponse],
+        [
+            RankRequest,
+            RankResponse,
+            ErrorResponse,
+            FeedbackRequest,
+            FeedbackResponse,
+            admin.ReloadRequest,
+            admin.ReloadResponse,
+        ],
         {"RankRequest": request.EXAMPLE},
     )
     install_log_field()

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     ProcessCollector,
+    Summary,
     generate_latest,
     values,
 )
 
+BINS = 10  # calibration bins: tenths of [0, 1]
+FLUSH_ANSWERS = 64  # answers' predictions added up before they reach the exported samples
 PATHS = frozenset(
-    ("/rank", "/admin/reload", "/healthz", "/readyz", "/metrics", "/v1/model", "/docs")
+    ("/rank", "/feedback", "/admin/reload", "/healthz", "/readyz", "/metrics", "/v1/model", "/docs")
 )
+
+
+def _add(summary, total: float, n: int) -> None:
+    """`n` observations summing to `total`, added at once to a Summary's child (its `_sum` and
+    `_count` values: what n calls of `observe` would add, without n calls)."""
+    summary._sum.inc(total)
+    summary._count.inc(n)
 
 
 class Metrics:
@@ -158,6 +169,29 @@ class Metrics:
         self.arms_reloads = Counter(
             "ranker_arms_reloads", "arms config re-reads by outcome", ["outcome"], registry=r
         )
+        # Predictions as summaries (a `_sum` and a `_count`, as Prometheus reads a sum of
+        # observations), added to in bulk: an answer's few hundred at once (on_outcome)
+        heads = ["head", "model_version", "arm"]
+        self.prediction = Summary(
+            "ranker_prediction", "predictions, per head (ctr, cvr, ctcvr)", heads, registry=r
+        )
+        self.labels_total = Counter(
+            "ranker_labels", "outcomes reported (POST /feedback), per head", heads, registry=r
+        )
+        self.bin_prediction = Summary(
+            "ranker_calibration_bin_prediction",
+            "predictions by tenth of [0, 1]",
+            [*heads, "bin"],
+            registry=r,
+        )
+        self.bin_labels = Counter(
+            "ranker_calibration_bin_labels",
+            "outcomes by the tenth of [0, 1] their prediction was in",
+            [*heads, "bin"],
+            registry=r,
+        )
+        self._children: dict = {}  # (metric, labels) -> child
+        self._pending: dict = {}  # (head, version, arm) -> predictions not yet exported
         self.reloads = Counter(
             "ranker_reloads", "model reloads by outcome", ["outcome"], registry=r
         )
@@ -180,6 +214,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text /metrics answers: this process's, or with several workers all of theirs."""
+        self.flush_outcomes()
         if not self.multiprocess:
             return generate_latest(self.registry)
         from prometheus_client import multiprocess
@@ -222,6 +257,48 @@ class Metrics:
 
     def on_user_store(self, op: str, outcome: str) -> None:
         self.user_store.labels(op, outcome).inc()
+
+    def _child(self, metric, *labels):
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def on_outcome(self, kind: str, head: str, version: str, arm: str, p: np.ndarray) -> None:
+        """Predictions or labels of a head (service/feedback.py), with their bins. An answer's
+        predictions are added up here and reach the exported samples every FLUSH_ANSWERS
+        answers of a (head, version, arm): each answer's ~40 updates of labelled samples cost
+        the event loop 5-7% of the peak (measured: docs/loop.md); labels count at once."""
+        b = np.minimum((p.astype(np.float64) * BINS).astype(np.int64), BINS - 1)
+        if kind == "predictions":
+            key = (head, version, arm)
+            acc = self._pending.get(key)
+            if acc is None:
+                acc = self._pending[key] = np.zeros((2, BINS + 1))  # sums, counts; [-1]: all
+            acc[0, :BINS] += np.bincount(b, weights=p, minlength=BINS)
+            acc[1, :BINS] += np.bincount(b, minlength=BINS)
+            acc[1, BINS] += 1  # answers added
+            if acc[1, BINS] >= FLUSH_ANSWERS:
+                self._flush(key, acc)
+        else:
+            n = np.bincount(b, minlength=BINS)
+            self._child(self.labels_total, head, version, arm).inc(len(p))
+            for k in np.flatnonzero(n).tolist():
+                self._child(self.bin_labels, head, version, arm, str(k)).inc(int(n[k]))
+
+    def _flush(self, key: tuple, acc: np.ndarray) -> None:
+        sums, counts = acc[0, :BINS], acc[1, :BINS]
+        _add(self._child(self.prediction, *key), float(sums.sum()), int(counts.sum()))
+        for k in np.flatnonzero(counts).tolist():
+            _add(self._child(self.bin_prediction, *key, str(k)), float(sums[k]), int(counts[k]))
+        acc[:] = 0
+
+    def flush_outcomes(self) -> None:
+        """Every pending prediction into the exported samples (a scrape, a shutdown, a test)."""
+        for key, acc in self._pending.items():
+            if acc[1, BINS]:
+                self._flush(key, acc)
 
     def on_arm(self, name: str, arms) -> None:
         """An answer in arm `name` of `arms` (service/arms.py)."""

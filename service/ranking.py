@@ -34,6 +34,7 @@ from service.admission import Admission, Refused
 from service.arms import Arms
 from service.encoding import Encoded
 from service.errors import Overloaded, StoreUnavailable, Timeout
+from service.feedback import Outcomes
 from service.impressions import ImpressionLog, Served
 from service.requestid import REQUEST_ID
 from service.response import RankResponse, order_of, ranked
@@ -58,12 +59,14 @@ class Ranker:
         impressions: ImpressionLog | None = None,
         arms: Arms | None = None,
         on_arm: Callable[[str, Arms], None] = lambda name, arms: None,
+        outcomes: Outcomes | None = None,
     ):
         self.slot, self.admission, self.rules, self.workers = slot, admission, rules, workers
         self.on_request, self.on_unknown = on_request, on_unknown
         self.users, self.on_unknown_user = users, on_unknown_user
         self.impressions = impressions  # each answer offered to the log (off: None)
         self.arms, self.on_arm = arms, on_arm  # arms: swapped whole when its file changes
+        self.outcomes = outcomes
 
     def refuse_early(self) -> None:
         """Before a body is read: refuse at once when no request could be admitted now."""
@@ -134,6 +137,10 @@ class Ranker:
         answer = ranked(
             model.version, hit, r.fusion, keys, scores, fused, order, unknown, source, rid, name
         )
+        if self.outcomes is not None:  # what /feedback joins to, and the prediction sums
+            self.outcomes.answered(
+                rid, model.version, name, keys, order, scores.pctr, scores.pcvr, scores.pctcvr
+            )
         if self.impressions is not None:  # after the answer is built: only answers are logged
             self.impressions.offer(
                 Served(

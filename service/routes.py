@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import msgspec
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.body import read_body, refuse_declared_over
-from service.errors import NotReady
+from service.errors import ClientError, MalformedJson, NotFound, NotReady
+from service.feedback import FeedbackRequest
 from service.openapi import body_schema, error_docs, json_body
 from service.ranking import contract_summary
+from service.request import TOO_DEEP
 from service.response import json_response
 
 router = APIRouter()
@@ -43,6 +46,43 @@ async def rank(request: Request) -> Response:
     state.ranker.refuse_early()  # before the body costs anything
     body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
     return json_response(await state.ranker.rank(body))
+
+
+_feedback = msgspec.json.Decoder(FeedbackRequest)
+FEEDBACK_BYTES = 256 << 10  # 1,000 events fit many times over
+
+
+@router.post(
+    "/feedback",
+    responses={
+        200: json_body("FeedbackResponse"),
+        **error_docs(
+            {
+                404: "outcomes are off (RANKER_FEEDBACK_ROWS=0)",
+                413: f"body over {FEEDBACK_BYTES} bytes",
+                422: "malformed JSON, or an invalid event (named)",
+            }
+        ),
+    },
+    openapi_extra=body_schema("FeedbackRequest"),
+)
+async def feedback(request: Request) -> Response:
+    """Clicks and conversions against the answers that showed them, by `request_id` and
+    `item_id`: counted once each, for calibration (docs/loop.md)."""
+    state = request.app.state
+    if state.outcomes is None:
+        raise NotFound("outcomes are off: RANKER_FEEDBACK_ROWS is 0")
+    refuse_declared_over(request, FEEDBACK_BYTES)
+    body = await read_body(request, FEEDBACK_BYTES, state.settings.body_timeout_s)
+    try:
+        events = _feedback.decode(body).events
+    except msgspec.ValidationError as e:
+        raise ClientError(f"body: {e}") from None
+    except RecursionError:
+        raise MalformedJson(TOO_DEEP) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise MalformedJson(f"malformed JSON: {e}") from None
+    return json_response(state.outcomes.report(events))
 
 
 @router.get("/healthz")

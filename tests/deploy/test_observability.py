@@ -32,6 +32,7 @@ from service.main import create_app
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "deploy/prometheus/prometheus.yml"
+RULES = REPO / "deploy/prometheus/rules.yml"
 DASHBOARD = REPO / "deploy/grafana/ranker-dashboard.json"
 # labels Prometheus itself puts on every scraped series (the target's), not the exposition's
 TARGET_LABELS = {"job", "instance"}
@@ -237,6 +238,24 @@ def test_every_dashboard_query_reads_exposed_metrics_and_labels(exposed):
     assert any(v["type"] == "datasource" for v in dashboard["templating"]["list"])
     assert len(queries(dashboard)) > 20
     assert problems(dashboard, exposed) == []
+
+
+def test_every_rule_reads_exposed_metrics_and_labels(exposed):
+    """The calibration rules read only what the app exposes (their own records aside), and the
+    Prometheus config loads them."""
+    assert "rules.yml" in yaml.safe_load(PROMETHEUS.read_text())["rule_files"]
+    found = []
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            where = rule.get("record") or rule["alert"]
+            for name, labels in selectors(rule["expr"]):
+                if name.startswith("ranker:"):  # a record of this file
+                    continue
+                if name not in exposed:
+                    found.append(f"{where}: {name} is not exposed")
+                elif missing := labels - exposed[name] - TARGET_LABELS:
+                    found.append(f"{where}: {name} has no label {sorted(missing)}")
+    assert not found, found
 
 
 @pytest.mark.parametrize(

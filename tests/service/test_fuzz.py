@@ -212,6 +212,15 @@ def producers(body: dict) -> dict:
             c.app, "rows", 10**9, lambda: c.post("/rank", json=body)
         ),
         ("/rank", "post", 504): timeout,
+        ("/feedback", "post", 200): lambda c: c.post(
+            "/feedback",
+            json={"events": [{"request_id": "r-1", "item_id": 1, "kind": "click"}]},
+        ),
+        ("/feedback", "post", 404): lambda c: _with(
+            c.app, "outcomes", None, lambda: c.post("/feedback", json={"events": []})
+        ),
+        ("/feedback", "post", 413): lambda c: c.post("/feedback", content=b" " * (300 << 10)),
+        ("/feedback", "post", 422): lambda c: c.post("/feedback", json={"events": []}),
         ("/healthz", "get", 200): lambda c: c.get("/healthz"),
         ("/readyz", "get", 200): lambda c: c.get("/readyz"),
         ("/readyz", "get", 503): lambda c: _with(c.app, "ready", False, lambda: c.get("/readyz")),

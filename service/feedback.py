@@ -1,0 +1,153 @@
+"""Outcomes online: clicks and conversions reported against the answers that showed them
+(`POST /feedback`), and the sums that let Prometheus watch calibration.
+
+Every answer's returned items are remembered for RANKER_FEEDBACK_WINDOW_S, at most
+RANKER_FEEDBACK_ROWS item rows in all (the oldest answers forgotten first): their model version,
+arm and predictions. An event names `(request_id, item_id, kind)`; it counts once (a repeated
+click is a duplicate), a conversion only after a click on the same impression (the funnel), and
+an event for an answer no longer remembered is `late` (its label belongs to the offline join).
+
+What is counted, per head, model version and arm (docs/loop.md), so that Prometheus divides
+predictions by outcomes over a window:
+
+- ctr: every returned item's pCTR when answered (`ranker_prediction_sum`,
+  `ranker_prediction_count`), against its click (`ranker_labels_total`);
+- ctcvr: every returned item's pCTCVR when answered, against its conversion;
+- cvr: a clicked item's pCVR when its click arrives, against its conversion;
+
+and the same split into tenths of [0, 1] by the prediction (`ranker_calibration_bin_*`), for a
+binned calibration error. Never labelled by user or item.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import msgspec
+import numpy as np
+
+from service.request import Key
+
+MAX_EVENTS = 1000  # events per /feedback body
+
+
+class Event(msgspec.Struct, forbid_unknown_fields=True):
+    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    item_id: Key
+    kind: Literal["click", "conversion"]
+
+
+class FeedbackRequest(msgspec.Struct, forbid_unknown_fields=True):
+    events: Annotated[list[Event], msgspec.Meta(min_length=1, max_length=MAX_EVENTS)]
+
+
+class FeedbackResponse(msgspec.Struct, frozen=True):
+    counted: int
+    duplicate: Annotated[int, msgspec.Meta(description="a click or conversion already counted")]
+    late: Annotated[
+        int,
+        msgspec.Meta(
+            description="its answer is no longer remembered (RANKER_FEEDBACK_WINDOW_S, "
+            "RANKER_FEEDBACK_ROWS): the offline join's to count"
+        ),
+    ]
+    unknown_item: Annotated[int, msgspec.Meta(description="the answer did not return that item")]
+    without_click: Annotated[
+        int, msgspec.Meta(description="a conversion on an impression never clicked: not counted")
+    ]
+
+
+@dataclass
+class Shown:
+    """One answer as remembered: its returned items' ids and predictions, what was reported."""
+
+    version: str
+    arm: str
+    at: float
+    ids: np.ndarray  # the returned items' ids, best first
+    pctr: np.ndarray
+    pcvr: np.ndarray
+    pctcvr: np.ndarray
+    index: dict | None = None  # id -> its first position, made at its first event
+    clicked: set = field(default_factory=set)
+    converted: set = field(default_factory=set)
+
+
+class Outcomes:
+    def __init__(
+        self,
+        count: Callable[..., None],
+        window_s: float = 3600.0,
+        max_rows: int = 1_000_000,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        """`count(kind, head, version, arm, predictions)` adds to the metrics (Metrics.on_outcome):
+        kind "predictions" counts the predictions; "labels" counts one label per prediction
+        given, in the bin of that prediction (what the label is the outcome of)."""
+        self.count, self.window_s, self.max_rows, self.clock = count, window_s, max_rows, clock
+        self.shown: OrderedDict[str, Shown] = OrderedDict()
+        self.rows = 0
+
+    def answered(self, request_id, version, arm, item_ids, order, pctr, pcvr, pctcvr) -> None:
+        """An answer's returned items (`order` into the candidates): counted, remembered."""
+        arm = arm or "none"
+        p_ctr, p_cvr, p_ctcvr = pctr[order], pcvr[order], pctcvr[order]
+        self.count("predictions", "ctr", version, arm, p_ctr)
+        self.count("predictions", "ctcvr", version, arm, p_ctcvr)
+        # an array, not a list: thousands of remembered answers' lists would be there for the
+        # garbage collector to walk on every full collection (measured: a 25 ms p999)
+        ids = np.asarray(item_ids)[order]
+        old = self.shown.pop(request_id, None)  # a caller's id sent twice: the later answer
+        if old is not None:
+            self.rows -= len(old.pctr)
+        self.shown[request_id] = Shown(version, arm, self.clock(), ids, p_ctr, p_cvr, p_ctcvr)
+        self.rows += len(order)
+        self._forget()
+
+    def _forget(self) -> None:
+        limit = self.clock() - self.window_s
+        while self.shown and (
+            self.rows > self.max_rows or next(iter(self.shown.values())).at < limit
+        ):
+            _, s = self.shown.popitem(last=False)
+            self.rows -= len(s.pctr)
+
+    def report(self, events: list[Event]) -> FeedbackResponse:
+        self._forget()
+        out = dict.fromkeys(("counted", "duplicate", "late", "unknown_item", "without_click"), 0)
+        for e in events:
+            s = self.shown.get(e.request_id)
+            if s is None:
+                out["late"] += 1
+                continue
+            if s.index is None:
+                s.index = {}
+                for pos, i in enumerate(s.ids.tolist()):
+                    s.index.setdefault(i, pos)
+            pos = s.index.get(e.item_id)
+            if pos is None:
+                out["unknown_item"] += 1
+                continue
+            if e.kind == "click":
+                if pos in s.clicked:
+                    out["duplicate"] += 1
+                    continue
+                s.clicked.add(pos)
+                self.count("labels", "ctr", s.version, s.arm, s.pctr[pos : pos + 1])
+                self.count("predictions", "cvr", s.version, s.arm, s.pcvr[pos : pos + 1])
+            else:
+                if pos not in s.clicked:
+                    out["without_click"] += 1
+                    continue
+                if pos in s.converted:
+                    out["duplicate"] += 1
+                    continue
+                s.converted.add(pos)
+                self.count("labels", "cvr", s.version, s.arm, s.pcvr[pos : pos + 1])
+                self.count("labels", "ctcvr", s.version, s.arm, s.pctcvr[pos : pos + 1])
+            out["counted"] += 1
+        return FeedbackResponse(**out)
