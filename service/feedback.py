@@ -6,6 +6,8 @@ RANKER_FEEDBACK_ROWS item rows in all (the oldest answers forgotten first): thei
 arm and predictions. An event names `(request_id, item_id, kind)`; it counts once (a repeated
 click is a duplicate), a conversion only after a click on the same impression (the funnel), and
 an event for an answer no longer remembered is `late` (its label belongs to the offline join).
+Each process remembers its own answers: an event that reaches another worker or replica than the
+one that answered is `late` too (docs/loop.md).
 
 What is counted, per head, model version and arm (docs/loop.md), so that Prometheus divides
 predictions by outcomes over a window:
@@ -51,8 +53,9 @@ class FeedbackResponse(msgspec.Struct, frozen=True):
     late: Annotated[
         int,
         msgspec.Meta(
-            description="its answer is no longer remembered (RANKER_FEEDBACK_WINDOW_S, "
-            "RANKER_FEEDBACK_ROWS): the offline join's to count"
+            description="its answer is not remembered by this process: older than "
+            "RANKER_FEEDBACK_WINDOW_S, pushed out by RANKER_FEEDBACK_ROWS, or answered by another "
+            "worker or replica; the offline join's to count"
         ),
     ]
     unknown_item: Annotated[int, msgspec.Meta(description="the answer did not return that item")]
