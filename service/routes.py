@@ -77,7 +77,9 @@ async def feedback(request: Request) -> Response:
     try:
         events = _feedback.decode(body).events
     except msgspec.ValidationError as e:
-        raise ClientError(f"body: {e}") from None
+        what, _, at = str(e).rpartition(" - at `$.")
+        field = at.rstrip("`") if what else None
+        raise ClientError(f"{field or 'body'}: {what or e}", field=field) from None
     except RecursionError:
         raise MalformedJson(TOO_DEEP) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as e:

@@ -114,7 +114,11 @@ def test_a_conversion_without_its_click_is_not_counted(exported, bodies):
         got = c.post("/feedback", json={"events": [{**e, "kind": "conversion"}]}).json()
         assert got["without_click"] == 1 and got["counted"] == 0
         bad = c.post("/feedback", json={"events": [{**e, "kind": "purchase"}]})
-        assert bad.status_code == 422 and "kind" in bad.json()["error"]["message"]
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "events[0].kind"
+        nested = c.post("/feedback", json={"events": [{**e, "item_id": [1], "kind": "click"}]})
+        error = nested.json()["error"]
+        assert nested.status_code == 422 and error["field"] == "events[0].item_id"
+        assert error["message"].startswith("events[0].item_id: Expected `int | str`")
         off = TestClient(create_app(Settings(model_dir=exported, feedback_rows=0)))
         with off:
             assert (
