@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         1_000_000,
         ge=0,
         description="answers' returned items remembered for /feedback (oldest first out; about "
-        "100 bytes each); 0: no /feedback and no calibration sums",
+        "22 bytes each); 0: no /feedback and no calibration sums",
     )
     # the impression log (service/impressions.py, docs/loop.md)
     log_dir: Path | None = Field(

@@ -103,7 +103,6 @@ class Ranker:
             arms = self.arms
             arm = arms.assign(r.req.user_id)
             r = self.rules.with_default(r, arm.fusion)
-            self.on_arm(arm.name, arms)
         async with self.slot.lease() as model:
             user_key = None
             if r.req.user_features is None:
@@ -137,6 +136,8 @@ class Ranker:
         answer = ranked(
             model.version, hit, r.fusion, keys, scores, fused, order, unknown, source, rid, name
         )
+        if arm is not None:
+            self.on_arm(arm.name, arms)  # an answer of this arm
         if self.outcomes is not None:  # what /feedback joins to, and the prediction sums
             self.outcomes.answered(
                 rid, model.version, name, keys, order, scores.pctr, scores.pcvr, scores.pctcvr

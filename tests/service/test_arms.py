@@ -143,6 +143,10 @@ def test_answers_name_their_arm_and_are_ranked_by_its_fusion(exported, bodies, t
         # a request's own fusion still wins over its arm's
         own = c.post("/rank", json={**bodies[0], "user_id": 1000, "fusion": {"b": 3}}).json()
         assert own["fusion"]["b"] == 3.0 and own["arm"] == answers[0]["arm"]
+        # a request refused after its arm was drawn is no answer of that arm
+        bogus = [{"item_id": 1, "features": {"nope": 1}}]  # refused by the model's encoder
+        refused = c.post("/rank", json={**bodies[0], "user_id": 1000, "candidates": bogus})
+        assert refused.status_code == 422 and "nope" in refused.text
         metrics = c.get("/metrics").text
     assert {a["arm"] for a in answers} == {"a", "b"}
     for name in ("a", "b"):
