@@ -3,8 +3,9 @@ request path (RANKER_LOG_DIR, RANKER_LOG_SAMPLE; off by default).
 
 One row per returned item: the request's id and time, the model version and its content digest,
 the user's arm, the fusion it was ranked by, the user, and the item's id, position, pCTR, pCVR,
-pCTCVR, score and price, as the answer gave them (docs/loop.md). The features as served are not
-logged yet.
+pCTCVR, score and price, as the answer gave them, and the request's context features by name as
+sent (one JSON object a request, `context_features`; docs/loop.md). The user's and the items'
+features as served are not logged yet.
 
 The request path only `offer`s a record: a sampling draw and a put on a bounded queue, never a
 wait. When the queue is full the record is dropped and counted (`on_drop`), and so is a record
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
 log = logging.getLogger("service.impressions")
@@ -62,6 +64,7 @@ class Served:
     pctcvr: np.ndarray
     score: np.ndarray  # (candidates,) the fusion score
     price: np.ndarray | None  # (candidates,) NaN where none; None: no price at all
+    context: dict | None = None  # the request's context_features, by name, as sent
 
 
 class ImpressionLog:
@@ -212,6 +215,10 @@ def _kinds(r: Served) -> tuple:
     return type(r.user_id), type(r.item_ids[0]) if r.item_ids else None
 
 
+def _context_json(r: Served) -> str | None:
+    return None if r.context is None else msgspec.json.encode(r.context).decode()
+
+
 def _table(records: list[Served]):
     """The records' returned items as one table, a row per item. Built by column, each
     request's values taken by index in C (pyarrow's `take`), never a Python loop over rows:
@@ -224,8 +231,9 @@ def _table(records: list[Served]):
     def per_request(name: str, type_=None):
         """A request's value on each of its rows: text never null dictionary-encoded (the
         same type in every batch, so one file's schema), anything else taken."""
-        values = pa.array([getattr(r, name) for r in records], type_)
-        if pa.types.is_string(values.type) and name != "arm":
+        get = _context_json if name == "context_json" else lambda r: getattr(r, name)
+        values = pa.array([get(r) for r in records], type_)
+        if pa.types.is_string(values.type) and name not in ("arm", "context_json"):
             return pa.DictionaryArray.from_arrays(of_request, values)
         return values.take(of_request)
 
@@ -257,5 +265,7 @@ def _table(records: list[Served]):
             "pctcvr": pa.array(per_item("pctcvr", np.float32)),
             "score": pa.array(per_item("score", np.float64)),
             "price": pa.array(price, pa.float64(), from_pandas=True),  # NaN -> null
+            # as served, by name: one JSON object a request (the writer's work, not the loop's)
+            "context_features": per_request("context_json", pa.string()),
         }
     )

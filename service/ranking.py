@@ -161,6 +161,7 @@ class Ranker:
                     scores.pctcvr,
                     fused,
                     price,
+                    r.req.context_features,
                 )
             )
         return answer

@@ -4,6 +4,7 @@ failure; over HTTP, in process and in a real process stopped by SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -44,6 +45,7 @@ def served(i: int, n: int = 5, top: int | None = None, ids=None) -> Served:
         pctr * pcvr,
         score,
         np.where(np.arange(n) == 0, np.nan, 9.5),
+        None if i % 2 else {"scene": "search", "hour": i, "tags": [3, 1]},
     )
 
 
@@ -76,6 +78,11 @@ def test_each_returned_item_is_a_row_in_its_answered_order(tmp_path):
             (r["model_version"], r["arm"], r["user_id"], r["user"], r["user_cache"]) for r in mine
         } == {("esmm/v1", rec.arm, rec.user_id, "store", "hit")}
         assert mine[0]["time"].timestamp() == rec.time_s
+        # the request's context features by name, as sent (JSON), on each of its rows
+        want = None if rec.context is None else rec.context
+        assert {r["context_features"] for r in mine} == {
+            None if want is None else json.dumps(want, separators=(",", ":"))
+        }
 
 
 def test_a_sample_keeps_that_share_and_a_full_queue_drops_and_counts(tmp_path):
@@ -164,6 +171,7 @@ def test_answers_over_http_are_logged_as_answered(exported, bodies, tmp_path):
         assert [r["score"] for r in mine] == [i["score"] for i in a["items"]]
         assert [np.float32(r["pcvr"]) for r in mine] == [np.float32(i["pcvr"]) for i in a["items"]]
         assert {r["model_version"] for r in mine} == {a["model_version"]}
+        assert {r["context_features"] for r in mine} == {None}  # the request sent none
         assert {(r["policy"], r["a"], r["b"], r["c"]) for r in mine} == {
             tuple(a["fusion"].values())
         }
