@@ -19,8 +19,9 @@ import msgspec
 from fastapi import APIRouter, Request, Response
 
 from service.body import read_body, refuse_declared_over
-from service.errors import ClientError, Forbidden, MalformedJson, NotReady, Unauthorized
+from service.errors import Forbidden, NotReady, Unauthorized
 from service.openapi import body_schema, error_docs, json_body
+from service.request import decode_json
 from service.response import json_response
 
 router = APIRouter()
@@ -41,6 +42,9 @@ class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         ]
         | None
     ) = None
+
+
+_reload = msgspec.json.Decoder(ReloadRequest)
 
 
 class ReloadResponse(msgspec.Struct, frozen=True):
@@ -99,13 +103,6 @@ async def reload(request: Request) -> Response:
         raise NotReady("not ready: loading, or shutting down")
     path = None
     if body.strip():
-        try:
-            path = msgspec.json.decode(body, type=ReloadRequest).path
-        except msgspec.ValidationError as e:
-            raise ClientError(f"invalid request: {e}") from None
-        except (msgspec.DecodeError, UnicodeDecodeError) as e:
-            raise MalformedJson(f"malformed JSON: {e}") from None
-        except RecursionError:
-            raise MalformedJson("malformed JSON: a value nested too deep") from None
+        path = decode_json(_reload, body).path
     folder = None if path is None else state.reloader.version_folder(path)
     return json_response(await state.reloader.reload(folder, pin=folder is not None))

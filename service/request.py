@@ -368,8 +368,14 @@ def decode(body: bytes, rules: Rules) -> Ranking:
 
 def decode_sized(body: bytes, rules: Rules) -> Ranking:
     """`decode` for a body whose `size` was already taken (the Ranker's: admission needs it)."""
+    return rules.check(decode_json(_decoder, body))
+
+
+def decode_json(decoder: msgspec.json.Decoder, body: bytes):
+    """A JSON body through a strict decoder, any failure a ClientError that names the field at
+    fault (or MalformedJson): the one way the service's bodies are read (/rank, /feedback)."""
     try:
-        req = _decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as e:
         try:
             raise _located(body, str(e)) from None
@@ -379,7 +385,6 @@ def decode_sized(body: bytes, rules: Rules) -> Ranking:
         raise MalformedJson(TOO_DEEP) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise MalformedJson(f"malformed JSON: {e}") from None
-    return rules.check(req)
 
 
 def _located(body: bytes, message: str) -> ClientError:

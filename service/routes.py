@@ -8,11 +8,11 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.body import read_body, refuse_declared_over
-from service.errors import ClientError, MalformedJson, NotFound, NotReady
+from service.errors import NotFound, NotReady
 from service.feedback import FeedbackRequest
 from service.openapi import body_schema, error_docs, json_body
 from service.ranking import contract_summary
-from service.request import TOO_DEEP
+from service.request import decode_json
 from service.response import json_response
 
 router = APIRouter()
@@ -74,16 +74,7 @@ async def feedback(request: Request) -> Response:
         raise NotFound("outcomes are off: RANKER_FEEDBACK_ROWS is 0")
     refuse_declared_over(request, FEEDBACK_BYTES)
     body = await read_body(request, FEEDBACK_BYTES, state.settings.body_timeout_s)
-    try:
-        events = _feedback.decode(body).events
-    except msgspec.ValidationError as e:
-        what, _, at = str(e).rpartition(" - at `$.")
-        field = at.rstrip("`") if what else None
-        raise ClientError(f"{field or 'body'}: {what or e}", field=field) from None
-    except RecursionError:
-        raise MalformedJson(TOO_DEEP) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
-        raise MalformedJson(f"malformed JSON: {e}") from None
+    events = decode_json(_feedback, body).events
     return json_response(state.outcomes.report(events))
 
 
