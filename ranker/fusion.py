@@ -83,12 +83,10 @@ def load_split(model_dir: Path, spec_path: Path, split: str) -> dict:
     spec = S.load(spec_path)
     if not spec.price:
         raise S.SpecError(f"{spec.source}: price: the spec names no price column of its items")
-    keys, probs = predict_spec(model_dir, spec_path, split)
-    events = pq.read_table(
-        spec.table_path("events", split), columns=[spec.labels["click"], spec.labels["conversion"]]
-    )
-    click = _flags(events[spec.labels["click"]], f"{spec.source}: labels.click")
-    conversion = _flags(events[spec.labels["conversion"]], f"{spec.source}: labels.conversion")
+    labels = (spec.labels["click"], spec.labels["conversion"])
+    keys, probs = predict_spec(model_dir, spec_path, split, columns=labels)
+    click = _flags(keys[labels[0]], f"{spec.source}: labels.click")
+    conversion = _flags(keys[labels[1]], f"{spec.source}: labels.conversion")
     items = pq.read_table(spec.table_path("items"), columns=[spec.keys["item"], spec.price])
     prices = dict(
         zip(items[spec.keys["item"]].to_pylist(), items[spec.price].to_pylist(), strict=True)

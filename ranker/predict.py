@@ -49,9 +49,12 @@ def predict(
     return np.asarray(s.sample_id), _score(engine, s)
 
 
-def predict_spec(model_dir: Path, spec_path: Path, split: str) -> tuple[dict, dict]:
-    """({request_id, user_id, item_id: the events' values}, {pctr, pcvr, pctcvr}) of every event
-    of a spec's split, in the table's order."""
+def predict_spec(
+    model_dir: Path, spec_path: Path, split: str, columns: tuple[str, ...] = ()
+) -> tuple[dict, dict]:
+    """({request_id, user_id, item_id: the events' values, and the events' `columns` as they
+    are (pyarrow columns)}, {pctr, pcvr, pctcvr}) of every event of a spec's split, in the
+    table's order."""
     import pyarrow.parquet as pq
 
     from features.spec import SpecError
@@ -76,12 +79,15 @@ def predict_spec(model_dir: Path, spec_path: Path, split: str) -> tuple[dict, di
     cols = [spec.keys["user"], spec.keys["item"]] + (
         [spec.keys["request"]] * bool(spec.keys["request"])
     )
-    t = pq.read_table(spec.table_path("events", split), columns=list(dict.fromkeys(cols)))
+    t = pq.read_table(
+        spec.table_path("events", split), columns=list(dict.fromkeys([*cols, *columns]))
+    )
     n = len(t)
     keys = {
         "request_id": t[spec.keys["request"]].to_pylist() if spec.keys["request"] else [""] * n,
         "user_id": t[spec.keys["user"]].to_pylist(),
         "item_id": t[spec.keys["item"]].to_pylist(),
+        **{c: t[c] for c in columns},
     }
     return keys, probs
 
