@@ -139,7 +139,7 @@ class Arms:
                 self.check()
         return self.arms[k]
 
-    def check(self, on_change: Callable[[bool], None] | None = None) -> float | None:
+    def check(self) -> float | None:
         """The chi-square test of the distinct users per arm against the shares: its p-value
         (None under SRM_MIN_USERS users); sets `mismatch` and logs when it changes."""
         n = sum(self.users)
@@ -176,12 +176,12 @@ async def watch(
     path: Path,
     rules,
     every_s: float,
-    install: Callable[[Arms], Arms | None],
-    on_loaded: Callable[..., None] = lambda arms, previous=None, refused=None: None,
+    install: Callable[[Arms], None],
+    refused: Callable[[str], None] = lambda reason: None,
 ) -> None:
-    """Re-read the config when its file changes. One that loads is installed at once
-    (`install` returns the one it replaced; a request reads the arms once, so none sees two);
-    one that does not is refused, its reason logged, and the old one keeps serving."""
+    """Re-read the config when its file changes. One that loads is installed at once (a
+    request reads the arms once, so none sees two); one that does not is refused, its reason
+    logged, and the old one keeps serving."""
     seen = _stamp(path)
     while True:
         await asyncio.sleep(every_s)
@@ -193,9 +193,9 @@ async def watch(
             arms = await asyncio.to_thread(Arms.load, path, rules)
         except ArmsError as e:
             log.error("arms config refused, the old one keeps serving: %s", e)
-            on_loaded(None, refused=str(e))
+            refused(str(e))
             continue
-        on_loaded(arms, install(arms))
+        install(arms)
         log.info("arms config loaded: %s", ", ".join(f"{a.name} {a.share:g}" for a in arms.arms))
 
 

@@ -29,42 +29,16 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 import numpy as np
 
+from service.response import Served
+
 log = logging.getLogger("service.impressions")
 BUILD_S = 0.1  # what is queued is made into a table this often
 WRITE_S = 1.0  # and the tables made are written as one row group this often
-
-
-@dataclass(frozen=True)
-class Served:
-    """One answer as the service gave it: the items in their answered order (`order` indexes
-    the request's candidates)."""
-
-    request_id: str
-    time_s: float  # UNIX time of the answer
-    model_version: str
-    model_digest: str
-    arm: str | None  # RANKER_ARMS's arm of the user; None without arms
-    policy: str
-    a: float
-    b: float
-    c: float
-    user_id: int | str
-    user: str  # where its features came from: request, store or unknown
-    user_cache: str  # hit or miss
-    item_ids: list  # the request's candidates' ids, in its order
-    order: np.ndarray  # (returned,) positions into item_ids, best first
-    pctr: np.ndarray  # (candidates,)
-    pcvr: np.ndarray
-    pctcvr: np.ndarray
-    score: np.ndarray  # (candidates,) the fusion score
-    price: np.ndarray | None  # (candidates,) NaN where none; None: no price at all
-    context: dict | None = None  # the request's context_features, by name, as sent
 
 
 class ImpressionLog:
@@ -75,7 +49,7 @@ class ImpressionLog:
         max_queue: int = 10_000,
         rotate_bytes: int = 64 << 20,
         rotate_s: float = 300.0,
-        on_drop: Callable[[str], None] = lambda reason: None,
+        on_drop: Callable[[str, int], None] = lambda reason, n: None,
         on_written: Callable[[int], None] = lambda rows: None,
         draw: Callable[[], float] = random.random,
     ):
@@ -106,7 +80,7 @@ class ImpressionLog:
         try:
             self.queue.put_nowait(served)
         except queue.Full:
-            self.on_drop("queue_full")
+            self.on_drop("queue_full", 1)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued, close the open file under its final name, stop the thread."""
@@ -134,9 +108,8 @@ class ImpressionLog:
                 if built is None:
                     continue
                 if pending and built[0].schema != pending[0][0].schema:
-                    self._write(pending)  # ids of another type (a model of another key)
+                    self._write(pending)  # ids of another type: _write starts a new file
                     pending = []
-                    self._finish()  # ... go to a new file
                 pending.append(built)
             if pending and (stop or time.monotonic() - last >= WRITE_S):
                 self._write(pending)
@@ -163,7 +136,7 @@ class ImpressionLog:
         table = pa.concat_tables([t for t, _ in built])
         try:
             if self._writer is not None and table.schema != self._schema:
-                self._finish()
+                self._finish()  # ids of another type (a model of another key): a new file
             if self._writer is None:
                 self._open(table.schema)
             self._writer.write_table(table, row_group_size=table.num_rows)
@@ -175,8 +148,7 @@ class ImpressionLog:
     def _lost(self, answers: int) -> None:
         """Answers not written: logged with the trace and counted, never a request's failure."""
         log.exception("impression log: %d answers not written", answers)
-        for _ in range(answers):
-            self.on_drop("write_error")
+        self.on_drop("write_error", answers)
 
     def _open(self, schema) -> None:
         import pyarrow as pa
@@ -187,7 +159,7 @@ class ImpressionLog:
         name = f"impressions-{stamp}-{os.getpid()}-{self._seq:04d}.parquet"
         self._path = self.folder / f".{name}.partial"
         # dictionary pages for the per-request columns only: tried on the scores, they cost
-        # the writer 2.5x its time for nothing (measured: docs/loop.md)
+        # the writer 2.7x its time for nothing (measured: docs/loop.md)
         text = [f.name for f in schema if pa.types.is_dictionary(f.type)]
         self._writer = pq.ParquetWriter(self._path, schema, compression="zstd", use_dictionary=text)
         self._schema, self._opened = schema, time.time()
@@ -215,10 +187,6 @@ def _kinds(r: Served) -> tuple:
     return type(r.user_id), type(r.item_ids[0]) if r.item_ids else None
 
 
-def _context_json(r: Served) -> str | None:
-    return None if r.context is None else msgspec.json.encode(r.context).decode()
-
-
 def _table(records: list[Served]):
     """The records' returned items as one table, a row per item. Built by column, each
     request's values taken by index in C (pyarrow's `take`), never a Python loop over rows:
@@ -228,36 +196,39 @@ def _table(records: list[Served]):
     counts = np.array([len(r.order) for r in records], dtype=np.int64)
     of_request = pa.array(np.repeat(np.arange(len(records), dtype=np.int32), counts))
 
-    def per_request(name: str, type_=None):
-        """A request's value on each of its rows: text never null dictionary-encoded (the
-        same type in every batch, so one file's schema), anything else taken."""
-        get = _context_json if name == "context_json" else lambda r: getattr(r, name)
+    def per_request(get: Callable[[Served], object], type_=None, nulls: bool = False):
+        """A request's value on each of its rows: text that is never null dictionary-encoded
+        (the same type in every batch, so one file's schema), anything else taken."""
         values = pa.array([get(r) for r in records], type_)
-        if pa.types.is_string(values.type) and name not in ("arm", "context_json"):
+        if pa.types.is_string(values.type) and not nulls:
             return pa.DictionaryArray.from_arrays(of_request, values)
         return values.take(of_request)
 
     def per_item(name: str, dtype) -> np.ndarray:
         return np.concatenate([getattr(r, name)[r.order] for r in records]).astype(dtype)
 
+    def context(r: Served) -> str | None:  # as served, by name: one JSON object a request
+        return None if r.context is None else msgspec.json.encode(r.context).decode()
+
     price = np.concatenate(
         [np.full(len(r.order), np.nan) if r.price is None else r.price[r.order] for r in records]
     )
     times = np.round(np.array([r.time_s for r in records]) * 1e6).astype(np.int64)
+    text = pa.string()
     return pa.table(
         {
-            "request_id": per_request("request_id", pa.string()),
+            "request_id": per_request(lambda r: r.request_id, text),
             "time": pa.array(times, pa.timestamp("us", tz="UTC")).take(of_request),
-            "model_version": per_request("model_version", pa.string()),
-            "model_digest": per_request("model_digest", pa.string()),
-            "arm": per_request("arm", pa.string()),
-            "policy": per_request("policy", pa.string()),
-            "a": per_request("a", pa.float64()),
-            "b": per_request("b", pa.float64()),
-            "c": per_request("c", pa.float64()),
-            "user_id": per_request("user_id"),
-            "user": per_request("user", pa.string()),
-            "user_cache": per_request("user_cache", pa.string()),
+            "model_version": per_request(lambda r: r.model_version, text),
+            "model_digest": per_request(lambda r: r.model_digest, text),
+            "arm": per_request(lambda r: r.arm, text, nulls=True),
+            "policy": per_request(lambda r: r.fusion.policy, text),
+            "a": per_request(lambda r: r.fusion.a, pa.float64()),
+            "b": per_request(lambda r: r.fusion.b, pa.float64()),
+            "c": per_request(lambda r: r.fusion.c, pa.float64()),
+            "user_id": per_request(lambda r: r.user_id),
+            "user": per_request(lambda r: r.user, text),
+            "user_cache": per_request(lambda r: r.user_cache, text),
             "position": pa.array(np.concatenate([np.arange(n) for n in counts]), pa.int32()),
             "item_id": pa.array(np.concatenate([np.asarray(r.item_ids)[r.order] for r in records])),
             "pctr": pa.array(per_item("pctr", np.float32)),
@@ -265,7 +236,6 @@ def _table(records: list[Served]):
             "pctcvr": pa.array(per_item("pctcvr", np.float32)),
             "score": pa.array(per_item("score", np.float64)),
             "price": pa.array(price, pa.float64(), from_pandas=True),  # NaN -> null
-            # as served, by name: one JSON object a request (the writer's work, not the loop's)
-            "context_features": per_request("context_json", pa.string()),
+            "context_features": per_request(context, text, nulls=True),
         }
     )

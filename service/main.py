@@ -107,7 +107,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                     s.log_queue,
                     int(s.log_rotate_mb * (1 << 20)),
                     s.log_rotate_s,
-                    on_drop=lambda reason: st.metrics.log_dropped.labels(reason).inc(),
+                    on_drop=lambda reason, n: st.metrics.log_dropped.labels(reason).inc(n),
                     on_written=st.metrics.log_written.inc,
                 )
             except OSError as e:  # a folder that cannot be made or written to
@@ -144,13 +144,13 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             else None
         )
 
-        def install_arms(new: Arms) -> Arms:
+        def install_arms(new: Arms) -> None:
             old, st.ranker.arms = st.ranker.arms, new  # requests read it once each
-            return old
+            st.metrics.on_arms(new, old)
 
         arms_watcher = (
             asyncio.get_running_loop().create_task(
-                watch_arms(s.arms, rules, s.reload_poll_s, install_arms, st.metrics.on_arms)
+                watch_arms(s.arms, rules, s.reload_poll_s, install_arms, st.metrics.on_arms_refused)
             )
             if s.arms is not None and s.reload_poll_s > 0
             else None

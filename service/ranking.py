@@ -20,7 +20,6 @@ ones stay on the loop, where a thread hop would cost more than the work.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import time
@@ -35,9 +34,9 @@ from service.arms import Arms
 from service.encoding import Encoded
 from service.errors import Overloaded, StoreUnavailable, Timeout
 from service.feedback import Outcomes
-from service.impressions import ImpressionLog, Served
+from service.impressions import ImpressionLog
 from service.requestid import REQUEST_ID
-from service.response import RankResponse, order_of, ranked
+from service.response import RankResponse, Served, order_of, ranked
 from service.served import ModelSlot, ServedModel
 from service.user_store import Changed, UserStore
 
@@ -138,32 +137,30 @@ class Ranker:
         )
         if arm is not None:
             self.on_arm(arm.name, arms)  # an answer of this arm
-        if self.outcomes is not None:  # what /feedback joins to, and the prediction sums
-            self.outcomes.answered(
-                rid, model.version, name, keys, order, scores.pctr, scores.pcvr, scores.pctcvr
+        if self.outcomes is not None or self.impressions is not None:
+            served = Served(
+                request_id=rid,
+                time_s=time.time(),
+                model_version=model.version,
+                model_digest=model.digest,
+                arm=name,
+                fusion=r.fusion,
+                user_id=r.req.user_id,
+                user=source,
+                user_cache=answer.user_cache,
+                item_ids=keys,
+                order=order,
+                pctr=scores.pctr,
+                pcvr=scores.pcvr,
+                pctcvr=scores.pctcvr,
+                score=fused,
+                price=price,
+                context=r.req.context_features,
             )
-        if self.impressions is not None:  # after the answer is built: only answers are logged
-            self.impressions.offer(
-                Served(
-                    rid,
-                    time.time(),
-                    model.version,
-                    model.digest,
-                    name,
-                    *dataclasses.astuple(r.fusion),
-                    r.req.user_id,
-                    source,
-                    answer.user_cache,
-                    keys,
-                    order,
-                    scores.pctr,
-                    scores.pcvr,
-                    scores.pctcvr,
-                    fused,
-                    price,
-                    r.req.context_features,
-                )
-            )
+            if self.outcomes is not None:  # what /feedback joins to, and the prediction sums
+                self.outcomes.answered(served)
+            if self.impressions is not None:  # after the answer is built: answers only
+                self.impressions.offer(served)
         return answer
 
     async def _off_loop(self, fn, *args):

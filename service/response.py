@@ -3,6 +3,7 @@ structs, encoded by msgspec and documented from the same structs (service/openap
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import msgspec
@@ -85,6 +86,31 @@ class ErrorBody(msgspec.Struct, frozen=True):
 
 class ErrorResponse(msgspec.Struct, frozen=True):
     error: ErrorBody
+
+
+@dataclass(frozen=True)
+class Served:
+    """One answer as the service gave it, for what follows it off the response (the
+    impression log, the outcomes /feedback counts): the items in their answered order
+    (`order` indexes the request's candidates)."""
+
+    request_id: str
+    time_s: float  # UNIX time of the answer
+    model_version: str
+    model_digest: str
+    arm: str | None  # RANKER_ARMS's arm of the user; None without arms
+    fusion: FusionParams
+    user_id: Key
+    user: str  # where its features came from: request, store or unknown
+    user_cache: str  # hit or miss
+    item_ids: list  # the request's candidates' ids, in its order
+    order: np.ndarray  # (returned,) positions into item_ids, best first
+    pctr: np.ndarray  # (candidates,)
+    pcvr: np.ndarray
+    pctcvr: np.ndarray
+    score: np.ndarray  # (candidates,) the fusion score
+    price: np.ndarray | None  # (candidates,) NaN where none; None: no price at all
+    context: dict | None = None  # the request's context_features, by name, as sent
 
 
 def order_of(fused: np.ndarray, top_k: int | None) -> np.ndarray:

@@ -16,8 +16,10 @@ from fastapi.testclient import TestClient
 
 from loadtest.parts import ServiceProcess, metric
 from service.config import Settings
-from service.impressions import ImpressionLog, Served
+from service.fusion import FusionParams
+from service.impressions import ImpressionLog
 from service.main import create_app
+from service.response import Served
 
 
 def served(i: int, n: int = 5, top: int | None = None, ids=None) -> Served:
@@ -26,26 +28,23 @@ def served(i: int, n: int = 5, top: int | None = None, ids=None) -> Served:
     order = np.argsort(-score, kind="stable")[:top]
     pctr, pcvr = rng.random(n).astype(np.float32), rng.random(n).astype(np.float32)
     return Served(
-        f"req-{i}",
-        1_765_000_000.0 + i,
-        "esmm/v1",
-        "d" * 16,
-        None if i % 2 else "price",  # the arm: none without RANKER_ARMS
-        "product",
-        1.0,
-        1.0,
-        0.0,
-        i,
-        "store",
-        "hit",
-        list(range(100 * i, 100 * i + n)) if ids is None else ids,
-        order,
-        pctr,
-        pcvr,
-        pctr * pcvr,
-        score,
-        np.where(np.arange(n) == 0, np.nan, 9.5),
-        None if i % 2 else {"scene": "search", "hour": i, "tags": [3, 1]},
+        request_id=f"req-{i}",
+        time_s=1_765_000_000.0 + i,
+        model_version="esmm/v1",
+        model_digest="d" * 16,
+        arm=None if i % 2 else "price",  # none without RANKER_ARMS
+        fusion=FusionParams("product", 1.0, 1.0, 0.0),
+        user_id=i,
+        user="store",
+        user_cache="hit",
+        item_ids=list(range(100 * i, 100 * i + n)) if ids is None else ids,
+        order=order,
+        pctr=pctr,
+        pcvr=pcvr,
+        pctcvr=pctr * pcvr,
+        score=score,
+        price=np.where(np.arange(n) == 0, np.nan, 9.5),
+        context=None if i % 2 else {"scene": "search", "hour": i, "tags": [3, 1]},
     )
 
 
@@ -98,7 +97,9 @@ def test_a_sample_keeps_that_share_and_a_full_queue_drops_and_counts(tmp_path):
     # the writer held up (its takes from the queue wait): the queue of 2 fills, offers return
     # at once and count what they drop
     dropped, release = [], threading.Event()
-    log = ImpressionLog(tmp_path / "full", max_queue=2, on_drop=dropped.append)
+    log = ImpressionLog(
+        tmp_path / "full", max_queue=2, on_drop=lambda reason, n: dropped.extend([reason] * n)
+    )
     take = log.queue.get_nowait
     log.queue.get_nowait = lambda: (release.wait(), take())[1]
     for i in range(10):
@@ -130,7 +131,7 @@ def test_files_rotate_by_size_and_a_reader_sees_only_whole_ones(tmp_path):
 
 def test_a_write_that_fails_loses_its_records_counted_and_the_log_goes_on(tmp_path):
     dropped = []
-    log = ImpressionLog(tmp_path, on_drop=dropped.append)
+    log = ImpressionLog(tmp_path, on_drop=lambda reason, n: dropped.extend([reason] * n))
     log.offer(served(1, ids=[1, 2, 3, 4, 5]))
     log.offer(served(2, ids=["a", "b", "c", "d", "e"]))  # a new schema, its own file
     broken = served(3)
@@ -178,17 +179,27 @@ def test_answers_over_http_are_logged_as_answered(exported, bodies, tmp_path):
 
 
 def test_sigterm_leaves_only_complete_files_holding_every_answer(exported, bodies, tmp_path):
+    """A real process: answers written to a file still open are not listed as a file; the
+    answers still queued when SIGTERM comes are written, and the file is closed whole."""
     logs = tmp_path / "logs"
     svc = ServiceProcess(model_dir=exported, access_log=False, log_dir=logs).wait_ready()
+
+    def answer(some) -> list[str]:
+        return [
+            httpx.post(f"{svc.url}/rank", json={**b, "top_k": 4}, timeout=30).json()["request_id"]
+            for b in some
+        ]
+
     try:
-        ids = []
-        for b in bodies[:20]:
-            r = httpx.post(f"{svc.url}/rank", json={**b, "top_k": 4}, timeout=30)
-            ids.append(r.json()["request_id"])
-        written = metric(svc.url, "ranker_log_written_rows_total")
+        ids = answer(bodies[:10])
+        deadline = time.monotonic() + 30
+        while metric(svc.url, "ranker_log_written_rows_total") < 40:  # one row group written
+            assert time.monotonic() < deadline, "the writer wrote nothing"
+            time.sleep(0.05)
+        assert not list(logs.glob("*.parquet"))  # its file still open: not there to read
+        ids += answer(bodies[10:20])  # queued, or being built, when SIGTERM comes
     finally:
         assert svc.stop() == 0
     assert not list(logs.glob(".*"))  # closed and renamed on SIGTERM
     rows = [r for t in read_all(logs)[1] for r in t]
     assert sorted({r["request_id"] for r in rows}) == sorted(ids) and len(rows) == 80
-    assert written <= 80  # what was written before the stop was counted as written
