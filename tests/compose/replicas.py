@@ -163,6 +163,12 @@ def replica_metric(ip: str, sample: tuple[str, dict[str, str]]) -> float:
     return metric(f"http://{ip}:8000", name, **labels)
 
 
+def promql(sample: tuple[str, dict[str, str]], **more: str) -> str:
+    """The PromQL selector of a (name, labels) sample, with `more` labels added."""
+    name, labels = sample
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in {**more, **labels}.items()) + "}"
+
+
 RANK_200 = ("ranker_request_seconds_count", {"path": "/rank", "status": "200"})
 REDIS_HIT = ("ranker_user_cache_total", {"outcome": "hit", "tier": "redis"})
 REDIS_SET = ("ranker_redis_calls_total", {"op": "set", "outcome": "ok"})
@@ -376,7 +382,7 @@ def prometheus_sees_every_replica(stack: Stack, reps: dict[str, str]) -> None:
     want = {f"{ip}:8000" for ip in reps.values()}
     deadline, seen = time.monotonic() + 90, set()
     while time.monotonic() < deadline:
-        r = httpx.get(query, params={"query": RANK_200.replace("{", '{job="ranker",')}, timeout=5)
+        r = httpx.get(query, params={"query": promql(RANK_200, job="ranker")}, timeout=5)
         result = r.json()["data"]["result"]
         seen = {s["metric"]["instance"] for s in result if float(s["value"][1]) > 0}
         if want <= seen:
@@ -387,7 +393,10 @@ def prometheus_sees_every_replica(stack: Stack, reps: dict[str, str]) -> None:
     lb = httpx.get(query, params={"query": 'up{job="haproxy"}'}, timeout=5).json()["data"]
     if not lb["result"] or lb["result"][0]["value"][1] != "1":
         fail(f"Prometheus does not scrape HAProxy: {lb}")
-    say(f"Prometheus's API returns {RANK_200} for all {len(want)} replicas, and HAProxy is up")
+    say(
+        f"Prometheus's API returns {promql(RANK_200)} for all {len(want)} replicas, "
+        "and HAProxy is up"
+    )
 
 
 def measure(stack: Stack, reps: dict[str, str], clients: int, seconds: float) -> dict:

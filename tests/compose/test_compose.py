@@ -244,3 +244,20 @@ def test_redis_as_composed_refuses_clients_without_the_password(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_replicas_asks_prometheus_for_a_selector_it_parses():
+    """replicas.py's query to Prometheus's API: the sample's labels and the job's, as PromQL."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests/compose"))
+    try:
+        import replicas
+    finally:
+        sys.path.remove(str(REPO / "tests/compose"))
+    assert replicas.promql(replicas.RANK_200, job="ranker") == (
+        'ranker_request_seconds_count{job="ranker",path="/rank",status="200"}'
+    )
+    assert (
+        replicas.promql(replicas.REDIS_HIT) == 'ranker_user_cache_total{outcome="hit",tier="redis"}'
+    )
