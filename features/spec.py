@@ -51,6 +51,7 @@ _FEATURE = {
     "min_count",
     "pooling",
     "count_in",
+    "raw",
 }
 _COUNT_IN = {"list", "key"}
 
@@ -75,6 +76,10 @@ class Feature:
     min_count: int = 0  # id/ids: ids seen fewer times in training share one row (0: the trainer's)
     pooling: str = "mean"  # ids: weighted mean or sum of the list's embeddings
     count_in: tuple[str, str] = ()  # cross: (user ids feature, item id/ids feature)
+    # id/ids: "" when the column holds values as a request sends them; "int" or "text" when it
+    # holds the raw ids such values become (features/values.py), as the impression log keeps
+    # them (ranker join): read as they are, and requests still send that type of value
+    raw: str = ""
     line: int = 0
 
     @property
@@ -95,6 +100,8 @@ class Feature:
             d["max_len"], d["pooling"] = self.max_len, self.pooling
         if self.buckets:
             d["buckets"] = self.buckets
+        if self.raw:
+            d["raw"] = self.raw
         return d
 
 
@@ -120,6 +127,25 @@ class Spec:
 
     def side(self, side: str) -> tuple[Feature, ...]:
         return tuple(f for f in self.features if f.side == side)
+
+    def table_of(self, f: Feature) -> str:
+        """The table a feature's column is in: its side's table, or the events table for a
+        context feature and for a user or item feature of a spec with no table of that side
+        (the user or item as of each event: what an impression log holds)."""
+        if f.side == "user" and self.users:
+            return "users"
+        if f.side == "item" and self.items:
+            return "items"
+        return "events"
+
+    def per_event(self, side: str) -> tuple[Feature, ...]:
+        """The user's or item's features read from each event (no table of that side), the
+        feature on the key column aside (every event has its key)."""
+        return tuple(
+            f
+            for f in self.side(side)
+            if self.table_of(f) == "events" and f.column != self.keys[side]
+        )
 
     def table_path(self, table: str, split: str = "train") -> Path:
         """A table's file, resolved against the spec's folder."""
@@ -413,6 +439,8 @@ def _feature(c: _Check, f, k: int, line: int) -> Feature:
         c.fail(at("pooling"), f"{what}.pooling", f"only an ids feature is pooled, not {kind}")
     if "max_len" in m and kind != "ids":
         c.fail(at("max_len"), f"{what}.max_len", f"a {kind} feature holds one value")
+    if "raw" in m and (side == "cross" or kind == "numeric"):
+        c.fail(at("raw"), f"{what}.raw", f"a {kind} feature holds numbers, not ids")
     if kind == "numeric":
         for key in ("embedding", "min_count"):
             if key in m:
@@ -437,6 +465,7 @@ def _feature(c: _Check, f, k: int, line: int) -> Feature:
         min_count=c.integer(m, "min_count", what, line, 1, 1 << 30) if "min_count" in m else 0,
         pooling=c.choice(m, "pooling", what, line, POOLINGS) if "pooling" in m else "mean",
         count_in=count_in,
+        raw=c.choice(m, "raw", what, line, (INT, TEXT)) if "raw" in m else "",
         line=line,
     )
 
@@ -508,16 +537,6 @@ def _check_features(
                     f"{lst.name} and {key.name} read different "
                     "embedding tables, so their ids are not one space",
                 )
-        if layout != "tables":
-            pass  # the layout's files hold every side
-        elif f.side == "user" and not tables["users"] and f.column != keys["user"]:
-            c.fail(
-                f.line, what, "a user feature needs tables.users (or the user key as its column)"
-            )
-        elif f.side == "item" and not tables["items"] and f.column != keys["item"]:
-            c.fail(
-                f.line, what, "an item feature needs tables.items (or the item key as its column)"
-            )
         if f.embedding:
             groups.setdefault(f.embedding, []).append(f)
     for name, members in groups.items():
@@ -605,7 +624,7 @@ def check_columns(spec: Spec, schemas: Mapping[str, Mapping[str, str]]) -> dict[
     for f in spec.features:
         if f.side == "cross":
             continue
-        table = {"user": "users", "item": "items", "context": "events", "event": "events"}[f.side]
+        table = spec.table_of(f)
         key = spec.keys.get(f.side, "")
         if f.side in ("user", "item") and f.column == key:
             cols = schemas.get("events") or schemas.get(table)  # the key: every event has it
@@ -615,13 +634,20 @@ def check_columns(spec: Spec, schemas: Mapping[str, Mapping[str, str]]) -> dict[
             continue
         what = f"features ({f.name})"
         if f.column not in cols:
-            c.fail(f.line, f"{what}.column", f"the {table} table has no column {f.column!r}")
+            hint = ""
+            if table == "events" and f.side in ("user", "item"):
+                hint = (
+                    f" (a {f.side} feature is read from tables.{f.side}s, where the spec names one)"
+                )
+            c.fail(f.line, f"{what}.column", f"the {table} table has no column {f.column!r}{hint}")
         t = cols[f.column]
         want = {
             "id": (INT, TEXT),
             "ids": (f"list<{INT}>", f"list<{TEXT}>"),
             "numeric": (INT, FLOAT, BOOL),
         }[f.kind]
+        if f.raw:  # raw ids are integers, whatever values they were made from
+            want = want[:1]
         if t not in want:
             c.fail(
                 f.line,
@@ -638,7 +664,7 @@ def check_columns(spec: Spec, schemas: Mapping[str, Mapping[str, str]]) -> dict[
                     f"column {f.weights!r} is {cols[f.weights]}, not a list of numbers",
                 )
         if f.kind != "numeric":
-            dtypes[f.name] = TEXT if TEXT in t else INT
+            dtypes[f.name] = f.raw or (TEXT if TEXT in t else INT)
     groups: dict[str, tuple[str, str]] = {}
     for f in spec.features:
         if f.name in dtypes and f.embedding:

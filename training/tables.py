@@ -107,7 +107,15 @@ def _event_columns(spec: S.Spec) -> list[str]:
     if spec.keys["request"]:
         cols.append(spec.keys["request"])
     cols += [f.column for f in (*spec.side("context"), *spec.side("event"))]
+    for f in (*spec.per_event("user"), *spec.per_event("item")):
+        cols += [f.column, *([f.weights] if f.weights else [])]
     return list(dict.fromkeys(cols))
+
+
+def _read_as(contract: FeatureContract, f: S.Feature) -> str:
+    """How a feature's column becomes raw ids: as the values it holds (int or text), or as they
+    are where it holds raw ids already (`raw`: the impression log's)."""
+    return S.INT if f.raw else contract.field(f.name).dtype
 
 
 # ---- columns -> raw arrays --------------------------------------------------------------------
@@ -271,7 +279,7 @@ def read_side(
             vals,
             c,
             f,
-            contract.field(f.name).dtype,
+            _read_as(contract, f),
             t[f.column],
             t[f.weights] if f.weights else None,
             fw,
@@ -331,10 +339,23 @@ def read_split(
     item_vals = alloc("item_vals", (total, width), np.float32)
     small: dict[str, list[np.ndarray]] = {}
     done = n = 0
+    per_event = bool(spec.per_event("user"))
+    event_users: list[tuple[np.ndarray, np.ndarray]] = []  # per batch: its requests' user rows
     for batch in pf.iter_batches(BATCH_ROWS, columns=_event_columns(spec)):
         t = pa.Table.from_batches([batch])
         part = _events(spec, contract, t, items, where, done, orphans, report, keep_all)
-        _crosses(contract, part["item_ids"], part["item_vals"], users, part["user_key"], lists)
+        kept = part.pop("table")
+        if per_event:  # the user as of each request: its first event's user columns
+            u_ids, u_vals, row = _event_users(spec, contract, kept, part, where)
+            _crosses(
+                contract, part["item_ids"], part["item_vals"], _lists(contract, u_ids, u_vals), row
+            )
+            part["row_user"] = row + sum(len(u) for u, _ in event_users)
+            event_users.append((u_ids, u_vals))
+        else:
+            pos, found = users.find(part["user_key"])
+            row = np.where(found, pos, len(users.keys))  # past every list's rows: nothing found
+            _crosses(contract, part["item_ids"], part["item_vals"], lists, row)
         k = len(part["click"])
         item_ids[n : n + k], item_vals[n : n + k] = part.pop("item_ids"), part.pop("item_vals")
         for name, values in part.items():
@@ -347,13 +368,21 @@ def read_split(
     cat = {k: _joined(v) for k, v in small.items()}
     keys = cat.get("user_key", np.empty(0, np.int64))
     groups = cat.get("request_key", np.empty(0, np.int64))
-    # One user row per user (the users table's); each row's request (its user's, so one user
-    # in two requests is two) is what training shuffles and splits by, as it does Ali-CCP's
-    # sessions: a batch then mixes many requests.
-    uniq, row_user = np.unique(keys, return_inverse=True)
-    pairs = np.stack([groups, keys], axis=1)
-    _, session = np.unique(pairs, axis=0, return_inverse=True)
-    u_ids, u_vals = _users(spec, contract, users, uniq)
+    session: np.ndarray | None
+    if per_event:  # one user row per request, as Ali-CCP's sessions: the rows are the requests
+        width = contract.width("user")
+        u_ids = _joined([u for u, _ in event_users] or [np.empty((0, width), np.int64)])
+        u_vals = _joined([v for _, v in event_users] or [np.empty((0, width), np.float32)])
+        row_user, session = cat.get("row_user", np.empty(0, np.int64)), None
+    else:
+        # One user row per user (the users table's); each row's request (its user's, so one
+        # user in two requests is two) is what training shuffles and splits by, as it does
+        # Ali-CCP's sessions: a batch then mixes many requests.
+        uniq, row_user = np.unique(keys, return_inverse=True)
+        pairs = np.stack([groups, keys], axis=1)
+        _, session = np.unique(pairs, axis=0, return_inverse=True)
+        session = session.reshape(-1).astype(np.int64)
+        u_ids, u_vals = _users(spec, contract, users, uniq)
     empty = np.empty(0, np.uint8)
     split_data = EncodedSplit(
         u_ids,
@@ -365,7 +394,7 @@ def read_split(
         cat.get("conv", empty),
         cat.get("sample_id", np.empty(0, np.int64)),
         report,
-        session=session.reshape(-1).astype(np.int64),
+        session=session,
     )
     report.rows = len(split_data)
     return split_data
@@ -458,18 +487,19 @@ def _events(spec, contract, t: pa.Table, items: SideTable, where, first, orphans
     vals = np.concatenate([items.vals, np.zeros((1, width), np.float32)]).take(row, axis=0)
     _key_features(spec, contract, "item", ids, vals, keys["item"])
     cols = {f.name: c for f, c in contract.columns("item")}
-    for f in (*spec.side("context"), *spec.side("event")):
+    for f in (*spec.side("context"), *spec.side("event"), *spec.per_event("item")):
         _fill(
             ids,
             vals,
             cols[f.name],
             f,
-            contract.field(f.name).dtype,
+            _read_as(contract, f),
             t[f.column],
-            None,
+            t[f.weights] if f.weights else None,
             f"{where}: column {f.column!r}",
         )
     return {
+        "table": t,
         "user_key": keys["user"],
         "request_key": request[rows],
         "item_ids": ids,
@@ -484,26 +514,54 @@ def cross_lists(contract: FeatureContract, users: SideTable) -> dict[str, ListCo
     """The users table's lists that crosses count in, indexed once (features.values): by the
     table's rows (one per user: request rows repeat them, a tenth of the work); a user the
     table lacks has empty lists (its row: `len(users.keys)`, past them)."""
+    return _lists(contract, users.ids, users.vals)
+
+
+def _lists(contract: FeatureContract, ids: np.ndarray, vals: np.ndarray) -> dict[str, ListCounts]:
     ucols = {f.name: c for f, c in contract.columns("user")}
     return {
-        name: ListCounts(users.ids[:, ucols[name]], users.vals[:, ucols[name]])
+        name: ListCounts(ids[:, ucols[name]], vals[:, ucols[name]])
         for name in dict.fromkeys(f.cross[0] for f in contract.fields if f.cross)
     }
+
+
+def _event_users(spec, contract, t: pa.Table, part: dict, where: str):
+    """A batch's users read from its events (a spec with no users table): one user row per
+    request (the first event of each (request, user) pair in the batch) and each event's row
+    among them."""
+    pairs = np.stack([part["request_key"], part["user_key"]], axis=1)
+    _, first, row = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
+    width = contract.width("user")
+    ids = np.full((len(first), width), -1, dtype=np.int64)
+    vals = np.zeros((len(first), width), dtype=np.float32)
+    firsts = t.take(pa.array(first))
+    cols = {f.name: c for f, c in contract.columns("user")}
+    for f in spec.per_event("user"):
+        _fill(
+            ids,
+            vals,
+            cols[f.name],
+            f,
+            _read_as(contract, f),
+            firsts[f.column],
+            firsts[f.weights] if f.weights else None,
+            f"{where}: column {f.column!r}",
+        )
+    _key_features(spec, contract, "user", ids, vals, part["user_key"][first])
+    return ids, vals, row.reshape(-1).astype(np.int64)
 
 
 def _crosses(
     contract: FeatureContract,
     item_ids: np.ndarray,
     item_vals: np.ndarray,
-    users: SideTable,
-    user_keys: np.ndarray,
     lists: dict[str, ListCounts],
+    row: np.ndarray,
 ) -> None:
-    """Each cross field's value on every row (in place), from its user's list and its item
-    key: the same count (features.values) the service makes per request."""
+    """Each cross field's value on every event (in place), from its user's list (`row`: the
+    event's user row in `lists`) and its item key: the same count (features.values) the
+    service makes per request."""
     icols = {f.name: c for f, c in contract.columns("item")}
-    pos, found = users.find(user_keys)
-    row = np.where(found, pos, len(users.keys))  # past every list's rows: nothing found
     for f, c in contract.columns("item"):
         if f.source == "cross":
             v = lists[f.cross[0]].count(row, item_ids[:, icols[f.cross[1]]])

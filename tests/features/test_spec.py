@@ -295,10 +295,21 @@ BAD = {
         "item_id reads the item key already",
         17,
     ),
-    "item feature without items table": (
-        _replace("  items: items.parquet\n", ""),
-        "an item feature needs tables.items",
-        10,
+    "raw ids of a number": (
+        _replace(
+            "{name: price, side: item, kind: numeric}",
+            "{name: price, side: item, kind: numeric, raw: int}",
+        ),
+        "a numeric feature holds numbers, not ids",
+        12,
+    ),
+    "raw ids of another type": (
+        _replace(
+            "{name: category, side: item, kind: id, embedding: category}",
+            "{name: category, side: item, kind: id, embedding: category, raw: float}",
+        ),
+        "(category).raw: 'float' is not one of int, text",
+        11,
     ),
 }
 
