@@ -42,6 +42,26 @@ class Encoded(NamedTuple):
     price: np.ndarray  # (candidates,) float64: the request's, else the item table's; NaN: none
     unknown: np.ndarray  # candidate positions with no features at all: scored by their id alone
     cross_keys: tuple[np.ndarray, ...] = ()  # per cross: (candidates, key width) raw ids
+    # the raw rows as served, for the impression log (raw_items, user_raw): kept references,
+    # composed off the request path
+    user_raw: tuple[np.ndarray, np.ndarray] | None = None  # (user width,) ids and values
+    items_raw: RawItems | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RawItems:
+    """What the candidates' raw rows are made of, as encoding left it: the rows of what the
+    request gave (inline features and context; one row for all when by ids), and which item
+    table row each candidate took which stored fields from. RequestEncoder.raw_items composes
+    the rows of the returned candidates from it, by the rules the hashed rows were made by."""
+
+    base_ids: np.ndarray  # (candidates, width) raw ids, or (1, width) by ids
+    base_vals: np.ndarray
+    keys: np.ndarray  # (candidates,) item keys' raw ids, -1 where none
+    pos: np.ndarray  # item table rows
+    found: np.ndarray  # in the item table
+    inline: np.ndarray  # (candidates, stored fields) given by the request
+    by_ids: bool
 
 
 def cross_lists(contract: FeatureContract) -> list[tuple[Field, slice]]:
@@ -80,7 +100,13 @@ class StoredItems:
     features are then a gather of rows (int32 embedding rows and float32 weights of the item
     fields' columns), never a hash."""
 
-    def __init__(self, table: ItemTable, contract: FeatureContract, chunk: int = 1 << 16):
+    def __init__(
+        self,
+        table: ItemTable,
+        contract: FeatureContract,
+        chunk: int = 1 << 16,
+        keep_raw: bool = False,
+    ):
         columns = {f.name: c for f, c in contract.columns("item")}
         self.fields = [n for n in table.max_len if n in columns]
         if not self.fields:
@@ -114,7 +140,10 @@ class StoredItems:
         # the request columns of self.ids' columns, in order: one gather when nothing overrides
         self.all_cols = np.concatenate([self.cols[f.name] for f, _ in own.columns("item")])
         # the raw table is not kept: ids (for lookups), prices, the numeric attributes the
-        # model takes and the raw ids its crosses look up are all a request needs
+        # model takes and the raw ids its crosses look up are all a request needs; the
+        # impression log's raw rows of the items served need it (`keep_raw`)
+        self.table, self._own = (table, own) if keep_raw else (None, None)
+        self.width = contract.width("item")
         self.item_id, self.price, self.digest = table.item_id, table.price, table.digest
         self.numeric = {  # an Ali-CCP model's --items attributes (a spec's are in the rows)
             f.name: table.values(f.name)
@@ -124,6 +153,20 @@ class StoredItems:
 
     def __len__(self) -> int:
         return len(self.item_id)
+
+    def raw_rows(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(len(pos), contract's item width) raw ids and values of table rows `pos`, as the
+        hashed rows were made from them (the stored fields' columns; -1 elsewhere)."""
+        if self.table is None:
+            raise RuntimeError("the item table's raw rows were not kept (keep_raw)")
+        own_ids, own_vals = self.table.rows_for(self._own, pos)
+        ids = np.full((len(pos), self.width), -1, dtype=np.int64)
+        vals = np.zeros((len(pos), self.width), dtype=np.float32)
+        for f, c in self._own.columns("item"):
+            if f.name in self.cols:
+                ids[:, self.cols[f.name]] = own_ids[:, c]
+                vals[:, self.cols[f.name]] = own_vals[:, c]
+        return ids, vals
 
     def index(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return lookup(self.item_id, keys)
@@ -299,28 +342,47 @@ class RequestEncoder:
     # ---- the user -------------------------------------------------------------------------
     def encode(self, req: RankRequest, price: np.ndarray | None = None) -> Encoded:
         """`price`: the request's per candidate, NaN where it gives none (request.Ranking's)."""
-        user = self.encode_user(req)
-        return Encoded(*user, *self.encode_items(req, price))
+        raw = self.user_raw(req)
+        user = (None, None, None) if raw is None else self._user_rows(raw)
+        *items, items_raw = self.encode_items(req, price)
+        return Encoded(*user, *items, user_raw=raw, items_raw=items_raw)
 
     def encode_user(self, req: RankRequest):
         """The request's user features -> one hashed row (1, user width) and its cross lists;
         (None, None, None) when it gives none (its user's features are then read from the
         store: encode_stored_user)."""
+        raw = self.user_raw(req)
+        return (None, None, None) if raw is None else self._user_rows(raw)
+
+    def user_raw(self, req: RankRequest) -> tuple[np.ndarray, np.ndarray] | None:
+        """The request's user features -> the user's raw row (ids, values); None when it
+        gives none."""
         if req.user_features is None:
-            return None, None, None
+            return None
         feats = {}
         for name, value in req.user_features.items():
             checked = self._field("user", name, value, "user_features")
             if checked is not None:
                 feats[name] = checked[1:]
-        return self._user_rows(feats)
+        # a spec's model reads its user key feature from the request's user_id, as training
+        # reads it from every event's key column and a stored user's from the key it is found by
+        name = self.key_field["user"]
+        if self.named and name:
+            key = self.key("user", req.user_id)
+            if key is not None:
+                feats[name] = ([key], [1.0])
+        return self.contract.encode_entity("user", feats)
 
     def encode_stored_user(self, feats: dict, key: int | None = None):
         """A user's stored raw features (features/users.py, already checked) -> one hashed row
-        and its cross lists; the fields this model leaves out are skipped, long lists
-        truncated by the contract. A spec's model reads its user key feature from the key the
-        user was found by (`key`), as training reads it from the events, whatever the record
-        says."""
+        and its cross lists (stored_user_raw's row)."""
+        return self._user_rows(self.stored_user_raw(feats, key))
+
+    def stored_user_raw(self, feats: dict, key: int | None = None):
+        """A user's stored raw features -> its raw row; the fields this model leaves out are
+        skipped, long lists truncated by the contract. A spec's model reads its user key
+        feature from the key the user was found by (`key`), as training reads it from the
+        events, whatever the record says."""
         used = self._fields["user"]
         feats = {k: v for k, v in feats.items() if k in used}
         for k, (_, values) in feats.items():
@@ -328,16 +390,19 @@ class RequestEncoder:
         name = self.key_field["user"]
         if self.named and name and key is not None:
             feats[name] = ([key], [1.0])
-        return self._user_rows(feats)
+        return self.contract.encode_entity("user", feats)
 
     def encode_unknown_user(self, key: int):
         """A user the store lacks: its id is its one feature (the user key's, where the model
         reads it)."""
-        name = self.key_field["user"]
-        return self._user_rows({name: ([key], [1.0])} if name else {})
+        return self._user_rows(self.unknown_user_raw(key))
 
-    def _user_rows(self, feats: dict):
-        raw_ids, raw_vals = self.contract.encode_entity("user", feats)
+    def unknown_user_raw(self, key: int):
+        name = self.key_field["user"]
+        return self.contract.encode_entity("user", {name: ([key], [1.0])} if name else {})
+
+    def _user_rows(self, raw: tuple[np.ndarray, np.ndarray]):
+        raw_ids, raw_vals = raw
         ids, weights = self.contract.hash_side("user", raw_ids[None], raw_vals[None])
         return ids, weights, self.pack_lists(raw_ids, raw_vals)
 
@@ -394,14 +459,42 @@ class RequestEncoder:
         else:
             pos, found = self.items.index(keys)
             found &= keys >= 0
-        ids, weights, stored, unknown, raw = self._encode_items(req, keys, pos, found)
+        ids, weights, stored, unknown, raw, items_raw = self._encode_items(req, keys, pos, found)
         price = stored if given is None else np.where(np.isnan(given), stored, given)
         if self._numeric:
             self._fill_numeric(req, pos, found, price, ids, weights)
         cross_keys = tuple(
             self._cross_keys(name, raw, keys, pos, found, req) for _, _, _, name in self.crosses
         )
-        return ids, weights, price, unknown, cross_keys
+        return ids, weights, price, unknown, cross_keys, items_raw
+
+    def raw_items(self, raw: RawItems, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The raw rows (ids, values) of candidates `rows` as they were served: what the request
+        gave, the candidate's own id where it is the key feature and the table lacks it, and
+        the item table's stored fields the request did not give (_encode_items's rules, in raw
+        ids). The crosses' columns stay empty: they are counted from the user's lists."""
+        n = len(rows)
+        if raw.by_ids:
+            ids, vals = np.repeat(raw.base_ids, n, 0), np.repeat(raw.base_vals, n, 0)
+            keys = raw.keys[rows]
+            own = ~raw.found[rows] & (keys >= 0)
+            id_col = self._item_columns.get(self.key_field["item"])
+            if own.any() and id_col is not None:
+                ids[own, id_col[0]], vals[own, id_col[0]] = keys[own], 1.0
+        else:
+            ids, vals = raw.base_ids[rows], raw.base_vals[rows]  # (copies: fancy indexing)
+        found = raw.found[rows]
+        if self.items is None or not found.any():
+            return ids, vals
+        at = np.flatnonzero(found)
+        t_ids, t_vals = self.items.raw_rows(raw.pos[rows][at])
+        inline = raw.inline[rows][at]
+        for k, name in enumerate(self.items.fields):
+            take = ~inline[:, k]
+            cols = self.items.cols[name]
+            ids[np.ix_(at[take], cols)] = t_ids[np.ix_(take, cols)]
+            vals[np.ix_(at[take], cols)] = t_vals[np.ix_(take, cols)]
+        return ids, vals
 
     def _key_or(self, value) -> int:
         k = self.key("item", value)
@@ -507,6 +600,7 @@ class RequestEncoder:
         bare = np.ones(n, dtype=bool)  # no inline features
         if req.candidates is None:  # by id alone: the context row for every candidate
             base = np.array(base_ids, dtype=np.int64)[None], np.array(base_vals, np.float32)[None]
+            items_raw = RawItems(*base, keys, pos, found, inline, by_ids=True)
             h_ids, h_weights = self.contract.hash_side("item", *base)  # hashed once
             ids, weights = np.repeat(h_ids, n, axis=0), np.repeat(h_weights, n, axis=0)
             own = np.flatnonzero(~found & (keys >= 0))  # unknown: their id is their feature
@@ -528,6 +622,7 @@ class RequestEncoder:
                 raw_ids[own, id_col] = keys[own]
                 raw_vals[own, id_col] = 1.0
             ids, weights = self.contract.hash_side("item", raw_ids, raw_vals)
+            items_raw = RawItems(raw_ids, raw_vals, keys, pos, found, inline, by_ids=False)
         price = np.full(n, np.nan)
         useless = np.flatnonzero(bare & ~found & (keys < 0))
         if useless.size:
@@ -537,7 +632,7 @@ class RequestEncoder:
                 field=f"candidates[{i}].features",
             )
         if self.items is None:
-            return ids, weights, price, np.flatnonzero(bare), raw_ids
+            return ids, weights, price, np.flatnonzero(bare), raw_ids, items_raw
         if not inline.any():  # nothing given inline: every stored column at once
             rows = np.flatnonzero(found)
             ids[np.ix_(rows, self.items.all_cols)] = self.items.ids[pos[rows]]
@@ -552,7 +647,7 @@ class RequestEncoder:
                     np.ix_(rows, self.items.stored[name])
                 ]
         price[found] = self.items.price[pos[found]]
-        return ids, weights, price, np.flatnonzero(bare & ~found), raw_ids
+        return ids, weights, price, np.flatnonzero(bare & ~found), raw_ids, items_raw
 
     def _inline_rows(
         self,

@@ -75,8 +75,15 @@ class ImpressionLog:
     # ---- the request path -------------------------------------------------------------------
     def offer(self, served: Served) -> None:
         """Log `served` with probability `sample`; never blocks, never raises."""
-        if self.sample < 1.0 and self.draw() >= self.sample:
-            return
+        if self.sampled():
+            self.put(served)
+
+    def sampled(self) -> bool:
+        """One draw: whether an answer is to be logged (with probability `sample`)."""
+        return self.sample >= 1.0 or self.draw() < self.sample
+
+    def put(self, served: Served) -> None:
+        """Queue an answer drawn for the log; never blocks, never raises."""
         try:
             self.queue.put_nowait(served)
         except queue.Full:
@@ -107,7 +114,7 @@ class ImpressionLog:
                 built = self._build(list(group))
                 if built is None:
                     continue
-                if pending and built[0].schema != pending[0][0].schema:
+                if pending and not built[0].schema.equals(pending[0][0].schema, True):
                     self._write(pending)  # ids of another type: _write starts a new file
                     pending = []
                 pending.append(built)
@@ -135,7 +142,7 @@ class ImpressionLog:
 
         table = pa.concat_tables([t for t, _ in built])
         try:
-            if self._writer is not None and table.schema != self._schema:
+            if self._writer is not None and not table.schema.equals(self._schema, True):
                 self._finish()  # ids of another type (a model of another key): a new file
             if self._writer is None:
                 self._open(table.schema)
@@ -182,9 +189,121 @@ class ImpressionLog:
 
 
 def _kinds(r: Served) -> tuple:
-    """The types of a record's ids: records of one batch with other types (a reload to a model
-    of another key type) make a table of their own."""
-    return type(r.user_id), type(r.item_ids[0]) if r.item_ids else None
+    """The types of a record's ids and its features' layout: records of one batch with others
+    (a reload to a model of another key type, or of other features) make a table of their
+    own."""
+    layout = None if r.encoder is None else layout_of(r.encoder).key
+    return type(r.user_id), type(r.item_ids[0]) if r.item_ids else None, layout
+
+
+class Layout:
+    """How a model's features are logged: one column per feature by its spec name, prefixed
+    by where it comes from (`user.`, `item.`, `context.`), raw ids as the model's contract made
+    them (an id: int64, null where missing; a list: list<int64> and its weights `.weights`,
+    list<float32>; a number: float64). Crosses are not logged: they are counted from the
+    user's lists and the item's ids, as training counts them. `metadata` (the file's
+    `ranker.features`) says what each column is, with the model's spec: what `ranker join`
+    writes its training tables' spec from."""
+
+    def __init__(self, contract):
+        kinds = {f["name"]: f.get("kind", "") for f in (contract.spec or {}).get("features", [])}
+        self.entries = []  # (side, column, kind, columns slice)
+        described = []
+        for side in ("user", "item"):
+            for f, c in contract.columns(side):
+                if f.cross:
+                    continue
+                where = "user" if side == "user" else "context" if f.source == "context" else "item"
+                kind = kinds.get(f.name) or (
+                    "numeric" if f.numeric else "ids" if f.max_len > 1 else "id"
+                )
+                col = f"{where}.{f.name}"
+                self.entries.append((side, col, kind, c))
+                described.append(
+                    {
+                        "name": f.name,
+                        "from": where,
+                        "kind": kind,
+                        "column": col,
+                        **({"weights": f"{col}.weights"} if kind == "ids" else {}),
+                        **({"values": f.dtype} if f.dtype else {}),
+                    }
+                )
+        meta = {"spec": contract.spec, "keys": contract.keys, "features": described}
+        self.key = msgspec.json.encode(meta, order="sorted")
+        self.metadata = {b"ranker.features": self.key}
+
+
+def layout_of(encoder) -> Layout:
+    """The encoder's model's Layout, made once per model version."""
+    layout = getattr(encoder, "log_layout", None)
+    if layout is None:
+        layout = encoder.log_layout = Layout(encoder.contract)
+    return layout
+
+
+def _columns(layout: Layout, side: str, ids: np.ndarray, vals: np.ndarray) -> dict:
+    """One side's raw rows (rows, width) as the layout's columns."""
+    import pyarrow as pa
+
+    out = {}
+    for s, col, kind, c in layout.entries:
+        if s != side:
+            continue
+        if kind == "id":
+            v = ids[:, c.start]
+            out[col] = pa.array(v, pa.int64(), mask=v < 0)
+        elif kind == "numeric":
+            out[col] = pa.array(vals[:, c.start].astype(np.float64), mask=ids[:, c.start] < 0)
+        else:  # present ids, in order: the rows are filled from their first column
+            sub = ids[:, c]
+            present = sub >= 0
+            offsets = pa.array(np.concatenate([[0], np.cumsum(present.sum(axis=1))]), pa.int32())
+            out[col] = pa.ListArray.from_arrays(offsets, pa.array(sub[present], pa.int64()))
+            out[f"{col}.weights"] = pa.ListArray.from_arrays(
+                offsets, pa.array(vals[:, c][present], pa.float32())
+            )
+    return out
+
+
+def _user_rows(records: list[Served], width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each answer's user raw row as served ((answers, width) ids and values), and which are
+    known (a cache hit's record not read again: not logged, its row empty)."""
+    ids = np.full((len(records), width), -1, np.int64)
+    vals = np.zeros((len(records), width), np.float32)
+    known = np.zeros(len(records), bool)
+    for k, r in enumerate(records):
+        raw = r.user_raw
+        if raw is None and r.user_record is not None:
+            try:
+                raw = r.encoder.stored_user_raw(r.user_record, r.user_key)
+            except Exception:  # (it served: it encodes) an unusable record stays out
+                raw = None
+        if raw is not None:
+            ids[k], vals[k], known[k] = raw[0], raw[1], True
+    return ids, vals, known
+
+
+def _features(records: list[Served], of_request) -> dict:
+    """The features as served, by name: the user's per answer (taken onto its rows), the
+    returned items' per row."""
+    if records[0].encoder is None:
+        return {}
+    encoder = records[0].encoder
+    layout = layout_of(encoder)
+    contract = encoder.contract
+    u_ids, u_vals, known = _user_rows(records, contract.width("user"))
+    user = {k: v.take(of_request) for k, v in _columns(layout, "user", u_ids, u_vals).items()}
+    parts = [r.encoder.raw_items(r.items_raw, r.order) for r in records]
+    i_ids = np.concatenate([p[0] for p in parts])
+    i_vals = np.concatenate([p[1] for p in parts])
+    import pyarrow as pa
+
+    return {
+        "user_logged": pa.array(known).take(of_request),
+        **user,
+        **_columns(layout, "item", i_ids, i_vals),
+    }
 
 
 def _table(records: list[Served]):
@@ -215,7 +334,7 @@ def _table(records: list[Served]):
     )
     times = np.round(np.array([r.time_s for r in records]) * 1e6).astype(np.int64)
     text = pa.string()
-    return pa.table(
+    table = pa.table(
         {
             "request_id": per_request(lambda r: r.request_id, text),
             "time": pa.array(times, pa.timestamp("us", tz="UTC")).take(of_request),
@@ -237,5 +356,9 @@ def _table(records: list[Served]):
             "score": pa.array(per_item("score", np.float64)),
             "price": pa.array(price, pa.float64(), from_pandas=True),  # NaN -> null
             "context_features": per_request(context, text, nulls=True),
+            **_features(records, of_request),
         }
     )
+    if records[0].encoder is not None:
+        table = table.replace_schema_metadata(layout_of(records[0].encoder).metadata)
+    return table

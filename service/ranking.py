@@ -20,7 +20,7 @@ ones stay on the loop, where a thread hop would cost more than the work.
 from __future__ import annotations
 
 import asyncio
-import functools
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -66,6 +66,7 @@ class Ranker:
         self.impressions = impressions  # each answer offered to the log (off: None)
         self.arms, self.on_arm = arms, on_arm  # arms: swapped whole when its file changes
         self.outcomes = outcomes
+        self._tasks: set[asyncio.Task] = set()  # log records waiting for a store read
 
     def refuse_early(self) -> None:
         """Before a body is read: refuse at once when no request could be admitted now."""
@@ -115,7 +116,9 @@ class Ranker:
             try:
                 async with asyncio.timeout_at(deadline):
                     with tracing.span("user_repr"):
-                        part, hit, source = await self._user(model, r.req.user_id, user_key, rows)
+                        part, hit, source, seen = await self._user(
+                            model, r.req.user_id, user_key, rows
+                        )
                     user_repr, lists = model.encoder.split(part)
                     model.encoder.fill_crosses(rows, lists)
                     scores = await model.score(
@@ -137,7 +140,8 @@ class Ranker:
         )
         if arm is not None:
             self.on_arm(arm.name, arms)  # an answer of this arm
-        if self.outcomes is not None or self.impressions is not None:
+        logged = self.impressions is not None and self.impressions.sampled()
+        if self.outcomes is not None or logged:
             served = Served(
                 request_id=rid,
                 time_s=time.time(),
@@ -156,30 +160,57 @@ class Ranker:
                 score=fused,
                 price=price,
                 context=r.req.context_features,
+                **(seen.served(model.encoder, rows) if logged else {}),
             )
             if self.outcomes is not None:  # what /feedback joins to, and the prediction sums
                 self.outcomes.answered(served)
-            if self.impressions is not None:  # after the answer is built: answers only
-                self.impressions.offer(served)
+            if logged:  # after the answer is built: answers only
+                if served.user_raw is None and served.user_record is None and seen.digest:
+                    self._later(self._log_with_record(served, seen))  # a cache hit's record
+                else:
+                    self.impressions.put(served)
         return answer
+
+    def _later(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)  # (held until done: the loop keeps only weak references)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _log_with_record(self, served: Served, seen: UserSeen) -> None:
+        """Log an answer whose user came from a cache tier: its stored record is read again
+        (after the answer is sent), and must still be the one of the digest it was served by;
+        a record changed (or a store failing) since leaves its user features out of the log
+        (`user_logged` false), never a wrong record in."""
+        try:
+            record = await self.users.features(seen.key, seen.digest)
+        except Exception as e:  # Changed, StoreUnavailable, an unusable record
+            log.debug("log: user %r's record not read again (%s)", served.user_id, e)
+            record = None
+        self.impressions.put(dataclasses.replace(served, user_record=record))
 
     async def _off_loop(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.workers, fn, *args)
 
     async def _user(self, model: ServedModel, user_id, key: int | None, rows: Encoded):
-        """(user part, cache hit, where the features came from): the request's; else the
-        store's current ones (the user found by `key`), proven current by their digest; else,
-        for a user the store lacks, the user id alone (its key feature), counted."""
+        """(user part, cache hit, where the features came from, what the log needs of them):
+        the request's; else the store's current ones (the user found by `key`), proven current
+        by their digest; else, for a user the store lacks, the user id alone (its key
+        feature), counted."""
         if rows.user_ids is not None:
             part = await model.user_repr(user_id, rows.user_ids, rows.user_weights, rows.user_lists)
-            return *part, "request"
+            return *part, "request", UserSeen(raw=rows.user_raw)
         for _ in range(3):  # a record rewritten between the digest read and the fetch: again
             try:
                 digest = await self.users.digest(key)
                 if digest is None:
                     break
-                fetch = functools.partial(self.users.features, key, digest)
-                return *await model.stored_user_repr(key, digest, fetch), "store"
+                seen = UserSeen(key=key, digest=digest)
+
+                async def fetch(seen=seen, digest=digest) -> dict:
+                    seen.record = await self.users.features(key, digest)
+                    return seen.record
+
+                return *await model.stored_user_repr(key, digest, fetch), "store", seen
             except Changed:
                 continue
             except UserRecordError as e:  # that user's record, never the store's failure
@@ -188,7 +219,33 @@ class Ranker:
         else:
             raise StoreUnavailable("the user's stored features kept changing while being read")
         self.on_unknown_user()
-        return *await model.user_repr(key, *model.encoder.encode_unknown_user(key)), "unknown"
+        part = await model.user_repr(key, *model.encoder.encode_unknown_user(key))
+        return *part, "unknown", UserSeen(key=key, unknown=True)
+
+
+@dataclasses.dataclass
+class UserSeen:
+    """What the impression log needs of the user an answer served: the raw row (the request's
+    features), the store's record read for this answer, or the key and digest of the record a
+    cache tier's representation was made from."""
+
+    raw: tuple | None = None
+    key: int | None = None
+    digest: str | None = None
+    record: dict | None = None
+    unknown: bool = False
+
+    def served(self, encoder, rows: Encoded) -> dict:
+        raw = self.raw
+        if self.unknown:
+            raw = encoder.unknown_user_raw(self.key)
+        return {
+            "encoder": encoder,
+            "user_raw": raw,
+            "user_record": self.record,
+            "user_key": self.key,
+            "items_raw": rows.items_raw,
+        }
 
 
 def contract_summary(contract: FeatureContract) -> dict:

@@ -69,7 +69,9 @@ class ModelLoader:
         items, stamp = None, self.table_stamp()
         if s.item_table is not None:
             try:
-                items = StoredItems(ItemTable.load(s.item_table), engine.contract)
+                items = StoredItems(  # the log needs the raw rows of the items it logs
+                    ItemTable.load(s.item_table), engine.contract, keep_raw=s.log_dir is not None
+                )
             except ItemTableError as e:
                 raise ModelError(f"item table {Path(s.item_table).name}: {e}") from None
         return ServedModel(

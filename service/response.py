@@ -10,6 +10,7 @@ import msgspec
 import numpy as np
 from fastapi import Response
 
+from service.encoding import RawItems, RequestEncoder
 from service.engine import Scores
 from service.errors import ScoringError
 from service.fusion import FusionParams
@@ -111,6 +112,12 @@ class Served:
     score: np.ndarray  # (candidates,) the fusion score
     price: np.ndarray | None  # (candidates,) NaN where none; None: no price at all
     context: dict | None = None  # the request's context_features, by name, as sent
+    # the features as served, for the log (raw ids: the model's encoder composes the rows)
+    encoder: RequestEncoder | None = None
+    user_raw: tuple[np.ndarray, np.ndarray] | None = None  # the user's raw row, where known
+    user_record: dict | None = None  # else the store's record it was made from
+    user_key: int | None = None  # the key the user was found by in the store
+    items_raw: RawItems | None = None
 
 
 def order_of(fused: np.ndarray, top_k: int | None) -> np.ndarray:
