@@ -33,6 +33,7 @@ VERBS: dict[str, str] = {
     "predict": "ranker.predict",
     "replay": "ranker.replay",
     "fusion": "ranker.fusion",
+    "join": "ranker.join",
     "bench": "loadtest.bench",
     "chaos": "loadtest.chaos",
     "overload": "loadtest.overload",

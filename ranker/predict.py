@@ -102,9 +102,13 @@ def _model_spec(contract, spec_path: Path):
         )
     spec = S.load(spec_path)
     mine = S.Spec.from_dict(contract.spec)
-    theirs = {f.name: dataclasses.replace(f, line=0) for f in spec.features}
+
+    def what(f):  # what a feature is, not where it is read from (its columns, raw or not)
+        return dataclasses.replace(f, line=0, column="", weights="", raw="")
+
+    theirs = {f.name: what(f) for f in spec.features}
     for f in mine.features:
-        if theirs.get(f.name) != f:
+        if theirs.get(f.name) != what(f):
             raise S.SpecError(
                 f"{spec.source}: features ({f.name}): not declared as the model's spec declares "
                 f"it ({f.to_dict()})"

@@ -39,6 +39,7 @@ from service.response import Served
 log = logging.getLogger("service.impressions")
 BUILD_S = 0.1  # what is queued is made into a table this often
 WRITE_S = 1.0  # and the tables made are written as one row group this often
+SOURCES = ("context", "event")  # an item-side feature of these is logged under its source
 
 
 class ImpressionLog:
@@ -198,9 +199,9 @@ def _kinds(r: Served) -> tuple:
 
 class Layout:
     """How a model's features are logged: one column per feature by its spec name, prefixed
-    by where it comes from (`user.`, `item.`, `context.`), raw ids as the model's contract made
-    them (an id: int64, null where missing; a list: list<int64> and its weights `.weights`,
-    list<float32>; a number: float64). Crosses are not logged: they are counted from the
+    by where it comes from (`user.`, `item.`, `context.`, `event.`), raw ids as the model's
+    contract made them (an id: int64, null where missing; a list: list<int64> and its weights
+    `.weights`, list<float32>; a number: float64). Crosses are not logged: they are counted from the
     user's lists and the item's ids, as training counts them. `metadata` (the file's
     `ranker.features`) says what each column is, with the model's spec: what `ranker join`
     writes its training tables' spec from."""
@@ -213,7 +214,7 @@ class Layout:
             for f, c in contract.columns(side):
                 if f.cross:
                     continue
-                where = "user" if side == "user" else "context" if f.source == "context" else "item"
+                where = "user" if side == "user" else f.source if f.source in SOURCES else "item"
                 kind = kinds.get(f.name) or (
                     "numeric" if f.numeric else "ids" if f.max_len > 1 else "id"
                 )
