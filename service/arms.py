@@ -5,7 +5,9 @@ A config is a YAML file:
     salt: fusion-2026-12          # a new experiment, a new salt: its buckets are independent
     arms:
       - {name: control, share: 0.5}                      # the service's default fusion
-      - {name: price, share: 0.5, fusion: {c: 0.5}}      # its overrides of the default
+      - {name: price, share: 0.4, fusion: {c: 0.5}}      # its overrides of the default
+      - {name: next, share: 0.1, model: esmm/v7}         # a version under RANKER_MODEL_DIR
+    shadow: {model: esmm/v8, sample: 0.05}               # scored beside, never served
 
 A user's arm is a pure function of the salt and its id: the first 8 bytes of BLAKE2b over the
 salt and the id (its type tagged, so 5 and "5" are two users) as a number in [0, 1), against the
@@ -16,8 +18,15 @@ arm's, as over the default.
 
 The config is strict: shares in (0, 1] summing to 1, names of `A-Za-z0-9_.-` (at most 64, they
 label metrics), fusion exponents within RANKER_FUSION_MIN..MAX, nothing else: a key misspelt
-and ignored would serve another experiment than the one written. A model version per arm and
-shadow scoring are not served yet (docs/loop.md) and are refused by name.
+and ignored would serve another experiment than the one written.
+
+An arm's `model` is a version folder under RANKER_MODEL_DIR that its users are served by instead
+of the current version (which the others keep, reloads and all); `shadow` scores a `sample` of
+all answers again with another version, off the request path, and the impression log keeps its
+scores beside the served ones (RANKER_LOG_DIR; shadow scoring needs the log). Both are loaded
+and checked as a reload loads a version (service/reload.py) before the config is installed: a
+folder that is no model, or a model that fails its checks, refuses the whole config and the old
+one keeps serving. Versions a new config no longer names close once their last request is done.
 
 The sample-ratio check: the arms' distinct users (up to SRM_USERS since the config was loaded)
 against the configured shares, by a chi-square test; a p-value under SRM_P with at least
@@ -33,7 +42,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +68,13 @@ class Arm:
     name: str
     share: float
     fusion: fusion.FusionParams
+    model: str | None = None  # a version folder under RANKER_MODEL_DIR; None: the current one
+
+
+@dataclass(frozen=True)
+class Shadow:
+    model: str  # a version folder under RANKER_MODEL_DIR
+    sample: float  # the share of answers it scores again
 
 
 def bucket(salt: str, user_id: int | str) -> float:
@@ -71,8 +87,9 @@ def bucket(salt: str, user_id: int | str) -> float:
 
 
 class Arms:
-    def __init__(self, salt: str, arms: list[Arm], source: str = ""):
-        self.salt, self.arms, self.source = salt, arms, source
+    def __init__(self, salt: str, arms: list[Arm], source: str = "", shadow: Shadow | None = None):
+        self.salt, self.arms, self.source, self.shadow = salt, arms, source, shadow
+        self.slots: dict = {}  # model folder -> its ModelSlot (attach_models)
         self.bounds = np.cumsum([a.share for a in arms])
         self.bounds[-1] = 1.0  # shares summing to 1 within rounding: the last arm ends at 1
         self.index = {a.name: k for k, a in enumerate(arms)}
@@ -93,7 +110,7 @@ class Arms:
             raise ArmsError(f"{where}: not YAML: {e}") from None
         if not isinstance(doc, dict):
             raise ArmsError(f"{where}: a mapping with `salt` and `arms` is expected")
-        _only(doc, {"salt", "arms"}, where)
+        _only(doc, {"salt", "arms", "shadow"}, where)
         salt = doc.get("salt")
         if not isinstance(salt, str) or not salt:
             raise ArmsError(f"{where}: salt: a non-empty text is required")
@@ -105,13 +122,7 @@ class Arms:
             at = f"{where}: arms[{i}]"
             if not isinstance(a, dict):
                 raise ArmsError(f"{at}: a mapping with `name` and `share` is expected")
-            for later in ("model", "shadow"):
-                if later in a:
-                    raise ArmsError(
-                        f"{at}.{later}: a model version per arm and shadow scoring are not "
-                        "served yet (docs/loop.md); an arm sets its fusion"
-                    )
-            _only(a, {"name", "share", "fusion"}, at)
+            _only(a, {"name", "share", "fusion", "model"}, at)
             name = a.get("name")
             if not isinstance(name, str) or not NAME.fullmatch(name):
                 raise ArmsError(f"{at}.name: 1-64 characters of A-Za-z0-9_.- (got {name!r})")
@@ -121,11 +132,35 @@ class Arms:
             share = a.get("share")
             if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
                 raise ArmsError(f"{at}.share: a number in (0, 1] (got {share!r})")
-            arms.append(Arm(name, float(share), _fusion(a.get("fusion"), rules, f"{at}.fusion")))
+            model = _model(a, at)
+            fused = _fusion(a.get("fusion"), rules, f"{at}.fusion")
+            arms.append(Arm(name, float(share), fused, model))
         total = sum(a.share for a in arms)
         if abs(total - 1.0) > 1e-9:
             raise ArmsError(f"{where}: arms: the shares sum to {total:g}, not 1")
-        return cls(salt, arms, where)
+        shadow = None
+        if doc.get("shadow") is not None:
+            sh = doc["shadow"]
+            if not isinstance(sh, dict):
+                raise ArmsError(f"{where}: shadow: a mapping of model and sample is expected")
+            _only(sh, {"model", "sample"}, f"{where}: shadow")
+            model = _model(sh, f"{where}: shadow")
+            if model is None:
+                raise ArmsError(f"{where}: shadow.model: the version folder to score with")
+            sample = sh.get("sample", 1.0)
+            if isinstance(sample, bool) or not isinstance(sample, int | float):
+                raise ArmsError(f"{where}: shadow.sample: a number in (0, 1] (got {sample!r})")
+            if not 0 < sample <= 1:
+                raise ArmsError(f"{where}: shadow.sample: a number in (0, 1] (got {sample!r})")
+            shadow = Shadow(model, float(sample))
+        return cls(salt, arms, where, shadow)
+
+    def models(self) -> list[str]:
+        """The version folders the config names (arms' and shadow's), each once."""
+        named = [a.model for a in self.arms if a.model]
+        if self.shadow is not None:
+            named.append(self.shadow.model)
+        return list(dict.fromkeys(named))
 
     def assign(self, user_id: int | str) -> Arm:
         """The user's arm, counted for the sample-ratio check when the user is new to it."""
@@ -178,10 +213,11 @@ async def watch(
     every_s: float,
     install: Callable[[Arms], None],
     refused: Callable[[str], None] = lambda reason: None,
+    prepare: Callable[[Arms], Awaitable[None]] | None = None,
 ) -> None:
-    """Re-read the config when its file changes. One that loads is installed at once (a
-    request reads the arms once, so none sees two); one that does not is refused, its reason
-    logged, and the old one keeps serving."""
+    """Re-read the config when its file changes. One that loads (and whose models `prepare`
+    loads) is installed at once (a request reads the arms once, so none sees two); one that
+    does not is refused, its reason logged, and the old one keeps serving."""
     seen = _stamp(path)
     while True:
         await asyncio.sleep(every_s)
@@ -191,12 +227,23 @@ async def watch(
         seen = stamp
         try:
             arms = await asyncio.to_thread(Arms.load, path, rules)
+            if prepare is not None:
+                await prepare(arms)
         except ArmsError as e:
             log.error("arms config refused, the old one keeps serving: %s", e)
             refused(str(e))
             continue
         install(arms)
         log.info("arms config loaded: %s", ", ".join(f"{a.name} {a.share:g}" for a in arms.arms))
+
+
+def _model(d: dict, where: str) -> str | None:
+    m = d.get("model")
+    if m is None:
+        return None
+    if not isinstance(m, str) or not m or m.startswith(("/", "\\")) or ".." in Path(m).parts:
+        raise ArmsError(f"{where}.model: a version folder relative to RANKER_MODEL_DIR (got {m!r})")
+    return m
 
 
 def _only(d: dict, allowed: set[str], where: str) -> None:

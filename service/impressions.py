@@ -285,6 +285,29 @@ def _user_rows(records: list[Served], width: int) -> tuple[np.ndarray, np.ndarra
     return ids, vals, known
 
 
+def _shadow(records: list[Served], per_request) -> dict:
+    """The arms' shadow model's version and scores of each returned item, beside the served
+    ones (null where the answer was not scored again)."""
+    import pyarrow as pa
+
+    def per_item(name: str, dtype) -> pa.Array:
+        parts = [
+            np.full(len(r.order), np.nan) if r.shadow is None else getattr(r.shadow, name)[r.order]
+            for r in records
+        ]
+        return pa.array(np.concatenate(parts).astype(dtype), from_pandas=True)
+
+    return {
+        "shadow_model_version": per_request(
+            lambda r: None if r.shadow is None else r.shadow.model_version, pa.string(), True
+        ),
+        "shadow_pctr": per_item("pctr", np.float32),
+        "shadow_pcvr": per_item("pcvr", np.float32),
+        "shadow_pctcvr": per_item("pctcvr", np.float32),
+        "shadow_score": per_item("score", np.float64),
+    }
+
+
 def _features(records: list[Served], of_request) -> dict:
     """The features as served, by name: the user's per answer (taken onto its rows), the
     returned items' per row."""
@@ -357,6 +380,7 @@ def _table(records: list[Served]):
             "score": pa.array(per_item("score", np.float64)),
             "price": pa.array(price, pa.float64(), from_pandas=True),  # NaN -> null
             "context_features": per_request(context, text, nulls=True),
+            **_shadow(records, per_request),
             **_features(records, of_request),
         }
     )

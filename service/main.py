@@ -116,10 +116,17 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         if s.feedback_rows > 0:
             st.outcomes = Outcomes(st.metrics.on_outcome, s.feedback_window_s, s.feedback_rows)
         rules = request.Rules.from_settings(s)
+        st.reloader = Reloader(s, loader, slot, st.metrics)
         arms = None
         if s.arms is not None:
             try:
                 arms = Arms.load(s.arms, rules)
+                if arms.shadow is not None and impressions is None:
+                    raise ArmsError(
+                        f"{s.arms}: shadow: its scores are kept in the impression log: "
+                        "set RANKER_LOG_DIR"
+                    )
+                await st.reloader.attach_models(arms)
             except ArmsError as e:
                 raise SystemExit(f"RANKER_ARMS: {e}") from None
             st.metrics.on_arms(arms)
@@ -136,8 +143,8 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             arms,
             st.metrics.on_arm,
             st.outcomes,
+            st.metrics.shadow,
         )
-        st.reloader = Reloader(s, loader, slot, st.metrics)
         watcher = (
             asyncio.get_running_loop().create_task(st.reloader.watch(s.reload_poll_s))
             if s.reload_poll_s > 0
@@ -146,11 +153,24 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
 
         def install_arms(new: Arms) -> None:
             old, st.ranker.arms = st.ranker.arms, new  # requests read it once each
+            Reloader.detach_models(old, new)
             st.metrics.on_arms(new, old)
+
+        async def prepare_arms(new: Arms) -> None:
+            if new.shadow is not None and impressions is None:
+                raise ArmsError(f"{s.arms}: shadow: its scores are kept in the impression log")
+            await st.reloader.attach_models(new, st.ranker.arms)
 
         arms_watcher = (
             asyncio.get_running_loop().create_task(
-                watch_arms(s.arms, rules, s.reload_poll_s, install_arms, st.metrics.on_arms_refused)
+                watch_arms(
+                    s.arms,
+                    rules,
+                    s.reload_poll_s,
+                    install_arms,
+                    st.metrics.on_arms_refused,
+                    prepare_arms,
+                )
             )
             if s.arms is not None and s.reload_poll_s > 0
             else None
@@ -176,7 +196,11 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            await st.ranker.drain()  # answers waiting for a store read or the shadow: logged
             await slot.close()
+            if st.ranker.arms is not None:
+                for arm_slot in st.ranker.arms.slots.values():
+                    await arm_slot.close()
             if impressions is not None:  # after the last answer: its files closed, renamed
                 await asyncio.to_thread(impressions.close)
             executor.shutdown(wait=True)

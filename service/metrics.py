@@ -168,6 +168,12 @@ class Metrics:
         self.arms_reloads = Counter(
             "ranker_arms_reloads", "arms config re-reads by outcome", ["outcome"], registry=r
         )
+        self.shadow = Counter(
+            "ranker_shadow_answers",
+            "answers scored again by the arms' shadow model, by outcome (ok, failed, timeout)",
+            ["outcome"],
+            registry=r,
+        )
         # Predictions as summaries (a `_sum` and a `_count`, as Prometheus reads a sum of
         # observations), added to in bulk: an answer's few hundred at once (on_outcome)
         heads = ["head", "model_version", "arm"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -36,12 +37,13 @@ from service.errors import Overloaded, StoreUnavailable, Timeout
 from service.feedback import Outcomes
 from service.impressions import ImpressionLog
 from service.requestid import REQUEST_ID
-from service.response import RankResponse, Served, order_of, ranked
+from service.response import RankResponse, Served, ShadowScores, order_of, ranked
 from service.served import ModelSlot, ServedModel
 from service.user_store import Changed, UserStore
 
 log = logging.getLogger("service.ranking")
 OFF_LOOP_BYTES = 64 << 10  # bodies this large are decoded and encoded off the event loop
+SHADOW_S = 1.0  # a shadow scoring not done within this is dropped (its batcher is behind)
 
 
 class Ranker:
@@ -59,6 +61,7 @@ class Ranker:
         arms: Arms | None = None,
         on_arm: Callable[[str, Arms], None] = lambda name, arms: None,
         outcomes: Outcomes | None = None,
+        shadows=None,  # a Counter by outcome (metrics.shadow)
     ):
         self.slot, self.admission, self.rules, self.workers = slot, admission, rules, workers
         self.on_request, self.on_unknown = on_request, on_unknown
@@ -67,6 +70,7 @@ class Ranker:
         self.arms, self.on_arm = arms, on_arm  # arms: swapped whole when its file changes
         self.outcomes = outcomes
         self._tasks: set[asyncio.Task] = set()  # log records waiting for a store read
+        self.shadows = shadows
 
     def refuse_early(self) -> None:
         """Before a body is read: refuse at once when no request could be admitted now."""
@@ -98,12 +102,13 @@ class Ranker:
             else:
                 r = request.decode_sized(body, self.rules)
         self.on_request(r.rows)
-        arm = None
-        if self.arms is not None:  # the user's arm: its fusion, where the request sets none
-            arms = self.arms
+        arm, arms, slot = None, self.arms, self.slot
+        if arms is not None:  # the user's arm: its fusion where the request sets none, its model
             arm = arms.assign(r.req.user_id)
             r = self.rules.with_default(r, arm.fusion)
-        async with self.slot.lease() as model:
+            if arm.model is not None:
+                slot = arms.slots[arm.model]
+        async with slot.lease() as model:
             user_key = None
             if r.req.user_features is None:
                 user_key = model.encoder.store_key(r.req.user_id)
@@ -165,8 +170,12 @@ class Ranker:
             if self.outcomes is not None:  # what /feedback joins to, and the prediction sums
                 self.outcomes.answered(served)
             if logged:  # after the answer is built: answers only
-                if served.user_raw is None and served.user_record is None and seen.digest:
-                    self._later(self._log_with_record(served, seen))  # a cache hit's record
+                shadow = None
+                if arms is not None and arms.shadow and random.random() < arms.shadow.sample:
+                    shadow = arms.slots[arms.shadow.model]
+                record = served.user_raw is None and served.user_record is None and seen.digest
+                if shadow is not None or record:
+                    self._later(self._log_later(served, seen, shadow, r))
                 else:
                     self.impressions.put(served)
         return answer
@@ -176,22 +185,59 @@ class Ranker:
         self._tasks.add(task)  # (held until done: the loop keeps only weak references)
         task.add_done_callback(self._tasks.discard)
 
-    async def _log_with_record(self, served: Served, seen: UserSeen) -> None:
-        """Log an answer whose user came from a cache tier: its stored record is read again
-        (after the answer is sent), and must still be the one of the digest it was served by;
-        a record changed (or a store failing) since leaves its user features out of the log
-        (`user_logged` false), never a wrong record in."""
-        try:
-            record = await self.users.features(seen.key, seen.digest)
-        except Exception as e:  # Changed, StoreUnavailable, an unusable record
-            log.debug("log: user %r's record not read again (%s)", served.user_id, e)
-            record = None
-        self.impressions.put(dataclasses.replace(served, user_record=record))
+    async def drain(self) -> None:
+        """Wait for the answers still being completed for the log (at shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _log_later(self, served: Served, seen: UserSeen, shadow, r) -> None:
+        """Log an answer once what it lacks is there, after it was sent: the shadow model's
+        scores of it (`shadow`: that version's slot), and the stored record of a user that
+        came from a cache tier, read again, which must still be the one of the digest it was
+        served by (a record changed, or a store failing, since leaves the user's features out
+        of the log, `user_logged` false: never a wrong record in)."""
+        if shadow is not None:
+            try:
+                served = dataclasses.replace(served, shadow=await self._shadow(shadow, r))
+                self.shadows.labels("ok").inc()
+            except TimeoutError:  # (the batcher's DeadlineExceeded too)
+                self.shadows.labels("timeout").inc()
+            except Exception:  # the shadow's failure is never the answer's
+                log.warning("shadow scoring failed", exc_info=True)
+                self.shadows.labels("failed").inc()
+        if served.user_raw is None and served.user_record is None and seen.digest:
+            try:
+                record = await self.users.features(seen.key, seen.digest)
+            except Exception as e:  # Changed, StoreUnavailable, an unusable record
+                log.debug("log: user %r's record not read again (%s)", served.user_id, e)
+                record = None
+            served = dataclasses.replace(served, user_record=record)
+        self.impressions.put(served)
+
+    async def _shadow(self, slot: ModelSlot, r) -> ShadowScores:
+        """The request scored again by another version, as it would have served it (its own
+        contract, user cache and batcher), within SHADOW_S: never waited for by the answer."""
+        deadline = asyncio.get_running_loop().time() + SHADOW_S
+        async with slot.lease() as model:
+            key = (
+                None if r.req.user_features is not None else model.encoder.store_key(r.req.user_id)
+            )
+            rows = await self._off_loop(model.encoder.encode, r.req, r.price)
+            price = r.prices(rows.price)
+            async with asyncio.timeout_at(deadline):
+                part, *_ = await self._user(model, r.req.user_id, key, rows, count=False)
+                user_repr, lists = model.encoder.split(part)
+                model.encoder.fill_crosses(rows, lists)
+                scores = await model.score(user_repr, rows.item_ids, rows.item_weights, deadline)
+        fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, price)
+        return ShadowScores(model.version, scores.pctr, scores.pcvr, scores.pctcvr, fused)
 
     async def _off_loop(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.workers, fn, *args)
 
-    async def _user(self, model: ServedModel, user_id, key: int | None, rows: Encoded):
+    async def _user(
+        self, model: ServedModel, user_id, key: int | None, rows: Encoded, count: bool = True
+    ):
         """(user part, cache hit, where the features came from, what the log needs of them):
         the request's; else the store's current ones (the user found by `key`), proven current
         by their digest; else, for a user the store lacks, the user id alone (its key
@@ -218,7 +264,8 @@ class Ranker:
                 break
         else:
             raise StoreUnavailable("the user's stored features kept changing while being read")
-        self.on_unknown_user()
+        if count:
+            self.on_unknown_user()
         part = await model.user_repr(key, *model.encoder.encode_unknown_user(key))
         return *part, "unknown", UserSeen(key=key, unknown=True)
 

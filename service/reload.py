@@ -178,6 +178,47 @@ class Reloader:
         log.error("refused model %s: %s; still serving %s", shown, why, serving)
         return ModelRefused(f"refused {shown}: {why}; still serving {serving}")
 
+    async def attach_models(self, arms, previous=None) -> None:
+        """Load each version folder an arms config names into `arms.slots` (a slot `previous`
+        holds for the same folder is taken over, not loaded again), as a reload loads a version;
+        ArmsError naming the folder and why when one cannot be served (what this call loaded is
+        closed again)."""
+        from service.arms import ArmsError
+
+        loaded = []
+        try:
+            for name in arms.models():
+                if previous is not None and name in previous.slots:
+                    arms.slots[name] = previous.slots[name]
+                    continue
+                try:
+                    folder = self.version_folder(name)
+                except ClientError as e:
+                    raise ArmsError(f"{arms.source}: model {name}: {e.message}") from None
+                if not (folder / manifest.FILE).is_file():
+                    raise ArmsError(f"{arms.source}: model {name}: not a model version folder")
+                try:
+                    built = await asyncio.to_thread(self.loader.build, folder)
+                except ModelError as e:
+                    raise ArmsError(f"{arms.source}: model {name}: {e}") from None
+                arms.slots[name] = slot = ModelSlot(built)
+                loaded.append(slot)
+                log.info("arms: %s loaded as %s (%s)", name, built.version, built.digest[:12])
+        except BaseException:
+            for slot in loaded:
+                await slot.close()
+            raise
+
+    @staticmethod
+    def detach_models(old, new) -> None:
+        """The versions `old` named that `new` does not: retired (closed after their last
+        request)."""
+        if old is None:
+            return
+        for name, slot in old.slots.items():
+            if new is None or new.slots.get(name) is not slot:
+                slot.retire()
+
     async def watch(self, interval_s: float) -> None:
         """Reload when a newer version folder appears or the item table file changes, unless a
         version is pinned; a refused folder (with that table) is not tried again."""

@@ -118,6 +118,19 @@ class Served:
     user_record: dict | None = None  # else the store's record it was made from
     user_key: int | None = None  # the key the user was found by in the store
     items_raw: RawItems | None = None
+    shadow: ShadowScores | None = None  # the arms' shadow model's scores of the same candidates
+
+
+@dataclass(frozen=True)
+class ShadowScores:
+    """Another version's scores of an answer's candidates (in the request's order), for the
+    log beside the served ones."""
+
+    model_version: str
+    pctr: np.ndarray
+    pcvr: np.ndarray
+    pctcvr: np.ndarray
+    score: np.ndarray
 
 
 def order_of(fused: np.ndarray, top_k: int | None) -> np.ndarray:

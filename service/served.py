@@ -192,6 +192,14 @@ class ModelSlot:
             self._close_later(old)
         return old
 
+    def retire(self) -> None:
+        """Serve nothing more from this slot: its version closes once its last request is
+        done (an arms config that no longer names it)."""
+        model = self.current
+        model.retired = True
+        if model.leases == 0:
+            self._close_later(model)
+
     def _close_later(self, model: ServedModel) -> None:
         task = asyncio.get_running_loop().create_task(model.close())
         self._closing.add(task)

@@ -81,13 +81,21 @@ def test_users_fall_in_each_arm_by_its_share_and_stay_there(tmp_path):
         ("salt: s\narms: [{name: a, share: 1, fusion: {c: 9}}]", "arms[0].fusion.c=9"),
         ("salt: s\narms: [{name: a, share: 1, fusion: {d: 1}}]", "unknown key 'd'"),
         ("salt: s\narms: [{name: a, share: 1, fusion: {policy: max}}]", "fusion.policy"),
-        ("salt: s\narms: [{name: a, share: 1, model: esmm/v2}]", "arms[0].model: a model"),
-        ("salt: s\narms: [{name: a, share: 1, shadow: true}]", "shadow scoring"),
+        ("salt: s\narms: [{name: a, share: 1, model: /m/v2}]", "arms[0].model: a version"),
+        ("salt: s\narms: [{name: a, share: 1, model: ../v2}]", "arms[0].model: a version"),
+        ("salt: s\narms: [{name: a, share: 1, shadow: true}]", "unknown key 'shadow'"),
+        ("salt: s\narms: [{name: a, share: 1}]\nshadow: {model: m}", None),
+        ("salt: s\narms: [{name: a, share: 1}]\nshadow: {model: m, sample: 2}", "shadow.sample"),
+        ("salt: s\narms: [{name: a, share: 1}]\nshadow: {sample: 0.5}", "shadow.model"),
+        ("salt: s\narms: [{name: a, share: 1}]\nshadow: {model: m, why: 1}", "unknown key 'why'"),
         ("salt: s\nseed: 1\narms: [{name: a, share: 1}]", "unknown key 'seed'"),
         ("salt: s\narms: [{name: a, share: 1}", "not YAML"),
     ],
 )
 def test_a_config_that_cannot_be_served_is_refused_naming_the_key(tmp_path, text, says):
+    if says is None:  # (a case that loads: the shadow's sample defaults to every answer)
+        assert A.Arms.load(config(tmp_path, text), RULES).shadow == A.Shadow("m", 1.0)
+        return
     with pytest.raises(A.ArmsError) as e:
         A.Arms.load(config(tmp_path, text), RULES)
     assert says in str(e.value)
@@ -204,3 +212,99 @@ def test_replicas_agree_and_a_changed_file_reloads_while_a_broken_one_is_refused
         for p in procs:
             p.stop()
     assert np.all([p.proc.returncode == 0 for p in procs])
+
+
+@pytest.fixture
+def two_versions(exported, second_model, tmp_path):
+    """A model folder holding both versions: esmm/v1 (the newest by name: the one served) and
+    esmm/b (the second model: its CTR scores differ)."""
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(exported, root / "esmm" / "v1")
+    shutil.copytree(second_model, root / "esmm" / "b")
+    return root
+
+
+def test_an_arm_serves_its_model_and_a_shadow_scores_every_answer_into_the_log(
+    two_versions, bodies, tmp_path
+):
+    path = config(
+        tmp_path,
+        "salt: s\narms: [{name: a, share: 0.5}, {name: b, share: 0.5, model: esmm/b}]\n"
+        "shadow: {model: esmm/b, sample: 1}\n",
+    )
+    logs = tmp_path / "logs"
+    settings = Settings(model_dir=two_versions, arms=path, log_dir=logs, reload_poll_s=0)
+    arms = A.Arms.load(path, Rules.from_settings(settings))
+    in_a = [u for u in range(100) if arms.assign(u).name == "a"][:4]
+    in_b = [u for u in range(100) if arms.assign(u).name == "b"][:4]
+    with TestClient(create_app(settings)) as c:
+        answers = {}
+        for k, b in enumerate(bodies[:4]):  # each body for a user of a and one of b
+            for u in (in_a[k], in_b[k]):
+                got = c.post("/rank", json={**b, "user_id": u}).json()
+                assert got["model_version"] == {"a": "esmm/v1", "b": "esmm/b"}[got["arm"]]
+                answers[got["request_id"]] = (k, got)
+        metrics = c.get("/metrics").text
+    assert 'ranker_shadow_answers_total{outcome="ok"} 8.0' in metrics
+    by_b = {
+        k: {i["item_id"]: i for i in g["items"]} for k, g in answers.values() if g["arm"] == "b"
+    }
+    rows = [r for f in logs.glob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert {r["request_id"] for r in rows} == set(answers)
+    for r in rows:
+        k, got = answers[r["request_id"]]
+        # the shadow scored what esmm/b answers for the same request, beside what was served
+        assert r["shadow_model_version"] == "esmm/b"
+        b_item = by_b[k][r["item_id"]]
+        assert r["shadow_pctr"] == pytest.approx(b_item["pctr"], rel=1e-6)
+        assert r["shadow_score"] == pytest.approx(b_item["score"], rel=1e-6)
+        if got["arm"] == "a":
+            assert r["pctr"] != pytest.approx(r["shadow_pctr"], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        (
+            "salt: s\narms: [{name: a, share: 1, model: esmm/none}]",
+            "model esmm/none: path 'esmm/none' names no folder",
+        ),
+        ("salt: s\narms: [{name: a, share: 1}]\nshadow: {model: esmm/b}", "RANKER_LOG_DIR"),
+    ],
+)
+def test_an_arms_model_that_cannot_be_served_stops_the_start(two_versions, tmp_path, text, says):
+    out = tmp_path / "service.log"
+    svc = ServiceProcess(out, model_dir=two_versions, arms=config(tmp_path, text))
+    with pytest.raises(RuntimeError, match="exited"):
+        svc.wait_ready()
+    assert "RANKER_ARMS: " in out.read_text() and says in out.read_text()
+
+
+def test_a_config_naming_a_new_model_reloads_and_one_naming_a_broken_one_is_refused(
+    two_versions, bodies, tmp_path
+):
+    """The watcher loads the model a new config names before installing it; a config naming a
+    folder that is no model is refused, and the config and models before keep serving."""
+    from support import serving
+
+    path = config(tmp_path, "salt: s\narms: [{name: a, share: 1}]")
+    (two_versions / "esmm" / "empty").mkdir()
+    with serving(model_dir=two_versions, arms=path, reload_poll_s=0.1) as (url, _):
+
+        def version() -> str:
+            got = httpx.post(f"{url}/rank", json={**bodies[0], "user_id": 7}, timeout=30).json()
+            return got["model_version"]
+
+        assert version() == "esmm/v1"
+        path.write_text("salt: s\narms: [{name: a, share: 1, model: esmm/b}]")
+        deadline = time.monotonic() + 30
+        while version() != "esmm/b":
+            assert time.monotonic() < deadline, "the arm's model was not served"
+            time.sleep(0.1)
+        path.write_text("salt: s\narms: [{name: a, share: 1, model: esmm/empty}]")
+        time.sleep(1.0)  # several polls
+        assert version() == "esmm/b"  # the old config and its model serve
+        text = httpx.get(f"{url}/metrics").text
+        assert 'ranker_arms_reloads_total{outcome="refused"} 1.0' in text
