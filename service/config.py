@@ -145,6 +145,19 @@ class Settings(BaseSettings):
     )
     log_rotate_mb: float = Field(64.0, gt=0, description="a log file is closed at this size")
     log_rotate_s: float = Field(300.0, gt=0, description="or at this age")
+    # warm-up from real requests (service/reservoir.py)
+    warm_requests: int = Field(
+        64,
+        ge=0,
+        le=10_000,
+        description="recent /rank bodies kept (a uniform sample, and a quarter as many of the "
+        "slowest) and replayed into a version before it serves; 0: off",
+    )
+    warm_file: Path | None = Field(
+        None,
+        description="where those bodies are saved at shutdown and read at start, so a "
+        "restarted replica replays them before /readyz turns ready (unset: kept in memory)",
+    )
     log_format: Literal["text", "json"] = Field(
         "text",
         description="json: every log line a JSON object (time, level, logger, message, and the "

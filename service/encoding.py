@@ -129,21 +129,24 @@ class StoredItems:
         own_cols = dict((f.name, c) for f, c in own.columns("item"))
         keys = [f.cross[1] for f in contract.fields if f.cross and f.cross[1] in own_cols]
         self.raw = {k: np.empty((n, own.field(k).max_len), np.int64) for k in dict.fromkeys(keys)}
+        # the impression log's (keep_raw): every stored column's raw ids and values, as hashed
+        self.raw_ids = np.empty((n, width), np.int64) if keep_raw else None
+        self.raw_vals = np.empty((n, width), np.float32) if keep_raw else None
         for a in range(0, n, chunk):
             part = slice(a, min(a + chunk, n))
             raw_ids, raw_vals = table.rows_for(own, part)
             ids, weights = own.hash_side("item", raw_ids, raw_vals)
             self.ids[part], self.weights[part] = ids, weights
+            if keep_raw:
+                self.raw_ids[part], self.raw_vals[part] = raw_ids, raw_vals
             for k, out in self.raw.items():
                 out[part] = raw_ids[:, own_cols[k]]
         self.stored = {f.name: np.arange(c.start, c.stop) for f, c in own.columns("item")}
         # the request columns of self.ids' columns, in order: one gather when nothing overrides
         self.all_cols = np.concatenate([self.cols[f.name] for f, _ in own.columns("item")])
         # the raw table is not kept: ids (for lookups), prices, the numeric attributes the
-        # model takes and the raw ids its crosses look up are all a request needs; the
-        # impression log's raw rows of the items served need it (`keep_raw`)
-        self.table, self._own = (table, own) if keep_raw else (None, None)
-        self.width = contract.width("item")
+        # model takes and the raw ids its crosses look up are all a request needs (and, for
+        # the impression log, the raw rows: keep_raw)
         self.item_id, self.price, self.digest = table.item_id, table.price, table.digest
         self.numeric = {  # an Ali-CCP model's --items attributes (a spec's are in the rows)
             f.name: table.values(f.name)
@@ -155,18 +158,11 @@ class StoredItems:
         return len(self.item_id)
 
     def raw_rows(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(len(pos), contract's item width) raw ids and values of table rows `pos`, as the
-        hashed rows were made from them (the stored fields' columns; -1 elsewhere)."""
-        if self.table is None:
+        """The raw ids and values of table rows `pos` the hashed rows were made from, in the
+        stored columns' order (`stored`, `all_cols`)."""
+        if self.raw_ids is None:
             raise RuntimeError("the item table's raw rows were not kept (keep_raw)")
-        own_ids, own_vals = self.table.rows_for(self._own, pos)
-        ids = np.full((len(pos), self.width), -1, dtype=np.int64)
-        vals = np.zeros((len(pos), self.width), dtype=np.float32)
-        for f, c in self._own.columns("item"):
-            if f.name in self.cols:
-                ids[:, self.cols[f.name]] = own_ids[:, c]
-                vals[:, self.cols[f.name]] = own_vals[:, c]
-        return ids, vals
+        return self.raw_ids[pos], self.raw_vals[pos]
 
     def index(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return lookup(self.item_id, keys)
@@ -175,6 +171,8 @@ class StoredItems:
     def nbytes(self) -> int:
         extra = sum(v.nbytes for k, v in self.numeric.items() if k != "price")
         extra += sum(v.nbytes for v in self.raw.values())
+        if self.raw_ids is not None:
+            extra += self.raw_ids.nbytes + self.raw_vals.nbytes
         return (
             self.ids.nbytes + self.weights.nbytes + self.item_id.nbytes + self.price.nbytes + extra
         )
@@ -473,27 +471,47 @@ class RequestEncoder:
         gave, the candidate's own id where it is the key feature and the table lacks it, and
         the item table's stored fields the request did not give (_encode_items's rules, in raw
         ids). The crosses' columns stay empty: they are counted from the user's lists."""
-        n = len(rows)
-        if raw.by_ids:
-            ids, vals = np.repeat(raw.base_ids, n, 0), np.repeat(raw.base_vals, n, 0)
-            keys = raw.keys[rows]
-            own = ~raw.found[rows] & (keys >= 0)
-            id_col = self._item_columns.get(self.key_field["item"])
-            if own.any() and id_col is not None:
-                ids[own, id_col[0]], vals[own, id_col[0]] = keys[own], 1.0
-        else:
-            ids, vals = raw.base_ids[rows], raw.base_vals[rows]  # (copies: fancy indexing)
-        found = raw.found[rows]
+        return self.raw_items_many([(raw, rows)])
+
+    def raw_items_many(self, answers: list[tuple[RawItems, np.ndarray]]):
+        """raw_items of several answers at once, their rows one after the other: one item
+        table read and one pass per stored field for them all."""
+        ids = np.concatenate(
+            [
+                np.repeat(r.base_ids, len(rows), 0) if r.by_ids else r.base_ids[rows]
+                for r, rows in answers
+            ]
+        )
+        vals = np.concatenate(
+            [
+                np.repeat(r.base_vals, len(rows), 0) if r.by_ids else r.base_vals[rows]
+                for r, rows in answers
+            ]
+        )
+        keys = np.concatenate([r.keys[rows] for r, rows in answers])
+        found = np.concatenate([r.found[rows] for r, rows in answers])
+        by_ids = np.concatenate([np.full(len(rows), r.by_ids) for r, rows in answers])
+        own = by_ids & ~found & (keys >= 0)  # (inline rows carry their own id already)
+        id_col = self._item_columns.get(self.key_field["item"])
+        if own.any() and id_col is not None:
+            ids[own, id_col[0]], vals[own, id_col[0]] = keys[own], 1.0
         if self.items is None or not found.any():
             return ids, vals
         at = np.flatnonzero(found)
-        t_ids, t_vals = self.items.raw_rows(raw.pos[rows][at])
-        inline = raw.inline[rows][at]
+        pos = np.concatenate([r.pos[rows] for r, rows in answers])
+        inline = np.concatenate([r.inline[rows] for r, rows in answers])[at]
+        t_ids, t_vals = self.items.raw_rows(pos[at])
+        if not inline.any():  # nothing given inline: every stored column at once
+            ids[np.ix_(at, self.items.all_cols)], vals[np.ix_(at, self.items.all_cols)] = (
+                t_ids,
+                t_vals,
+            )
+            return ids, vals
         for k, name in enumerate(self.items.fields):
             take = ~inline[:, k]
-            cols = self.items.cols[name]
-            ids[np.ix_(at[take], cols)] = t_ids[np.ix_(take, cols)]
-            vals[np.ix_(at[take], cols)] = t_vals[np.ix_(take, cols)]
+            cols, mine = self.items.cols[name], self.items.stored[name]
+            ids[np.ix_(at[take], cols)] = t_ids[np.ix_(take, mine)]
+            vals[np.ix_(at[take], cols)] = t_vals[np.ix_(take, mine)]
         return ids, vals
 
     def _key_or(self, value) -> int:

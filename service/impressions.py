@@ -309,22 +309,35 @@ def _shadow(records: list[Served], per_request) -> dict:
 
 
 def _features(records: list[Served], of_request) -> dict:
-    """The features as served, by name: the user's per answer (taken onto its rows), the
-    returned items' per row."""
+    """The features as served, by name: the user's once per answer, on its first row (position
+    0; null on the others: a user's lists on each of 500 rows cost the writer more than the
+    rest of the answer, measured in docs/loop.md), the returned items' on every row."""
     if records[0].encoder is None:
         return {}
+    import pyarrow as pa
+
     encoder = records[0].encoder
     layout = layout_of(encoder)
     contract = encoder.contract
     u_ids, u_vals, known = _user_rows(records, contract.width("user"))
-    user = {k: v.take(of_request) for k, v in _columns(layout, "user", u_ids, u_vals).items()}
-    parts = [r.encoder.raw_items(r.items_raw, r.order) for r in records]
+    # each answer's first row takes its user's values; the others take the null past them
+    counts = np.array([len(r.order) for r in records], dtype=np.int64)
+    firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    at = np.full(int(counts.sum()), len(records), dtype=np.int64)
+    at[firsts[counts > 0]] = np.flatnonzero(counts > 0)
+    at = pa.array(at)
+    user = {
+        k: pa.concat_arrays([v, pa.nulls(1, v.type)]).take(at)
+        for k, v in _columns(layout, "user", u_ids, u_vals).items()
+    }
+    parts = []  # (answers of one model version at a time: its encoder, its item table)
+    for _, group in itertools.groupby(records, key=lambda r: id(r.encoder)):
+        same = list(group)
+        parts.append(same[0].encoder.raw_items_many([(r.items_raw, r.order) for r in same]))
     i_ids = np.concatenate([p[0] for p in parts])
     i_vals = np.concatenate([p[1] for p in parts])
-    import pyarrow as pa
-
     return {
-        "user_logged": pa.array(known).take(of_request),
+        "user_logged": pa.array(known).take(of_request),  # (on every row: what the join keeps)
         **user,
         **_columns(layout, "item", i_ids, i_vals),
     }

@@ -30,6 +30,7 @@ from service.redis_guard import Breaker
 from service.reload import ModelLoader, Reloader
 from service.request import RankRequest
 from service.requestid import RequestIdMiddleware, install_log_field
+from service.reservoir import Reservoir, replay
 from service.response import ErrorResponse, RankResponse
 from service.routes import router
 from service.served import ModelSlot
@@ -92,6 +93,29 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             )
         loader = ModelLoader(s, executor, redis, st.metrics)
         model = await asyncio.to_thread(loader.build, newest_version(s.model_dir))
+        rules = request.Rules.from_settings(s)
+        reservoir = None
+        if s.warm_requests > 0:  # recent requests, replayed into a version before it serves
+            size = dict(size=s.warm_requests, slow=max(1, s.warm_requests // 4))
+            reservoir = Reservoir.load(s.warm_file, **size) if s.warm_file else Reservoir(**size)
+
+        def warm_up(version) -> None:
+            bodies = reservoir.bodies() if reservoir is not None else []
+            if not bodies:
+                return
+            done = replay(version, bodies, rules)
+            st.metrics.warmup.labels("replayed").inc(done["replayed"])
+            st.metrics.warmup.labels("skipped").inc(done["skipped"])
+            log.info(
+                "warm-up: %s replayed %d recent requests (%d refused) of %s candidates in %.0f ms",
+                version.version,
+                done["replayed"],
+                done["skipped"],
+                "-".join(map(str, done["candidates"] or ())) or "no",
+                done["ms"],
+            )
+
+        await asyncio.to_thread(warm_up, model)  # before /readyz: the first requests find it warm
         st.slot = slot = ModelSlot(model)
         st.admission = Admission(
             s.max_queued_rows,
@@ -115,8 +139,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         st.outcomes = None
         if s.feedback_rows > 0:
             st.outcomes = Outcomes(st.metrics.on_outcome, s.feedback_window_s, s.feedback_rows)
-        rules = request.Rules.from_settings(s)
-        st.reloader = Reloader(s, loader, slot, st.metrics)
+        st.reloader = Reloader(s, loader, slot, st.metrics, warm_up)
         arms = None
         if s.arms is not None:
             try:
@@ -144,6 +167,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             st.metrics.on_arm,
             st.outcomes,
             st.metrics.shadow,
+            reservoir,
         )
         watcher = (
             asyncio.get_running_loop().create_task(st.reloader.watch(s.reload_poll_s))
@@ -197,6 +221,11 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             await st.ranker.drain()  # answers waiting for a store read or the shadow: logged
+            if reservoir is not None and s.warm_file is not None:
+                try:  # what the next start replays
+                    await asyncio.to_thread(reservoir.save, s.warm_file)
+                except OSError as e:
+                    log.error("RANKER_WARM_FILE=%s not written: %s", s.warm_file, e)
             await slot.close()
             if st.ranker.arms is not None:
                 for arm_slot in st.ranker.arms.slots.values():

@@ -168,6 +168,13 @@ class Metrics:
         self.arms_reloads = Counter(
             "ranker_arms_reloads", "arms config re-reads by outcome", ["outcome"], registry=r
         )
+        self.warmup = Counter(
+            "ranker_warmup_requests",
+            "recent /rank bodies replayed into a version before it served (replayed), or that "
+            "version refused (skipped)",
+            ["outcome"],
+            registry=r,
+        )
         self.shadow = Counter(
             "ranker_shadow_answers",
             "answers scored again by the arms' shadow model, by outcome (ok, failed, timeout)",

@@ -20,6 +20,7 @@ ones stay on the loop, where a thread hop would cost more than the work.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import random
@@ -43,6 +44,7 @@ from service.user_store import Changed, UserStore
 
 log = logging.getLogger("service.ranking")
 OFF_LOOP_BYTES = 64 << 10  # bodies this large are decoded and encoded off the event loop
+RAW_USERS = 1024  # users' raw rows the log keeps at hand (about 12 kB each at 1,000 columns)
 SHADOW_S = 1.0  # a shadow scoring not done within this is dropped (its batcher is behind)
 
 
@@ -62,6 +64,7 @@ class Ranker:
         on_arm: Callable[[str, Arms], None] = lambda name, arms: None,
         outcomes: Outcomes | None = None,
         shadows=None,  # a Counter by outcome (metrics.shadow)
+        reservoir=None,  # recent bodies for warm-ups (service/reservoir.py)
     ):
         self.slot, self.admission, self.rules, self.workers = slot, admission, rules, workers
         self.on_request, self.on_unknown = on_request, on_unknown
@@ -70,7 +73,10 @@ class Ranker:
         self.arms, self.on_arm = arms, on_arm  # arms: swapped whole when its file changes
         self.outcomes = outcomes
         self._tasks: set[asyncio.Task] = set()  # log records waiting for a store read
-        self.shadows = shadows
+        # (model digest, user key, record digest) -> the user's raw row, for the log: a cache
+        # hit's user is read again from the store once, not once an answer
+        self._raw_users: collections.OrderedDict = collections.OrderedDict()
+        self.shadows, self.reservoir = shadows, reservoir
 
     def refuse_early(self) -> None:
         """Before a body is read: refuse at once when no request could be admitted now."""
@@ -95,12 +101,14 @@ class Ranker:
             self.admission.release(size.rows)
 
     async def _rank(self, body: bytes, deadline: float) -> RankResponse:
+        t0 = time.perf_counter()
         large = len(body) >= OFF_LOOP_BYTES
         with tracing.span("decode"):
             if large:
                 r = await self._off_loop(request.decode_sized, body, self.rules)
             else:
                 r = request.decode_sized(body, self.rules)
+        t1 = time.perf_counter()
         self.on_request(r.rows)
         arm, arms, slot = None, self.arms, self.slot
         if arms is not None:  # the user's arm: its fusion where the request sets none, its model
@@ -117,6 +125,7 @@ class Ranker:
                     rows = await self._off_loop(model.encoder.encode, r.req, r.price)
                 else:
                     rows = model.encoder.encode(r.req, r.price)
+            t2 = time.perf_counter()
             price = r.prices(rows.price)  # the request's, else the table's; refused if none
             try:
                 async with asyncio.timeout_at(deadline):
@@ -126,9 +135,11 @@ class Ranker:
                         )
                     user_repr, lists = model.encoder.split(part)
                     model.encoder.fill_crosses(rows, lists)
+                    t3 = time.perf_counter()
                     scores = await model.score(
                         user_repr, rows.item_ids, rows.item_weights, deadline
                     )
+                    t4 = time.perf_counter()
             except TimeoutError:  # also the batcher's DeadlineExceeded: never run
                 raise Timeout(f"not scored within {r.timeout_s * 1000:.0f} ms") from None
         keys = r.req.item_keys()
@@ -138,6 +149,9 @@ class Ranker:
         with tracing.span("fusion"):
             fused = fusion.score(r.fusion, scores.pctr, scores.pcvr, price)
         order = order_of(fused, r.req.top_k)
+        if self.reservoir is not None:  # a sample of what is asked, and the slowest, for warm-ups
+            t5 = time.perf_counter()
+            self.reservoir.offer(body, t5 - t0, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4))
         rid = REQUEST_ID.get()
         name = None if arm is None else arm.name
         answer = ranked(
@@ -167,6 +181,12 @@ class Ranker:
                 context=r.req.context_features,
                 **(seen.served(model.encoder, rows) if logged else {}),
             )
+            if logged and served.user_raw is None and seen.digest:
+                at = (model.digest, seen.key, seen.digest)
+                raw = self._raw_users.get(at)
+                if raw is not None:
+                    self._raw_users.move_to_end(at)
+                    served = dataclasses.replace(served, user_raw=raw)
             if self.outcomes is not None:  # what /feedback joins to, and the prediction sums
                 self.outcomes.answered(served)
             if logged:  # after the answer is built: answers only
@@ -206,12 +226,17 @@ class Ranker:
                 log.warning("shadow scoring failed", exc_info=True)
                 self.shadows.labels("failed").inc()
         if served.user_raw is None and served.user_record is None and seen.digest:
+            raw = None
             try:
                 record = await self.users.features(seen.key, seen.digest)
+                raw = served.encoder.stored_user_raw(record, seen.key)
             except Exception as e:  # Changed, StoreUnavailable, an unusable record
                 log.debug("log: user %r's record not read again (%s)", served.user_id, e)
-                record = None
-            served = dataclasses.replace(served, user_record=record)
+            if raw is not None:
+                self._raw_users[(served.model_digest, seen.key, seen.digest)] = raw
+                while len(self._raw_users) > RAW_USERS:
+                    self._raw_users.popitem(last=False)
+            served = dataclasses.replace(served, user_raw=raw)
         self.impressions.put(served)
 
     async def _shadow(self, slot: ModelSlot, r) -> ShadowScores:

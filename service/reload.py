@@ -102,8 +102,16 @@ def warm_rows_for(recent: list[int], max_batch_rows: int) -> tuple[int, ...]:
 
 
 class Reloader:
-    def __init__(self, settings: Settings, loader: ModelLoader, slot: ModelSlot, metrics: Metrics):
+    def __init__(
+        self,
+        settings: Settings,
+        loader: ModelLoader,
+        slot: ModelSlot,
+        metrics: Metrics,
+        warm_up=lambda model: None,  # recent requests replayed into a built version
+    ):
         self.settings, self.loader, self.slot, self.metrics = settings, loader, slot, metrics
+        self.warm_up = warm_up
         self.root = Path(settings.model_dir).resolve()
         # (folder, table stamp) -> why: the watcher does not retry these
         self.refused: dict[tuple[Path, tuple | None], str] = {}
@@ -153,6 +161,7 @@ class Reloader:
                 new = await asyncio.to_thread(self.loader.build, target, warm)
             except ModelError as e:
                 raise self._refuse(target, str(e), current.version) from None
+            await asyncio.to_thread(self.warm_up, new)
             old = self.slot.swap(new)
             self.pinned = self._shown(target) if pin else None
             self.refused.pop((target, new.table_stamp), None)
@@ -201,6 +210,7 @@ class Reloader:
                     built = await asyncio.to_thread(self.loader.build, folder)
                 except ModelError as e:
                     raise ArmsError(f"{arms.source}: model {name}: {e}") from None
+                await asyncio.to_thread(self.warm_up, built)
                 arms.slots[name] = slot = ModelSlot(built)
                 loaded.append(slot)
                 log.info("arms: %s loaded as %s (%s)", name, built.version, built.digest[:12])

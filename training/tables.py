@@ -341,16 +341,22 @@ def read_split(
     done = n = 0
     per_event = bool(spec.per_event("user"))
     event_users: list[tuple[np.ndarray, np.ndarray]] = []  # per batch: its requests' user rows
+    seen: dict[tuple[int, int], int] = {}  # (request, user) -> its user row, across batches
     for batch in pf.iter_batches(BATCH_ROWS, columns=_event_columns(spec)):
         t = pa.Table.from_batches([batch])
         part = _events(spec, contract, t, items, where, done, orphans, report, keep_all)
         kept = part.pop("table")
         if per_event:  # the user as of each request: its first event's user columns
-            u_ids, u_vals, row = _event_users(spec, contract, kept, part, where)
-            _crosses(
-                contract, part["item_ids"], part["item_vals"], _lists(contract, u_ids, u_vals), row
-            )
-            part["row_user"] = row + sum(len(u) for u, _ in event_users)
+            done_users = sum(len(u) for u, _ in event_users)
+            u_ids, u_vals, row = _event_users(spec, contract, kept, part, where, seen, done_users)
+            if (row < done_users).any():  # a request begun in an earlier batch: its row there
+                all_ids = np.concatenate([*(u for u, _ in event_users), u_ids])
+                all_vals = np.concatenate([*(v for _, v in event_users), u_vals])
+                lists_b, local = _lists(contract, all_ids, all_vals), row
+            else:
+                lists_b, local = _lists(contract, u_ids, u_vals), row - done_users
+            _crosses(contract, part["item_ids"], part["item_vals"], lists_b, local)
+            part["row_user"] = row
             event_users.append((u_ids, u_vals))
         else:
             pos, found = users.find(part["user_key"])
@@ -525,12 +531,21 @@ def _lists(contract: FeatureContract, ids: np.ndarray, vals: np.ndarray) -> dict
     }
 
 
-def _event_users(spec, contract, t: pa.Table, part: dict, where: str):
+def _event_users(spec, contract, t: pa.Table, part: dict, where: str, seen: dict, done: int):
     """A batch's users read from its events (a spec with no users table): one user row per
-    request (the first event of each (request, user) pair in the batch) and each event's row
-    among them."""
+    request, from its first event (as the impression log and `ranker join` write them: the
+    user's values on each request's first row only), and each event's row among all the
+    split's user rows (`done` of them made by earlier batches; `seen`: (request, user) -> row,
+    so a request that began in an earlier batch keeps its row)."""
     pairs = np.stack([part["request_key"], part["user_key"]], axis=1)
-    _, first, row = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
+    uniq, first, row = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
+    known = [seen.get((int(r), int(u))) for r, u in uniq]
+    new = np.array([k for k, at in enumerate(known) if at is None], dtype=np.int64)
+    rows_of = np.array([-1 if at is None else at for at in known], dtype=np.int64)
+    rows_of[new] = done + np.arange(len(new))
+    for k in new.tolist():
+        seen[(int(uniq[k][0]), int(uniq[k][1]))] = int(rows_of[k])
+    first = first[new]
     width = contract.width("user")
     ids = np.full((len(first), width), -1, dtype=np.int64)
     vals = np.zeros((len(first), width), dtype=np.float32)
@@ -548,7 +563,7 @@ def _event_users(spec, contract, t: pa.Table, part: dict, where: str):
             f"{where}: column {f.column!r}",
         )
     _key_features(spec, contract, "user", ids, vals, part["user_key"][first])
-    return ids, vals, row.reshape(-1).astype(np.int64)
+    return ids, vals, rows_of[row.reshape(-1)]
 
 
 def _crosses(

@@ -118,3 +118,23 @@ def test_a_missing_event_column_says_where_a_side_feature_is_read(both):
     pq.write_table(t, per.parent / "ev_train.parquet")
     with pytest.raises(S.SpecError, match=r"no column 'tier' \(a user feature is read from"):
         T.load(per)
+
+
+def test_a_users_values_on_its_requests_first_event_only_read_across_batches(both, monkeypatch):
+    """The impression log's form: the user's columns on each request's first event only (null
+    on the others: here on each (request, user) pair's first), a request split across two read
+    batches: every event still gets its request's user, as from the side tables."""
+    side, per, _ = both
+    t = pq.read_table(per.parent / "ev_train.parquet")
+    pairs = list(zip(t["page_view"].to_pylist(), t["member"].to_pylist(), strict=True))
+    first = [pairs.index(p) == k for k, p in enumerate(pairs)]  # each (request, user)'s first
+    for col in USER_COLS:
+        k = t.schema.get_field_index(col)
+        values = [v if f else None for v, f in zip(t[col].to_pylist(), first, strict=True)]
+        t = t.set_column(k, col, pa.array(values, t.schema.field(col).type))
+    pq.write_table(t, per.parent / "ev_train.parquet")
+    monkeypatch.setattr(T, "BATCH_ROWS", 3)  # pv1's two events in two batches
+    _, _, s_train, _ = T.load(side, seed=3)
+    _, _, train, _ = T.load(per, seed=3)
+    _same_rows(s_train, train)
+    assert len(train.user_ids) == len(set(pairs))  # one row per (request, user)
