@@ -299,6 +299,7 @@ def join(
             "click_window_s": click_s,
             "conversion_window_s": conversion_s,
             "impressions": len(rows),
+            "calibration": calibration(rows),
             "train": {"impressions": len(train), **_rates(train)},
             "test": {"impressions": len(test), **_rates(test)},
         }
@@ -350,6 +351,47 @@ def _rates(t) -> dict:
         "ctr": round(float(click.mean()), 6),
         "cvr": round(float(conv.sum() / click.sum()), 6) if click.sum() else None,
     }
+
+
+def calibration(rows, bins: int = 10) -> dict:
+    """Per model version and arm, per head, on the matured impressions: the predictions' sum
+    and the outcomes' (ctr: every impression's pCTR against its click; ctcvr: its pCTCVR against
+    its conversion; cvr: a clicked impression's pCVR against its conversion), their ratio
+    (predicted over observed: 1 is calibrated) and the binned calibration error (the sum over
+    tenths of the prediction of |predicted - observed|, over the predictions): what
+    /feedback's metrics give Prometheus online, from the offline labels."""
+    import pyarrow as pa
+
+    if not len(rows):
+        return {}
+    version = rows["model_version"].cast(pa.string()).to_numpy(zero_copy_only=False)
+    arm = rows["arm"].cast(pa.string()).fill_null("none").to_numpy(zero_copy_only=False)
+    click = np.asarray(rows["click"]).astype(np.float64)
+    conv = np.asarray(rows["conversion"]).astype(np.float64)
+    p = {h: np.asarray(rows[h]).astype(np.float64) for h in ("pctr", "pcvr", "pctcvr")}
+    out: dict = {}
+    for v, a in sorted(set(zip(version.tolist(), arm.tolist(), strict=True))):
+        mine = (version == v) & (arm == a)
+        heads = {}
+        for head, pred, label, on in (
+            ("ctr", p["pctr"], click, mine),
+            ("cvr", p["pcvr"], conv, mine & (click == 1)),
+            ("ctcvr", p["pctcvr"], conv, mine),
+        ):
+            pr, lb = pred[on], label[on]
+            which = np.minimum((pr * bins).astype(np.int64), bins - 1)
+            err = np.abs(
+                np.bincount(which, pr, minlength=bins) - np.bincount(which, lb, minlength=bins)
+            ).sum()
+            heads[head] = {
+                "impressions": int(on.sum()),
+                "predicted": round(float(pr.sum()), 3),
+                "observed": int(lb.sum()),
+                "ratio": round(float(pr.sum() / lb.sum()), 4) if lb.sum() else None,
+                "binned_error": round(float(err / pr.sum()), 4) if pr.sum() else None,
+            }
+        out.setdefault(v, {})[a] = heads
+    return out
 
 
 def _iso(us: int) -> str:

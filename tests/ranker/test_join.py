@@ -127,6 +127,11 @@ def test_the_log_joins_replays_as_served_and_trains(logged, spec_model, tmp_path
     assert (report["click_late"], report["click_before_impression"]) == (1, 1)
     assert report["conversion_without_click"] == 1 and report["conversion_late"] == 0
     assert report["immature"] == 0 and report["without_user_features"] == 0
+    # clicks were drawn at 4x the served pCTR: the join's calibration says the model predicts
+    # a quarter of what happened (one version, no arms)
+    (version,) = report["calibration"]
+    ctr = report["calibration"][version]["none"]["ctr"]
+    assert ctr["impressions"] == len(rows) and 0.18 < ctr["ratio"] < 0.35, ctr
     joined = pa.concat_tables(
         [pq.read_table(out / f"events_{s}.parquet") for s in ("train", "test")]
     )
