@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         gt=0,
         description="POST /feedback counts events for answers this recent; older ones are late",
     )
+    feedback_shared: bool = Field(
+        False,
+        description="remember answers in the shared Redis tier (RANKER_REDIS_URL) too, so "
+        "/feedback on any worker or replica counts an event against any answer, once "
+        "(service/shared_answers.py)",
+    )
     feedback_rows: int = Field(
         1_000_000,
         ge=0,

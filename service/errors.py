@@ -106,6 +106,13 @@ class Overloaded(Unavailable):
     type = "overloaded"
 
 
+class FeedbackUnavailable(Unavailable):
+    """The shared answers /feedback counts against could not be read (service/shared_answers.py):
+    nothing of the body was counted, the caller sends it again."""
+
+    type = "feedback_store_unavailable"
+
+
 class StoreUnavailable(Unavailable):
     """The user store failed or did not answer: features that cannot be proven current are
     never used (service/user_store.py)."""

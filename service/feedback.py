@@ -7,7 +7,8 @@ arm and predictions. An event names `(request_id, item_id, kind)`; it counts onc
 click is a duplicate), a conversion only after a click on the same impression (the funnel), and
 an event for an answer no longer remembered is `late` (its label belongs to the offline join).
 Each process remembers its own answers: an event that reaches another worker or replica than the
-one that answered is `late` too (docs/loop.md).
+one that answered is `late` too, unless the answers are shared in Redis (RANKER_FEEDBACK_SHARED,
+service/shared_answers.py: any process then counts an event against any answer, once).
 
 What is counted, per head, model version and arm (docs/loop.md), so that Prometheus divides
 predictions by outcomes over a window:
@@ -32,6 +33,8 @@ from typing import Annotated, Literal
 import msgspec
 import numpy as np
 
+from service.errors import FeedbackUnavailable
+from service.redis_guard import RedisUnavailable
 from service.request import Key
 from service.response import Served
 
@@ -61,9 +64,9 @@ class FeedbackResponse(msgspec.Struct, frozen=True):
     late: Annotated[
         int,
         msgspec.Meta(
-            description="its answer is not remembered by this process: older than "
-            "RANKER_FEEDBACK_WINDOW_S, pushed out by RANKER_FEEDBACK_ROWS, or answered by another "
-            "worker or replica; the offline join's to count"
+            description="its answer is not remembered: older than RANKER_FEEDBACK_WINDOW_S, "
+            "pushed out by RANKER_FEEDBACK_ROWS, or answered by another worker or replica "
+            "(without RANKER_FEEDBACK_SHARED); the offline join's to count"
         ),
     ]
     unknown_item: Annotated[int, msgspec.Meta(description="the answer did not return that item")]
@@ -95,6 +98,7 @@ class Outcomes:
         window_s: float = 3600.0,
         max_rows: int = 1_000_000,
         clock: Callable[[], float] = time.monotonic,
+        shared=None,  # SharedAnswers: the answers in Redis, for every process's events
     ):
         """`count(kind, head, version, arm, predictions)` adds to the metrics (Metrics.on_outcome):
         kind "predictions" counts the predictions; "labels" counts one label per prediction
@@ -102,6 +106,7 @@ class Outcomes:
         self.count, self.window_s, self.max_rows, self.clock = count, window_s, max_rows, clock
         self.shown: OrderedDict[str, Shown] = OrderedDict()
         self.rows = 0
+        self.shared = shared
 
     def answered(self, s: Served) -> None:
         """An answer's returned items: their predictions counted, the answer remembered."""
@@ -120,6 +125,8 @@ class Outcomes:
         self.shown[s.request_id] = shown
         self.rows += len(o)
         self._forget()
+        if self.shared is not None:
+            self.shared.remember(s.request_id, s.model_version, arm, ids, p_ctr, p_cvr, p_ctcvr)
 
     def _forget(self) -> None:
         limit = self.clock() - self.window_s
@@ -129,6 +136,48 @@ class Outcomes:
             _, s = self.shown.popitem(last=False)
             self.rows -= len(s.pctr)
 
+    async def report_any(self, events: list[Event]) -> FeedbackResponse:
+        """`report`, or with shared answers `report_shared`."""
+        if self.shared is None:
+            return self.report(events)
+        try:
+            return await self.report_shared(events)
+        except RedisUnavailable as e:
+            raise FeedbackUnavailable(f"outcomes not counted: {e}") from None
+
+    async def report_shared(self, events: list[Event]) -> FeedbackResponse:
+        """Events against answers any process gave (this one's from memory, the others' from
+        Redis), each counted once across all of them: what was reported is kept in Redis."""
+        self._forget()
+        out = dict.fromkeys(("counted", "duplicate", "late", "unknown_item", "without_click"), 0)
+        known = {e.request_id: self.shown.get(e.request_id) for e in events}
+        missing = [rid for rid, s in known.items() if s is None]
+        for rid, a in (await self.shared.answers(missing)).items():
+            if a is not None:
+                known[rid] = Shown(a[0], a[1], self.clock(), *a[2:])
+        marks, shown = [], []
+        for e in events:
+            s = known[e.request_id]
+            if s is None:
+                out["late"] += 1
+                continue
+            pos = _position(s, e.item_id)
+            if pos is None:
+                out["unknown_item"] += 1
+                continue
+            marks.append((e.request_id, e.kind, pos))
+            shown.append(s)
+        for (_, kind, pos), s, result in zip(
+            marks, shown, await self.shared.mark(marks), strict=True
+        ):
+            if result != "counted":
+                out[result] += 1
+                continue
+            for what, head, of in COUNTS[kind]:
+                self.count(what, head, s.version, s.arm, getattr(s, of)[pos : pos + 1])
+            out["counted"] += 1
+        return FeedbackResponse(**out)
+
     def report(self, events: list[Event]) -> FeedbackResponse:
         self._forget()
         out = dict.fromkeys(("counted", "duplicate", "late", "unknown_item", "without_click"), 0)
@@ -137,11 +186,7 @@ class Outcomes:
             if s is None:
                 out["late"] += 1
                 continue
-            if s.index is None:
-                s.index = {}
-                for pos, i in enumerate(s.ids.tolist()):
-                    s.index.setdefault(i, pos)
-            pos = s.index.get(e.item_id)
+            pos = _position(s, e.item_id)
             if pos is None:
                 out["unknown_item"] += 1
                 continue
@@ -157,3 +202,12 @@ class Outcomes:
                 self.count(kind, head, s.version, s.arm, getattr(s, of)[pos : pos + 1])
             out["counted"] += 1
         return FeedbackResponse(**out)
+
+
+def _position(s: Shown, item_id) -> int | None:
+    """The item's first position in the answer (its index made at the answer's first event)."""
+    if s.index is None:
+        s.index = {}
+        for pos, i in enumerate(s.ids.tolist()):
+            s.index.setdefault(i, pos)
+    return s.index.get(item_id)

@@ -34,6 +34,7 @@ from service.reservoir import Reservoir, replay
 from service.response import ErrorResponse, RankResponse
 from service.routes import router
 from service.served import ModelSlot
+from service.shared_answers import SharedAnswers
 from service.user_cache import RedisTier
 from service.user_store import EmbeddedUserStore, UserStore, is_redis_url
 
@@ -136,9 +137,22 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                 )
             except OSError as e:  # a folder that cannot be made or written to
                 raise SystemExit(f"RANKER_LOG_DIR={s.log_dir}: {e}") from None
-        st.outcomes = None
+        st.outcomes, shared = None, None
+        if s.feedback_shared and s.feedback_rows > 0:
+            if not s.redis_url:
+                raise SystemExit(
+                    "RANKER_FEEDBACK_SHARED: answers are shared in the Redis tier: set "
+                    "RANKER_REDIS_URL"
+                )
+
+            def on_shared(op: str, outcome: str) -> None:  # (the cache tier has the breaker gauge)
+                st.metrics.redis.labels("feedback_" + op, outcome).inc()
+
+            shared = SharedAnswers(s.redis_url, s.redis_timeout_ms, s.feedback_window_s, on_shared)
         if s.feedback_rows > 0:
-            st.outcomes = Outcomes(st.metrics.on_outcome, s.feedback_window_s, s.feedback_rows)
+            st.outcomes = Outcomes(
+                st.metrics.on_outcome, s.feedback_window_s, s.feedback_rows, shared=shared
+            )
         st.reloader = Reloader(s, loader, slot, st.metrics, warm_up)
         arms = None
         if s.arms is not None:
@@ -221,6 +235,8 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             await st.ranker.drain()  # answers waiting for a store read or the shadow: logged
+            if shared is not None:
+                await shared.close()
             if reservoir is not None and s.warm_file is not None:
                 try:  # what the next start replays
                     await asyncio.to_thread(reservoir.save, s.warm_file)

@@ -219,3 +219,63 @@ def test_the_rules_load_and_the_alert_fires_on_the_planted_miscalibration(plante
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert 1.7 < ratio < 2.3
+
+
+def test_shared_answers_count_an_event_once_whichever_replica_it_reaches(exported, bodies):
+    """Two processes sharing a real redis-server (RANKER_FEEDBACK_SHARED): events for one
+    process's answer reported to the other are counted, once across both; the funnel holds
+    across them; with Redis gone /feedback is a 503 and counts nothing."""
+    import httpx
+
+    from loadtest.parts import RedisServer, ServiceProcess
+
+    with RedisServer() as redis:
+        procs = [
+            ServiceProcess(
+                model_dir=exported,
+                redis_url=redis.url,
+                feedback_shared="true",
+                redis_timeout_ms=500,
+                access_log=False,
+            )
+            for _ in range(2)
+        ]
+        try:
+            a, b = (p.wait_ready() for p in procs)
+            answer = httpx.post(f"{a.url}/rank", json=bodies[0], timeout=30).json()
+            rid, items = answer["request_id"], [i["item_id"] for i in answer["items"]]
+
+            def report(p, *events) -> dict:
+                body = {"events": [{"request_id": rid, "item_id": i, "kind": k} for i, k in events]}
+                r = httpx.post(f"{p.url}/feedback", json=body, timeout=30)
+                assert r.status_code == 200, r.text
+                return r.json()
+
+            import time
+
+            deadline = time.monotonic() + 10  # written off the request path
+            while report(b, (items[0], "click"))["late"]:
+                assert time.monotonic() < deadline, "the answer never reached Redis"
+                time.sleep(0.05)
+            assert report(a, (items[0], "click"))["duplicate"] == 1  # counted on b already
+            assert report(a, (items[1], "conversion"))["without_click"] == 1
+            got = report(b, (items[1], "click"), (items[1], "conversion"), (items[0], "conversion"))
+            assert got["counted"] == 3 and got["duplicate"] == 0
+            assert report(b, ("not-an-item", "click"))["unknown_item"] == 1
+            labels = sum(
+                totals(httpx.get(f"{p.url}/metrics").text).get(("ranker_labels_total", h), 0)
+                for p in (a, b)
+                for h in ("ctr", "cvr", "ctcvr")
+            )
+            assert labels == 2 + 2 + 2  # two clicks (ctr), two conversions (cvr and ctcvr)
+            redis.kill()
+            r = httpx.post(
+                f"{b.url}/feedback",
+                json={"events": [{"request_id": "other", "item_id": 1, "kind": "click"}]},
+                timeout=30,
+            )
+            assert r.status_code == 503
+            assert r.json()["error"]["type"] == "feedback_store_unavailable"
+        finally:
+            for p in procs:
+                p.stop()
