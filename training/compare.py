@@ -44,8 +44,11 @@ def _widths(value: str) -> tuple[int, ...]:
     return widths
 
 
-# The logistic references (training/reference.py: one per head) as a row of the tables.
+# The logistic references (training/reference.py: one per head) as rows of the tables: the
+# cheap one and the strong one (L2, L-BFGS, its strength chosen on validation).
 LR = "lr"
+LR_STRONG = "lr-strong"
+REFERENCES = (LR, LR_STRONG)
 
 OPTIONS = {
     "ips": ("ips_weight", float),
@@ -63,10 +66,10 @@ def parse_model(spec: str) -> dict:
     `items=FILE`, as every model does: the numeric columns of an item table as features, FILE
     relative to the data folder unless absolute."""
     kind, *opts = spec.split(":")
-    fields = {} if kind == LR else {"model": kind}
+    fields = {} if kind in REFERENCES else {"model": kind}
     for opt in opts:
         key, _, value = opt.partition("=")
-        if kind == LR and key != "items":
+        if kind in REFERENCES and key != "items":
             raise SystemExit(f"{spec!r}: the logistic references take items= only")
         if key not in OPTIONS or not value:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}; options: {sorted(OPTIONS)}")
@@ -96,7 +99,7 @@ def resolve_items(fields: dict, data: Path) -> dict:
 _NOT_KEYED = ("out", "threads", "cache", "progress")
 
 
-def run_key(cfg: TrainConfig, reference: bool) -> dict:
+def run_key(cfg: TrainConfig, reference: bool | str) -> dict:
     """What a finished run's metrics depend on: every setting of its training run as resolved
     (defaults included: a run made before a default changed trains again), whether it is the
     logistic reference, and the files it reads, by name, size and modification time (the data
@@ -142,14 +145,15 @@ def compare(data: Path, models: list[str], seeds: int, out: Path, epochs: int = 
                 data=data, out=run, seed=seed, epochs=epochs, reference=False, **fields
             )
             lr = "model" not in fields  # parse_model leaves the kind out for the references
-            key = run_key(cfg, lr)
+            strong = spec.split(":")[0] == LR_STRONG
+            key = run_key(cfg, LR_STRONG if strong else lr)
             m = _finished(run, key)
             if m is not None:
                 log.info("reusing %s, seed %d (%s)", spec, seed, run)
             else:
                 log.info("training %s, seed %d", spec, seed)
                 (run / "run_key.json").unlink(missing_ok=True)
-                m = reference_metrics(cfg) if lr else train(cfg)
+                m = reference_metrics(cfg, strong) if lr else train(cfg)
                 (run / "checkpoint.pt").unlink(missing_ok=True)  # the metrics are compared
                 (run / "run_key.json").write_text(json.dumps(key))
             runs.setdefault(spec, []).append(m)
