@@ -133,7 +133,8 @@ bench-train: install
 	$(VENV)/bin/ranker bench-train --impressions 1000000 --models esmm,base --out runs/bench
 
 # Evidence like the ESMM paper's Table 2 (training/compare.py): every model of COMPARE_MODELS
-# (`lr`: the logistic references, one per head, the row every other is differenced against)
+# (`lr`: the logistic references, one per head, the row every other is differenced against;
+# `lr-strong`: L2 logistic regressions by L-BFGS, their strength chosen on validation)
 # trained with COMPARE_SEEDS seeds on one generated set (a named regime of training/generate.py's
 # PRESETS, with ESM2's action label; COMPARE_SET adds --set NAME=VALUE overrides). The table,
 # JSON and plot go to COMPARE_OUT; finished runs there are reused. Run alone: about 1.5 minutes
