@@ -311,11 +311,9 @@ def join(
 def _dedupe(rows):
     import pyarrow as pa
 
-    order = np.lexsort(
-        (np.asarray(rows["position"]), rows["request_id"].to_numpy(zero_copy_only=False))
-    )
-    rid = rows["request_id"].to_numpy(zero_copy_only=False)[order]
-    pos = np.asarray(rows["position"])[order]
+    rid, pos = rows["request_id"].to_numpy(zero_copy_only=False), np.asarray(rows["position"])
+    order = np.lexsort((pos, rid))
+    rid, pos = rid[order], pos[order]
     new = np.ones(len(order), bool)
     new[1:] = (rid[1:] != rid[:-1]) | (pos[1:] != pos[:-1])
     return rows.take(pa.array(np.sort(order[new])))

@@ -362,14 +362,7 @@ class RequestEncoder:
             checked = self._field("user", name, value, "user_features")
             if checked is not None:
                 feats[name] = checked[1:]
-        # a spec's model reads its user key feature from the request's user_id, as training
-        # reads it from every event's key column and a stored user's from the key it is found by
-        name = self.key_field["user"]
-        if self.named and name:
-            key = self.key("user", req.user_id)
-            if key is not None:
-                feats[name] = ([key], [1.0])
-        return self.contract.encode_entity("user", feats)
+        return self._keyed_user(feats, self.key("user", req.user_id))
 
     def encode_stored_user(self, feats: dict, key: int | None = None):
         """A user's stored raw features (features/users.py, already checked) -> one hashed row
@@ -385,6 +378,12 @@ class RequestEncoder:
         feats = {k: v for k, v in feats.items() if k in used}
         for k, (_, values) in feats.items():
             _check_stored(used[k], values)
+        return self._keyed_user(feats, key)
+
+    def _keyed_user(self, feats: dict, key: int | None):
+        """A user's raw row of `feats`; a spec's model reads its user key feature from the key
+        (the request's user_id, or the one the store found the user by), whatever the features
+        say, as training reads it from every event's key column."""
         name = self.key_field["user"]
         if self.named and name and key is not None:
             feats[name] = ([key], [1.0])
@@ -466,16 +465,13 @@ class RequestEncoder:
         )
         return ids, weights, price, unknown, cross_keys, items_raw
 
-    def raw_items(self, raw: RawItems, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The raw rows (ids, values) of candidates `rows` as they were served: what the request
-        gave, the candidate's own id where it is the key feature and the table lacks it, and
-        the item table's stored fields the request did not give (_encode_items's rules, in raw
-        ids). The crosses' columns stay empty: they are counted from the user's lists."""
-        return self.raw_items_many([(raw, rows)])
-
-    def raw_items_many(self, answers: list[tuple[RawItems, np.ndarray]]):
-        """raw_items of several answers at once, their rows one after the other: one item
-        table read and one pass per stored field for them all."""
+    def raw_items(self, answers: list[tuple[RawItems, np.ndarray]]):
+        """The raw rows (ids, values) of each answer's candidates `rows` as they were served,
+        the answers' one after the other: what the request gave, the candidate's own id where
+        it is the key feature and the table lacks it, and the item table's stored fields the
+        request did not give (_encode_items's rules, in raw ids). The crosses' columns stay
+        empty: they are counted from the user's lists. One item table read and one pass per
+        stored field for all the answers."""
         ids = np.concatenate(
             [
                 np.repeat(r.base_ids, len(rows), 0) if r.by_ids else r.base_ids[rows]

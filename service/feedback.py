@@ -136,72 +136,57 @@ class Outcomes:
             _, s = self.shown.popitem(last=False)
             self.rows -= len(s.pctr)
 
-    async def report_any(self, events: list[Event]) -> FeedbackResponse:
-        """`report`, or with shared answers `report_shared`."""
-        if self.shared is None:
-            return self.report(events)
+    async def report(self, events: list[Event]) -> FeedbackResponse:
+        """Each event against the answer that showed its item: this process's from memory,
+        with shared answers the others' from Redis, where what was reported is kept too (each
+        event then counts once across every process). FeedbackUnavailable when Redis cannot be
+        asked: nothing of the body is counted."""
         try:
-            return await self.report_shared(events)
+            return await self._report(events)
         except RedisUnavailable as e:
             raise FeedbackUnavailable(f"outcomes not counted: {e}") from None
 
-    async def report_shared(self, events: list[Event]) -> FeedbackResponse:
-        """Events against answers any process gave (this one's from memory, the others' from
-        Redis), each counted once across all of them: what was reported is kept in Redis."""
+    async def _report(self, events: list[Event]) -> FeedbackResponse:
         self._forget()
         out = dict.fromkeys(("counted", "duplicate", "late", "unknown_item", "without_click"), 0)
         known = {e.request_id: self.shown.get(e.request_id) for e in events}
-        missing = [rid for rid, s in known.items() if s is None]
-        for rid, a in (await self.shared.answers(missing)).items():
-            if a is not None:
-                known[rid] = Shown(a[0], a[1], self.clock(), *a[2:])
-        marks, shown = [], []
+        if self.shared is not None:
+            missing = [rid for rid, s in known.items() if s is None]
+            for rid, a in (await self.shared.answers(missing)).items():
+                if a is not None:
+                    known[rid] = Shown(a[0], a[1], self.clock(), *a[2:])
+        found = []  # (event, its answer, the item's position)
         for e in events:
             s = known[e.request_id]
-            if s is None:
-                out["late"] += 1
-                continue
-            pos = _position(s, e.item_id)
+            pos = None if s is None else _position(s, e.item_id)
             if pos is None:
-                out["unknown_item"] += 1
+                out["late" if s is None else "unknown_item"] += 1
                 continue
-            marks.append((e.request_id, e.kind, pos))
-            shown.append(s)
-        for (_, kind, pos), s, result in zip(
-            marks, shown, await self.shared.mark(marks), strict=True
-        ):
+            found.append((e, s, pos))
+        if self.shared is not None:
+            results = await self.shared.mark([(e.request_id, e.kind, p) for e, _, p in found])
+        else:  # in order: a click before its conversion in one body
+            results = [_mark(s, e.kind, pos) for e, s, pos in found]
+        for (e, s, pos), result in zip(found, results, strict=True):
             if result != "counted":
                 out[result] += 1
                 continue
-            for what, head, of in COUNTS[kind]:
-                self.count(what, head, s.version, s.arm, getattr(s, of)[pos : pos + 1])
-            out["counted"] += 1
-        return FeedbackResponse(**out)
-
-    def report(self, events: list[Event]) -> FeedbackResponse:
-        self._forget()
-        out = dict.fromkeys(("counted", "duplicate", "late", "unknown_item", "without_click"), 0)
-        for e in events:
-            s = self.shown.get(e.request_id)
-            if s is None:
-                out["late"] += 1
-                continue
-            pos = _position(s, e.item_id)
-            if pos is None:
-                out["unknown_item"] += 1
-                continue
-            if e.kind == "conversion" and pos not in s.clicked:
-                out["without_click"] += 1
-                continue
-            done = s.clicked if e.kind == "click" else s.converted
-            if pos in done:
-                out["duplicate"] += 1
-                continue
-            done.add(pos)
             for kind, head, of in COUNTS[e.kind]:
                 self.count(kind, head, s.version, s.arm, getattr(s, of)[pos : pos + 1])
             out["counted"] += 1
         return FeedbackResponse(**out)
+
+
+def _mark(s: Shown, kind: str, pos: int) -> str:
+    """One event on a remembered answer, as shared_answers.MARK does in Redis: a conversion only
+    after its click, each once."""
+    if kind == "conversion" and pos not in s.clicked:
+        return "without_click"
+    done = s.clicked if kind == "click" else s.converted
+    if pos in done:
+        return "duplicate"
+    done.add(pos)
+    return "counted"
 
 
 def _position(s: Shown, item_id) -> int | None:

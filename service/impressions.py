@@ -3,14 +3,15 @@ request path (RANKER_LOG_DIR, RANKER_LOG_SAMPLE; off by default).
 
 One row per returned item: the request's id and time, the model version and its content digest,
 the user's arm, the fusion it was ranked by, the user, and the item's id, position, pCTR, pCVR,
-pCTCVR, score and price, as the answer gave them, and the request's context features by name as
-sent (one JSON object a request, `context_features`; docs/loop.md). The user's and the items'
-features as served are not logged yet.
+pCTCVR, score and price, as the answer gave them, the request's context features by name as
+sent (one JSON object a request, `context_features`), the arms' shadow scores where the answer
+was scored again, and the features as served by the spec's names (`Layout`: the user's on each
+answer's first row, the item's on every row; docs/loop.md).
 
-The request path only `offer`s a record: a sampling draw and a put on a bounded queue, never a
-wait. When the queue is full the record is dropped and counted (`on_drop`), and so is a record
-the writer could not write: a request never waits for the log and never fails because of it.
-A writer thread takes what is queued every BUILD_S, and writes what it took as a row group of
+The request path only draws for the sample (`sampled`) and `put`s a record on a bounded queue,
+never a wait. When the queue is full the record is dropped and counted (`on_drop`), and so is a
+record the writer could not write: a request never waits for the log and never fails because of
+it. A writer thread takes what is queued every BUILD_S, and writes what it took as a row group of
 the current file every WRITE_S. A file is written under a hidden name (`.NAME.partial`) and
 renamed to `NAME` (`impressions-<UTC start>-<pid>-<seq>.parquet`) once closed: when it reaches
 `rotate_bytes` or `rotate_s` of age, or on `close` (the service's shutdown, SIGTERM included).
@@ -28,6 +29,7 @@ import queue
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,11 +76,6 @@ class ImpressionLog:
         self.thread.start()
 
     # ---- the request path -------------------------------------------------------------------
-    def offer(self, served: Served) -> None:
-        """Log `served` with probability `sample`; never blocks, never raises."""
-        if self.sampled():
-            self.put(served)
-
     def sampled(self) -> bool:
         """One draw: whether an answer is to be logged (with probability `sample`)."""
         return self.sample >= 1.0 or self.draw() < self.sample
@@ -235,11 +232,14 @@ class Layout:
         self.metadata = {b"ranker.features": self.key}
 
 
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # encoder -> its Layout
+
+
 def layout_of(encoder) -> Layout:
-    """The encoder's model's Layout, made once per model version."""
-    layout = getattr(encoder, "log_layout", None)
+    """The encoder's model's Layout, made once per model version (and gone with it)."""
+    layout = _LAYOUTS.get(encoder)
     if layout is None:
-        layout = encoder.log_layout = Layout(encoder.contract)
+        layout = _LAYOUTS[encoder] = Layout(encoder.contract)
     return layout
 
 
@@ -333,7 +333,7 @@ def _features(records: list[Served], of_request) -> dict:
     parts = []  # (answers of one model version at a time: its encoder, its item table)
     for _, group in itertools.groupby(records, key=lambda r: id(r.encoder)):
         same = list(group)
-        parts.append(same[0].encoder.raw_items_many([(r.items_raw, r.order) for r in same]))
+        parts.append(same[0].encoder.raw_items([(r.items_raw, r.order) for r in same]))
     i_ids = np.concatenate([p[0] for p in parts])
     i_vals = np.concatenate([p[1] for p in parts])
     return {

@@ -154,16 +154,21 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                 st.metrics.on_outcome, s.feedback_window_s, s.feedback_rows, shared=shared
             )
         st.reloader = Reloader(s, loader, slot, st.metrics, warm_up)
+
+        async def prepare_arms(new: Arms, old: Arms | None = None) -> None:
+            """A config's versions loaded (those of `old` it names again kept); ArmsError."""
+            if new.shadow is not None and impressions is None:
+                raise ArmsError(
+                    f"{s.arms}: shadow: its scores are kept in the impression log: set "
+                    "RANKER_LOG_DIR"
+                )
+            await st.reloader.attach_models(new, old)
+
         arms = None
         if s.arms is not None:
             try:
                 arms = Arms.load(s.arms, rules)
-                if arms.shadow is not None and impressions is None:
-                    raise ArmsError(
-                        f"{s.arms}: shadow: its scores are kept in the impression log: "
-                        "set RANKER_LOG_DIR"
-                    )
-                await st.reloader.attach_models(arms)
+                await prepare_arms(arms)
             except ArmsError as e:
                 raise SystemExit(f"RANKER_ARMS: {e}") from None
             st.metrics.on_arms(arms)
@@ -194,11 +199,6 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             Reloader.detach_models(old, new)
             st.metrics.on_arms(new, old)
 
-        async def prepare_arms(new: Arms) -> None:
-            if new.shadow is not None and impressions is None:
-                raise ArmsError(f"{s.arms}: shadow: its scores are kept in the impression log")
-            await st.reloader.attach_models(new, st.ranker.arms)
-
         arms_watcher = (
             asyncio.get_running_loop().create_task(
                 watch_arms(
@@ -207,7 +207,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                     s.reload_poll_s,
                     install_arms,
                     st.metrics.on_arms_refused,
-                    prepare_arms,
+                    lambda new: prepare_arms(new, st.ranker.arms),
                 )
             )
             if s.arms is not None and s.reload_poll_s > 0

@@ -160,6 +160,10 @@ class Ranker:
         if arm is not None:
             self.on_arm(arm.name, arms)  # an answer of this arm
         logged = self.impressions is not None and self.impressions.sampled()
+        if logged and seen.raw is None and seen.record is None and seen.digest:
+            seen.raw = self._raw_users.get((model.digest, seen.key, seen.digest))  # LRU
+            if seen.raw is not None:
+                self._raw_users.move_to_end((model.digest, seen.key, seen.digest))
         if self.outcomes is not None or logged:
             served = Served(
                 request_id=rid,
@@ -181,24 +185,21 @@ class Ranker:
                 context=r.req.context_features,
                 **(seen.served(model.encoder, rows) if logged else {}),
             )
-            if logged and served.user_raw is None and seen.digest:
-                at = (model.digest, seen.key, seen.digest)
-                raw = self._raw_users.get(at)
-                if raw is not None:
-                    self._raw_users.move_to_end(at)
-                    served = dataclasses.replace(served, user_raw=raw)
             if self.outcomes is not None:  # what /feedback joins to, and the prediction sums
                 self.outcomes.answered(served)
             if logged:  # after the answer is built: answers only
-                shadow = None
-                if arms is not None and arms.shadow and random.random() < arms.shadow.sample:
-                    shadow = arms.slots[arms.shadow.model]
-                record = served.user_raw is None and served.user_record is None and seen.digest
-                if shadow is not None or record:
-                    self._later(self._log_later(served, seen, shadow, r))
-                else:
-                    self.impressions.put(served)
+                self._log(served, seen, arms, r)
         return answer
+
+    def _log(self, served: Served, seen: UserSeen, arms: Arms | None, r) -> None:
+        """Put an answer on the log now, or once what it lacks is there (_log_later)."""
+        shadow = None
+        if arms is not None and arms.shadow and random.random() < arms.shadow.sample:
+            shadow = arms.slots[arms.shadow.model]
+        if shadow is not None or _needs_record(served, seen):
+            self._later(self._log_later(served, seen, shadow, r))
+        else:
+            self.impressions.put(served)
 
     def _later(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -225,7 +226,7 @@ class Ranker:
             except Exception:  # the shadow's failure is never the answer's
                 log.warning("shadow scoring failed", exc_info=True)
                 self.shadows.labels("failed").inc()
-        if served.user_raw is None and served.user_record is None and seen.digest:
+        if _needs_record(served, seen):
             raw = None
             try:
                 record = await self.users.features(seen.key, seen.digest)
@@ -293,6 +294,11 @@ class Ranker:
             self.on_unknown_user()
         part = await model.user_repr(key, *model.encoder.encode_unknown_user(key))
         return *part, "unknown", UserSeen(key=key, unknown=True)
+
+
+def _needs_record(served: Served, seen: UserSeen) -> bool:
+    """A user from a cache tier whose raw row is not at hand: its record is read again."""
+    return served.user_raw is None and served.user_record is None and bool(seen.digest)
 
 
 @dataclasses.dataclass

@@ -30,6 +30,7 @@ import numpy as np
 
 from features import manifest
 from features.items import ItemTable, ItemTableError
+from service.arms import ArmsError
 from service.config import Settings
 from service.encoding import StoredItems, payload_size
 from service.engine import Engine
@@ -192,8 +193,6 @@ class Reloader:
         holds for the same folder is taken over, not loaded again), as a reload loads a version;
         ArmsError naming the folder and why when one cannot be served (what this call loaded is
         closed again)."""
-        from service.arms import ArmsError
-
         loaded = []
         try:
             for name in arms.models():

@@ -75,7 +75,7 @@ async def feedback(request: Request) -> Response:
     refuse_declared_over(request, FEEDBACK_BYTES)
     body = await read_body(request, FEEDBACK_BYTES, state.settings.body_timeout_s)
     events = decode_json(_feedback, body).events
-    return json_response(await state.outcomes.report_any(events))
+    return json_response(await state.outcomes.report(events))
 
 
 @router.get("/healthz")

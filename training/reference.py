@@ -92,26 +92,41 @@ def logistic_reference(
     `{head}_epochs`, `{head}_train_rows` and `{head}_seconds`. With the generator's `truth`
     (training.inputs.test_truth), also `cvr_auc_entire`: the CVR regression's
     scores of every impression against the true P(conversion | click), as for a model."""
+
+    def fit(head: str, rows: np.ndarray, val: np.ndarray, label: np.ndarray):
+        batch = LR_REFERENCE["batch_size"] if head == "cvr" else ALL_ROWS_BATCH
+        model, best, epochs = _fit(contract, train, rows, val, label, seed, batch)
+        return model, {"val_auc": best, "epochs": epochs}, f"best of {epochs} epoch(s)"
+
+    return _per_head(
+        "logistic reference", fit, contract, train, train_rows, val_rows, test, heads, truth
+    )
+
+
+def _per_head(name, fit, contract, train, train_rows, val_rows, test, heads, truth) -> dict:
+    """Each head's regression fitted by `fit(head, rows, val rows, label)` -> (model, its
+    `{head}_...` figures, how it was fitted, for the log), scored on the test split (CVR on
+    clicked rows; with `truth`, the CVR regression over every impression too)."""
     out: dict = {}
     for head in heads:
         t0 = time.perf_counter()
-        fit, val = _rows(train, train_rows, head), _rows(train, val_rows, head)
+        rows, val = _rows(train, train_rows, head), _rows(train, val_rows, head)
+        model, figures, how = fit(head, rows, val, _label(train, head))
         tst = _rows(test, np.arange(len(test)), head)
-        batch = LR_REFERENCE["batch_size"] if head == "cvr" else ALL_ROWS_BATCH
-        model, best, epochs = _fit(contract, train, fit, val, _label(train, head), seed, batch)
         out[f"{head}_auc"] = auc(_label(test, head)[tst], _scores(model, test, contract, tst))
-        out[f"{head}_val_auc"], out[f"{head}_epochs"] = best, epochs
-        out[f"{head}_train_rows"] = int(len(fit))
+        out.update({f"{head}_{k}": v for k, v in figures.items()})
+        out[f"{head}_train_rows"] = int(len(rows))
         out[f"{head}_seconds"] = time.perf_counter() - t0
         if head == "cvr" and truth is not None:
             every = _scores(model, test, contract, np.arange(len(test)))
             out["cvr_auc_entire"] = soft_auc(truth["p_conversion"], every)
         log.info(
-            "logistic reference %s: test AUC %.4f (best of %d epoch(s) on %s rows, %.0f s)",
+            "%s %s: test AUC %.4f (%s on %s rows, %.0f s)",
+            name,
             head,
             out[f"{head}_auc"],
-            epochs,
-            f"{len(fit):,}",
+            how,
+            f"{len(rows):,}",
             out[f"{head}_seconds"],
         )
     return out
@@ -136,14 +151,11 @@ def strong_reference(
     its L2 strength the best of STRONG's path by validation AUC (the path stops after two
     strengths worse than the best): `{head}_auc` on the test split, with `{head}_val_auc`,
     `{head}_l2`, `{head}_evals`, `{head}_train_rows` and `{head}_seconds`."""
-    out: dict = {}
-    for head in heads:
-        t0 = time.perf_counter()
-        fit, val = _rows(train, train_rows, head), _rows(train, val_rows, head)
-        label = _label(train, head)
+
+    def fit(head: str, rows: np.ndarray, val: np.ndarray, label: np.ndarray):
         torch.manual_seed(seed)
         model = LogisticRegression(contract)
-        (batch,) = iter_batches(train, contract, fit, max(len(fit), 1))
+        (batch,) = iter_batches(train, contract, rows, max(len(rows), 1))
         design = _Design(batch, contract.num_rows, label[batch.rows])
         theta = torch.zeros(contract.num_rows + 1, dtype=torch.float64, requires_grad=True)
         best, best_theta, worse, evals = (-1.0, None, None), None, 0, 0
@@ -159,24 +171,12 @@ def strong_reference(
                 if worse == 2:
                     break
         design.into(model, best_theta)
-        tst = _rows(test, np.arange(len(test)), head)
-        out[f"{head}_auc"] = auc(_label(test, head)[tst], _scores(model, test, contract, tst))
-        out[f"{head}_val_auc"], out[f"{head}_l2"], out[f"{head}_evals"] = best
-        out[f"{head}_train_rows"] = int(len(fit))
-        out[f"{head}_seconds"] = time.perf_counter() - t0
-        if head == "cvr" and truth is not None:
-            every = _scores(model, test, contract, np.arange(len(test)))
-            out["cvr_auc_entire"] = soft_auc(truth["p_conversion"], every)
-        log.info(
-            "strong reference %s: test AUC %.4f (l2 %g, %d evaluations on %s rows, %.0f s)",
-            head,
-            out[f"{head}_auc"],
-            out[f"{head}_l2"],
-            out[f"{head}_evals"],
-            f"{len(fit):,}",
-            out[f"{head}_seconds"],
-        )
-    return out
+        figures = dict(zip(("val_auc", "l2", "evals"), best, strict=True))
+        return model, figures, f"l2 {best[1]:g}, {best[2]} evaluations"
+
+    return _per_head(
+        "strong reference", fit, contract, train, train_rows, val_rows, test, heads, truth
+    )
 
 
 class _Design:
@@ -269,7 +269,7 @@ def reference_metrics(cfg: TrainConfig, strong: bool = False) -> dict:
     metrics = {
         "model": "lr-strong" if strong else "lr",
         **{k: ref[k] for k in ("ctr_auc", "cvr_auc", "ctcvr_auc", "cvr_auc_entire") if k in ref},
-        "best_epoch": ref["cvr_l2" if strong else "cvr_epochs"],
+        "best_epoch": ref.get("cvr_epochs"),  # (none for L-BFGS: its l2 is in "reference")
         "train_seconds": sum(ref[f"{h}_seconds"] for h in HEADS),
         "reference": ref,
     }

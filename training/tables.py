@@ -349,12 +349,13 @@ def read_split(
         if per_event:  # the user as of each request: its first event's user columns
             done_users = sum(len(u) for u, _ in event_users)
             u_ids, u_vals, row = _event_users(spec, contract, kept, part, where, seen, done_users)
-            if (row < done_users).any():  # a request begun in an earlier batch: its row there
-                all_ids = np.concatenate([*(u for u, _ in event_users), u_ids])
-                all_vals = np.concatenate([*(v for _, v in event_users), u_vals])
-                lists_b, local = _lists(contract, all_ids, all_vals), row
-            else:
-                lists_b, local = _lists(contract, u_ids, u_vals), row - done_users
+            earlier = row < done_users  # a request begun in an earlier batch: its row there
+            prior = np.unique(row[earlier])
+            p_ids, p_vals = _rows_at(event_users, prior, u_ids.shape[1])
+            lists_b = _lists(
+                contract, np.concatenate([p_ids, u_ids]), np.concatenate([p_vals, u_vals])
+            )
+            local = np.where(earlier, np.searchsorted(prior, row), len(prior) + row - done_users)
             _crosses(contract, part["item_ids"], part["item_vals"], lists_b, local)
             part["row_user"] = row
             event_users.append((u_ids, u_vals))
@@ -529,6 +530,19 @@ def _lists(contract: FeatureContract, ids: np.ndarray, vals: np.ndarray) -> dict
         name: ListCounts(ids[:, ucols[name]], vals[:, ucols[name]])
         for name in dict.fromkeys(f.cross[0] for f in contract.fields if f.cross)
     }
+
+
+def _rows_at(batches: list[tuple[np.ndarray, np.ndarray]], rows: np.ndarray, width: int):
+    """The user rows at `rows` (sorted, split-wide numbers) of the batches' (ids, values)."""
+    starts = np.cumsum([0, *(len(u) for u, _ in batches)])
+    which = np.searchsorted(starts, rows, side="right") - 1
+    parts = [
+        (batches[b][0][rows[which == b] - starts[b]], batches[b][1][rows[which == b] - starts[b]])
+        for b in np.unique(which)
+    ]
+    if not parts:
+        return np.empty((0, width), np.int64), np.empty((0, width), np.float32)
+    return np.concatenate([p for p, _ in parts]), np.concatenate([v for _, v in parts])
 
 
 def _event_users(spec, contract, t: pa.Table, part: dict, where: str, seen: dict, done: int):

@@ -48,6 +48,12 @@ def served(i: int, n: int = 5, top: int | None = None, ids=None) -> Served:
     )
 
 
+def offer(log: ImpressionLog, r: Served) -> None:
+    """What the request path does with an answer: a draw for the sample, then a put."""
+    if log.sampled():
+        log.put(r)
+
+
 def read_all(folder):
     files = sorted(folder.glob("*.parquet"))
     return files, [pq.read_table(f).to_pylist() for f in files]
@@ -57,7 +63,7 @@ def test_each_returned_item_is_a_row_in_its_answered_order(tmp_path):
     log = ImpressionLog(tmp_path)
     records = [served(1), served(2, top=2)]
     for r in records:
-        log.offer(r)
+        offer(log, r)
     log.close()
     files, tables = read_all(tmp_path)
     assert len(files) == 1 and not list(tmp_path.glob(".*"))  # nothing hidden left behind
@@ -88,7 +94,7 @@ def test_a_sample_keeps_that_share_and_a_full_queue_drops_and_counts(tmp_path):
     draws = iter([0.1, 0.7, 0.3, 0.9])  # kept when under 0.5: the first and third
     log = ImpressionLog(tmp_path / "sampled", sample=0.5, draw=lambda: next(draws))
     for i in range(4):
-        log.offer(served(i))
+        offer(log, served(i))
     log.close()
     assert {r["request_id"] for t in read_all(tmp_path / "sampled")[1] for r in t} == {
         "req-0",
@@ -103,7 +109,7 @@ def test_a_sample_keeps_that_share_and_a_full_queue_drops_and_counts(tmp_path):
     take = log.queue.get_nowait
     log.queue.get_nowait = lambda: (release.wait(), take())[1]
     for i in range(10):
-        log.offer(served(i))
+        offer(log, served(i))
     assert dropped == ["queue_full"] * 8
     release.set()
     log.close()
@@ -116,7 +122,7 @@ def test_files_rotate_by_size_and_a_reader_sees_only_whole_ones(tmp_path):
     written = []
     log.on_written = written.append
     for i in range(3):
-        log.offer(served(i))
+        offer(log, served(i))
         deadline = time.monotonic() + 30
         while sum(written) < 5 * (i + 1):
             assert time.monotonic() < deadline, "the writer wrote nothing"
@@ -132,11 +138,11 @@ def test_files_rotate_by_size_and_a_reader_sees_only_whole_ones(tmp_path):
 def test_a_write_that_fails_loses_its_records_counted_and_the_log_goes_on(tmp_path):
     dropped = []
     log = ImpressionLog(tmp_path, on_drop=lambda reason, n: dropped.extend([reason] * n))
-    log.offer(served(1, ids=[1, 2, 3, 4, 5]))
-    log.offer(served(2, ids=["a", "b", "c", "d", "e"]))  # a new schema, its own file
+    offer(log, served(1, ids=[1, 2, 3, 4, 5]))
+    offer(log, served(2, ids=["a", "b", "c", "d", "e"]))  # a new schema, its own file
     broken = served(3)
     object.__setattr__(broken, "order", np.array([7]))  # out of range: the table fails
-    log.offer(broken)
+    offer(log, broken)
     log.close()
     assert dropped.count("write_error") >= 1
     files, tables = read_all(tmp_path)
