@@ -148,13 +148,18 @@ COMPARE_SEEDS ?= 5
 COMPARE_DEFAULT_MODELS := lr,base,esmm-ns,esmm,division
 COMPARE_SPARSE_MODELS := lr,lr:items=items.parquet,base,base:items=items.parquet,esmm:cvr=0,esmm,esmm:items=items.parquet
 COMPARE_MODELS ?= $(if $(filter sparse,$(COMPARE_PRESET)),$(COMPARE_SPARSE_MODELS),$(COMPARE_DEFAULT_MODELS))
-COMPARE_OUT ?= runs/compare-$(COMPARE_PRESET)
+COMPARE_OUT ?= runs/compare-$(COMPARE_PRESET)$(if $(COMPARE_SPEC),-spec)
+# COMPARE_SPEC=1: the same set's named tables and their feature spec (tables/spec.yaml; or
+# COMPARE_SPEC=FILE, a spec of your own), where the towers' interactions (esmm:inter=attn)
+# read shared embedding groups
+COMPARE_SPEC ?=
+COMPARE_SPEC_FILE = $(if $(filter 1,$(COMPARE_SPEC)),$(COMPARE_DATA)/tables/spec.yaml,$(COMPARE_SPEC))
 compare: install
-	test -f $(COMPARE_DATA)/action_train.csv || $(VENV)/bin/ranker generate --out $(COMPARE_DATA) \
-	  --impressions $(COMPARE_IMPRESSIONS) --seed 1 --action-label --preset $(COMPARE_PRESET) \
-	  $(COMPARE_SET)
-	$(VENV)/bin/ranker compare --data $(COMPARE_DATA) --models $(COMPARE_MODELS) \
-	  --seeds $(COMPARE_SEEDS) --out $(COMPARE_OUT)
+	test -f $(COMPARE_DATA)/action_train.csv -a -f $(COMPARE_DATA)/tables/spec.yaml || \
+	  $(VENV)/bin/ranker generate --out $(COMPARE_DATA) --impressions $(COMPARE_IMPRESSIONS) \
+	  --seed 1 --action-label --preset $(COMPARE_PRESET) --layout both $(COMPARE_SET)
+	$(VENV)/bin/ranker compare $(if $(COMPARE_SPEC),--spec $(COMPARE_SPEC_FILE),--data $(COMPARE_DATA)) \
+	  --models $(COMPARE_MODELS) --seeds $(COMPARE_SEEDS) --out $(COMPARE_OUT)
 
 # Serve the newest model under models/ (making the default one first when there is none) by
 # ids: the item table and the embedded user store of STORES where they are there (a model

@@ -86,12 +86,15 @@ def shop_spec(tmp_path_factory) -> Path:
     return write_shop(tmp_path_factory.mktemp("shop"))
 
 
-def _spec_model(spec: Path, tmp_path_factory, name: str) -> Path:
+def _spec_model(spec: Path, tmp_path_factory, name: str, **options) -> Path:
     from training.export import export
     from training.train import TrainConfig, train
 
     run = tmp_path_factory.mktemp(f"{name}-run")
-    train(TrainConfig(spec=spec, out=run, model="esmm", epochs=1, seed=0, reference=False))
+    cfg = TrainConfig(
+        spec=spec, out=run, model="esmm", epochs=1, seed=0, reference=False, **options
+    )
+    train(cfg)
     out = tmp_path_factory.mktemp(name) / "esmm" / "v1"
     export(run, out)
     return out
@@ -100,6 +103,12 @@ def _spec_model(spec: Path, tmp_path_factory, name: str) -> Path:
 @pytest.fixture(scope="session")
 def spec_model(spec_generated, tmp_path_factory) -> Path:
     return _spec_model(spec_generated, tmp_path_factory, "spec-model")
+
+
+@pytest.fixture(scope="session")
+def attn_spec_model(spec_generated, tmp_path_factory) -> Path:
+    """The generator's tables with target attention over its shared groups (training/layers.py)."""
+    return _spec_model(spec_generated, tmp_path_factory, "attn-model", interactions="attn")
 
 
 @pytest.fixture(scope="session")

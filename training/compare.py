@@ -2,12 +2,15 @@
 data set, CVR AUC on clicked test impressions and CTCVR AUC on all of them, mean +- std.
 
     python -m training.compare --data DIR --models base,division,esmm-ns,esmm --seeds 3 --out DIR
+    python -m training.compare --spec SPEC.yaml --models lr-strong,esmm,esmm:inter=attn ...
 
 A model name is a kind of training/model.py, optionally with options after colons:
 `esmm:ips=0.5` (ESCM2-IPS weight), `esmm:cvr=1` (clicked-rows CVR loss weight),
 `esmm:cal=isotonic` (adds a table of test ECE before and after), `mmoe:experts=8:hidden=64x32`,
 `esmm:items=items.parquet` (the numeric columns of the data folder's item table as features;
-`lr:items=items.parquet`: the references with them).
+`lr:items=items.parquet`: the references with them), `esmm:inter=attn:k=16` (user x item
+interactions in the towers, training/layers.py). `--spec` compares on a feature spec's named
+tables instead of an Ali-CCP folder (items= does not apply: a spec names its own).
 Writes OUT/compare.{json,md} and OUT/compare.png (mean +- std per model), and keeps each run's
 metrics.json under OUT/runs/.
 The tables: AUCs (plus the entire-space CVR AUC on generated data), each model's difference
@@ -55,6 +58,8 @@ OPTIONS = {
     "cvr": ("cvr_weight", float),
     "cal": ("calibration", str),
     "experts": ("experts", int),
+    "inter": ("interactions", str),
+    "k": ("attn_k", int),
     "hidden": ("hidden", _widths),
     "items": ("items", Path),
 }
@@ -85,9 +90,11 @@ def parse_model(spec: str) -> dict:
     return fields
 
 
-def resolve_items(fields: dict, data: Path) -> dict:
+def resolve_items(fields: dict, data: Path | None) -> dict:
     """A spec's `items=` file relative to the data folder (an absolute one stays), which must
-    exist."""
+    exist; refused on a feature spec, which names its own item table."""
+    if "items" in fields and data is None:
+        raise SystemExit("items= adds an Ali-CCP folder's item table; a feature spec names its own")
     if "items" in fields:
         fields["items"] = Path(data) / fields["items"]
         if not fields["items"].is_file():
@@ -109,7 +116,10 @@ def run_key(cfg: TrainConfig, reference: bool | str) -> dict:
         for k, v in dataclasses.asdict(cfg).items()
         if k not in _NOT_KEYED
     }
-    files = sorted(p for p in Path(cfg.data).glob("*.csv") if p.is_file())
+    if cfg.spec is not None:  # the spec and the tables beside it
+        files = sorted(p for p in Path(cfg.spec).parent.iterdir() if p.is_file())
+    else:
+        files = sorted(p for p in Path(cfg.data).glob("*.csv") if p.is_file())
     if cfg.items is not None:
         files.append(Path(cfg.items))
     key = {
@@ -130,38 +140,49 @@ def _finished(run: Path, key: dict) -> dict | None:
     return None
 
 
-def compare(data: Path, models: list[str], seeds: int, out: Path, epochs: int = 3) -> dict:
-    """Train what is missing and tabulate. A run already in OUT with the same key is reused, so
-    an interrupted comparison resumes and more seeds or models can be added later."""
+def compare(
+    data: Path | None,
+    models: list[str],
+    seeds: int,
+    out: Path,
+    epochs: int = 3,
+    spec: Path | None = None,
+) -> dict:
+    """Train what is missing and tabulate, on an Ali-CCP folder (`data`) or a feature spec's
+    tables (`spec`). A run already in OUT with the same key is reused, so an interrupted
+    comparison resumes and more seeds or models can be added later."""
     out.mkdir(parents=True, exist_ok=True)
+    # a spec's arrays are written anew by every run (training/inputs.py): under OUT, not beside
+    # tables another comparison may be reading
+    source = {"data": data} if spec is None else {"spec": spec, "cache": out / "encoded"}
     runs: dict[str, list[dict]] = {}
     oracle = floor = None
-    # every spec checked before any run
-    parsed = {spec: resolve_items(parse_model(spec), data) for spec in models}
-    for spec, fields in parsed.items():
+    # every model checked before any run
+    parsed = {name: resolve_items(parse_model(name), data) for name in models}
+    for name, fields in parsed.items():
         for seed in range(seeds):
-            run = out / "runs" / f"{spec.replace(':', '_')}-seed{seed}"
+            run = out / "runs" / f"{name.replace(':', '_')}-seed{seed}"
             cfg = TrainConfig(
-                data=data, out=run, seed=seed, epochs=epochs, reference=False, **fields
+                out=run, seed=seed, epochs=epochs, reference=False, **source, **fields
             )
             lr = "model" not in fields  # parse_model leaves the kind out for the references
-            strong = spec.split(":")[0] == LR_STRONG
+            strong = name.split(":")[0] == LR_STRONG
             key = run_key(cfg, LR_STRONG if strong else lr)
             m = _finished(run, key)
             if m is not None:
-                log.info("reusing %s, seed %d (%s)", spec, seed, run)
+                log.info("reusing %s, seed %d (%s)", name, seed, run)
             else:
-                log.info("training %s, seed %d", spec, seed)
+                log.info("training %s, seed %d", name, seed)
                 (run / "run_key.json").unlink(missing_ok=True)
                 m = reference_metrics(cfg, strong) if lr else train(cfg)
                 (run / "checkpoint.pt").unlink(missing_ok=True)  # the metrics are compared
                 (run / "run_key.json").write_text(json.dumps(key))
-            runs.setdefault(spec, []).append(m)
+            runs.setdefault(name, []).append(m)
             oracle = oracle or m.get("oracle")
             floor = floor or m.get("calibration", {}).get("test_ece_oracle")
     table = summarise(runs)
     result = {
-        "data": str(data),
+        "data": str(data if spec is None else spec),
         "seeds": seeds,
         "epochs": epochs,
         "models": table,
@@ -170,7 +191,7 @@ def compare(data: Path, models: list[str], seeds: int, out: Path, epochs: int = 
         "differences": differences(table),
     }
     (out / "compare.json").write_text(json.dumps(result, indent=2))
-    md = markdown(table, oracle, str(data), floor)
+    md = markdown(table, oracle, str(data if spec is None else spec), floor)
     (out / "compare.md").write_text(md)
     plot(table, out / "compare.png")
     print(md)
@@ -184,7 +205,9 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", type=Path, required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="a folder in the Ali-CCP layout")
+    src.add_argument("--spec", type=Path, help="a feature spec (its named tables)")
     p.add_argument("--models", default="base,division,esmm-ns,esmm")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument(
@@ -197,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--seeds must be >= 1")
     if a.fresh:
         shutil.rmtree(a.out, ignore_errors=True)
-    compare(a.data, [m for m in a.models.split(",") if m], a.seeds, a.out, a.epochs)
+    models = [m for m in a.models.split(",") if m]
+    compare(a.data, models, a.seeds, a.out, a.epochs, a.spec)
 
 
 if __name__ == "__main__":

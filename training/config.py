@@ -11,7 +11,7 @@ from features.calibration import FITS
 from features.contract import DEFAULT_MAX_LEN, FeatureContract
 from training.cli import option
 from training.encoded import OrphanPolicy
-from training.model import IPS_KINDS, KINDS, check_options
+from training.model import INTERACTIONS, IPS_KINDS, KINDS, check_options
 
 CALIBRATIONS = ("none", *FITS)
 # The clicked-rows CVR loss's default weight for the entire-space kinds: with it ESMM's CVR AUC
@@ -66,6 +66,14 @@ class TrainConfig:
         "loss alone; docs/model-evidence.md has the comparison)",
     )
     experts: int = option(4, help="mmoe: number of experts")
+    interactions: str = option(
+        "none",
+        choices=INTERACTIONS,
+        help="explicit user x item interactions in the towers (two-tower kinds): dot, every "
+        "user field's pooled vector dotted with every item field's; attn, each item field "
+        "against the heaviest members of the user list in its embedding group",
+    )
+    attn_k: int = option(16, help="attn: the members of each user list a candidate meets")
     calibration: str = option(
         "none",
         choices=CALIBRATIONS,
@@ -124,7 +132,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Every value is checked here, before any data is read."""
         check_options(
-            self.model, self.ips_weight, self.ips_clip, self.experts, self.cvr_weight or 0.0
+            self.model,
+            self.ips_weight,
+            self.ips_clip,
+            self.experts,
+            self.cvr_weight or 0.0,
+            self.interactions,
+            self.attn_k,
         )
         if self.cvr_weight is None:  # the kind's default
             self.cvr_weight = DEFAULT_CVR_WEIGHT if self.model in IPS_KINDS else 0.0

@@ -330,6 +330,8 @@ def export(run_dir: Path, out: Path, force: bool = False) -> dict:
                     "ips_clip",
                     "experts",
                     "cvr_weight",
+                    "interactions",
+                    "attn_k",
                 )
             }
             | {"user_repr_dim": model.repr_dim},

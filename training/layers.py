@@ -44,7 +44,8 @@ class FieldPooling(nn.Module):
         out.row_shift = max(lo - 1, 0)
         return out
 
-    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The table's rows of `ids` (B, L) -> (B, L, D), unpooled."""
         if self.row_shift:
             ids = torch.where(ids > 0, ids - self.row_shift, ids)  # padding stays row 0
         return self.table(ids)
@@ -52,7 +53,7 @@ class FieldPooling(nn.Module):
     def forward(self, ids: torch.Tensor, weights: torch.Tensor, side: Side) -> torch.Tensor:
         if self.training:
             return self._bags(ids, weights, side)
-        e = self._embed(ids) * weights.unsqueeze(-1)  # (B, L, D)
+        e = self.embed(ids) * weights.unsqueeze(-1)  # (B, L, D)
         parts = []
         for start, stop, single in self.segments[side]:
             chunk = e[:, start:stop]
@@ -90,6 +91,143 @@ def _segments(contract: FeatureContract, side: Side) -> list[tuple[int, int, boo
         else:
             out.append((cols.start, cols.stop, single))
     return out
+
+
+class Interaction(nn.Module):
+    """Explicit user x item terms for the towers, split like the towers: `user_part` once per
+    user (cached with the user representation, `user_width` floats), then per candidate row
+    `forward(users' parts (U, user_width), user_index (B,), item's pooled fields)` -> (B, width)
+    features the towers' first layers read beside the item's embeddings, batch-normalised: raw,
+    they are products of embeddings near 0.01 or fractions of a list, too small for the first
+    layer to learn from in an epoch."""
+
+    user_width: int
+    width: int
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.width = width
+        self.norm = nn.BatchNorm1d(width)
+
+    def user_part(
+        self, pool: FieldPooling, ids: torch.Tensor, w: torch.Tensor, pooled: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def features(
+        self, users: torch.Tensor, user_index: torch.Tensor, item_pooled: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self, users: torch.Tensor, user_index: torch.Tensor, item_pooled: torch.Tensor
+    ) -> torch.Tensor:
+        return self.norm(self.features(users, user_index, item_pooled))
+
+
+class FieldDots(Interaction):
+    """Every user field's pooled vector dotted with every item field's, per row: (B, Fu * D)
+    and (B, Fi * D) -> (B, Fu * Fi). The explicit second-order user x item terms of a
+    factorisation machine, which an MLP over the concatenation learns only slowly."""
+
+    def __init__(self, contract: FeatureContract, dim: int):
+        self.user_fields = len(contract.side_fields("user"))
+        self.item_fields = len(contract.side_fields("item"))
+        super().__init__(self.user_fields * self.item_fields)
+        self.user_width = self.user_fields * dim
+
+    def user_part(self, pool, ids, w, pooled):
+        return pooled
+
+    def features(self, users, user_index, item_pooled):
+        u = users.index_select(0, user_index).unflatten(1, (self.user_fields, -1))  # (B, Fu, D)
+        x = item_pooled.unflatten(1, (self.item_fields, -1))  # (B, Fi, D)
+        return torch.bmm(u, x.transpose(1, 2)).flatten(1)
+
+
+class TargetAttention(Interaction):
+    """Each candidate's field against the `k` heaviest members of the user's list that shares
+    its embedding table (a spec's `embedding:` groups: recent categories and the item's
+    category, recent brands and its brand...): per such (list, item field) pair, the weighted
+    sum over the members of sigmoid(scale * cos(member, item) + shift), a soft "is this item's
+    category among the user's, and how much", which pooling the list into one vector loses.
+    A shared row is the same vector, cosine 1, so the match is there from the first step;
+    fields of different tables would have to learn to align, which they do not (measured:
+    docs/model-evidence.md), so only shared pairs are read. The user part is the members'
+    unit vectors and weights, k * (D + 1) floats a list, taken by distinct keys
+    (_heaviest_first), so training, export and serving pick the same members."""
+
+    def __init__(self, contract: FeatureContract, dim: int, k: int):
+        item = contract.side_fields("item")
+        lists, pairs = [], []
+        for f, cols in contract.columns("user"):
+            partners = [g for g, it in enumerate(item) if f.embedding and it.table == f.table]
+            if f.max_len > 1 and partners:
+                if f.max_len > 4096:
+                    raise ValueError(f"target attention reads lists of 4096 at most, not {f.name}")
+                pairs += [(len(lists), g) for g in partners]
+                lists.append((cols.start, cols.stop, min(k, f.max_len)))
+        if not pairs:
+            raise ValueError(
+                "target attention needs a user list and an item field in one embedding group "
+                "(a spec's `embedding:` key); this contract has none"
+            )
+        super().__init__(len(pairs))
+        self.item_fields, self.lists, self.pairs, self.dim = len(item), lists, pairs, dim
+        self.user_width = sum(k * (dim + 1) for _, _, k in lists)
+        # a match is a cosine near 1: sharp from the start, so that equal ids (cosine 1) count
+        # and others (about 0 +- 1/sqrt(D)) do not
+        self.scale = nn.Parameter(torch.full((len(pairs),), 10.0))
+        self.shift = nn.Parameter(torch.full((len(pairs),), -8.0))
+
+    def user_part(self, pool, ids, w, pooled):
+        parts = []
+        for start, stop, k in self.lists:
+            top = torch.topk(_heaviest_first(w[:, start:stop]), k, dim=1).indices
+            emb = F.normalize(pool.embed(torch.gather(ids[:, start:stop], 1, top)), dim=-1)
+            parts += [emb.flatten(1), torch.gather(w[:, start:stop], 1, top)]  # padding: 0
+        return torch.cat(parts, dim=1)
+
+    def features(self, users, user_index, item_pooled):
+        x = F.normalize(item_pooled.unflatten(1, (self.item_fields, -1)), dim=-1)  # (B, Fi, D)
+        starts = [0]
+        for _, _, k in self.lists:
+            starts.append(starts[-1] + k * (self.dim + 1))
+        out = []
+        for p, (i, g) in enumerate(self.pairs):
+            k, pos = self.lists[i][2], starts[i]
+            members = users[:, pos : pos + k * self.dim]  # (U, k * D)
+            weight = users[:, pos + k * self.dim : pos + k * (self.dim + 1)]  # (U, k)
+            cos = _cosines(members, user_index, x[:, g], k, self.training)  # (B, k)
+            match = torch.sigmoid(cos * self.scale[p] + self.shift[p])
+            out.append((match * weight.index_select(0, user_index)).sum(1, keepdim=True))
+        return torch.cat(out, dim=1)
+
+
+def _cosines(
+    members: torch.Tensor, user_index: torch.Tensor, x: torch.Tensor, k: int, per_row: bool
+) -> torch.Tensor:
+    """(U, k * D) unit members, (B,) rows' users, (B, D) unit item vectors -> (B, k): each
+    row's item against its own user's members. Training gathers the members per row (a batch
+    holds many users); the exported graph multiplies every row by every user's members and
+    keeps its own (a request holds one user, a batch of them few), which spares a copy of
+    k * D floats a row."""
+    if per_row:
+        rows = members.index_select(0, user_index).unflatten(1, (k, -1))  # (B, k, D)
+        return (rows * x.unsqueeze(1)).sum(-1)
+    every = x @ members.unflatten(1, (k, -1)).flatten(0, 1).T  # (B, U * k)
+    pick = user_index.unsqueeze(1) * k + torch.arange(k, dtype=user_index.dtype)  # (B, k)
+    return torch.gather(every, 1, pick)
+
+
+def _heaviest_first(w: torch.Tensor) -> torch.Tensor:
+    """(U, L) weights -> int64 keys with no two alike: the weight to 2^-20 (clamped to
+    [0, 2^40)), then the earlier column first. Top-k of distinct keys is one set whatever the
+    algorithm, so PyTorch and ONNX Runtime (whose TopK has no stable variant to export to)
+    pick the same members."""
+    q = torch.round(w.clamp(0.0, 2.0**20) * 2.0**20).to(torch.int64)
+    col = torch.arange(w.shape[1], dtype=torch.int64)
+    return q * 4096 + (4095 - col)
 
 
 class Tower(nn.Module):

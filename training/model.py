@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from features.contract import FeatureContract
-from training.layers import FieldPooling, Tower, mixture_head
+from training.layers import FieldDots, FieldPooling, TargetAttention, Tower, mixture_head
 
 
 @dataclasses.dataclass
@@ -65,19 +65,46 @@ class ModelConfig:
     # esmm, esmm-ns, mmoe: weight of BCE(conversion, pCVR) on clicked impressions, added to the
     # entire-space loss (0: ESMM's loss alone)
     cvr_weight: float = 0.0
+    # explicit user x item interactions in the towers (esmm, esmm-ns, base, division), read by
+    # each tower's first layer beside the item's embeddings: "dot", every user field's pooled
+    # vector dotted with every item field's (layers.py, FieldDots); "attn", every item field
+    # against the heaviest members of each user list (TargetAttention)
+    interactions: str = "none"
+    attn_k: int = 16  # "attn": the members of each user list its candidates meet
 
     def __post_init__(self) -> None:
-        check_options(self.kind, self.ips_weight, self.ips_clip, self.experts, self.cvr_weight)
+        check_options(
+            self.kind,
+            self.ips_weight,
+            self.ips_clip,
+            self.experts,
+            self.cvr_weight,
+            self.interactions,
+            self.attn_k,
+        )
         self.hidden = tuple(self.hidden)
 
 
+INTERACTIONS = ("none", "dot", "attn")
+
+
 def check_options(
-    kind: str, ips_weight: float, ips_clip: float, experts: int, cvr_weight: float = 0.0
+    kind: str,
+    ips_weight: float,
+    ips_clip: float,
+    experts: int,
+    cvr_weight: float = 0.0,
+    interactions: str = "none",
+    attn_k: int = 16,
 ) -> None:
     """ValueError naming what is wrong with a kind and its options; training checks them before
     it reads data, a comparison before its first run."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {KINDS}")
+    if interactions not in INTERACTIONS:
+        raise ValueError(f"unknown interactions {interactions!r}; choose one of {INTERACTIONS}")
+    if interactions != "none" and not issubclass(MODELS[kind], TwoTowers):
+        raise ValueError(f"interactions apply to {', '.join(TWO_TOWER_KINDS)}, not {kind}")
     if ips_weight < 0 or not 0 < ips_clip <= 1:
         raise ValueError("ips_weight must be >= 0 and ips_clip in (0, 1]")
     if ips_weight > 0 and not MODELS[kind].takes_ips:
@@ -91,6 +118,8 @@ def check_options(
         )
     if experts < 1:
         raise ValueError("experts must be >= 1")
+    if attn_k < 1:
+        raise ValueError("attn_k must be >= 1")
 
 
 class Logits(NamedTuple):
@@ -192,22 +221,38 @@ class TwoTowers(RankingModel):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.ctr = Tower(self.user_width, self.item_width, cfg.hidden)
-        self.cvr = Tower(self.user_width, self.item_width, cfg.hidden)
+        contract = FeatureContract.from_dict(cfg.contract)
+        # one per table: the CTR tower's and (when it has its own) the second tower's
+        self.inter = (
+            nn.ModuleList(interaction(cfg, contract) for _ in range(self.tables))
+            if cfg.interactions != "none"
+            else None
+        )
+        item_in = self.item_width + (self.inter[0].width if self.inter else 0)
+        self.ctr = Tower(self.user_width, item_in, cfg.hidden)
+        self.cvr = Tower(self.user_width, item_in, cfg.hidden)
 
     @property
     def repr_dim(self) -> int:
-        return 2 * self.cfg.hidden[0]
+        # the towers' user halves, then (with interactions) each table's user part of them
+        return 2 * self.cfg.hidden[0] + sum(i.user_width for i in self.inter or ())
 
     def _tables(self) -> tuple[FieldPooling, FieldPooling]:
         return self.embeddings[0], self.embeddings[-1]  # (ctr's, cvr's); one object if shared
 
     def user_repr(self, user_ids: torch.Tensor, user_w: torch.Tensor) -> torch.Tensor:
-        """(U, user width) -> (U, 2 * hidden[0]): [CTR tower's user half; CVR tower's]."""
+        """(U, user width) -> (U, repr_dim): [CTR tower's user half; CVR tower's], then with
+        interactions each table's user part of them (its pooled fields, or its lists' heaviest
+        members), which the scorer meets with the candidate's."""
         ctr_emb, cvr_emb = self._tables()
         u_ctr = ctr_emb(user_ids, user_w, "user")
         u_cvr = u_ctr if cvr_emb is ctr_emb else cvr_emb(user_ids, user_w, "user")
-        return torch.cat([self.ctr.user_proj(u_ctr), self.cvr.user_proj(u_cvr)], dim=1)
+        parts = [self.ctr.user_proj(u_ctr), self.cvr.user_proj(u_cvr)]
+        for inter, emb, pooled in zip(
+            self.inter or (), self.embeddings, (u_ctr, u_cvr), strict=False
+        ):
+            parts.append(inter.user_part(emb, user_ids, user_w, pooled))
+        return torch.cat(parts, dim=1)
 
     def score(
         self,
@@ -217,11 +262,25 @@ class TwoTowers(RankingModel):
         item_w: torch.Tensor,
     ) -> Logits:
         h = self.cfg.hidden[0]
-        r = user_repr.index_select(0, user_index)  # (B, 2h)
+        r = user_repr[:, : 2 * h].index_select(0, user_index)  # (B, 2h)
         ctr_emb, cvr_emb = self._tables()
         x_ctr = ctr_emb(item_ids, item_w, "item")
         x_cvr = x_ctr if cvr_emb is ctr_emb else cvr_emb(item_ids, item_w, "item")
-        return Logits(self.ctr(r[:, :h], x_ctr), self.cvr(r[:, h:], x_cvr))
+        if self.inter:
+            pos, inputs = 2 * h, []
+            for inter, x in zip(self.inter, (x_ctr, x_cvr), strict=False):
+                part = user_repr[:, pos : pos + inter.user_width]  # (U, its width)
+                pos += inter.user_width
+                inputs.append(torch.cat([x, inter(part, user_index, x)], dim=1))
+            x_ctr, x_cvr = inputs if len(inputs) == 2 else inputs * 2
+        return Logits(self.ctr(r[:, :h], x_ctr), self.cvr(r[:, h : 2 * h], x_cvr))
+
+
+def interaction(cfg: ModelConfig, contract: FeatureContract) -> nn.Module:
+    """The towers' explicit user x item terms of `cfg.interactions`."""
+    if cfg.interactions == "dot":
+        return FieldDots(contract, cfg.embed_dim)
+    return TargetAttention(contract, cfg.embed_dim, cfg.attn_k)
 
 
 class EntireSpace:
@@ -414,6 +473,7 @@ MODELS: dict[str, type[RankingModel]] = {
 }
 KINDS = tuple(MODELS)
 IPS_KINDS = tuple(k for k, cls in MODELS.items() if cls.takes_ips)
+TWO_TOWER_KINDS = tuple(k for k, cls in MODELS.items() if issubclass(cls, TwoTowers))
 
 
 def build_model(cfg: ModelConfig) -> RankingModel:

@@ -133,8 +133,9 @@ def _per_head(name, fit, contract, train, train_rows, val_rows, test, heads, tru
 
 
 # The strong reference's L2 strengths (on the mean log loss; scikit-learn's C = 1 is 1/rows),
-# strongest first, and the L-BFGS evaluations each fit may take.
-STRONG = {"l2": (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6), "max_evals": 100}
+# strongest first in half decades from 1 (the shared regime's CVR chose 0.1, the strongest of a
+# path that began there), and the L-BFGS evaluations each fit may take.
+STRONG = {"l2": tuple(10.0 ** (-k / 2) for k in range(13)), "max_evals": 100}
 
 
 def strong_reference(

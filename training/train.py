@@ -293,6 +293,8 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         cfg.ips_clip,
         cfg.experts,
         cfg.cvr_weight,
+        cfg.interactions,
+        cfg.attn_k,
     )
     model = build_model(model_cfg)
     fitted = fit(model, cfg, train_split, contract, train_rows, val_rows, world)

@@ -246,8 +246,11 @@ def test_an_arm_serves_its_model_and_a_shadow_scores_every_answer_into_the_log(
                 got = c.post("/rank", json={**b, "user_id": u}).json()
                 assert got["model_version"] == {"a": "esmm/v1", "b": "esmm/b"}[got["arm"]]
                 answers[got["request_id"]] = (k, got)
-        metrics = c.get("/metrics").text
-    assert 'ranker_shadow_answers_total{outcome="ok"} 8.0' in metrics
+        # the shadow scores off the request path, after the answer: wait for the last one
+        ok, deadline = 'ranker_shadow_answers_total{outcome="ok"} 8.0', time.monotonic() + 10
+        while ok not in (metrics := c.get("/metrics").text) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert ok in metrics
     by_b = {
         k: {i["item_id"]: i for i in g["items"]} for k, g in answers.values() if g["arm"] == "b"
     }

@@ -30,6 +30,8 @@ OPTIONS = [
     "--ips-clip",
     "--cvr-weight",
     "--experts",
+    "--interactions",
+    "--attn-k",
     "--calibration",
     "--val-fraction",
     "--pooling",
@@ -64,9 +66,10 @@ def test_defaults_are_the_configs():
 
 def test_every_option_reaches_its_field():
     argv = REQUIRED + [
-        *("--model", "mmoe", "--epochs", "5", "--patience", "2", "--batch-size", "64"),
+        *("--model", "esmm-ns", "--epochs", "5", "--patience", "2", "--batch-size", "64"),
         *("--lr", "0.01", "--embed-lr", "0.1", "--embed-dim", "8", "--hidden", "64,32"),
         *("--ips-weight", "0.5", "--ips-clip", "0.1", "--cvr-weight", "0.5", "--experts", "3"),
+        *("--interactions", "dot", "--attn-k", "4"),
         *("--calibration", "platt", "--val-fraction", "0.2", "--pooling", "sum"),
         *("--orphans", "click", "--max-len", "110_14=64", "210=3", "--without", "508,853"),
         *("--max-buckets", "4096", "--min-count", "3"),
@@ -76,7 +79,7 @@ def test_every_option_reaches_its_field():
     want = TrainConfig(
         data=Path("d"),
         out=Path("o"),
-        model="mmoe",
+        model="esmm-ns",
         epochs=5,
         patience=2,
         batch_size=64,
@@ -88,6 +91,8 @@ def test_every_option_reaches_its_field():
         ips_clip=0.1,
         cvr_weight=0.5,
         experts=3,
+        interactions="dot",
+        attn_k=4,
         calibration="platt",
         val_fraction=0.2,
         pooling="sum",

@@ -165,3 +165,23 @@ def test_the_strong_reference_is_a_row_fitted_to_its_l2_on_validation(
         assert ref[f"{head}_l2"] in STRONG["l2"] and ref[f"{head}_evals"] > 0
     assert "| lr-strong | 1 |" in (tmp_path / "compare.md").read_text()
     assert parse_model("lr-strong:items=items.parquet") == {"items": Path("items.parquet")}
+
+
+def test_a_spec_compares_on_its_named_tables_with_interactions(spec_generated, tmp_path):
+    """`--spec`: the same table from a feature spec's tables (the references included), its
+    runs keyed by the spec and the tables beside it; target attention as a model option
+    (`inter=attn:k=N`); an Ali-CCP folder's item table (items=) refused there."""
+    models = ["lr", "esmm", "esmm:inter=attn:k=4"]
+    result = compare(None, models, seeds=1, out=tmp_path, epochs=1, spec=spec_generated)
+    assert result["data"] == str(spec_generated)
+    for name in models:
+        row = result["models"][name]
+        assert 0.5 < row["ctr_auc"]["mean"] < result["oracle"]["ctr_auc"], name
+    key = json.loads((tmp_path / "runs" / "esmm_inter=attn_k=4-seed0" / "run_key.json").read_text())
+    assert key["settings"]["interactions"] == "attn" and key["settings"]["attn_k"] == 4
+    assert str(spec_generated.resolve()) in [f[0] for f in key["files"]]
+    assert parse_model("esmm:inter=dot") == {"model": "esmm", "interactions": "dot"}
+    with pytest.raises(SystemExit, match="unknown interactions"):
+        parse_model("esmm:inter=fm")
+    with pytest.raises(SystemExit, match="a feature spec names its own"):
+        compare(None, ["esmm:items=items.parquet"], seeds=1, out=tmp_path, spec=spec_generated)

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from features import spec as S
 from features.contract import ALL_FIELDS, FeatureContract
 from training.export import random_case
 from training.model import (
@@ -30,6 +31,32 @@ def contract() -> FeatureContract:
     )
 
 
+# A shop's spec with shared embedding groups (recent categories and the item's category, recent
+# brands and its brand), the pairs target attention reads; the shops list shares with nothing.
+SPEC = """\
+keys: {user: user_id, item: item_id, request: request_id}
+labels: {click: click, conversion: conversion}
+tables:
+  events: {train: events_train.parquet, test: events_test.parquet}
+features:
+  - {name: user_id, side: user, kind: id}
+  - {name: gender, side: user, kind: id}
+  - {name: recent_categories, side: user, kind: ids, embedding: category, max_len: 20}
+  - {name: recent_shops, side: user, kind: ids, max_len: 12}
+  - {name: recent_brands, side: user, kind: ids, embedding: brand, max_len: 6}
+  - {name: item_id, side: item, kind: id}
+  - {name: category, side: item, kind: id, embedding: category}
+  - {name: brand, side: item, kind: id, embedding: brand}
+  - {name: scene, side: context, kind: id}
+"""
+
+
+@pytest.fixture(scope="module")
+def spec_contract() -> FeatureContract:
+    tables = ("user_id", "gender", "category", "recent_shops", "brand", "item_id", "scene")
+    return FeatureContract.from_spec(S.loads(SPEC), {}).fit_buckets({t: 300 for t in tables})
+
+
 def inputs(contract, n=64, seed=0) -> dict[str, torch.Tensor]:
     case = random_case(contract, n, np.random.default_rng(seed))
     return {
@@ -41,9 +68,27 @@ def inputs(contract, n=64, seed=0) -> dict[str, torch.Tensor]:
     }
 
 
-def build(contract, kind: str) -> ESMM:
+def build(contract, kind: str, **options) -> ESMM:
     torch.manual_seed(0)
-    return build_model(ModelConfig(contract.to_dict(), kind=kind))
+    return build_model(ModelConfig(contract.to_dict(), kind=kind, **options))
+
+
+# the two-tower kinds' options that change what the user representation carries (attention
+# reads a spec's shared groups: its contract)
+TOWER_OPTIONS = {
+    "plain": ("esmm", {}),
+    "dot": ("esmm", {"interactions": "dot"}),
+    "attn": ("esmm", {"interactions": "attn", "attn_k": 4}),
+    "base-attn": ("base", {"interactions": "attn", "attn_k": 8}),
+    "division-dot": ("division", {"interactions": "dot"}),
+}
+
+
+def variant_model(request, variant: str):
+    kind, options = TOWER_OPTIONS[variant]
+    fixture = "spec_contract" if options.get("interactions") == "attn" else "contract"
+    contract = request.getfixturevalue(fixture)
+    return build(contract, kind, **options), contract
 
 
 def test_esmm_towers_share_only_the_embedding(contract):
@@ -82,8 +127,10 @@ def has_grad(p: torch.nn.Parameter) -> bool:
     return bool(g.abs().sum() > 0)
 
 
-def test_split_scoring_equals_per_row_scoring(contract):
-    m = build(contract, "esmm").eval()
+@pytest.mark.parametrize("variant", list(TOWER_OPTIONS))
+def test_split_scoring_equals_per_row_scoring(request, variant):
+    m, contract = variant_model(request, variant)
+    m.eval()
     x = inputs(contract, n=33)
     with torch.no_grad():
         split = m(**x)
@@ -95,20 +142,80 @@ def test_split_scoring_equals_per_row_scoring(contract):
     torch.testing.assert_close(split.cvr, tiled.cvr, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["esmm", "esmm-ns"])
-def test_training_pooling_equals_the_exported_pooling(contract, kind):
-    """Training pools with embedding_bag, export with gather + masked sum: same function."""
-    m = build(contract, kind)
+@pytest.mark.parametrize("kind", ["esmm", "esmm-ns", "dot", "base-attn"])
+def test_training_pooling_equals_the_exported_pooling(request, contract, kind):
+    """Training pools with embedding_bag, export with gather + masked sum: same function (and
+    target attention gathers members per row in training, multiplies every user's in the
+    graph)."""
+    m = variant_model(request, kind)[0] if kind in TOWER_OPTIONS else build(contract, kind)
+    contract = FeatureContract.from_dict(m.cfg.contract)
     with torch.no_grad():
         for t in m.embeddings:
             t.table.weight.normal_()
             t.table.weight[0].zero_()
     x = inputs(contract, n=50, seed=3)
     with torch.no_grad():
-        bag = m.train()(**x)
+        m.train()
+        for norm in m.modules():  # batch statistics are training's own, not the pooling's
+            if isinstance(norm, torch.nn.BatchNorm1d):
+                norm.eval()
+        bag = m(**x)
         gathered = m.eval()(**x)
     torch.testing.assert_close(bag.ctr, gathered.ctr, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(bag.cvr, gathered.cvr, atol=1e-5, rtol=1e-5)
+
+
+def test_target_attention_counts_the_items_id_among_the_users_heaviest_members(spec_contract):
+    """Per (list, item field) pair of one embedding group, the weighted sum over the list's k
+    heaviest members of sigmoid(scale * cos + shift): the item's own row (cosine 1) counts with
+    its weight, other rows (cosine 0 here) next to nothing; a member past the k heaviest is not
+    seen; equal weights go to the earlier column, as in the exported graph."""
+    c = spec_contract
+    m = build(c, "esmm", interactions="attn", attn_k=2).eval()
+    att = m.inter[0]
+    user_cols = {f.name: cols for f, cols in c.columns("user")}
+    item_cols = {f.name: cols for f, cols in c.columns("item")}
+    field = {f.name: f for f in c.fields}
+    cat = field["category"].offset + 1  # three rows of the category table
+    rows = [cat, cat + 1, cat + 2]
+    with torch.no_grad():
+        table = m.embeddings[0].table.weight
+        for j, r in enumerate(rows):  # orthogonal: the cosine is 1 or 0
+            table[r] = 0.0
+            table[r, j] = 1.0 + j
+    user_ids = torch.zeros(2, c.width("user"), dtype=torch.int64)
+    user_w = torch.zeros(2, c.width("user"))
+    first = user_cols["recent_categories"].start
+    user_ids[:, first : first + 3] = torch.tensor(rows)
+    user_w[0, first : first + 3] = torch.tensor([1.0, 5.0, 3.0])  # rows[0] is not among the 2
+    user_w[1, first : first + 3] = torch.tensor([2.0, 2.0, 2.0])  # a tie: the first two
+    item_ids = torch.zeros(4, c.width("item"), dtype=torch.int64)
+    item_w = torch.zeros(4, c.width("item"))
+    item_ids[:, item_cols["category"].start] = torch.tensor([rows[1], rows[0], rows[2], rows[2]])
+    item_w[:, item_cols["category"].start] = 1.0
+    user_index = torch.tensor([0, 0, 0, 1])
+    with torch.no_grad():
+        users = att.user_part(m.embeddings[0], user_ids, user_w, None)
+        x = m.embeddings[0](item_ids, item_w, "item")
+        got = att.features(users, user_index, x)
+    pair = att.pairs.index((0, [f.name for f in c.side_fields("item")].index("category")))
+    hit, miss = torch.sigmoid(torch.tensor(2.0)), torch.sigmoid(torch.tensor(-8.0))
+    want = torch.stack(
+        [
+            5 * hit + 3 * miss,  # its category is the heaviest member
+            8 * miss,  # its category is the lightest, past k = 2
+            5 * miss + 3 * hit,
+            4 * miss,  # rows[2] lost the tie to rows[0] and rows[1]
+        ]
+    )
+    torch.testing.assert_close(got[:, pair], want)
+    assert len(att.pairs) == 2  # categories and brands; the shops list shares no table
+    assert att.user_width == 2 * (2 * m.cfg.embed_dim + 2)
+
+
+def test_target_attention_needs_a_shared_embedding_group(contract):
+    with pytest.raises(ValueError, match="needs a user list and an item field in one embedding"):
+        build(contract, "esmm", interactions="attn")
 
 
 def test_ctcvr_bce_matches_the_naive_formula_and_stays_finite():
@@ -158,6 +265,35 @@ def test_loss_is_finite_and_falls(contract, kind):
 def test_unknown_kind_is_refused(contract):
     with pytest.raises(ValueError, match="unknown model kind"):
         ModelConfig(contract.to_dict(), kind="dnn")
+
+
+def test_interactions_are_refused_where_they_do_not_apply(contract):
+    with pytest.raises(ValueError, match="unknown interactions 'cross'"):
+        ModelConfig(contract.to_dict(), kind="esmm", interactions="cross")
+    for kind in ("mmoe", "esm2"):
+        with pytest.raises(ValueError, match=f"apply to esmm, esmm-ns, base, division, not {kind}"):
+            ModelConfig(contract.to_dict(), kind=kind, interactions="dot")
+
+
+def test_field_dots_are_every_user_field_dotted_with_every_item_field(contract):
+    """What the towers read beside the item's embeddings: u_f . x_g for every field pair, from
+    the user representation's pooled fields (so the user part is still once per user)."""
+    m = build(contract, "esmm", interactions="dot").eval()
+    x = inputs(contract, n=9, seed=4)
+    fu, fi = len(contract.side_fields("user")), len(contract.side_fields("item"))
+    d = m.cfg.embed_dim
+    with torch.no_grad():
+        r = m.user_repr(x["user_ids"], x["user_w"])
+        u = m.embeddings[0](x["user_ids"], x["user_w"], "user")
+        assert m.repr_dim == r.shape[1] == 2 * m.cfg.hidden[0] + fu * d
+        torch.testing.assert_close(r[:, 2 * m.cfg.hidden[0] :], u)
+        item = m.embeddings[0](x["item_ids"], x["item_w"], "item")
+        rows = u[x["user_index"]]
+        dots = m.inter[0].features(u, x["user_index"], item)
+    assert dots.shape == (9, fu * fi)
+    for f, g in [(0, 0), (fu - 1, fi - 1), (3, 2)]:
+        want = (rows[:, f * d : (f + 1) * d] * item[:, g * d : (g + 1) * d]).sum(1)
+        torch.testing.assert_close(dots[:, f * fi + g], want)
 
 
 def test_division_divides_its_ctcvr_net_by_its_ctr_net(contract):

@@ -30,6 +30,10 @@ VARIANTS = {
     # the item table's price as a bucketised feature (a version-3 contract), served from the
     # candidate's price; and ESMM's clicked-rows CVR loss
     "esmm-price": {"model": "esmm", "cvr_weight": 1.0, "items": "items.parquet"},
+    # user x item field dots: the user representation grows by the pooled user fields (two
+    # tables: each table's; target attention, which needs a spec's shared groups, is served in
+    # tests/ranker/test_replay.py)
+    "base-dot": {"model": "base", "interactions": "dot"},
 }
 
 
@@ -56,6 +60,7 @@ def test_the_variant_learns_exports_and_serves_its_own_scores_calibrated(variant
     assert metrics["ctr_auc"] > 0.6 and metrics["cvr_auc"] > 0.55, metrics
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["model"]["kind"] == VARIANTS[name]["model"]
+    assert manifest["model"]["interactions"] == VARIANTS[name].get("interactions", "none")
     rare = [f for f in manifest["feature_contract"]["fields"] if f.get("rare")]
     assert bool(rare) == ("min_count" in VARIANTS[name])
     numeric = [f["name"] for f in manifest["feature_contract"]["fields"] if f.get("bounds")]

@@ -1,0 +1,126 @@
+"""What a model costs the service per candidate and per cached user: its exported item scorer
+timed on one thread (microseconds a candidate row, one user's N candidates a run, as /rank
+sends them), its user tower per user, and the user representation's bytes (what the user
+cache and the Redis tier hold per user).
+
+    python -m training.scorer_cost MODEL_DIR [MODEL_DIR ...] [--rows 500] [--users 1]
+
+Models are compared in one process, alternating, so the machine's drift falls on all of them
+alike; the figure is the median of `--rounds` rounds. The inputs are the model's own sample
+rows (samples.npz: real users and items of its test split), tiled to `--rows` candidates;
+`--users U` spreads them over U users, as the service's batcher joins concurrent requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from features import manifest
+from training.cli import prog as cli_prog
+from training.export import sample_case
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+class Model:
+    """One exported model's graphs and a run of `rows` candidates over `users` users."""
+
+    def __init__(self, folder: Path, rows: int, users: int = 1):
+        self.folder = folder
+        m = manifest.read(folder)
+        samples = dict(np.load(folder / "samples.npz"))
+        case = sample_case(m.contract, samples, len(samples["row_user"]))
+        first = case["user_index"] == 0
+        pick = np.resize(np.nonzero(first)[0], rows)  # the first user's rows, tiled
+        self.user = {k: case[k][:1] for k in ("user_ids", "user_weights")}
+        self.user_tower = _session(folder / "user_tower.onnx")
+        self.scorer = _session(folder / "item_scorer.onnx")
+        (user_repr,) = self.user_tower.run(None, self.user)
+        self.repr_bytes = int(user_repr.nbytes)
+        self.feeds = {
+            "user_repr": np.repeat(user_repr, users, axis=0),
+            "user_index": np.arange(rows, dtype=np.int64) % users,
+            "item_ids": case["item_ids"][pick],
+            "item_weights": case["item_weights"][pick],
+        }
+        self.rows = rows
+
+    def time_scorer(self, seconds: float) -> float:
+        """Microseconds a candidate row over repeated runs of `seconds`."""
+        return _repeat(lambda: self.scorer.run(None, self.feeds), seconds) / self.rows * 1e6
+
+    def time_user(self, seconds: float) -> float:
+        """Microseconds the user tower takes for one user."""
+        return _repeat(lambda: self.user_tower.run(None, self.user), seconds) * 1e6
+
+
+def _repeat(fn, seconds: float) -> float:
+    """Mean seconds a call, after a warm-up call, over at least `seconds`."""
+    fn()
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or n < 3:
+        fn()
+        n += 1
+    return elapsed / n
+
+
+def measure(
+    folders: list[Path], rows: int, seconds: float, rounds: int, users: int = 1
+) -> list[dict]:
+    models = [Model(f, rows, users) for f in folders]
+    scorer = {m.folder: [] for m in models}
+    user = {m.folder: [] for m in models}
+    for _ in range(rounds):
+        for m in models:
+            scorer[m.folder].append(m.time_scorer(seconds))
+            user[m.folder].append(m.time_user(seconds / 4))
+    base = statistics.median(scorer[models[0].folder])
+    out = []
+    for m in models:
+        us = statistics.median(scorer[m.folder])
+        out.append(
+            {
+                "model": str(m.folder),
+                "scorer_us_per_row": round(us, 3),
+                "scorer_vs_first": round(us / base, 3),
+                "user_tower_us": round(statistics.median(user[m.folder]), 1),
+                "user_repr_bytes": m.repr_bytes,
+                "rows_per_run": rows,
+                "users_per_run": users,
+            }
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog=cli_prog("training.scorer_cost"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("models", type=Path, nargs="+", help="exported model folders (the first is 1x)")
+    p.add_argument("--rows", type=int, default=500, help="candidates a run (one user)")
+    p.add_argument("--users", type=int, default=1, help="users the candidates belong to")
+    p.add_argument("--seconds", type=float, default=3.0, help="timing per model and round")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is kept")
+    a = p.parse_args(argv)
+    if min(a.rows, a.users, a.rounds) < 1 or a.seconds <= 0:
+        p.error("--rows, --users, --seconds and --rounds must be positive")
+    for row in measure(a.models, a.rows, a.seconds, a.rounds, a.users):
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
