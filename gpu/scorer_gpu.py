@@ -5,74 +5,58 @@ onnxruntime-gpu into /tmp/site (docs/gpu-check/attn/README.md has the run):
 
     PYTHONPATH=/tmp/site:$PWD python3 gpu/scorer_gpu.py MODEL_A MODEL_B > attn.json
 
-A model folder needs item_scorer.onnx, user_tower.onnx, manifest.json and samples.npz; the
-inputs are its first sample user and that user's rows, tiled.
+Each model is loaded as the service loads it (service.engine.Engine, plain runs; `--provider
+cpu` tries the script where there is no GPU); the inputs are its first sample user and that
+user's rows, tiled.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from features.contract import FeatureContract
+from features.manifest import OUTPUTS
+from service.engine import Engine, ScorerOptions
 
 SHAPES = ((1000, 1), (1000, 16), (16384, 1), (16384, 64), (16384, 256))  # (rows, users)
+PLAIN = ScorerOptions(io_binding="off")  # plain runs: the graph's own cost, no binding
 
 
-def first_user(folder: Path):
-    m = json.loads((folder / "manifest.json").read_text())
-    c = FeatureContract.from_dict(m["feature_contract"])
-    s = dict(np.load(folder / "samples.npz"))
+def first_user(engine: Engine):
+    """The model's first sample user and that user's rows, hashed as the service hashes them."""
+    s = np.load(engine.folder / engine.manifest.samples)
     users, index = np.unique(s["row_user"], return_inverse=True)
-    uid, uw = c.hash_side("user", s["user_ids"][users[:1]], s["user_vals"][users[:1]])
+    uid, uw = engine.contract.hash_side("user", s["user_ids"][users[:1]], s["user_vals"][users[:1]])
     rows = np.nonzero(index == 0)[0]
-    iid, iw = c.hash_side("item", s["item_ids"][rows], s["item_vals"][rows])
+    iid, iw = engine.contract.hash_side("item", s["item_ids"][rows], s["item_vals"][rows])
     return uid, uw, iid, iw
 
 
-def session(path: Path, cuda: bool) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    cpu = "CPUExecutionProvider"
-    providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), cpu] if cuda else [cpu]
-    return ort.InferenceSession(str(path), opts, providers=providers)
-
-
-def measure(folder: Path) -> dict:
-    uid, uw, iid, iw = first_user(folder)
-    user = {"user_ids": uid, "user_weights": uw}
-    (rep,) = session(folder / "user_tower.onnx", False).run(None, user)
-    (rep_gpu,) = session(folder / "user_tower.onnx", True).run(None, user)
-    gpu = session(folder / "item_scorer.onnx", True)
-    cpu = session(folder / "item_scorer.onnx", False)
+def measure(folder: Path, provider: str) -> dict:
+    cpu, dev = Engine(folder, "cpu", scorer=PLAIN), Engine(folder, provider, scorer=PLAIN)
+    uid, uw, iid, iw = first_user(cpu)
+    rep = cpu.user_repr(uid, uw)
     out = {
-        "providers": gpu.get_providers(),
-        "user_tower_gpu_vs_cpu": float(np.abs(rep_gpu - rep).max()),
+        "providers": dev.providers,
+        "user_tower_gpu_vs_cpu": float(np.abs(dev.user_repr(uid, uw) - rep).max()),
     }
     for rows, users in SHAPES:
         pick = np.resize(np.arange(len(iid)), rows)
-        feeds = {
-            "user_repr": np.repeat(rep, users, 0),
-            "user_index": (np.arange(rows) % users).astype(np.int64),
-            "item_ids": iid[pick],
-            "item_weights": iw[pick],
-        }
-        diff = max(
-            float(np.abs(a - b).max())
-            for a, b in zip(gpu.run(None, feeds), cpu.run(None, feeds), strict=True)
-        )
+        args = (np.repeat(rep, users, 0), np.arange(rows, dtype=np.int64) % users)
+        args += (iid[pick], iw[pick])
+        a, b = dev.score_raw(*args), cpu.score_raw(*args)
+        diff = max(float(np.abs(getattr(a, k) - getattr(b, k)).max()) for k in OUTPUTS)
         for _ in range(5):
-            gpu.run(None, feeds)
+            dev.score_raw(*args)
         times = []
         for _ in range(30):
             t = time.perf_counter()
-            gpu.run(None, feeds)
+            dev.score_raw(*args)
             times.append(time.perf_counter() - t)
         out[f"{rows}x{users}"] = {
             "max_abs_gpu_vs_cpu": diff,
@@ -81,5 +65,13 @@ def measure(folder: Path) -> dict:
     return out
 
 
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("models", type=Path, nargs="+", help="model version folders")
+    p.add_argument("--provider", choices=("cuda", "cpu"), default="cuda")
+    a = p.parse_args(argv)
+    print(json.dumps({f.name: measure(f, a.provider) for f in a.models}, indent=1))
+
+
 if __name__ == "__main__":
-    print(json.dumps({Path(f).name: measure(Path(f)) for f in sys.argv[1:]}, indent=1))
+    main()

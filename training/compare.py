@@ -30,6 +30,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from features.spec import load as load_spec
 from training import setup_logging
 from training.cli import prog as cli_prog
 from training.compare_report import differences, markdown, plot, summarise
@@ -110,14 +111,18 @@ def run_key(cfg: TrainConfig, reference: bool | str) -> dict:
     """What a finished run's metrics depend on: every setting of its training run as resolved
     (defaults included: a run made before a default changed trains again), whether it is the
     logistic reference, and the files it reads, by name, size and modification time (the data
-    folder's CSVs and the item table). JSON's form, as it is stored."""
+    folder's CSVs and the item table; or the spec, its tables and truth). JSON's form, as it is
+    stored."""
     settings = {
         k: str(v) if isinstance(v, Path) else v
         for k, v in dataclasses.asdict(cfg).items()
         if k not in _NOT_KEYED
     }
-    if cfg.spec is not None:  # the spec and the tables beside it
-        files = sorted(p for p in Path(cfg.spec).parent.iterdir() if p.is_file())
+    if cfg.spec is not None:  # the spec, the tables it names, the generator's truth beside it
+        spec = load_spec(cfg.spec)
+        named = [*spec.events.values(), spec.users, spec.items, "truth_test.csv"]
+        files = [Path(cfg.spec), *(spec.root / p for p in named if p)]
+        files = sorted(p for p in files if p.is_file())
     else:
         files = sorted(p for p in Path(cfg.data).glob("*.csv") if p.is_file())
     if cfg.items is not None:

@@ -174,6 +174,8 @@ class TargetAttention(Interaction):
             )
         super().__init__(len(pairs))
         self.item_fields, self.lists, self.pairs, self.dim = len(item), lists, pairs, dim
+        # where each list's members (k * D) and weights (k) start in the user part
+        self.starts = [sum(k * (dim + 1) for _, _, k in lists[:i]) for i in range(len(lists))]
         self.user_width = sum(k * (dim + 1) for _, _, k in lists)
         # a match is a cosine near 1: sharp from the start, so that equal ids (cosine 1) count
         # and others (about 0 +- 1/sqrt(D)) do not
@@ -190,12 +192,9 @@ class TargetAttention(Interaction):
 
     def features(self, users, user_index, item_pooled):
         x = F.normalize(item_pooled.unflatten(1, (self.item_fields, -1)), dim=-1)  # (B, Fi, D)
-        starts = [0]
-        for _, _, k in self.lists:
-            starts.append(starts[-1] + k * (self.dim + 1))
         out = []
         for p, (i, g) in enumerate(self.pairs):
-            k, pos = self.lists[i][2], starts[i]
+            k, pos = self.lists[i][2], self.starts[i]
             members = users[:, pos : pos + k * self.dim]  # (U, k * D)
             weight = users[:, pos + k * self.dim : pos + k * (self.dim + 1)]  # (U, k)
             cos = _cosines(members, user_index, x[:, g], k, self.training)  # (B, k)

@@ -149,7 +149,7 @@ class RankingModel(nn.Module, abc.ABC):
         if cfg.kind != self.kind:
             raise ValueError(f"{type(self).__name__} is kind {self.kind!r}, not {cfg.kind!r}")
         self.cfg = cfg
-        contract = FeatureContract.from_dict(cfg.contract)
+        self.contract = contract = FeatureContract.from_dict(cfg.contract)
         self.embeddings = nn.ModuleList(
             FieldPooling(contract, cfg.embed_dim) for _ in range(self.tables)
         )
@@ -221,10 +221,9 @@ class TwoTowers(RankingModel):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        contract = FeatureContract.from_dict(cfg.contract)
         # one per table: the CTR tower's and (when it has its own) the second tower's
         self.inter = (
-            nn.ModuleList(interaction(cfg, contract) for _ in range(self.tables))
+            nn.ModuleList(interaction(cfg, self.contract) for _ in range(self.tables))
             if cfg.interactions != "none"
             else None
         )

@@ -20,50 +20,40 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from features import manifest
+from service.engine import Engine, ScorerOptions
 from training.cli import prog as cli_prog
 from training.export import sample_case
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 class Model:
-    """One exported model's graphs and a run of `rows` candidates over `users` users."""
+    """One exported model as the service loads it (one CPU thread, plain runs) and a run of
+    `rows` candidates over `users` users."""
 
     def __init__(self, folder: Path, rows: int, users: int = 1):
         self.folder = folder
-        m = manifest.read(folder)
-        samples = dict(np.load(folder / "samples.npz"))
-        case = sample_case(m.contract, samples, len(samples["row_user"]))
-        first = case["user_index"] == 0
-        pick = np.resize(np.nonzero(first)[0], rows)  # the first user's rows, tiled
-        self.user = {k: case[k][:1] for k in ("user_ids", "user_weights")}
-        self.user_tower = _session(folder / "user_tower.onnx")
-        self.scorer = _session(folder / "item_scorer.onnx")
-        (user_repr,) = self.user_tower.run(None, self.user)
+        self.engine = e = Engine(folder, "cpu", 1, ScorerOptions(io_binding="off"))
+        samples = dict(np.load(folder / e.manifest.samples))
+        case = sample_case(e.contract, samples, len(samples["row_user"]))
+        pick = np.resize(np.nonzero(case["user_index"] == 0)[0], rows)  # the first user's, tiled
+        self.user = (case["user_ids"][:1], case["user_weights"][:1])
+        user_repr = e.user_repr(*self.user)
         self.repr_bytes = int(user_repr.nbytes)
-        self.feeds = {
-            "user_repr": np.repeat(user_repr, users, axis=0),
-            "user_index": np.arange(rows, dtype=np.int64) % users,
-            "item_ids": case["item_ids"][pick],
-            "item_weights": case["item_weights"][pick],
-        }
+        self.run = (
+            np.repeat(user_repr, users, axis=0),
+            np.arange(rows, dtype=np.int64) % users,
+            case["item_ids"][pick],
+            case["item_weights"][pick],
+        )
         self.rows = rows
 
     def time_scorer(self, seconds: float) -> float:
         """Microseconds a candidate row over repeated runs of `seconds`."""
-        return _repeat(lambda: self.scorer.run(None, self.feeds), seconds) / self.rows * 1e6
+        return _repeat(lambda: self.engine.score_raw(*self.run), seconds) / self.rows * 1e6
 
     def time_user(self, seconds: float) -> float:
         """Microseconds the user tower takes for one user."""
-        return _repeat(lambda: self.user_tower.run(None, self.user), seconds) * 1e6
+        return _repeat(lambda: self.engine.user_repr(*self.user), seconds) * 1e6
 
 
 def _repeat(fn, seconds: float) -> float:
