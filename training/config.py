@@ -74,6 +74,11 @@ class TrainConfig:
         "against the heaviest members of the user list in its embedding group",
     )
     attn_k: int = option(16, help="attn: the members of each user list a candidate meets")
+    wide: bool = option(
+        False,
+        help="add a linear term per tower to its logit (two-tower kinds): an L2 logistic "
+        "regression per head, fitted first and held fixed, whose residual the towers learn",
+    )
     calibration: str = option(
         "none",
         choices=CALIBRATIONS,
@@ -139,6 +144,7 @@ class TrainConfig:
             self.cvr_weight or 0.0,
             self.interactions,
             self.attn_k,
+            self.wide,
         )
         if self.cvr_weight is None:  # the kind's default
             self.cvr_weight = DEFAULT_CVR_WEIGHT if self.model in IPS_KINDS else 0.0

@@ -163,6 +163,8 @@ def side_model(model: RankingModel, contract: FeatureContract, side: str) -> Ran
     lo, hi = contract.side_rows(side)
     m = copy.deepcopy(model)
     m.embeddings = nn.ModuleList(e.restricted(lo, hi) for e in model.embeddings)
+    if getattr(m, "wide", None) is not None:  # a wide term's table, cut the same way
+        m.wide.weights = m.wide.weights.restricted(lo, hi)
     return m.eval()
 
 
@@ -332,6 +334,7 @@ def export(run_dir: Path, out: Path, force: bool = False) -> dict:
                     "cvr_weight",
                     "interactions",
                     "attn_k",
+                    "wide",
                 )
             }
             | {"user_repr_dim": model.repr_dim},

@@ -229,6 +229,36 @@ def _heaviest_first(w: torch.Tensor) -> torch.Tensor:
     return q * 4096 + (4095 - col)
 
 
+class Wide(nn.Module):
+    """A linear term per head over every hashed feature (one weight per embedding row and
+    head, a bias per head), added to the towers' logits: wide & deep, with the wide part a
+    fitted L2 logistic regression per head (training/wide.py) held fixed while the towers learn
+    what it leaves. Split like the towers: the user fields' sum once per user (`user_part`,
+    `heads` floats cached with the user representation), the item fields' per candidate row."""
+
+    def __init__(self, contract: FeatureContract, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.weights = FieldPooling(contract, heads)
+        with torch.no_grad():
+            self.weights.table.weight.zero_()
+        self.weights.table.weight.requires_grad_(False)
+        self.bias = nn.Parameter(torch.zeros(heads), requires_grad=False)
+
+    def user_part(self, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self._sum(ids, w, "user")  # (U, heads)
+
+    def forward(
+        self, users: torch.Tensor, user_index: torch.Tensor, ids: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        """(U, heads) users' sums, (B,) rows' users, the rows' item features -> (B, heads)."""
+        return users.index_select(0, user_index) + self._sum(ids, w, "item") + self.bias
+
+    def _sum(self, ids: torch.Tensor, w: torch.Tensor, side: Side) -> torch.Tensor:
+        pooled = self.weights(ids, w, side)  # (N, fields * heads)
+        return pooled.unflatten(1, (-1, self.heads)).sum(1)
+
+
 class Tower(nn.Module):
     """MLP whose first layer is split into a user half (with the bias) and an item half."""
 

@@ -50,7 +50,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from features.contract import FeatureContract
-from training.layers import FieldDots, FieldPooling, TargetAttention, Tower, mixture_head
+from training.layers import (
+    FieldDots,
+    FieldPooling,
+    TargetAttention,
+    Tower,
+    Wide,
+    mixture_head,
+)
 
 
 @dataclasses.dataclass
@@ -71,6 +78,10 @@ class ModelConfig:
     # against the heaviest members of each user list (TargetAttention)
     interactions: str = "none"
     attn_k: int = 16  # "attn": the members of each user list its candidates meet
+    # a fixed linear term per head added to the towers' logits (two-tower kinds; layers.py,
+    # Wide): an L2 logistic regression fitted before the towers (training/wide.py), which then
+    # learn its residual
+    wide: bool = False
 
     def __post_init__(self) -> None:
         check_options(
@@ -81,6 +92,7 @@ class ModelConfig:
             self.cvr_weight,
             self.interactions,
             self.attn_k,
+            self.wide,
         )
         self.hidden = tuple(self.hidden)
 
@@ -96,6 +108,7 @@ def check_options(
     cvr_weight: float = 0.0,
     interactions: str = "none",
     attn_k: int = 16,
+    wide: bool = False,
 ) -> None:
     """ValueError naming what is wrong with a kind and its options; training checks them before
     it reads data, a comparison before its first run."""
@@ -105,6 +118,8 @@ def check_options(
         raise ValueError(f"unknown interactions {interactions!r}; choose one of {INTERACTIONS}")
     if interactions != "none" and not issubclass(MODELS[kind], TwoTowers):
         raise ValueError(f"interactions apply to {', '.join(TWO_TOWER_KINDS)}, not {kind}")
+    if wide and not issubclass(MODELS[kind], TwoTowers):
+        raise ValueError(f"the wide term applies to {', '.join(TWO_TOWER_KINDS)}, not {kind}")
     if ips_weight < 0 or not 0 < ips_clip <= 1:
         raise ValueError("ips_weight must be >= 0 and ips_clip in (0, 1]")
     if ips_weight > 0 and not MODELS[kind].takes_ips:
@@ -217,7 +232,12 @@ def probabilities(logits: Logits) -> dict[str, torch.Tensor]:
 # ---- ESMM and the paper's baselines: a CTR tower and a second tower ------------------------
 class TwoTowers(RankingModel):
     """A CTR tower and a second tower (CVR, or CTCVR for DIVISION) over one shared table or one
-    table each; the kinds below differ in their loss and how they read the second tower."""
+    table each; the kinds below differ in their loss and how they read the second tower. With
+    `cfg.wide`, a fixed linear term per tower (`wide_heads`: the references, training/wide.py,
+    fitted for them) is added to its logit."""
+
+    # the logistic-regression heads a wide term is fitted as: the CTR tower's, the second's
+    wide_heads: ClassVar[tuple[str, str]] = ("ctr", "cvr")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -230,11 +250,14 @@ class TwoTowers(RankingModel):
         item_in = self.item_width + (self.inter[0].width if self.inter else 0)
         self.ctr = Tower(self.user_width, item_in, cfg.hidden)
         self.cvr = Tower(self.user_width, item_in, cfg.hidden)
+        self.wide = Wide(self.contract, 2) if cfg.wide else None
 
     @property
     def repr_dim(self) -> int:
-        # the towers' user halves, then (with interactions) each table's user part of them
-        return 2 * self.cfg.hidden[0] + sum(i.user_width for i in self.inter or ())
+        # the towers' user halves, (with interactions) each table's user part of them, and
+        # (with a wide term) its two user sums
+        inter = sum(i.user_width for i in self.inter or ())
+        return 2 * self.cfg.hidden[0] + inter + (self.wide.heads if self.wide else 0)
 
     def _tables(self) -> tuple[FieldPooling, FieldPooling]:
         return self.embeddings[0], self.embeddings[-1]  # (ctr's, cvr's); one object if shared
@@ -242,7 +265,8 @@ class TwoTowers(RankingModel):
     def user_repr(self, user_ids: torch.Tensor, user_w: torch.Tensor) -> torch.Tensor:
         """(U, user width) -> (U, repr_dim): [CTR tower's user half; CVR tower's], then with
         interactions each table's user part of them (its pooled fields, or its lists' heaviest
-        members), which the scorer meets with the candidate's."""
+        members), which the scorer meets with the candidate's, and with a wide term its user
+        fields' sum per head."""
         ctr_emb, cvr_emb = self._tables()
         u_ctr = ctr_emb(user_ids, user_w, "user")
         u_cvr = u_ctr if cvr_emb is ctr_emb else cvr_emb(user_ids, user_w, "user")
@@ -251,6 +275,8 @@ class TwoTowers(RankingModel):
             self.inter or (), self.embeddings, (u_ctr, u_cvr), strict=False
         ):
             parts.append(inter.user_part(emb, user_ids, user_w, pooled))
+        if self.wide:
+            parts.append(self.wide.user_part(user_ids, user_w))
         return torch.cat(parts, dim=1)
 
     def score(
@@ -272,7 +298,12 @@ class TwoTowers(RankingModel):
                 pos += inter.user_width
                 inputs.append(torch.cat([x, inter(part, user_index, x)], dim=1))
             x_ctr, x_cvr = inputs if len(inputs) == 2 else inputs * 2
-        return Logits(self.ctr(r[:, :h], x_ctr), self.cvr(r[:, h : 2 * h], x_cvr))
+        ctr, cvr = self.ctr(r[:, :h], x_ctr), self.cvr(r[:, h : 2 * h], x_cvr)
+        if self.wide:
+            users = user_repr[:, -self.wide.heads :]  # (U, 2)
+            wide = self.wide(users, user_index, item_ids, item_w)  # (B, 2)
+            ctr, cvr = ctr + wide[:, 0], cvr + wide[:, 1]
+        return Logits(ctr, cvr)
 
 
 def interaction(cfg: ModelConfig, contract: FeatureContract) -> nn.Module:
@@ -318,6 +349,7 @@ class Division(TwoTowers):
 
     kind = "division"
     tables = 2
+    wide_heads = ("ctr", "ctcvr")
 
     def probabilities(self, logits: Logits) -> dict[str, torch.Tensor]:
         # the ratio in log space: dividing two rounded sigmoids loses digits when pCTR is small

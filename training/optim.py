@@ -26,9 +26,11 @@ def labels(b: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
 
 
 def make_optimizers(model: torch.nn.Module, lr: float, embed_lr: float) -> list:
-    """Lazy (sparse) Adam for embedding tables, Adam for the dense layers."""
-    sparse = [p for n, p in model.named_parameters() if "table" in n]
-    dense = [p for n, p in model.named_parameters() if "table" not in n]
+    """Lazy (sparse) Adam for embedding tables, Adam for the dense layers; parameters held
+    fixed (a fitted wide term) are left out."""
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    sparse = [p for n, p in trained if "table" in n]
+    dense = [p for n, p in trained if "table" not in n]
     return [
         torch.optim.SparseAdam(sparse, lr=embed_lr, betas=(0.9, 0.999), eps=1e-8),
         torch.optim.Adam(dense, lr=lr, betas=(0.9, 0.999), eps=1e-8),

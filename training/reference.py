@@ -68,12 +68,12 @@ class LogisticRegression(nn.Module):
 HEADS = ("ctr", "cvr", "ctcvr")
 
 
-def _rows(split: EncodedSplit, rows: np.ndarray, head: str) -> np.ndarray:
+def head_rows(split: EncodedSplit, rows: np.ndarray, head: str) -> np.ndarray:
     """CVR is P(conversion | click): clicked rows only; CTR and CTCVR: every impression."""
     return rows[np.asarray(split.click)[rows] > 0] if head == "cvr" else rows
 
 
-def _label(split: EncodedSplit, head: str) -> np.ndarray:
+def head_label(split: EncodedSplit, head: str) -> np.ndarray:
     return np.asarray(split.click if head == "ctr" else split.conv)
 
 
@@ -110,10 +110,10 @@ def _per_head(name, fit, contract, train, train_rows, val_rows, test, heads, tru
     out: dict = {}
     for head in heads:
         t0 = time.perf_counter()
-        rows, val = _rows(train, train_rows, head), _rows(train, val_rows, head)
-        model, figures, how = fit(head, rows, val, _label(train, head))
-        tst = _rows(test, np.arange(len(test)), head)
-        out[f"{head}_auc"] = auc(_label(test, head)[tst], _scores(model, test, contract, tst))
+        rows, val = head_rows(train, train_rows, head), head_rows(train, val_rows, head)
+        model, figures, how = fit(head, rows, val, head_label(train, head))
+        tst = head_rows(test, np.arange(len(test)), head)
+        out[f"{head}_auc"] = auc(head_label(test, head)[tst], _scores(model, test, contract, tst))
         out.update({f"{head}_{k}": v for k, v in figures.items()})
         out[f"{head}_train_rows"] = int(len(rows))
         out[f"{head}_seconds"] = time.perf_counter() - t0
@@ -154,30 +154,45 @@ def strong_reference(
     `{head}_l2`, `{head}_evals`, `{head}_train_rows` and `{head}_seconds`."""
 
     def fit(head: str, rows: np.ndarray, val: np.ndarray, label: np.ndarray):
-        torch.manual_seed(seed)
-        model = LogisticRegression(contract)
-        (batch,) = iter_batches(train, contract, rows, max(len(rows), 1))
-        design = _Design(batch, contract.num_rows, label[batch.rows])
-        theta = torch.zeros(contract.num_rows + 1, dtype=torch.float64, requires_grad=True)
-        best, best_theta, worse, evals = (-1.0, None, None), None, 0, 0
-        for l2 in STRONG["l2"]:
-            evals += _lbfgs(design, theta, l2, STRONG["max_evals"])
-            design.into(model, theta)
-            val_auc = auc(label[val], _scores(model, train, contract, val))
-            log.info("strong reference %s: l2 %g, validation AUC %.4f", head, l2, val_auc)
-            if val_auc > best[0]:
-                best, best_theta, worse = (val_auc, l2, evals), theta.detach().clone(), 0
-            else:
-                worse += 1
-                if worse == 2:
-                    break
-        design.into(model, best_theta)
-        figures = dict(zip(("val_auc", "l2", "evals"), best, strict=True))
-        return model, figures, f"l2 {best[1]:g}, {best[2]} evaluations"
+        return strong_fit(contract, train, rows, val, label, seed, head)
 
     return _per_head(
         "strong reference", fit, contract, train, train_rows, val_rows, test, heads, truth
     )
+
+
+def strong_fit(
+    contract: FeatureContract,
+    train: EncodedSplit,
+    rows: np.ndarray,
+    val: np.ndarray,
+    label: np.ndarray,
+    seed: int,
+    head: str = "",
+) -> tuple[LogisticRegression, dict, str]:
+    """One L2 logistic regression of `label` on training `rows`, its strength the best of
+    STRONG's path by AUC on `val` (stopping after two strengths worse than the best): the
+    fitted model, its figures (val_auc, l2, evals) and how it was fitted, for a log line."""
+    torch.manual_seed(seed)
+    model = LogisticRegression(contract)
+    (batch,) = iter_batches(train, contract, rows, max(len(rows), 1))
+    design = _Design(batch, contract.num_rows, label[batch.rows])
+    theta = torch.zeros(contract.num_rows + 1, dtype=torch.float64, requires_grad=True)
+    best, best_theta, worse, evals = (-1.0, None, None), None, 0, 0
+    for l2 in STRONG["l2"]:
+        evals += _lbfgs(design, theta, l2, STRONG["max_evals"])
+        design.into(model, theta)
+        val_auc = auc(label[val], _scores(model, train, contract, val))
+        log.info("strong reference %s: l2 %g, validation AUC %.4f", head, l2, val_auc)
+        if val_auc > best[0]:
+            best, best_theta, worse = (val_auc, l2, evals), theta.detach().clone(), 0
+        else:
+            worse += 1
+            if worse == 2:
+                break
+    design.into(model, best_theta)
+    figures = dict(zip(("val_auc", "l2", "evals"), best, strict=True))
+    return model, figures, f"l2 {best[1]:g}, {best[2]} evaluations"
 
 
 class _Design:

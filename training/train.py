@@ -46,6 +46,7 @@ from training.model import ModelConfig, RankingModel, build_model
 from training.optim import labels, make_optimizers, step, to_torch
 from training.progress import Progress, duration
 from training.reference import logistic_reference
+from training.wide import fit_wide
 
 log = logging.getLogger("training.train")
 SAMPLE_ROWS = 512  # test rows stored in the checkpoint for export's parity checks
@@ -295,8 +296,12 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         cfg.cvr_weight,
         cfg.interactions,
         cfg.attn_k,
+        cfg.wide,
     )
     model = build_model(model_cfg)
+    wide = (
+        fit_wide(model, contract, train_split, train_rows, val_rows, cfg.seed) if cfg.wide else None
+    )
     fitted = fit(model, cfg, train_split, contract, train_rows, val_rows, world)
     digests = dist.digests(world, model)
     if not world.main:
@@ -321,6 +326,8 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         "samples_per_second": fitted.rows / fitted.seconds,
         "embedding_rows": contract.num_rows,
     }
+    if wide is not None:  # the wide term's fit, before the towers' (not in train_seconds)
+        metrics["wide"] = wide
     if world.size > 1:
         metrics["distributed"] = {"world_size": world.size, "weights_sha256": digests}
         if len(set(digests)) > 1:

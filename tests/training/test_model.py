@@ -81,6 +81,8 @@ TOWER_OPTIONS = {
     "attn": ("esmm", {"interactions": "attn", "attn_k": 4}),
     "base-attn": ("base", {"interactions": "attn", "attn_k": 8}),
     "division-dot": ("division", {"interactions": "dot"}),
+    "wide": ("esmm", {"wide": True}),
+    "base-attn-wide": ("base", {"interactions": "attn", "attn_k": 4, "wide": True}),
 }
 
 
@@ -88,7 +90,12 @@ def variant_model(request, variant: str):
     kind, options = TOWER_OPTIONS[variant]
     fixture = "spec_contract" if options.get("interactions") == "attn" else "contract"
     contract = request.getfixturevalue(fixture)
-    return build(contract, kind, **options), contract
+    m = build(contract, kind, **options)
+    if m.wide is not None:  # a fitted wide term is not zero: give it weights to carry
+        with torch.no_grad():
+            m.wide.weights.table.weight[1:].normal_()
+            m.wide.bias.copy_(torch.tensor([-2.0, 0.5]))
+    return m, contract
 
 
 def test_esmm_towers_share_only_the_embedding(contract):
@@ -142,7 +149,7 @@ def test_split_scoring_equals_per_row_scoring(request, variant):
     torch.testing.assert_close(split.cvr, tiled.cvr, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["esmm", "esmm-ns", "dot", "base-attn"])
+@pytest.mark.parametrize("kind", ["esmm", "esmm-ns", "dot", "base-attn", "wide"])
 def test_training_pooling_equals_the_exported_pooling(request, contract, kind):
     """Training pools with embedding_bag, export with gather + masked sum: same function (and
     target attention gathers members per row in training, multiplies every user's in the
@@ -273,6 +280,8 @@ def test_interactions_are_refused_where_they_do_not_apply(contract):
     for kind in ("mmoe", "esm2"):
         with pytest.raises(ValueError, match=f"apply to esmm, esmm-ns, base, division, not {kind}"):
             ModelConfig(contract.to_dict(), kind=kind, interactions="dot")
+        with pytest.raises(ValueError, match="wide term applies to esmm, esmm-ns, base, div"):
+            ModelConfig(contract.to_dict(), kind=kind, wide=True)
 
 
 def test_field_dots_are_every_user_field_dotted_with_every_item_field(contract):
@@ -467,3 +476,49 @@ STATE_KEYS["base"] = STATE_KEYS["division"] = STATE_KEYS["esmm-ns"]
 @pytest.mark.parametrize("kind", KINDS)
 def test_state_dict_keys_are_those_checkpoints_carry(contract, kind):
     assert list(build(contract, kind).state_dict()) == STATE_KEYS[kind]
+
+
+@pytest.mark.parametrize("kind", ["esmm", "division"])
+def test_the_wide_term_adds_a_linear_model_per_head_to_the_logits(request, kind):
+    """The wide term is sum of its weights over a row's features (user and item, each entry
+    times its pooling weight) plus a bias, per head, added to each tower's logit; the user
+    side's sum travels in the last `heads` floats of the user representation."""
+    contract = request.getfixturevalue("contract")
+    m = build(contract, kind, wide=True)
+    with torch.no_grad():
+        m.wide.weights.table.weight[1:].normal_()
+        m.wide.bias.copy_(torch.tensor([-2.0, 0.5]))
+    m.eval()
+    x = inputs(contract, n=21, seed=5)
+    w = m.wide.weights.table.weight
+    idx = x["user_index"]
+    by_hand = (
+        (w[x["user_ids"]] * x["user_w"].unsqueeze(-1)).sum(1)[idx]
+        + (w[x["item_ids"]] * x["item_w"].unsqueeze(-1)).sum(1)
+        + m.wide.bias
+    )  # (B, 2)
+    with torch.no_grad():
+        with_wide = m(**x)
+        m.wide.weights.table.weight.zero_()
+        m.wide.bias.zero_()
+        without = m(**x)
+        repr_ = m.user_repr(x["user_ids"], x["user_w"])
+    assert repr_.shape[1] == m.repr_dim == 2 * m.cfg.hidden[0] + 2
+    torch.testing.assert_close(with_wide.ctr - without.ctr, by_hand[:, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(with_wide.cvr - without.cvr, by_hand[:, 1], atol=1e-5, rtol=1e-5)
+    assert m.wide_heads == (("ctr", "ctcvr") if kind == "division" else ("ctr", "cvr"))
+
+
+def test_the_wide_term_is_held_fixed_while_the_towers_train(request):
+    from training.optim import make_optimizers, step
+
+    m, contract = variant_model(request, "wide")
+    before = [p.detach().clone() for p in m.wide.parameters()]
+    towers = m.ctr.head[-1].weight.detach().clone()
+    opts = make_optimizers(m, 1e-2, 1e-2)
+    m.train()
+    for seed in range(3):
+        logits = m(**inputs(contract, n=40, seed=seed))
+        step(opts, F.binary_cross_entropy_with_logits(logits.ctr, torch.ones(40)))
+    assert all(torch.equal(a, b) for a, b in zip(before, m.wide.parameters(), strict=True))
+    assert not torch.equal(towers, m.ctr.head[-1].weight)

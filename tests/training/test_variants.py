@@ -34,6 +34,9 @@ VARIANTS = {
     # tables: each table's; target attention, which needs a spec's shared groups, is served in
     # tests/ranker/test_replay.py)
     "base-dot": {"model": "base", "interactions": "dot"},
+    # wide & deep: a fitted L2 logistic regression per head added to the towers' logits, its
+    # user sums in the user representation, its item weights in the scorer
+    "division-wide": {"model": "division", "wide": True},
 }
 
 
@@ -61,6 +64,11 @@ def test_the_variant_learns_exports_and_serves_its_own_scores_calibrated(variant
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["model"]["kind"] == VARIANTS[name]["model"]
     assert manifest["model"]["interactions"] == VARIANTS[name].get("interactions", "none")
+    assert manifest["model"]["wide"] == VARIANTS[name].get("wide", False)
+    if manifest["model"]["wide"]:  # each head's regression, fitted on the rows it reads
+        assert set(metrics["wide"]) == {"ctr", "ctcvr"}
+        assert metrics["wide"]["ctcvr"]["train_rows"] == metrics["n_train"]
+        assert all(0.55 < h["val_auc"] < 1 and h["l2"] > 0 for h in metrics["wide"].values())
     rare = [f for f in manifest["feature_contract"]["fields"] if f.get("rare")]
     assert bool(rare) == ("min_count" in VARIANTS[name])
     numeric = [f["name"] for f in manifest["feature_contract"]["fields"] if f.get("bounds")]
