@@ -40,14 +40,6 @@ from training.train import TrainConfig, train
 log = logging.getLogger("training.compare")
 
 
-def _flag(value: str) -> bool:
-    """`1`/`0` (or true/false, yes/no) -> a boolean option."""
-    v = value.lower()
-    if v not in ("1", "0", "true", "false", "yes", "no"):
-        raise ValueError(value)
-    return v in ("1", "true", "yes")
-
-
 def _widths(value: str) -> tuple[int, ...]:
     """`64x32` -> (64, 32)."""
     widths = tuple(int(w) for w in value.split("x"))
@@ -69,7 +61,7 @@ OPTIONS = {
     "experts": ("experts", int),
     "inter": ("interactions", str),
     "k": ("attn_k", int),
-    "wide": ("wide", _flag),
+    "wide": ("wide", str),
     "hidden": ("hidden", _widths),
     "items": ("items", Path),
 }

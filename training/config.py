@@ -11,7 +11,7 @@ from features.calibration import FITS
 from features.contract import DEFAULT_MAX_LEN, FeatureContract
 from training.cli import option
 from training.encoded import OrphanPolicy
-from training.model import INTERACTIONS, IPS_KINDS, KINDS, check_options
+from training.model import INTERACTIONS, IPS_KINDS, KINDS, WIDE, check_options
 
 CALIBRATIONS = ("none", *FITS)
 # The clicked-rows CVR loss's default weight for the entire-space kinds: with it ESMM's CVR AUC
@@ -74,10 +74,12 @@ class TrainConfig:
         "against the heaviest members of the user list in its embedding group",
     )
     attn_k: int = option(16, help="attn: the members of each user list a candidate meets")
-    wide: bool = option(
-        False,
-        help="add a linear term per tower to its logit (two-tower kinds): an L2 logistic "
-        "regression per head, fitted first and held fixed, whose residual the towers learn",
+    wide: str = option(
+        "none",
+        choices=WIDE,
+        help="add a fitted linear term to towers' logits (two-tower kinds): an L2 logistic "
+        "regression per head, fitted first (out of fold for the training rows) and held "
+        "fixed; ctr: the CTR tower's alone, all: both towers'",
     )
     calibration: str = option(
         "none",

@@ -234,7 +234,10 @@ class Wide(nn.Module):
     head, a bias per head), added to the towers' logits: wide & deep, with the wide part a
     fitted L2 logistic regression per head (training/wide.py) held fixed while the towers learn
     what it leaves. Split like the towers: the user fields' sum once per user (`user_part`,
-    `heads` floats cached with the user representation), the item fields' per candidate row."""
+    `heads` floats cached with the user representation), the item fields' per candidate row.
+    Each head's regression enters times a trained `gain` (1 at first): where the towers model a
+    head better than the regression does (ESMM's entire-space CVR against a regression fitted on
+    clicked rows), they learn to lean on it less."""
 
     def __init__(self, contract: FeatureContract, heads: int):
         super().__init__()
@@ -244,6 +247,7 @@ class Wide(nn.Module):
             self.weights.table.weight.zero_()
         self.weights.table.weight.requires_grad_(False)
         self.bias = nn.Parameter(torch.zeros(heads), requires_grad=False)
+        self.gain = nn.Parameter(torch.ones(heads))
 
     def user_part(self, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self._sum(ids, w, "user")  # (U, heads)
@@ -251,7 +255,8 @@ class Wide(nn.Module):
     def forward(
         self, users: torch.Tensor, user_index: torch.Tensor, ids: torch.Tensor, w: torch.Tensor
     ) -> torch.Tensor:
-        """(U, heads) users' sums, (B,) rows' users, the rows' item features -> (B, heads)."""
+        """(U, heads) users' sums, (B,) rows' users, the rows' item features -> (B, heads):
+        the regressions' logits, before the gain."""
         return users.index_select(0, user_index) + self._sum(ids, w, "item") + self.bias
 
     def _sum(self, ids: torch.Tensor, w: torch.Tensor, side: Side) -> torch.Tensor:

@@ -78,10 +78,10 @@ class ModelConfig:
     # against the heaviest members of each user list (TargetAttention)
     interactions: str = "none"
     attn_k: int = 16  # "attn": the members of each user list its candidates meet
-    # a fixed linear term per head added to the towers' logits (two-tower kinds; layers.py,
-    # Wide): an L2 logistic regression fitted before the towers (training/wide.py), which then
-    # learn its residual
-    wide: bool = False
+    # a fitted linear term added to towers' logits (two-tower kinds; layers.py, Wide): an L2
+    # logistic regression per head fitted before the towers (training/wide.py), which learn on
+    # top of it; "ctr": the CTR tower's alone, "all": both towers'
+    wide: str = "none"
 
     def __post_init__(self) -> None:
         check_options(
@@ -98,6 +98,7 @@ class ModelConfig:
 
 
 INTERACTIONS = ("none", "dot", "attn")
+WIDE = ("none", "ctr", "all")
 
 
 def check_options(
@@ -108,7 +109,7 @@ def check_options(
     cvr_weight: float = 0.0,
     interactions: str = "none",
     attn_k: int = 16,
-    wide: bool = False,
+    wide: str = "none",
 ) -> None:
     """ValueError naming what is wrong with a kind and its options; training checks them before
     it reads data, a comparison before its first run."""
@@ -118,7 +119,9 @@ def check_options(
         raise ValueError(f"unknown interactions {interactions!r}; choose one of {INTERACTIONS}")
     if interactions != "none" and not issubclass(MODELS[kind], TwoTowers):
         raise ValueError(f"interactions apply to {', '.join(TWO_TOWER_KINDS)}, not {kind}")
-    if wide and not issubclass(MODELS[kind], TwoTowers):
+    if wide not in WIDE:
+        raise ValueError(f"unknown wide {wide!r}; choose one of {WIDE}")
+    if wide != "none" and not issubclass(MODELS[kind], TwoTowers):
         raise ValueError(f"the wide term applies to {', '.join(TWO_TOWER_KINDS)}, not {kind}")
     if ips_weight < 0 or not 0 < ips_clip <= 1:
         raise ValueError("ips_weight must be >= 0 and ips_clip in (0, 1]")
@@ -233,11 +236,11 @@ def probabilities(logits: Logits) -> dict[str, torch.Tensor]:
 class TwoTowers(RankingModel):
     """A CTR tower and a second tower (CVR, or CTCVR for DIVISION) over one shared table or one
     table each; the kinds below differ in their loss and how they read the second tower. With
-    `cfg.wide`, a fixed linear term per tower (`wide_heads`: the references, training/wide.py,
-    fitted for them) is added to its logit."""
+    `cfg.wide`, a fitted linear term is added to the CTR tower's logit, or to both towers'
+    (`wide_heads`: the logistic-regression heads training/wide.py fits for them)."""
 
-    # the logistic-regression heads a wide term is fitted as: the CTR tower's, the second's
-    wide_heads: ClassVar[tuple[str, str]] = ("ctr", "cvr")
+    # the logistic-regression head each tower's logit is: the CTR tower's, the second's
+    tower_heads: ClassVar[tuple[str, str]] = ("ctr", "cvr")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -250,14 +253,22 @@ class TwoTowers(RankingModel):
         item_in = self.item_width + (self.inter[0].width if self.inter else 0)
         self.ctr = Tower(self.user_width, item_in, cfg.hidden)
         self.cvr = Tower(self.user_width, item_in, cfg.hidden)
-        self.wide = Wide(self.contract, 2) if cfg.wide else None
+        self.wide_heads = {"none": (), "ctr": self.tower_heads[:1], "all": self.tower_heads}[
+            cfg.wide
+        ]
+        self.wide = Wide(self.contract, len(self.wide_heads)) if self.wide_heads else None
 
     @property
     def repr_dim(self) -> int:
         # the towers' user halves, (with interactions) each table's user part of them, and
-        # (with a wide term) its two user sums
+        # (with a wide term) its user sums, one a head
         inter = sum(i.user_width for i in self.inter or ())
         return 2 * self.cfg.hidden[0] + inter + (self.wide.heads if self.wide else 0)
+
+    def forward(self, user_ids, user_w, user_index, item_ids, item_w, wide=None) -> Logits:
+        """`wide`: (B, heads) logits used in place of the wide term's own (training passes the
+        rows' out-of-fold ones: training/wide.py)."""
+        return self.score(self.user_repr(user_ids, user_w), user_index, item_ids, item_w, wide)
 
     def _tables(self) -> tuple[FieldPooling, FieldPooling]:
         return self.embeddings[0], self.embeddings[-1]  # (ctr's, cvr's); one object if shared
@@ -285,6 +296,7 @@ class TwoTowers(RankingModel):
         user_index: torch.Tensor,
         item_ids: torch.Tensor,
         item_w: torch.Tensor,
+        wide: torch.Tensor | None = None,
     ) -> Logits:
         h = self.cfg.hidden[0]
         r = user_repr[:, : 2 * h].index_select(0, user_index)  # (B, 2h)
@@ -300,9 +312,12 @@ class TwoTowers(RankingModel):
             x_ctr, x_cvr = inputs if len(inputs) == 2 else inputs * 2
         ctr, cvr = self.ctr(r[:, :h], x_ctr), self.cvr(r[:, h : 2 * h], x_cvr)
         if self.wide:
-            users = user_repr[:, -self.wide.heads :]  # (U, 2)
-            wide = self.wide(users, user_index, item_ids, item_w)  # (B, 2)
-            ctr, cvr = ctr + wide[:, 0], cvr + wide[:, 1]
+            if wide is None:
+                users = user_repr[:, -self.wide.heads :]  # (U, heads)
+                wide = self.wide(users, user_index, item_ids, item_w)  # (B, heads)
+            wide = wide * self.wide.gain
+            ctr = ctr + wide[:, 0]
+            cvr = cvr + wide[:, 1] if self.wide.heads == 2 else cvr
         return Logits(ctr, cvr)
 
 
@@ -349,7 +364,7 @@ class Division(TwoTowers):
 
     kind = "division"
     tables = 2
-    wide_heads = ("ctr", "ctcvr")
+    tower_heads = ("ctr", "ctcvr")
 
     def probabilities(self, logits: Logits) -> dict[str, torch.Tensor]:
         # the ratio in log space: dividing two rounded sigmoids loses digits when pCTR is small

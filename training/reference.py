@@ -115,12 +115,14 @@ def _per_head(name, fit, contract, train, train_rows, val_rows, test, heads, tru
         rows, val = head_rows(train, train_rows, head), head_rows(train, val_rows, head)
         model, figures, how = fit(head, rows, val, head_label(train, head))
         tst = head_rows(test, np.arange(len(test)), head)
-        out[f"{head}_auc"] = auc(head_label(test, head)[tst], _scores(model, test, contract, tst))
+        out[f"{head}_auc"] = auc(
+            head_label(test, head)[tst], regression_scores(model, test, contract, tst)
+        )
         out.update({f"{head}_{k}": v for k, v in figures.items()})
         out[f"{head}_train_rows"] = int(len(rows))
         out[f"{head}_seconds"] = time.perf_counter() - t0
         if head == "cvr" and truth is not None:
-            every = _scores(model, test, contract, np.arange(len(test)))
+            every = regression_scores(model, test, contract, np.arange(len(test)))
             out["cvr_auc_entire"] = soft_auc(truth["p_conversion"], every)
         log.info(
             "%s %s: test AUC %.4f (%s on %s rows, %.0f s)",
@@ -185,7 +187,7 @@ def strong_fit(
         with _one_thread():
             evals += _lbfgs(design, theta, l2, STRONG["max_evals"])
         design.into(model, theta)
-        val_auc = auc(label[val], _scores(model, train, contract, val))
+        val_auc = auc(label[val], regression_scores(model, train, contract, val))
         log.info("strong reference %s: l2 %g, validation AUC %.4f", head, l2, val_auc)
         if val_auc > best[0]:
             best, best_theta, worse = (val_auc, l2, evals), theta.detach().clone(), 0
@@ -332,7 +334,7 @@ def _fit(
         for b in iter_batches(train, contract, order, batch_size):
             y = torch.from_numpy(label[b.rows].astype(np.float32))
             step(opts, F.binary_cross_entropy_with_logits(model(**to_torch(b)), y))
-        val_auc = auc(label[val], _scores(model, train, contract, val))
+        val_auc = auc(label[val], regression_scores(model, train, contract, val))
         if not val_auc > best:
             break
         best, best_state, epochs = val_auc, copy.deepcopy(model.state_dict()), epochs + 1
@@ -341,7 +343,7 @@ def _fit(
 
 
 @torch.no_grad()
-def _scores(
+def regression_scores(
     model: LogisticRegression, split: EncodedSplit, contract: FeatureContract, rows: np.ndarray
 ) -> np.ndarray:
     model.eval()

@@ -63,9 +63,12 @@ def run_epoch(
     rng: np.random.Generator,
     desc: str,
     world: dist.World = dist.LOCAL,
+    wide: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """One pass over `rows` in session order; returns (mean loss, samples per second), both
-    over every rank. `model` may be `dist.wrap`'s DDP: each rank then trains on its shard."""
+    over every rank. `model` may be `dist.wrap`'s DDP: each rank then trains on its shard.
+    `wide`: a wide model's out-of-fold logits of every split row (training/wide.py), which
+    the towers' logits are trained on top of in place of the wide term's own."""
     model.train()
     loss_of = dist.unwrap(model).loss
     order = session_order(split, rows, rng)
@@ -83,7 +86,8 @@ def run_epoch(
     )
     lines = None if not bar.disable else Progress(log, desc, n_rows)
     for b in (make_batch(split, contract, r) for r in batches):
-        loss, _ = loss_of(model(**to_torch(b)), *labels(b))
+        extra = {} if wide is None else {"wide": torch.from_numpy(wide[b.rows])}
+        loss, _ = loss_of(model(**to_torch(b), **extra), *labels(b))
         step(opts, loss)
         n = len(b.rows)
         total += loss.item() * n
@@ -159,6 +163,7 @@ def fit(
     train_rows: np.ndarray,
     val_rows: np.ndarray,
     world: dist.World = dist.LOCAL,
+    wide: np.ndarray | None = None,
 ) -> Fitted:
     """Epochs until `cfg.epochs`, or `cfg.patience` epochs without a lower validation objective;
     leaves the model with the kept epoch's weights. Under torchrun every rank trains on its
@@ -172,7 +177,16 @@ def fit(
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         loss, rate = run_epoch(
-            net, opts, split, contract, train_rows, cfg, rng, f"epoch {epoch}/{cfg.epochs}", world
+            net,
+            opts,
+            split,
+            contract,
+            train_rows,
+            cfg,
+            rng,
+            f"epoch {epoch}/{cfg.epochs}",
+            world,
+            wide,
         )
         out.seconds += time.perf_counter() - t0
         out.rows += len(train_rows)
@@ -302,7 +316,8 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
     wide = (
         fit_wide(model, contract, train_split, train_rows, val_rows, cfg.seed) if cfg.wide else None
     )
-    fitted = fit(model, cfg, train_split, contract, train_rows, val_rows, world)
+    out_of_fold = None if wide is None else wide.out_of_fold
+    fitted = fit(model, cfg, train_split, contract, train_rows, val_rows, world, out_of_fold)
     digests = dist.digests(world, model)
     if not world.main:
         return {}
@@ -327,7 +342,7 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         "embedding_rows": contract.num_rows,
     }
     if wide is not None:  # the wide term's fit, before the towers' (not in train_seconds)
-        metrics["wide"] = wide
+        metrics["wide"] = wide.figures
     if world.size > 1:
         metrics["distributed"] = {"world_size": world.size, "weights_sha256": digests}
         if len(set(digests)) > 1:

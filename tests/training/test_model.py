@@ -81,8 +81,8 @@ TOWER_OPTIONS = {
     "attn": ("esmm", {"interactions": "attn", "attn_k": 4}),
     "base-attn": ("base", {"interactions": "attn", "attn_k": 8}),
     "division-dot": ("division", {"interactions": "dot"}),
-    "wide": ("esmm", {"wide": True}),
-    "base-attn-wide": ("base", {"interactions": "attn", "attn_k": 4, "wide": True}),
+    "wide": ("esmm", {"wide": "all"}),
+    "base-attn-wide-ctr": ("base", {"interactions": "attn", "attn_k": 4, "wide": "ctr"}),
 }
 
 
@@ -94,7 +94,8 @@ def variant_model(request, variant: str):
     if m.wide is not None:  # a fitted wide term is not zero: give it weights to carry
         with torch.no_grad():
             m.wide.weights.table.weight[1:].normal_()
-            m.wide.bias.copy_(torch.tensor([-2.0, 0.5]))
+            m.wide.bias.copy_(torch.tensor([-2.0, 0.5])[: m.wide.heads])
+            m.wide.gain.copy_(torch.tensor([0.7, 1.3])[: m.wide.heads])
     return m, contract
 
 
@@ -281,7 +282,9 @@ def test_interactions_are_refused_where_they_do_not_apply(contract):
         with pytest.raises(ValueError, match=f"apply to esmm, esmm-ns, base, division, not {kind}"):
             ModelConfig(contract.to_dict(), kind=kind, interactions="dot")
         with pytest.raises(ValueError, match="wide term applies to esmm, esmm-ns, base, div"):
-            ModelConfig(contract.to_dict(), kind=kind, wide=True)
+            ModelConfig(contract.to_dict(), kind=kind, wide="ctr")
+    with pytest.raises(ValueError, match="unknown wide 'yes'"):
+        ModelConfig(contract.to_dict(), kind="esmm", wide="yes")
 
 
 def test_field_dots_are_every_user_field_dotted_with_every_item_field(contract):
@@ -478,16 +481,21 @@ def test_state_dict_keys_are_those_checkpoints_carry(contract, kind):
     assert list(build(contract, kind).state_dict()) == STATE_KEYS[kind]
 
 
-@pytest.mark.parametrize("kind", ["esmm", "division"])
-def test_the_wide_term_adds_a_linear_model_per_head_to_the_logits(request, kind):
-    """The wide term is sum of its weights over a row's features (user and item, each entry
-    times its pooling weight) plus a bias, per head, added to each tower's logit; the user
-    side's sum travels in the last `heads` floats of the user representation."""
+@pytest.mark.parametrize(("kind", "wide"), [("esmm", "all"), ("division", "all"), ("esmm", "ctr")])
+def test_the_wide_term_adds_a_linear_model_per_head_to_the_logits(request, kind, wide):
+    """The wide term is the sum of its weights over a row's features (user and item, each
+    entry times its pooling weight) plus a bias, per head, times the head's gain, added to the
+    tower's logit ("ctr": the CTR tower's alone); the user side's sums travel in the last
+    floats of the user representation, one a head."""
     contract = request.getfixturevalue("contract")
-    m = build(contract, kind, wide=True)
+    m = build(contract, kind, wide=wide)
+    heads = m.wide.heads
+    assert heads == (1 if wide == "ctr" else 2)
+    assert m.wide_heads == (("ctr", "ctcvr") if kind == "division" else ("ctr", "cvr"))[:heads]
     with torch.no_grad():
         m.wide.weights.table.weight[1:].normal_()
-        m.wide.bias.copy_(torch.tensor([-2.0, 0.5]))
+        m.wide.bias.copy_(torch.tensor([-2.0, 0.5])[:heads])
+        m.wide.gain.copy_(torch.tensor([0.7, 1.3])[:heads])
     m.eval()
     x = inputs(contract, n=21, seed=5)
     w = m.wide.weights.table.weight
@@ -496,29 +504,36 @@ def test_the_wide_term_adds_a_linear_model_per_head_to_the_logits(request, kind)
         (w[x["user_ids"]] * x["user_w"].unsqueeze(-1)).sum(1)[idx]
         + (w[x["item_ids"]] * x["item_w"].unsqueeze(-1)).sum(1)
         + m.wide.bias
-    )  # (B, 2)
+    ) * m.wide.gain.detach()  # (B, heads)
     with torch.no_grad():
         with_wide = m(**x)
+        given = m(**x, wide=torch.ones(21, heads))  # training's out-of-fold logits instead
         m.wide.weights.table.weight.zero_()
         m.wide.bias.zero_()
         without = m(**x)
         repr_ = m.user_repr(x["user_ids"], x["user_w"])
-    assert repr_.shape[1] == m.repr_dim == 2 * m.cfg.hidden[0] + 2
+    assert repr_.shape[1] == m.repr_dim == 2 * m.cfg.hidden[0] + heads
     torch.testing.assert_close(with_wide.ctr - without.ctr, by_hand[:, 0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(with_wide.cvr - without.cvr, by_hand[:, 1], atol=1e-5, rtol=1e-5)
-    assert m.wide_heads == (("ctr", "ctcvr") if kind == "division" else ("ctr", "cvr"))
+    torch.testing.assert_close(given.ctr - without.ctr, torch.full((21,), 0.7))
+    if heads == 2:
+        torch.testing.assert_close(with_wide.cvr - without.cvr, by_hand[:, 1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(given.cvr - without.cvr, torch.full((21,), 1.3))
+    else:
+        torch.testing.assert_close(with_wide.cvr, without.cvr)
 
 
-def test_the_wide_term_is_held_fixed_while_the_towers_train(request):
+def test_the_regressions_are_held_fixed_while_the_towers_and_gains_train(request):
     from training.optim import make_optimizers, step
 
     m, contract = variant_model(request, "wide")
-    before = [p.detach().clone() for p in m.wide.parameters()]
-    towers = m.ctr.head[-1].weight.detach().clone()
+    fixed = [m.wide.weights.table.weight, m.wide.bias]
+    before = [p.detach().clone() for p in fixed]
+    gain, towers = m.wide.gain.detach().clone(), m.ctr.head[-1].weight.detach().clone()
     opts = make_optimizers(m, 1e-2, 1e-2)
     m.train()
     for seed in range(3):
         logits = m(**inputs(contract, n=40, seed=seed))
         step(opts, F.binary_cross_entropy_with_logits(logits.ctr, torch.ones(40)))
-    assert all(torch.equal(a, b) for a, b in zip(before, m.wide.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before, fixed, strict=True))
     assert not torch.equal(towers, m.ctr.head[-1].weight)
+    assert not torch.equal(gain, m.wide.gain)

@@ -36,7 +36,7 @@ VARIANTS = {
     "base-dot": {"model": "base", "interactions": "dot"},
     # wide & deep: a fitted L2 logistic regression per head added to the towers' logits, its
     # user sums in the user representation, its item weights in the scorer
-    "division-wide": {"model": "division", "wide": True},
+    "division-wide": {"model": "division", "wide": "all"},
 }
 
 
@@ -64,8 +64,8 @@ def test_the_variant_learns_exports_and_serves_its_own_scores_calibrated(variant
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["model"]["kind"] == VARIANTS[name]["model"]
     assert manifest["model"]["interactions"] == VARIANTS[name].get("interactions", "none")
-    assert manifest["model"]["wide"] == VARIANTS[name].get("wide", False)
-    if manifest["model"]["wide"]:  # each head's regression, fitted on the rows it reads
+    assert manifest["model"]["wide"] == VARIANTS[name].get("wide", "none")
+    if manifest["model"]["wide"] != "none":  # each head's regression, fitted on the rows it reads
         assert set(metrics["wide"]) == {"ctr", "ctcvr"}
         assert metrics["wide"]["ctcvr"]["train_rows"] == metrics["n_train"]
         assert all(0.55 < h["val_auc"] < 1 and h["l2"] > 0 for h in metrics["wide"].values())
