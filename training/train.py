@@ -314,7 +314,9 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
     )
     model = build_model(model_cfg)
     wide = (
-        fit_wide(model, contract, train_split, train_rows, val_rows, cfg.seed) if cfg.wide else None
+        fit_wide(model, contract, train_split, train_rows, val_rows, cfg.seed)
+        if cfg.wide != "none"
+        else None
     )
     out_of_fold = None if wide is None else wide.out_of_fold
     fitted = fit(model, cfg, train_split, contract, train_rows, val_rows, world, out_of_fold)
