@@ -231,13 +231,12 @@ def _heaviest_first(w: torch.Tensor) -> torch.Tensor:
 
 class Wide(nn.Module):
     """A linear term per head over every hashed feature (one weight per embedding row and
-    head, a bias per head), added to the towers' logits: wide & deep, with the wide part a
-    fitted L2 logistic regression per head (training/wide.py) held fixed while the towers learn
-    what it leaves. Split like the towers: the user fields' sum once per user (`user_part`,
-    `heads` floats cached with the user representation), the item fields' per candidate row.
-    Each head's regression enters times a trained `gain` (1 at first): where the towers model a
-    head better than the regression does (ESMM's entire-space CVR against a regression fitted on
-    clicked rows), they learn to lean on it less."""
+    head, a bias per head) blended with the towers' logits: wide & deep, with the wide part a
+    fitted L2 logistic regression per head and the blend fitted on held-out rows
+    (training/wide.py). Each head's logit is `a * tower + b * regression + c`, (a, b, c) =
+    `blend[:, head]`, (1, 0, 0) until it is fitted: the towers train as they would alone. Split
+    like the towers: the user fields' sums once per user (`user_part`, `heads` floats cached
+    with the user representation), the item fields' per candidate row."""
 
     def __init__(self, contract: FeatureContract, heads: int):
         super().__init__()
@@ -247,7 +246,9 @@ class Wide(nn.Module):
             self.weights.table.weight.zero_()
         self.weights.table.weight.requires_grad_(False)
         self.bias = nn.Parameter(torch.zeros(heads), requires_grad=False)
-        self.gain = nn.Parameter(torch.ones(heads))
+        blend = torch.zeros(3, heads)
+        blend[0] = 1.0
+        self.blend = nn.Parameter(blend, requires_grad=False)
 
     def user_part(self, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self._sum(ids, w, "user")  # (U, heads)
@@ -256,8 +257,13 @@ class Wide(nn.Module):
         self, users: torch.Tensor, user_index: torch.Tensor, ids: torch.Tensor, w: torch.Tensor
     ) -> torch.Tensor:
         """(U, heads) users' sums, (B,) rows' users, the rows' item features -> (B, heads):
-        the regressions' logits, before the gain."""
+        the regressions' logits."""
         return users.index_select(0, user_index) + self._sum(ids, w, "item") + self.bias
+
+    def mix(self, towers: torch.Tensor, regressions: torch.Tensor) -> torch.Tensor:
+        """(B, heads) towers' logits and the regressions' -> (B, heads) blended logits."""
+        a, b, c = self.blend
+        return a * towers + b * regressions + c
 
     def _sum(self, ids: torch.Tensor, w: torch.Tensor, side: Side) -> torch.Tensor:
         pooled = self.weights(ids, w, side)  # (N, fields * heads)

@@ -78,9 +78,9 @@ class ModelConfig:
     # against the heaviest members of each user list (TargetAttention)
     interactions: str = "none"
     attn_k: int = 16  # "attn": the members of each user list its candidates meet
-    # a fitted linear term added to towers' logits (two-tower kinds; layers.py, Wide): an L2
-    # logistic regression per head fitted before the towers (training/wide.py), which learn on
-    # top of it; "ctr": the CTR tower's alone, "all": both towers'
+    # a fitted linear term blended with towers' logits (two-tower kinds; layers.py, Wide): an
+    # L2 logistic regression per head, blended on the validation split after the towers train
+    # (training/wide.py); "ctr": the CTR tower's alone, "all": both towers'
     wide: str = "none"
 
     def __post_init__(self) -> None:
@@ -236,8 +236,8 @@ def probabilities(logits: Logits) -> dict[str, torch.Tensor]:
 class TwoTowers(RankingModel):
     """A CTR tower and a second tower (CVR, or CTCVR for DIVISION) over one shared table or one
     table each; the kinds below differ in their loss and how they read the second tower. With
-    `cfg.wide`, a fitted linear term is added to the CTR tower's logit, or to both towers'
-    (`wide_heads`: the logistic-regression heads training/wide.py fits for them)."""
+    `cfg.wide`, a fitted linear term is blended with the CTR tower's logit, or with both
+    towers' (`wide_heads`: the logistic-regression heads training/wide.py fits for them)."""
 
     # the logistic-regression head each tower's logit is: the CTR tower's, the second's
     tower_heads: ClassVar[tuple[str, str]] = ("ctr", "cvr")
@@ -265,11 +265,6 @@ class TwoTowers(RankingModel):
         inter = sum(i.user_width for i in self.inter or ())
         return 2 * self.cfg.hidden[0] + inter + (self.wide.heads if self.wide else 0)
 
-    def forward(self, user_ids, user_w, user_index, item_ids, item_w, wide=None) -> Logits:
-        """`wide`: (B, heads) logits used in place of the wide term's own (training passes the
-        rows' out-of-fold ones: training/wide.py)."""
-        return self.score(self.user_repr(user_ids, user_w), user_index, item_ids, item_w, wide)
-
     def _tables(self) -> tuple[FieldPooling, FieldPooling]:
         return self.embeddings[0], self.embeddings[-1]  # (ctr's, cvr's); one object if shared
 
@@ -296,7 +291,6 @@ class TwoTowers(RankingModel):
         user_index: torch.Tensor,
         item_ids: torch.Tensor,
         item_w: torch.Tensor,
-        wide: torch.Tensor | None = None,
     ) -> Logits:
         h = self.cfg.hidden[0]
         r = user_repr[:, : 2 * h].index_select(0, user_index)  # (B, 2h)
@@ -312,12 +306,12 @@ class TwoTowers(RankingModel):
             x_ctr, x_cvr = inputs if len(inputs) == 2 else inputs * 2
         ctr, cvr = self.ctr(r[:, :h], x_ctr), self.cvr(r[:, h : 2 * h], x_cvr)
         if self.wide:
-            if wide is None:
-                users = user_repr[:, -self.wide.heads :]  # (U, heads)
-                wide = self.wide(users, user_index, item_ids, item_w)  # (B, heads)
-            wide = wide * self.wide.gain
-            ctr = ctr + wide[:, 0]
-            cvr = cvr + wide[:, 1] if self.wide.heads == 2 else cvr
+            users = user_repr[:, -self.wide.heads :]  # (U, heads)
+            regressions = self.wide(users, user_index, item_ids, item_w)  # (B, heads)
+            towers = torch.stack([ctr, cvr][: self.wide.heads], dim=1)
+            mixed = self.wide.mix(towers, regressions)
+            ctr = mixed[:, 0]
+            cvr = mixed[:, 1] if self.wide.heads == 2 else cvr
         return Logits(ctr, cvr)
 
 

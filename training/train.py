@@ -63,12 +63,9 @@ def run_epoch(
     rng: np.random.Generator,
     desc: str,
     world: dist.World = dist.LOCAL,
-    wide: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """One pass over `rows` in session order; returns (mean loss, samples per second), both
-    over every rank. `model` may be `dist.wrap`'s DDP: each rank then trains on its shard.
-    `wide`: a wide model's out-of-fold logits of every split row (training/wide.py), which
-    the towers' logits are trained on top of in place of the wide term's own."""
+    over every rank. `model` may be `dist.wrap`'s DDP: each rank then trains on its shard."""
     model.train()
     loss_of = dist.unwrap(model).loss
     order = session_order(split, rows, rng)
@@ -86,8 +83,7 @@ def run_epoch(
     )
     lines = None if not bar.disable else Progress(log, desc, n_rows)
     for b in (make_batch(split, contract, r) for r in batches):
-        extra = {} if wide is None else {"wide": torch.from_numpy(wide[b.rows])}
-        loss, _ = loss_of(model(**to_torch(b), **extra), *labels(b))
+        loss, _ = loss_of(model(**to_torch(b)), *labels(b))
         step(opts, loss)
         n = len(b.rows)
         total += loss.item() * n
@@ -163,7 +159,6 @@ def fit(
     train_rows: np.ndarray,
     val_rows: np.ndarray,
     world: dist.World = dist.LOCAL,
-    wide: np.ndarray | None = None,
 ) -> Fitted:
     """Epochs until `cfg.epochs`, or `cfg.patience` epochs without a lower validation objective;
     leaves the model with the kept epoch's weights. Under torchrun every rank trains on its
@@ -186,7 +181,6 @@ def fit(
             rng,
             f"epoch {epoch}/{cfg.epochs}",
             world,
-            wide,
         )
         out.seconds += time.perf_counter() - t0
         out.rows += len(train_rows)
@@ -313,13 +307,12 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         cfg.wide,
     )
     model = build_model(model_cfg)
+    fitted = fit(model, cfg, train_split, contract, train_rows, val_rows, world)
     wide = (
         fit_wide(model, contract, train_split, train_rows, val_rows, cfg.seed)
-        if cfg.wide != "none"
+        if model_cfg.wide != "none"
         else None
     )
-    out_of_fold = None if wide is None else wide.out_of_fold
-    fitted = fit(model, cfg, train_split, contract, train_rows, val_rows, world, out_of_fold)
     digests = dist.digests(world, model)
     if not world.main:
         return {}
@@ -344,7 +337,7 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         "embedding_rows": contract.num_rows,
     }
     if wide is not None:  # the wide term's fit, before the towers' (not in train_seconds)
-        metrics["wide"] = wide.figures
+        metrics["wide"] = wide
     if world.size > 1:
         metrics["distributed"] = {"world_size": world.size, "weights_sha256": digests}
         if len(set(digests)) > 1:

@@ -1,13 +1,13 @@
-"""The wide term of a wide & deep model is the strong reference itself: fit_wide fits each of
-the towers' heads as `lr-strong` does and holds the result in the model, so that with the
-towers silenced the model's logits are the regressions' logits; and each training row's logits
-for the towers to train on come from a regression fitted without the row's fold."""
+"""Wide & deep (training/wide.py): the wide term is the strong reference itself, fitted per
+head as `lr-strong` fits it, and each head's logit is then a blend of the towers' and the
+regression's, fitted on validation rows."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from training.batches import iter_batches, split_sessions
 from training.config import TrainConfig
@@ -15,7 +15,7 @@ from training.inputs import load_data
 from training.model import ModelConfig, build_model
 from training.optim import to_torch
 from training.reference import STRONG, head_label, head_rows, regression_scores, strong_fit
-from training.wide import FOLDS, fit_wide, fold_of
+from training.wide import blend, fit_wide, tower_logits
 
 
 @pytest.fixture(scope="module")
@@ -32,63 +32,60 @@ def short_path(monkeypatch):
     monkeypatch.setitem(STRONG, "max_evals", 30)
 
 
+def _log_loss(z: np.ndarray, y: np.ndarray) -> float:
+    return float(F.binary_cross_entropy_with_logits(torch.tensor(z), torch.tensor(y)))
+
+
 @pytest.mark.parametrize(("kind", "wide"), [("esmm", "all"), ("division", "all"), ("base", "ctr")])
-def test_the_wide_term_is_each_heads_fitted_regression(data, short_path, kind, wide):
+def test_the_wide_term_is_each_heads_regression_blended_on_validation(data, short_path, kind, wide):
     contract, train, test, train_rows, val_rows = data
     torch.manual_seed(0)
     model = build_model(ModelConfig(contract.to_dict(), kind=kind, wide=wide))
-    fitted = fit_wide(model, contract, train, train_rows, val_rows, seed=0)
-    assert list(fitted.figures) == list(model.wide_heads)
+    before = tower_logits(model, train, contract, val_rows)
+    figures = fit_wide(model, contract, train, train_rows, val_rows, seed=0)
+    assert list(figures) == list(model.wide_heads)
     assert len(model.wide_heads) == (1 if wide == "ctr" else 2)
-    for tower in (model.ctr, model.cvr):  # the towers say nothing: the wide term alone
-        with torch.no_grad():
-            tower.head[-1].weight.zero_()
-            tower.head[-1].bias.zero_()
-    model.eval()
+    after = tower_logits(model, train, contract, val_rows)
     rows = np.arange(0, len(test), 7)
     (b,) = iter_batches(test, contract, rows, len(rows))
-    with torch.no_grad():
-        logits = model(**to_torch(b))
     for col, head in enumerate(model.wide_heads):
-        fit_rows = head_rows(train, train_rows, head)
-        val = head_rows(train, val_rows, head)
-        lr, fig, _ = strong_fit(contract, train, fit_rows, val, head_label(train, head), 0, head)
-        got = fitted.figures[head]
-        assert (got["l2"], got["val_auc"], got["train_rows"]) == (
-            fig["l2"],
-            fig["val_auc"],
-            len(fit_rows),
+        fit_rows, val = head_rows(train, train_rows, head), head_rows(train, val_rows, head)
+        label = head_label(train, head)
+        lr, fig, _ = strong_fit(contract, train, fit_rows, val, label, 0, head)
+        got = figures[head]
+        assert (got["l2"], got["val_auc"]) == (fig["l2"], fig["val_auc"])
+        assert got["train_rows"] == len(fit_rows)
+        # the blend: the towers' and the regression's logits on the head's validation rows
+        towers, regression = (
+            before[np.searchsorted(val_rows, val), col],
+            regression_scores(lr, train, contract, val),
         )
+        a, b_, c = blend(towers, regression, label[val])
+        np.testing.assert_allclose(got["blend"], [a, b_, c], rtol=1e-6, atol=1e-9)
+        mixed = after[np.searchsorted(val_rows, val), col]
+        np.testing.assert_allclose(mixed, a * towers + b_ * regression + c, atol=1e-4)
+        # no worse on those rows than either model alone: both are in the blend's family
+        y = label[val].astype(np.float64)
+        assert _log_loss(mixed, y) <= min(_log_loss(towers, y), _log_loss(regression, y)) + 1e-6
+        # with the blend set to the regression alone, the model scores as it does
         with torch.no_grad():
+            model.wide.blend[:, col] = torch.tensor([0.0, 1.0, 0.0])
+            logits = model(**to_torch(b))
             want = lr(**to_torch(b))
         torch.testing.assert_close(
             logits.ctr if col == 0 else logits.cvr, want, atol=1e-5, rtol=1e-5
         )
     # CVR's regression reads the clicked rows; DIVISION's second head, CTCVR, every row
     if wide == "all":
-        second = fitted.figures[model.wide_heads[1]]["train_rows"]
+        second = figures[model.wide_heads[1]]["train_rows"]
         assert (second < len(train_rows)) == (kind == "esmm")
 
 
-def test_each_training_rows_wide_logits_come_from_the_other_folds(data, short_path):
-    contract, train, _, train_rows, val_rows = data
-    model = build_model(ModelConfig(contract.to_dict(), kind="esmm", wide="ctr"))
-    fitted = fit_wide(model, contract, train, train_rows, val_rows, seed=3)
-    fold = fold_of(train, train_rows, seed=3)
-    sessions = np.asarray(train.sessions)[train_rows]
-    for k in range(FOLDS):  # whole sessions to a fold, every fold used
-        assert 0.3 < np.mean(fold == k) < 0.7
-        assert not set(sessions[fold == k]) & set(sessions[fold != k])
-    k, label = 1, head_label(train, "ctr")
-    lr, _, _ = strong_fit(contract, train, train_rows[fold != k], val_rows, label, 3, "ctr")
-    mine = train_rows[fold == k]
-    np.testing.assert_allclose(
-        fitted.out_of_fold[mine, 0], regression_scores(lr, train, contract, mine), atol=1e-5
-    )
-    # and they are not the served regression's own scores of the rows it was fitted on
-    served = model.wide.weights.table.weight.detach()
-    assert not torch.equal(served[:, 0], lr.weights.table.weight.detach()[:, 0])
-    assert not (fitted.out_of_fold[val_rows] != 0).any()  # validation rows: the served one
+def test_the_blend_finds_the_weights_that_made_the_labels():
+    rng = np.random.default_rng(0)
+    towers, regression = rng.normal(size=(2, 200_000))
+    y = rng.random(200_000) < 1 / (1 + np.exp(-(1.5 * towers - 0.7 * regression + 0.4)))
+    np.testing.assert_allclose(blend(towers, regression, y), [1.5, -0.7, 0.4], atol=0.03)
 
 
 def test_a_model_without_a_wide_term_is_refused(data):
