@@ -25,7 +25,7 @@ ARG IMPRESSIONS=300000
 RUN /opt/train/bin/python -m training.generate --out /tmp/data --impressions ${IMPRESSIONS} \
       --layout tables \
  && /opt/train/bin/python -m training.train --spec /tmp/data/tables/spec.yaml --out /tmp/run \
-      --no-reference \
+      --no-reference --wide all \
  && /opt/train/bin/python -m training.export --run /tmp/run --out /src/models/esmm/baked \
  && mkdir -p /src/stores \
  && /opt/train/bin/python -m ranker.items build --spec /tmp/data/tables/spec.yaml \

@@ -59,18 +59,19 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 # The default model: a generated data set (named tables with their spec, and the same
-# impressions in the Ali-CCP layout), ESMM trained on it, exported to models/NAME/VERSION; with
+# impressions in the Ali-CCP layout), ESMM trained on it, wide & deep (each head blended with
+# its L2 logistic regression: docs/model-evidence.md), exported to models/NAME/VERSION; with
 # ROUTE=spec also its item table and embedded user store, for ranking by ids.
 train: install
 	test -f $(SPEC) -a -f $(DATA)/sample_skeleton_train.csv || \
 	  $(VENV)/bin/ranker generate --out $(DATA) --impressions $(IMPRESSIONS) --seed 0 --layout both
 ifeq ($(ROUTE),spec)
-	$(VENV)/bin/ranker train --spec $(SPEC) --out $(RUN) --model esmm
+	$(VENV)/bin/ranker train --spec $(SPEC) --out $(RUN) --model esmm --wide all
 	mkdir -p $(STORES)
 	$(VENV)/bin/ranker items build --spec $(SPEC) --out $(STORES)/items.npz
 	$(VENV)/bin/ranker users build --spec $(SPEC) --out $(STORES)/users.npz
 else
-	$(VENV)/bin/ranker train --data $(DATA) --out $(RUN) --model esmm
+	$(VENV)/bin/ranker train --data $(DATA) --out $(RUN) --model esmm --wide all
 endif
 	$(VENV)/bin/ranker export --run $(RUN) --out $(MODELS)/$(MODEL_NAME)/$$(date -u +%Y%m%dT%H%M%SZ)
 
@@ -145,8 +146,8 @@ COMPARE_IMPRESSIONS ?= 2000000
 COMPARE_DATA ?= data/compare-$(COMPARE_PRESET)
 COMPARE_SEEDS ?= 5
 # the sparse regime adds the item table's numeric columns (items=) and the paper's ESMM loss
-COMPARE_DEFAULT_MODELS := lr,base,esmm-ns,esmm,division
-COMPARE_SPARSE_MODELS := lr,lr:items=items.parquet,base,base:items=items.parquet,esmm:cvr=0,esmm,esmm:items=items.parquet
+COMPARE_DEFAULT_MODELS := lr-strong,base,esmm-ns,esmm,division,base:wide=all,esmm:wide=all
+COMPARE_SPARSE_MODELS := lr-strong,lr-strong:items=items.parquet,base,base:items=items.parquet,esmm:cvr=0,esmm,esmm:items=items.parquet,esmm:wide=all
 COMPARE_MODELS ?= $(if $(filter sparse,$(COMPARE_PRESET)),$(COMPARE_SPARSE_MODELS),$(COMPARE_DEFAULT_MODELS))
 COMPARE_OUT ?= runs/compare-$(COMPARE_PRESET)$(if $(COMPARE_SPEC),-spec)
 # COMPARE_SPEC=1: the same set's named tables and their feature spec (tables/spec.yaml; or
