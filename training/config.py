@@ -77,9 +77,9 @@ class TrainConfig:
     wide: str = option(
         "none",
         choices=WIDE,
-        help="add a fitted linear term to towers' logits (two-tower kinds): an L2 logistic "
-        "regression per head, fitted first (out of fold for the training rows) and held "
-        "fixed; ctr: the CTR tower's alone, all: both towers'",
+        help="wide & deep (two-tower kinds): after the towers train, blend each head's logit "
+        "with an L2 logistic regression's, the blend fitted on the validation split; ctr: the "
+        "CTR tower's alone, all: both towers'",
     )
     calibration: str = option(
         "none",

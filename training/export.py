@@ -34,6 +34,7 @@ from features.contract import FeatureContract
 from features.manifest import OUTPUTS, SIGNATURES
 from training import setup_logging
 from training.cli import prog as cli_prog
+from training.layers import FieldPooling
 from training.model import ModelConfig, RankingModel, build_model
 
 log = logging.getLogger("training.export")
@@ -159,12 +160,14 @@ def _export(
 
 
 def side_model(model: RankingModel, contract: FeatureContract, side: str) -> RankingModel:
-    """The model with embedding tables cut to the rows one side's graph reads."""
+    """The model with every embedding table (the towers', a wide term's) cut to the rows one
+    side's graph reads."""
     lo, hi = contract.side_rows(side)
     m = copy.deepcopy(model)
-    m.embeddings = nn.ModuleList(e.restricted(lo, hi) for e in model.embeddings)
-    if getattr(m, "wide", None) is not None:  # a wide term's table, cut the same way
-        m.wide.weights = m.wide.weights.restricted(lo, hi)
+    for name, pool in list(m.named_modules()):
+        if isinstance(pool, FieldPooling):
+            parent, _, attr = name.rpartition(".")
+            setattr(m.get_submodule(parent), attr, pool.restricted(lo, hi))
     return m.eval()
 
 

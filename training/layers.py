@@ -229,45 +229,64 @@ def _heaviest_first(w: torch.Tensor) -> torch.Tensor:
     return q * 4096 + (4095 - col)
 
 
-class Wide(nn.Module):
-    """A linear term per head over every hashed feature (one weight per embedding row and
-    head, a bias per head) blended with the towers' logits: wide & deep, with the wide part a
-    fitted L2 logistic regression per head and the blend fitted on held-out rows
-    (training/wide.py). Each head's logit is `a * tower + b * regression + c`, (a, b, c) =
-    `blend[:, head]`, (1, 0, 0) until it is fitted: the towers train as they would alone. Split
-    like the towers: the user fields' sums once per user (`user_part`, `heads` floats cached
-    with the user representation), the item fields' per candidate row."""
+class LogisticRegression(nn.Module):
+    """A sparse logistic regression per head over every hashed feature: one weight per
+    embedding row and head, a bias per head. Split like the towers: `side_sum` of the user side
+    once per user, `score` taking it onto the candidate rows with the item side's. The
+    references (training/reference.py) are one-head ones; a wide term holds one a tower."""
 
-    def __init__(self, contract: FeatureContract, heads: int):
+    def __init__(self, contract: FeatureContract, heads: int = 1):
         super().__init__()
         self.heads = heads
         self.weights = FieldPooling(contract, heads)
-        with torch.no_grad():
-            self.weights.table.weight.zero_()
-        self.weights.table.weight.requires_grad_(False)
-        self.bias = nn.Parameter(torch.zeros(heads), requires_grad=False)
+        nn.init.zeros_(self.weights.table.weight)
+        self.bias = nn.Parameter(torch.zeros(heads))
+
+    def side_sum(self, ids: torch.Tensor, w: torch.Tensor, side: Side) -> torch.Tensor:
+        """(N, columns) one side's features -> (N, heads) the sum of their weights."""
+        pooled = self.weights(ids, w, side)  # (N, fields * heads)
+        return pooled.unflatten(1, (-1, self.heads)).sum(1)
+
+    def score(
+        self, users: torch.Tensor, user_index: torch.Tensor, ids: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        """(U, heads) users' sums, (B,) rows' users, the rows' item features -> (B, heads)."""
+        return users.index_select(0, user_index) + self.side_sum(ids, w, "item") + self.bias
+
+    def forward(
+        self,
+        user_ids: torch.Tensor,
+        user_w: torch.Tensor,
+        user_index: torch.Tensor,
+        item_ids: torch.Tensor,
+        item_w: torch.Tensor,
+    ) -> torch.Tensor:
+        users = self.side_sum(user_ids, user_w, "user")
+        return self.score(users, user_index, item_ids, item_w)  # (B, heads)
+
+
+class Wide(nn.Module):
+    """The wide part of a wide & deep model: a fitted logistic regression a head
+    (`regression`, held fixed) blended with the towers' logits (training/wide.py). Each head's
+    logit is `a * tower + b * regression + c`, (a, b, c) = `blend[:, head]`, (1, 0, 0) until it
+    is fitted: the towers train as they would alone. The regression's user-side sums (`heads`
+    floats) are cached with the user representation."""
+
+    def __init__(self, contract: FeatureContract, heads: int):
+        super().__init__()
+        self.regression = LogisticRegression(contract, heads).requires_grad_(False)
         blend = torch.zeros(3, heads)
         blend[0] = 1.0
         self.blend = nn.Parameter(blend, requires_grad=False)
 
-    def user_part(self, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return self._sum(ids, w, "user")  # (U, heads)
-
-    def forward(
-        self, users: torch.Tensor, user_index: torch.Tensor, ids: torch.Tensor, w: torch.Tensor
-    ) -> torch.Tensor:
-        """(U, heads) users' sums, (B,) rows' users, the rows' item features -> (B, heads):
-        the regressions' logits."""
-        return users.index_select(0, user_index) + self._sum(ids, w, "item") + self.bias
+    @property
+    def heads(self) -> int:
+        return self.regression.heads
 
     def mix(self, towers: torch.Tensor, regressions: torch.Tensor) -> torch.Tensor:
         """(B, heads) towers' logits and the regressions' -> (B, heads) blended logits."""
         a, b, c = self.blend
         return a * towers + b * regressions + c
-
-    def _sum(self, ids: torch.Tensor, w: torch.Tensor, side: Side) -> torch.Tensor:
-        pooled = self.weights(ids, w, side)  # (N, fields * heads)
-        return pooled.unflatten(1, (-1, self.heads)).sum(1)
 
 
 class Tower(nn.Module):

@@ -282,7 +282,7 @@ class TwoTowers(RankingModel):
         ):
             parts.append(inter.user_part(emb, user_ids, user_w, pooled))
         if self.wide:
-            parts.append(self.wide.user_part(user_ids, user_w))
+            parts.append(self.wide.regression.side_sum(user_ids, user_w, "user"))
         return torch.cat(parts, dim=1)
 
     def score(
@@ -307,7 +307,7 @@ class TwoTowers(RankingModel):
         ctr, cvr = self.ctr(r[:, :h], x_ctr), self.cvr(r[:, h : 2 * h], x_cvr)
         if self.wide:
             users = user_repr[:, -self.wide.heads :]  # (U, heads)
-            regressions = self.wide(users, user_index, item_ids, item_w)  # (B, heads)
+            regressions = self.wide.regression.score(users, user_index, item_ids, item_w)
             towers = torch.stack([ctr, cvr][: self.wide.heads], dim=1)
             mixed = self.wide.mix(towers, regressions)
             ctr = mixed[:, 0]

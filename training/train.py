@@ -309,7 +309,7 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
     model = build_model(model_cfg)
     fitted = fit(model, cfg, train_split, contract, train_rows, val_rows, world)
     wide = (
-        fit_wide(model, contract, train_split, train_rows, val_rows, cfg.seed)
+        fit_wide(model, contract, train_split, train_rows, val_rows)
         if model_cfg.wide != "none"
         else None
     )
@@ -336,7 +336,7 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         "samples_per_second": fitted.rows / fitted.seconds,
         "embedding_rows": contract.num_rows,
     }
-    if wide is not None:  # the wide term's fit, before the towers' (not in train_seconds)
+    if wide is not None:  # the wide term's fit, after the towers' (not in train_seconds)
         metrics["wide"] = wide
     if world.size > 1:
         metrics["distributed"] = {"world_size": world.size, "weights_sha256": digests}

@@ -40,7 +40,6 @@ def fit_wide(
     train: EncodedSplit,
     train_rows: np.ndarray,
     val_rows: np.ndarray,
-    seed: int,
 ) -> dict:
     """Fits the trained model's wide term and its blend in place, one head per column;
     returns each head's figures: the regression's (val_auc, l2, evals, train_rows), the blend
@@ -48,22 +47,22 @@ def fit_wide(
     fitted on), and the seconds it took."""
     if model.wide is None:
         raise ValueError("this model has no wide term (ModelConfig.wide)")
-    model.eval()
+    every = tower_logits(model, train, contract, val_rows)  # before any blend: the towers'
     out = {}
     for col, head in enumerate(model.wide_heads):
         t0 = time.perf_counter()
         label, val = head_label(train, head), head_rows(train, val_rows, head)
         rows = head_rows(train, train_rows, head)
-        towers = tower_logits(model, train, contract, val)[:, col]  # before the blend
-        lr, fig, how = strong_fit(contract, train, rows, val, label, seed, head)
+        towers = every[np.isin(val_rows, val), col]  # the head's rows (CVR: the clicked ones)
+        lr, fig, how = strong_fit(contract, train, rows, val, label, head)
         with torch.no_grad():
-            model.wide.weights.table.weight[:, col] = lr.weights.table.weight[:, 0]
-            model.wide.bias[col] = lr.bias
+            model.wide.regression.weights.table.weight[:, col] = lr.weights.table.weight[:, 0]
+            model.wide.regression.bias[col] = lr.bias[0]
         regression = regression_scores(lr, train, contract, val)
         a, b, c = blend(towers, regression, label[val])
         with torch.no_grad():
             model.wide.blend[:, col] = torch.tensor([a, b, c])
-        mixed = tower_logits(model, train, contract, val)[:, col]
+        mixed = a * towers + b * regression + c
         out[head] = {
             **fig,
             "train_rows": int(len(rows)),

@@ -93,8 +93,8 @@ def variant_model(request, variant: str):
     m = build(contract, kind, **options)
     if m.wide is not None:  # a fitted wide term is not zero: give it weights to carry
         with torch.no_grad():
-            m.wide.weights.table.weight[1:].normal_()
-            m.wide.bias.copy_(torch.tensor([-2.0, 0.5])[: m.wide.heads])
+            m.wide.regression.weights.table.weight[1:].normal_()
+            m.wide.regression.bias.copy_(torch.tensor([-2.0, 0.5])[: m.wide.heads])
             m.wide.blend.copy_(BLEND[:, : m.wide.heads])
     return m, contract
 
@@ -497,16 +497,16 @@ def test_the_wide_term_blends_a_linear_model_per_head_with_the_towers(request, k
     assert heads == (1 if wide == "ctr" else 2)
     assert m.wide_heads == (("ctr", "ctcvr") if kind == "division" else ("ctr", "cvr"))[:heads]
     with torch.no_grad():
-        m.wide.weights.table.weight[1:].normal_()
-        m.wide.bias.copy_(torch.tensor([-2.0, 0.5])[:heads])
+        m.wide.regression.weights.table.weight[1:].normal_()
+        m.wide.regression.bias.copy_(torch.tensor([-2.0, 0.5])[:heads])
     m.eval()
     x = inputs(contract, n=21, seed=5)
-    w = m.wide.weights.table.weight
+    w = m.wide.regression.weights.table.weight
     idx = x["user_index"]
     regression = (
         (w[x["user_ids"]] * x["user_w"].unsqueeze(-1)).sum(1)[idx]
         + (w[x["item_ids"]] * x["item_w"].unsqueeze(-1)).sum(1)
-        + m.wide.bias
+        + m.wide.regression.bias
     )  # (B, heads)
     with torch.no_grad():
         towers = m(**x)  # an unfitted blend (1, 0, 0): the towers alone
