@@ -283,6 +283,13 @@ class Wide(nn.Module):
     def heads(self) -> int:
         return self.regression.heads
 
+    @property
+    def fitted(self) -> bool:
+        """Whether the blend reads the regression at all: until training/wide.py fits it (the
+        towers' training), it is (1, 0, 0) and the regression's sums are work for nothing. Read
+        in training only (TwoTowers._reads_wide)."""
+        return bool(self.blend[1:].any() or (self.blend[0] != 1).any())
+
     def mix(self, towers: torch.Tensor, regressions: torch.Tensor) -> torch.Tensor:
         """(B, heads) towers' logits and the regressions' -> (B, heads) blended logits."""
         a, b, c = self.blend

@@ -265,6 +265,12 @@ class TwoTowers(RankingModel):
         inter = sum(i.user_width for i in self.inter or ())
         return 2 * self.cfg.hidden[0] + inter + (self.wide.heads if self.wide else 0)
 
+    def _reads_wide(self) -> bool:
+        """Whether this pass computes the wide term: always outside training (evaluation,
+        export: the graph must hold it, and a traced graph cannot branch on the blend's
+        values), in training only once the blend reads the regression."""
+        return self.wide is not None and (not self.training or self.wide.fitted)
+
     def _tables(self) -> tuple[FieldPooling, FieldPooling]:
         return self.embeddings[0], self.embeddings[-1]  # (ctr's, cvr's); one object if shared
 
@@ -281,8 +287,10 @@ class TwoTowers(RankingModel):
             self.inter or (), self.embeddings, (u_ctr, u_cvr), strict=False
         ):
             parts.append(inter.user_part(emb, user_ids, user_w, pooled))
-        if self.wide:
+        if self._reads_wide():
             parts.append(self.wide.regression.side_sum(user_ids, user_w, "user"))
+        elif self.wide:  # training, blend unfitted: the width only, which nothing reads
+            parts.append(parts[0].new_zeros((len(user_ids), self.wide.heads)))
         return torch.cat(parts, dim=1)
 
     def score(
@@ -305,7 +313,7 @@ class TwoTowers(RankingModel):
                 inputs.append(torch.cat([x, inter(part, user_index, x)], dim=1))
             x_ctr, x_cvr = inputs if len(inputs) == 2 else inputs * 2
         ctr, cvr = self.ctr(r[:, :h], x_ctr), self.cvr(r[:, h : 2 * h], x_cvr)
-        if self.wide:
+        if self._reads_wide():
             users = user_repr[:, -self.wide.heads :]  # (U, heads)
             regressions = self.wide.regression.score(users, user_index, item_ids, item_w)
             towers = torch.stack([ctr, cvr][: self.wide.heads], dim=1)

@@ -531,6 +531,7 @@ def test_an_unfitted_wide_term_leaves_the_towers_to_train_alone(request, contrac
     from training.optim import make_optimizers, step
 
     m, plain = build(contract, "esmm", wide="all"), build(contract, "esmm")
+    assert not m.wide.fitted  # the regression is not even computed yet
     x = inputs(contract, n=30, seed=2)
     with torch.no_grad():
         torch.testing.assert_close(m.eval()(**x).ctr, plain.eval()(**x).ctr)

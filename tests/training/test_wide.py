@@ -44,6 +44,7 @@ def test_the_wide_term_is_each_heads_regression_blended_on_validation(data, shor
     before = tower_logits(model, train, contract, val_rows)
     figures = fit_wide(model, contract, train, train_rows, val_rows)
     assert list(figures) == list(model.wide_heads)
+    assert model.wide.fitted
     assert len(model.wide_heads) == (1 if wide == "ctr" else 2)
     after = tower_logits(model, train, contract, val_rows)
     rows = np.arange(0, len(test), 7)
