@@ -112,5 +112,14 @@ def attn_spec_model(spec_generated, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def match_spec_model(spec_generated, tmp_path_factory) -> Path:
+    """The generator's tables with exact matches over its shared groups and the wide term
+    reading them (training/layers.py MatchCounts, training/wide.py)."""
+    return _spec_model(
+        spec_generated, tmp_path_factory, "match-model", interactions="match", wide="all"
+    )
+
+
+@pytest.fixture(scope="session")
 def shop_model(shop_spec, tmp_path_factory) -> Path:
     return _spec_model(shop_spec, tmp_path_factory, "shop-model")

@@ -71,7 +71,8 @@ class TrainConfig:
         choices=INTERACTIONS,
         help="explicit user x item interactions in the towers (two-tower kinds): dot, every "
         "user field's pooled vector dotted with every item field's; attn, each item field "
-        "against the heaviest members of the user list in its embedding group",
+        "against the heaviest members of the user list in its embedding group; match, the "
+        "weight of each item field's own id in the user list of its group (exact, whole list)",
     )
     attn_k: int = option(16, help="attn: the members of each user list a candidate meets")
     wide: str = option(

@@ -53,6 +53,7 @@ from features.contract import FeatureContract
 from training.layers import (
     FieldDots,
     FieldPooling,
+    MatchCounts,
     TargetAttention,
     Tower,
     Wide,
@@ -97,7 +98,7 @@ class ModelConfig:
         self.hidden = tuple(self.hidden)
 
 
-INTERACTIONS = ("none", "dot", "attn")
+INTERACTIONS = ("none", "dot", "attn", "match")
 WIDE = ("none", "ctr", "all")
 
 
@@ -256,7 +257,10 @@ class TwoTowers(RankingModel):
         self.wide_heads = {"none": (), "ctr": self.tower_heads[:1], "all": self.tower_heads}[
             cfg.wide
         ]
-        self.wide = Wide(self.contract, len(self.wide_heads)) if self.wide_heads else None
+        # an exact interaction's features (MatchCounts: functions of the ids alone) are inputs
+        # of the wide term's regression too, as a spec's crosses would be
+        dense = self.inter[0].wide_width if self.inter and self.inter[0].exact else 0
+        self.wide = Wide(self.contract, len(self.wide_heads), dense) if self.wide_heads else None
 
     @property
     def repr_dim(self) -> int:
@@ -270,6 +274,21 @@ class TwoTowers(RankingModel):
         export: the graph must hold it, and a traced graph cannot branch on the blend's
         values), in training only once the blend reads the regression."""
         return self.wide is not None and (not self.training or self.wide.fitted)
+
+    def wide_inputs(
+        self,
+        user_ids: torch.Tensor,
+        user_w: torch.Tensor,
+        user_index: torch.Tensor,
+        item_ids: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """The rows' dense inputs of the wide term's regression (an exact interaction's
+        features, which need no trained parameter), or None where it reads none."""
+        if self.wide is None or self.wide.regression.dense is None:
+            return None
+        inter = self.inter[0]
+        part = inter.user_part(self.embeddings[0], user_ids, user_w, None)
+        return inter.wide_features(inter.features(part, user_index, None, item_ids))
 
     def _tables(self) -> tuple[FieldPooling, FieldPooling]:
         return self.embeddings[0], self.embeddings[-1]  # (ctr's, cvr's); one object if shared
@@ -305,17 +324,22 @@ class TwoTowers(RankingModel):
         ctr_emb, cvr_emb = self._tables()
         x_ctr = ctr_emb(item_ids, item_w, "item")
         x_cvr = x_ctr if cvr_emb is ctr_emb else cvr_emb(item_ids, item_w, "item")
+        raw = None  # the first interaction's features, before their normalisation
         if self.inter:
             pos, inputs = 2 * h, []
             for inter, x in zip(self.inter, (x_ctr, x_cvr), strict=False):
                 part = user_repr[:, pos : pos + inter.user_width]  # (U, its width)
                 pos += inter.user_width
-                inputs.append(torch.cat([x, inter(part, user_index, x)], dim=1))
+                f = inter.features(part, user_index, x, item_ids)
+                raw = f if raw is None else raw
+                inputs.append(torch.cat([x, inter.norm(f)], dim=1))
             x_ctr, x_cvr = inputs if len(inputs) == 2 else inputs * 2
         ctr, cvr = self.ctr(r[:, :h], x_ctr), self.cvr(r[:, h : 2 * h], x_cvr)
         if self._reads_wide():
             users = user_repr[:, -self.wide.heads :]  # (U, heads)
-            regressions = self.wide.regression.score(users, user_index, item_ids, item_w)
+            exact = self.wide.regression.dense is not None
+            dense = self.inter[0].wide_features(raw) if exact else None
+            regressions = self.wide.regression.score(users, user_index, item_ids, item_w, dense)
             towers = torch.stack([ctr, cvr][: self.wide.heads], dim=1)
             mixed = self.wide.mix(towers, regressions)
             ctr = mixed[:, 0]
@@ -327,6 +351,8 @@ def interaction(cfg: ModelConfig, contract: FeatureContract) -> nn.Module:
     """The towers' explicit user x item terms of `cfg.interactions`."""
     if cfg.interactions == "dot":
         return FieldDots(contract, cfg.embed_dim)
+    if cfg.interactions == "match":
+        return MatchCounts(contract)
     return TargetAttention(contract, cfg.embed_dim, cfg.attn_k)
 
 

@@ -18,13 +18,14 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from features.contract import FeatureContract
-from training.batches import iter_batches, session_order, split_sessions
+from training.batches import Batch, iter_batches, session_order, split_sessions
 from training.config import TrainConfig
 from training.encoded import EncodedSplit
 from training.inputs import load_data, test_truth
@@ -33,6 +34,10 @@ from training.metrics import auc, oracle_metrics, soft_auc
 from training.optim import make_optimizers, step, to_torch
 
 log = logging.getLogger("training.reference")
+
+# A batch -> its rows' dense inputs (rows, width) for a regression that reads them beside the
+# hashed features (a wide term's exact matches: TwoTowers.wide_inputs)
+Dense = Callable[[Batch], torch.Tensor]
 
 # One learning rate for the weights and the bias; epochs until the validation AUC stops
 # improving, at most max_epochs. Small batches for CVR (clicked rows: a few percent of the data);
@@ -148,20 +153,24 @@ def strong_fit(
     val: np.ndarray,
     label: np.ndarray,
     head: str = "",
+    dense: Dense | None = None,
+    width: int = 0,
 ) -> tuple[LogisticRegression, dict, str]:
     """One L2 logistic regression of `label` on training `rows`, its strength the best of
     STRONG's path by AUC on `val` (stopping after two strengths worse than the best): the
-    fitted model, its figures (val_auc, l2, evals) and how it was fitted, for a log line. It
-    starts from zero and draws nothing: no seed."""
-    model = LogisticRegression(contract)
+    fitted model, its figures (val_auc, l2, evals) and how it was fitted, for a log line. With
+    `dense` (a batch -> its rows' `width` dense inputs), it reads those beside the hashed
+    features. It starts from zero and draws nothing: no seed."""
+    model = LogisticRegression(contract, dense=width)
     (batch,) = iter_batches(train, contract, rows, max(len(rows), 1))
-    design = _Design(batch, contract.num_rows, label[batch.rows])
-    theta = torch.zeros(contract.num_rows + 1, dtype=torch.float64, requires_grad=True)
+    extra = _dense_of(dense, batch) if width else None
+    design = _Design(batch, contract.num_rows, label[batch.rows], extra)
+    theta = torch.zeros(contract.num_rows + width + 1, dtype=torch.float64, requires_grad=True)
     best, best_theta, worse, evals = (-1.0, None, None), None, 0, 0
     for l2 in STRONG["l2"]:
         evals += _lbfgs(design, theta, l2, STRONG["max_evals"])
         design.into(model, theta)
-        val_auc = auc(label[val], regression_scores(model, train, contract, val))
+        val_auc = auc(label[val], regression_scores(model, train, contract, val, dense))
         log.info("strong reference %s: l2 %g, validation AUC %.4f", head, l2, val_auc)
         if val_auc > best[0]:
             best, best_theta, worse = (val_auc, l2, evals), theta.detach().clone(), 0
@@ -182,12 +191,18 @@ class _Design:
     gradient are two sparse products per side, in float64, all that L-BFGS asks for: 12 ms
     against 62 ms for bincounts over the entries (the default tables' 202k CTR rows, 2 cores)."""
 
-    def __init__(self, batch, num_rows: int, label: np.ndarray):
+    def __init__(self, batch, num_rows: int, label: np.ndarray, dense: np.ndarray | None = None):
         self.y = torch.from_numpy(label.astype(np.float64))
         self.user_index = torch.from_numpy(np.asarray(batch.user_index, dtype=np.int64))
         self.n_users = len(batch.user_ids)
-        self.items, self.items_t = _matrices(batch.item_ids, batch.item_w, len(label), num_rows)
-        self.users, self.users_t = _matrices(batch.user_ids, batch.user_w, self.n_users, num_rows)
+        self.num_rows = num_rows
+        ids, w, cols = batch.item_ids, batch.item_w, num_rows
+        if dense is not None:  # the dense inputs as columns past the hashed rows
+            n, d = dense.shape
+            ids = np.concatenate([ids, np.broadcast_to(num_rows + np.arange(d), (n, d))], 1)
+            w, cols = np.concatenate([w, dense], 1), num_rows + d
+        self.items, self.items_t = _matrices(ids, w, len(label), cols)
+        self.users, self.users_t = _matrices(batch.user_ids, batch.user_w, self.n_users, cols)
 
     def loss_grad(self, theta: torch.Tensor, l2: float) -> tuple[float, torch.Tensor]:
         w, b = theta[:-1], theta[-1]
@@ -203,8 +218,11 @@ class _Design:
 
     def into(self, model: LogisticRegression, theta: torch.Tensor) -> None:
         """The fitted weights into the module that scores."""
+        n = self.num_rows
         with torch.no_grad():
-            model.weights.table.weight.copy_(theta[:-1, None].to(torch.float32))
+            model.weights.table.weight.copy_(theta[:n, None].to(torch.float32))
+            if model.dense is not None:
+                model.dense.copy_(theta[n:-1, None].to(torch.float32))
             model.bias.copy_(theta[-1].to(torch.float32))
 
 
@@ -305,8 +323,23 @@ def _fit(
 
 @torch.no_grad()
 def regression_scores(
-    model: LogisticRegression, split: EncodedSplit, contract: FeatureContract, rows: np.ndarray
+    model: LogisticRegression,
+    split: EncodedSplit,
+    contract: FeatureContract,
+    rows: np.ndarray,
+    dense: Dense | None = None,
 ) -> np.ndarray:
+    """The regression's first head over `rows` (with `dense`, the rows' dense inputs too)."""
     model.eval()
-    batches = iter_batches(split, contract, rows, 8192)
-    return np.concatenate([model(**to_torch(b))[:, 0].numpy() for b in batches])
+    out = []
+    for b in iter_batches(split, contract, rows, 8192):
+        x = torch.from_numpy(_dense_of(dense, b)) if model.dense is not None else None
+        out.append(model(**to_torch(b), dense=x)[:, 0].numpy())
+    return np.concatenate(out)
+
+
+def _dense_of(dense: Dense | None, batch: Batch) -> np.ndarray:
+    if dense is None:
+        raise ValueError("this regression reads dense inputs; no function gives them")
+    with torch.no_grad():
+        return dense(batch).numpy().astype(np.float32)

@@ -4,7 +4,8 @@ towers: each of the model's `wide_heads` is fitted as the strong reference fits 
 reads, its strength chosen on the validation split), and then each head's logit becomes
 `a * tower + b * regression + c`, (a, b, c) fitted on the validation rows the head reads (CVR:
 the clicked ones) by a logistic regression over those two logits: stacking, on rows neither
-model was fitted on.
+model was fitted on. With exact matches in the towers (`--interactions match`), the regression
+reads their features beside the hashed ones, as it would a spec's crosses.
 
 Why after, and not a regression the towers learn on top of: measured on the default Ali-CCP set
 (docs/model-evidence.md), towers trained on top of a fixed regression learn little from the
@@ -48,21 +49,30 @@ def fit_wide(
     if model.wide is None:
         raise ValueError("this model has no wide term (ModelConfig.wide)")
     every = tower_logits(model, train, contract, val_rows)  # before any blend: the towers'
+    regression = model.wide.regression
+    width = 0 if regression.dense is None else regression.dense.shape[0]
+
+    def dense(b):  # the rows' exact-match features, which the regression reads beside the ids
+        t = to_torch(b)
+        return model.wide_inputs(t["user_ids"], t["user_w"], t["user_index"], t["item_ids"])
+
     out = {}
     for col, head in enumerate(model.wide_heads):
         t0 = time.perf_counter()
         label, val = head_label(train, head), head_rows(train, val_rows, head)
         rows = head_rows(train, train_rows, head)
         towers = every[np.isin(val_rows, val), col]  # the head's rows (CVR: the clicked ones)
-        lr, fig, how = strong_fit(contract, train, rows, val, label, head)
+        lr, fig, how = strong_fit(contract, train, rows, val, label, head, dense, width)
         with torch.no_grad():
-            model.wide.regression.weights.table.weight[:, col] = lr.weights.table.weight[:, 0]
-            model.wide.regression.bias[col] = lr.bias[0]
-        regression = regression_scores(lr, train, contract, val)
-        a, b, c = blend(towers, regression, label[val])
+            regression.weights.table.weight[:, col] = lr.weights.table.weight[:, 0]
+            regression.bias[col] = lr.bias[0]
+            if width:
+                regression.dense[:, col] = lr.dense[:, 0]
+        scores = regression_scores(lr, train, contract, val, dense)
+        a, b, c = blend(towers, scores, label[val])
         with torch.no_grad():
             model.wide.blend[:, col] = torch.tensor([a, b, c])
-        mixed = a * towers + b * regression + c
+        mixed = a * towers + b * scores + c
         out[head] = {
             **fig,
             "train_rows": int(len(rows)),

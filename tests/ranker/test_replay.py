@@ -176,18 +176,26 @@ def test_a_model_without_the_combination_fields_skips_them_when_given(id_only_mo
 # ---- the spec route -----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "which",
-    ["generator's named tables", "generator's, target attention", "a shop's own tables"],
+    [
+        "generator's named tables",
+        "generator's, target attention",
+        "generator's, exact matches and the wide term",
+        "a shop's own tables",
+    ],
 )
 def test_a_spec_models_id_only_requests_score_as_predict(which, request, tmp_path, capsys):
     """`ranker predict --spec` writes one row per event with its ids as the table holds them;
     the same events replayed as id-only requests (user from the embedded store, items from the
     item table, crosses computed online) score the same to 1e-5; with target attention too
-    (the user's heaviest list members cached with the user, met by each candidate)."""
+    (the user's heaviest list members cached with the user, met by each candidate), and with
+    exact matches (the user's lists' ids and weights cached, each candidate's ids searched in
+    them) read by the towers and the wide term's regression."""
     import pyarrow.parquet as pq
 
     spec, model = {
         "generator's named tables": ("spec_generated", "spec_model"),
         "generator's, target attention": ("spec_generated", "attn_spec_model"),
+        "generator's, exact matches and the wide term": ("spec_generated", "match_spec_model"),
         "a shop's own tables": ("shop_spec", "shop_model"),
     }[which]
     spec, model = request.getfixturevalue(spec), request.getfixturevalue(model)

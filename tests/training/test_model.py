@@ -83,12 +83,14 @@ TOWER_OPTIONS = {
     "division-dot": ("division", {"interactions": "dot"}),
     "wide": ("esmm", {"wide": "all"}),
     "base-attn-wide-ctr": ("base", {"interactions": "attn", "attn_k": 4, "wide": "ctr"}),
+    "match": ("esmm", {"interactions": "match"}),
+    "ns-match-wide": ("esmm-ns", {"interactions": "match", "wide": "all"}),
 }
 
 
 def variant_model(request, variant: str):
     kind, options = TOWER_OPTIONS[variant]
-    fixture = "spec_contract" if options.get("interactions") == "attn" else "contract"
+    fixture = "spec_contract" if options.get("interactions") in ("attn", "match") else "contract"
     contract = request.getfixturevalue(fixture)
     m = build(contract, kind, **options)
     if m.wide is not None:  # a fitted wide term is not zero: give it weights to carry
@@ -96,6 +98,8 @@ def variant_model(request, variant: str):
             m.wide.regression.weights.table.weight[1:].normal_()
             m.wide.regression.bias.copy_(torch.tensor([-2.0, 0.5])[: m.wide.heads])
             m.wide.blend.copy_(BLEND[:, : m.wide.heads])
+            if m.wide.regression.dense is not None:  # it reads exact matches too
+                m.wide.regression.dense.normal_()
     return m, contract
 
 
@@ -154,7 +158,7 @@ def test_split_scoring_equals_per_row_scoring(request, variant):
     torch.testing.assert_close(split.cvr, tiled.cvr, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["esmm", "esmm-ns", "dot", "base-attn", "wide"])
+@pytest.mark.parametrize("kind", ["esmm", "esmm-ns", "dot", "base-attn", "wide", "ns-match-wide"])
 def test_training_pooling_equals_the_exported_pooling(request, contract, kind):
     """Training pools with embedding_bag, export with gather + masked sum: same function (and
     target attention gathers members per row in training, multiplies every user's in the
@@ -209,7 +213,7 @@ def test_target_attention_counts_the_items_id_among_the_users_heaviest_members(s
     with torch.no_grad():
         users = att.user_part(m.embeddings[0], user_ids, user_w, None)
         x = m.embeddings[0](item_ids, item_w, "item")
-        got = att.features(users, user_index, x)
+        got = att.features(users, user_index, x, item_ids)
     pair = att.pairs.index((0, [f.name for f in c.side_fields("item")].index("category")))
     hit, miss = torch.sigmoid(torch.tensor(2.0)), torch.sigmoid(torch.tensor(-8.0))
     want = torch.stack(
@@ -305,7 +309,7 @@ def test_field_dots_are_every_user_field_dotted_with_every_item_field(contract):
         torch.testing.assert_close(r[:, 2 * m.cfg.hidden[0] :], u)
         item = m.embeddings[0](x["item_ids"], x["item_w"], "item")
         rows = u[x["user_index"]]
-        dots = m.inter[0].features(u, x["user_index"], item)
+        dots = m.inter[0].features(u, x["user_index"], item, x["item_ids"])
     assert dots.shape == (9, fu * fi)
     for f, g in [(0, 0), (fu - 1, fi - 1), (3, 2)]:
         want = (rows[:, f * d : (f + 1) * d] * item[:, g * d : (g + 1) * d]).sum(1)
