@@ -148,17 +148,20 @@ COMPARE_SEEDS ?= 5
 # the sparse regime adds the item table's numeric columns (items=) and the paper's ESMM loss
 COMPARE_DEFAULT_MODELS := lr-strong,base,esmm-ns,esmm,division,base:wide=all,esmm:wide=all
 COMPARE_SPARSE_MODELS := lr-strong,lr-strong:items=items.parquet,base,base:items=items.parquet,esmm:cvr=0,esmm,esmm:items=items.parquet,esmm:wide=all
-COMPARE_MODELS ?= $(if $(filter sparse,$(COMPARE_PRESET)),$(COMPARE_SPARSE_MODELS),$(COMPARE_DEFAULT_MODELS))
-COMPARE_OUT ?= runs/compare-$(COMPARE_PRESET)$(if $(COMPARE_SPEC),-spec)
+COMPARE_NOCROSS_MODELS := lr-strong,esmm:wide=all,esmm:inter=attn:wide=all,esmm:inter=match:wide=all,base:inter=match:wide=all
+COMPARE_MODELS ?= $(if $(filter nocross,$(COMPARE_SPEC)),$(COMPARE_NOCROSS_MODELS),$(if $(filter sparse,$(COMPARE_PRESET)),$(COMPARE_SPARSE_MODELS),$(COMPARE_DEFAULT_MODELS)))
+COMPARE_OUT ?= runs/compare-$(COMPARE_PRESET)$(if $(COMPARE_SPEC),-spec$(if $(filter nocross,$(COMPARE_SPEC)),-nocross))
 # COMPARE_SPEC=1: the same set's named tables and their feature spec (tables/spec.yaml; or
-# COMPARE_SPEC=FILE, a spec of your own), where the towers' interactions (esmm:inter=attn)
-# read shared embedding groups
+# COMPARE_SPEC=FILE, a spec of your own), where the towers' interactions (esmm:inter=attn,
+# esmm:inter=match) read shared embedding groups; COMPARE_SPEC=nocross: that spec without its
+# crosses (its `side: cross` lines dropped), where exact matches rebuild them
 COMPARE_SPEC ?=
-COMPARE_SPEC_FILE = $(if $(filter 1,$(COMPARE_SPEC)),$(COMPARE_DATA)/tables/spec.yaml,$(COMPARE_SPEC))
+COMPARE_SPEC_FILE = $(if $(filter 1,$(COMPARE_SPEC)),$(COMPARE_DATA)/tables/spec.yaml,$(if $(filter nocross,$(COMPARE_SPEC)),$(COMPARE_DATA)/tables/spec-nocross.yaml,$(COMPARE_SPEC)))
 compare: install
 	test -f $(COMPARE_DATA)/action_train.csv -a -f $(COMPARE_DATA)/tables/spec.yaml || \
 	  $(VENV)/bin/ranker generate --out $(COMPARE_DATA) --impressions $(COMPARE_IMPRESSIONS) \
 	  --seed 1 --action-label --preset $(COMPARE_PRESET) --layout both $(COMPARE_SET)
+	$(if $(filter nocross,$(COMPARE_SPEC)),grep -v "side: cross" $(COMPARE_DATA)/tables/spec.yaml > $(COMPARE_SPEC_FILE))
 	$(VENV)/bin/ranker compare $(if $(COMPARE_SPEC),--spec $(COMPARE_SPEC_FILE),--data $(COMPARE_DATA)) \
 	  --models $(COMPARE_MODELS) --seeds $(COMPARE_SEEDS) --out $(COMPARE_OUT)
 
