@@ -107,14 +107,15 @@ def spec_model(spec_generated, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def attn_spec_model(spec_generated, tmp_path_factory) -> Path:
-    """The generator's tables with target attention over its shared groups (training/layers.py)."""
+    """The generator's tables with target attention over its shared groups
+    (training/interactions.py)."""
     return _spec_model(spec_generated, tmp_path_factory, "attn-model", interactions="attn")
 
 
 @pytest.fixture(scope="session")
 def match_spec_model(spec_generated, tmp_path_factory) -> Path:
     """The generator's tables with exact matches over its shared groups and the wide term
-    reading them (training/layers.py MatchCounts, training/wide.py)."""
+    reading them (training/interactions.py MatchCounts, training/wide.py)."""
     return _spec_model(
         spec_generated, tmp_path_factory, "match-model", interactions="match", wide="all"
     )

@@ -9,9 +9,9 @@ A model name is a kind of training/model.py, optionally with options after colon
 `esmm:cal=isotonic` (adds a table of test ECE before and after), `mmoe:experts=8:hidden=64x32`,
 `esmm:items=items.parquet` (the numeric columns of the data folder's item table as features;
 `lr:items=items.parquet`: the references with them), `esmm:inter=attn:k=16`, `esmm:inter=match`
-(user x item interactions in the towers, training/layers.py), `esmm:wide=all` (wide & deep: each tower's logit
-blended with an L2 logistic regression's on the validation split; `wide=ctr`, the CTR tower's
-alone; training/wide.py). `--spec` compares on a feature spec's named
+(user x item interactions in the towers, training/interactions.py), `esmm:wide=all` (wide &
+deep: each tower's logit blended with an L2 logistic regression's on the validation split;
+`wide=ctr`, the CTR tower's alone; training/wide.py). `--spec` compares on a feature spec's named
 tables instead of an Ali-CCP folder (items= does not apply: a spec names its own).
 Writes OUT/compare.{json,md} and OUT/compare.png (mean +- std per model), and keeps each run's
 metrics.json under OUT/runs/.

@@ -50,15 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from features.contract import FeatureContract
-from training.layers import (
-    FieldDots,
-    FieldPooling,
-    MatchCounts,
-    TargetAttention,
-    Tower,
-    Wide,
-    mixture_head,
-)
+from training.interactions import FieldDots, MatchCounts, TargetAttention
+from training.layers import FieldPooling, Tower, Wide, mixture_head
 
 
 @dataclasses.dataclass
@@ -75,8 +68,9 @@ class ModelConfig:
     cvr_weight: float = 0.0
     # explicit user x item interactions in the towers (esmm, esmm-ns, base, division), read by
     # each tower's first layer beside the item's embeddings: "dot", every user field's pooled
-    # vector dotted with every item field's (layers.py, FieldDots); "attn", every item field
-    # against the heaviest members of each user list (TargetAttention)
+    # vector dotted with every item field's (interactions.py, FieldDots); "attn", every item
+    # field against the heaviest members of each user list (TargetAttention); "match", the
+    # weight each whole list puts on the item field's own id (MatchCounts)
     interactions: str = "none"
     attn_k: int = 16  # "attn": the members of each user list its candidates meet
     # a fitted linear term blended with towers' logits (two-tower kinds; layers.py, Wide): an

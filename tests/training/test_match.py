@@ -1,4 +1,4 @@
-"""Exact user x item matches (`--interactions match`, training/layers.py MatchCounts): the
+"""Exact user x item matches (`--interactions match`, training/interactions.py MatchCounts): the
 weight a user's list puts on the candidate's own id, found in the model by a binary search over
 the list's ids held in the user representation, and read by the wide term's regression too."""
 
@@ -15,7 +15,7 @@ from features.contract import FeatureContract
 from training.batches import iter_batches, split_sessions
 from training.config import TrainConfig
 from training.inputs import load_data
-from training.layers import MATCH_OCTAVES, MatchCounts
+from training.interactions import MATCH_OCTAVES, MatchCounts
 from training.model import ModelConfig, build_model
 from training.optim import to_torch
 from training.reference import STRONG, head_label, head_rows, regression_scores, strong_fit
