@@ -260,8 +260,15 @@ class TwoTowers(RankingModel):
     def repr_dim(self) -> int:
         # the towers' user halves, (with interactions) each table's user part of them, and
         # (with a wide term) its user sums, one a head
-        inter = sum(i.user_width for i in self.inter or ())
+        inter = sum(i.user_width for i in self._cached_inters())
         return 2 * self.cfg.hidden[0] + inter + (self.wide.heads if self.wide else 0)
+
+    def _cached_inters(self) -> list:
+        """The interactions whose user parts the representation holds: each table's, but an
+        exact one's once (MatchCounts reads ids, not a table: a second tower's would be the
+        same floats, cached and searched twice)."""
+        inters = list(self.inter or ())
+        return inters[:1] if inters and inters[0].exact else inters
 
     def _reads_wide(self) -> bool:
         """Whether this pass computes the wide term: always outside training (evaluation,
@@ -297,7 +304,7 @@ class TwoTowers(RankingModel):
         u_cvr = u_ctr if cvr_emb is ctr_emb else cvr_emb(user_ids, user_w, "user")
         parts = [self.ctr.user_proj(u_ctr), self.cvr.user_proj(u_cvr)]
         for inter, emb, pooled in zip(
-            self.inter or (), self.embeddings, (u_ctr, u_cvr), strict=False
+            self._cached_inters(), self.embeddings, (u_ctr, u_cvr), strict=False
         ):
             parts.append(inter.user_part(emb, user_ids, user_w, pooled))
         if self._reads_wide():
@@ -322,11 +329,12 @@ class TwoTowers(RankingModel):
         if self.inter:
             pos, inputs = 2 * h, []
             for inter, x in zip(self.inter, (x_ctr, x_cvr), strict=False):
-                part = user_repr[:, pos : pos + inter.user_width]  # (U, its width)
-                pos += inter.user_width
-                f = inter.features(part, user_index, x, item_ids)
+                if raw is None or not inter.exact:  # an exact one's features: computed once
+                    part = user_repr[:, pos : pos + inter.user_width]  # (U, its width)
+                    pos += inter.user_width
+                    f = inter.features(part, user_index, x, item_ids)
                 raw = f if raw is None else raw
-                inputs.append(torch.cat([x, inter.norm(f)], dim=1))
+                inputs.append(torch.cat([x, inter.norm(f)], dim=1))  # each tower its own norm
             x_ctr, x_cvr = inputs if len(inputs) == 2 else inputs * 2
         ctr, cvr = self.ctr(r[:, :h], x_ctr), self.cvr(r[:, h : 2 * h], x_cvr)
         if self._reads_wide():

@@ -18,14 +18,13 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from features.contract import FeatureContract
-from training.batches import Batch, iter_batches, session_order, split_sessions
+from training.batches import iter_batches, session_order, split_sessions
 from training.config import TrainConfig
 from training.encoded import EncodedSplit
 from training.inputs import load_data, test_truth
@@ -34,10 +33,6 @@ from training.metrics import auc, oracle_metrics, soft_auc
 from training.optim import make_optimizers, step, to_torch
 
 log = logging.getLogger("training.reference")
-
-# A batch -> its rows' dense inputs (rows, width) for a regression that reads them beside the
-# hashed features (a wide term's exact matches: TwoTowers.wide_inputs)
-Dense = Callable[[Batch], torch.Tensor]
 
 # One learning rate for the weights and the bias; epochs until the validation AUC stops
 # improving, at most max_epochs. Small batches for CVR (clicked rows: a few percent of the data);
@@ -153,24 +148,24 @@ def strong_fit(
     val: np.ndarray,
     label: np.ndarray,
     head: str = "",
-    dense: Dense | None = None,
-    width: int = 0,
+    dense: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[LogisticRegression, dict, str]:
     """One L2 logistic regression of `label` on training `rows`, its strength the best of
     STRONG's path by AUC on `val` (stopping after two strengths worse than the best): the
     fitted model, its figures (val_auc, l2, evals) and how it was fitted, for a log line. With
-    `dense` (a batch -> its rows' `width` dense inputs), it reads those beside the hashed
-    features. It starts from zero and draws nothing: no seed."""
+    `dense` ((rows, width) inputs of `rows` and of `val`, computed once by the caller), it
+    reads those beside the hashed features. It starts from zero and draws nothing: no seed."""
+    width = 0 if dense is None else dense[0].shape[1]
     model = LogisticRegression(contract, dense=width)
     (batch,) = iter_batches(train, contract, rows, max(len(rows), 1))
-    extra = _dense_of(dense, batch) if width else None
-    design = _Design(batch, contract.num_rows, label[batch.rows], extra)
+    design = _Design(batch, contract.num_rows, label[batch.rows], None if width == 0 else dense[0])
     theta = torch.zeros(contract.num_rows + width + 1, dtype=torch.float64, requires_grad=True)
+    val_dense = None if width == 0 else dense[1]
     best, best_theta, worse, evals = (-1.0, None, None), None, 0, 0
     for l2 in STRONG["l2"]:
         evals += _lbfgs(design, theta, l2, STRONG["max_evals"])
         design.into(model, theta)
-        val_auc = auc(label[val], regression_scores(model, train, contract, val, dense))
+        val_auc = auc(label[val], regression_scores(model, train, contract, val, val_dense))
         log.info("strong reference %s: l2 %g, validation AUC %.4f", head, l2, val_auc)
         if val_auc > best[0]:
             best, best_theta, worse = (val_auc, l2, evals), theta.detach().clone(), 0
@@ -327,19 +322,13 @@ def regression_scores(
     split: EncodedSplit,
     contract: FeatureContract,
     rows: np.ndarray,
-    dense: Dense | None = None,
+    dense: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The regression's first head over `rows` (with `dense`, the rows' dense inputs too)."""
+    """The regression's first head over `rows` (with `dense`, the rows' (rows, width) dense
+    inputs too, in the order of `rows`)."""
     model.eval()
-    out = []
-    for b in iter_batches(split, contract, rows, 8192):
-        x = torch.from_numpy(_dense_of(dense, b)) if model.dense is not None else None
+    out, size = [], 8192
+    for i, b in enumerate(iter_batches(split, contract, rows, size)):
+        x = None if dense is None else torch.from_numpy(dense[i * size : (i + 1) * size])
         out.append(model(**to_torch(b), dense=x)[:, 0].numpy())
     return np.concatenate(out)
-
-
-def _dense_of(dense: Dense | None, batch: Batch) -> np.ndarray:
-    if dense is None:
-        raise ValueError("this regression reads dense inputs; no function gives them")
-    with torch.no_grad():
-        return dense(batch).numpy().astype(np.float32)

@@ -50,25 +50,23 @@ def fit_wide(
         raise ValueError("this model has no wide term (ModelConfig.wide)")
     every = tower_logits(model, train, contract, val_rows)  # before any blend: the towers'
     regression = model.wide.regression
-    width = 0 if regression.dense is None else regression.dense.shape[0]
-
-    def dense(b):  # the rows' exact-match features, which the regression reads beside the ids
-        t = to_torch(b)
-        return model.wide_inputs(t["user_ids"], t["user_w"], t["user_index"], t["item_ids"])
-
+    # the exact matches' inputs of the regression, once for every row any head reads
+    x_train, x_val = (wide_inputs(model, train, contract, r) for r in (train_rows, val_rows))
     out = {}
     for col, head in enumerate(model.wide_heads):
         t0 = time.perf_counter()
         label, val = head_label(train, head), head_rows(train, val_rows, head)
         rows = head_rows(train, train_rows, head)
-        towers = every[np.isin(val_rows, val), col]  # the head's rows (CVR: the clicked ones)
-        lr, fig, how = strong_fit(contract, train, rows, val, label, head, dense, width)
+        in_val = np.isin(val_rows, val)  # the head's rows (CVR: the clicked ones)
+        towers = every[in_val, col]
+        dense = None if x_train is None else (x_train[np.isin(train_rows, rows)], x_val[in_val])
+        lr, fig, how = strong_fit(contract, train, rows, val, label, head, dense)
         with torch.no_grad():
             regression.weights.table.weight[:, col] = lr.weights.table.weight[:, 0]
             regression.bias[col] = lr.bias[0]
-            if width:
+            if dense is not None:
                 regression.dense[:, col] = lr.dense[:, 0]
-        scores = regression_scores(lr, train, contract, val, dense)
+        scores = regression_scores(lr, train, contract, val, None if dense is None else dense[1])
         a, b, c = blend(towers, scores, label[val])
         with torch.no_grad():
             model.wide.blend[:, col] = torch.tensor([a, b, c])
@@ -95,6 +93,22 @@ def fit_wide(
             out[head]["seconds"],
         )
     return out
+
+
+@torch.no_grad()
+def wide_inputs(
+    model: TwoTowers, split: EncodedSplit, contract: FeatureContract, rows: np.ndarray
+) -> np.ndarray | None:
+    """(rows, width) the dense inputs of the model's wide regression over `rows` (its exact
+    matches' octaves: TwoTowers.wide_inputs), or None where it reads none."""
+    if model.wide is None or model.wide.regression.dense is None:
+        return None
+    out = []
+    for b in iter_batches(split, contract, rows, 8192):
+        t = to_torch(b)
+        x = model.wide_inputs(t["user_ids"], t["user_w"], t["user_index"], t["item_ids"])
+        out.append(x.numpy())
+    return np.concatenate(out)
 
 
 @torch.no_grad()

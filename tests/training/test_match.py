@@ -19,7 +19,7 @@ from training.interactions import MATCH_OCTAVES, MatchCounts
 from training.model import ModelConfig, build_model
 from training.optim import to_torch
 from training.reference import STRONG, head_label, head_rows, regression_scores, strong_fit
-from training.wide import fit_wide, tower_logits
+from training.wide import fit_wide, tower_logits, wide_inputs
 
 # shared groups with a single-valued item field (category) and a multi-valued one (intents);
 # the shops list shares with nothing
@@ -179,18 +179,57 @@ def test_the_wide_regression_reads_the_matches(spec_generated, tmp_path, monkeyp
     fit_wide(model, c, train, train_rows, val_rows)
     assert model.wide.regression.dense.abs().sum() > 0
 
-    def dense(batch):
-        t = to_torch(batch)
-        return model.wide_inputs(t["user_ids"], t["user_w"], t["user_index"], t["item_ids"])
-
     head = "ctr"
     rows, val = head_rows(train, train_rows, head), head_rows(train, val_rows, head)
-    width = model.inter[0].wide_width
-    lr, _, _ = strong_fit(c, train, rows, val, head_label(train, head), head, dense, width)
+    dense = (wide_inputs(model, train, c, rows), wide_inputs(model, train, c, val))
+    assert dense[0].shape == (len(rows), model.inter[0].wide_width)
+    lr, _, _ = strong_fit(c, train, rows, val, head_label(train, head), head, dense)
     torch.testing.assert_close(model.wide.regression.dense[:, 0], lr.dense[:, 0])
     test_rows = np.arange(0, len(test), 5)
     with torch.no_grad():
         model.wide.blend[:, 0] = torch.tensor([0.0, 1.0, 0.0])
     got = tower_logits(model, test, c, test_rows)[:, 0]
-    want = regression_scores(lr, test, c, test_rows, dense)
+    want = regression_scores(lr, test, c, test_rows, wide_inputs(model, test, c, test_rows))
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_two_tables_cache_and_search_the_lists_once(contract):
+    """A kind with a table a tower (esmm-ns) holds the lists' ids once in the user
+    representation and scores as when its second tower's matches are its own (the same ids,
+    the same floats); each tower keeps its own normalisation."""
+    m = build_model(ModelConfig(c_dict := contract.to_dict(), kind="esmm-ns", interactions="match"))
+    one = build_model(ModelConfig(c_dict, kind="esmm", interactions="match"))
+    assert len(m.inter) == 2 and m.inter[0].norm is not m.inter[1].norm
+    assert m.repr_dim == one.repr_dim == 2 * m.cfg.hidden[0] + m.inter[0].user_width
+    x = {k: torch.from_numpy(v) for k, v in _case(contract).items()}
+    m.eval()
+    with torch.no_grad():
+        r = m.user_repr(x["user_ids"], x["user_w"])
+        got = m.score(r, x["user_index"], x["item_ids"], x["item_w"])
+        part = r[:, 2 * m.cfg.hidden[0] :]
+        f = m.inter[0].features(part, x["user_index"], None, x["item_ids"])
+        assert f[:, 1::2].sum() > 0  # the case has matches
+        item = m.embeddings[1](x["item_ids"], x["item_w"], "item")
+        h = m.cfg.hidden[0]
+        cvr = m.cvr(r[x["user_index"], h : 2 * h], torch.cat([item, m.inter[1].norm(f)], 1))
+    torch.testing.assert_close(got.cvr, cvr)
+
+
+def _case(c: FeatureContract) -> dict[str, np.ndarray]:
+    """Two users whose category lists hold the items' categories."""
+    rows, _ = _rows(c, "category")
+    ucols = {f.name: cols for f, cols in c.columns("user")}["recent_categories"]
+    icols = {f.name: cols for f, cols in c.columns("item")}["category"]
+    user_ids = np.zeros((2, c.width("user")), np.int64)
+    user_w = np.zeros((2, c.width("user")), np.float32)
+    user_ids[:, ucols.start : ucols.start + 3] = rows[:3]
+    user_w[:, ucols.start : ucols.start + 3] = [[1, 2, 3], [3, 0, 1]]
+    item_ids = np.zeros((6, c.width("item")), np.int64)
+    item_ids[:, icols.start] = rows[[0, 1, 2, 3, 0, 1]]
+    return {
+        "user_ids": user_ids,
+        "user_w": user_w,
+        "user_index": np.array([0, 0, 0, 1, 1, 1]),
+        "item_ids": item_ids,
+        "item_w": (item_ids > 0).astype(np.float32),
+    }
