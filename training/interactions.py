@@ -202,22 +202,24 @@ class MatchCounts(Interaction):
         self, users: torch.Tensor, user_index: torch.Tensor, item_ids: torch.Tensor
     ) -> torch.Tensor:
         """(B, pairs): each row's list weight on its item field's ids, per pair. Every item
-        column of every pair is one query, all searched together: one binary search of the
-        longest list's steps, each query bounded by its own list's length."""
-        q = item_ids[:, self.query_cols]  # (B, Q)
+        column of every pair is one query, all searched together as one flat row (B * Q): one
+        binary search of the longest list's steps, each query's reads kept inside its own list
+        by a clamp to the list's last column (a read past it would meet the list's weights)."""
+        shape = (-1, len(self.query_cols))  # (B, Q); B unnamed: the graph's batch is dynamic
+        q = item_ids[:, self.query_cols].reshape(1, -1)  # (1, B * Q)
         qf = q.to(torch.float32)
-        flat = users.reshape(-1)  # (U * user_width,)
-        base = user_index.unsqueeze(1) * users.shape[1] + self.query_at  # (B, Q) keys' start
-        n = self.query_n
+        flat = users.reshape(1, -1)  # (1, U * user_width)
+        base = (user_index.unsqueeze(1) * users.shape[1] + self.query_at).reshape(1, -1)
+        n = self.query_n.expand(item_ids.shape[0], -1).reshape(1, -1)  # each query's list length
+        last = base + n - 1  # each query's list's last key
 
-        def take(i):  # flat[i], as a 1-D Gather (indexing exports to GatherND, 8x slower)
-            return flat.index_select(0, i.reshape(-1)).reshape(i.shape)
+        def take(i):  # flat[i]: torch.gather exports to GatherElements (7x Gather's speed)
+            return torch.gather(flat, 1, i)
 
-        below = _search(self.max_len, qf, lambda i: take(base + torch.minimum(i, n - 1)), n)
-        at = base + torch.minimum(below, n - 1)
+        at = torch.minimum(_search(self.max_len, qf, take, base, last) + 1, last)
         found = (take(at) == qf) & self._valid(q)
         w = torch.where(found, take(at + n), torch.zeros_like(qf))  # weights follow the keys
-        return w @ self.of_pair
+        return w.reshape(shape) @ self.of_pair
 
     def features(self, users, user_index, item_pooled, item_ids):
         w = self.weights(users, user_index, item_ids)  # (B, pairs)
@@ -248,18 +250,21 @@ def _search(
     n: int,
     t: torch.Tensor,
     keys_at: Callable[[torch.Tensor], torch.Tensor],
-    lengths: torch.Tensor | None = None,
+    first: torch.Tensor,
+    last: torch.Tensor,
 ) -> torch.Tensor:
-    """How many of at most n ascending keys are below t, for each value of t: `keys_at(i)`
-    reads the key at position i (same shape as t); `lengths` (broadcast to t) bounds each
-    search where its keys are fewer than n. A branchless binary search of ceil(log2(n + 1))
-    reads, the same ops in training and in the exported graphs."""
-    pos = torch.zeros(t.shape, dtype=torch.int64)
+    """For each value of t, the position of the last of its ascending keys below it (first - 1
+    where none is): `keys_at(i)` reads the key at positions i, t's keys lie at first..last
+    (shapes of t), at most n of them. A branchless binary search of ceil(log2(n + 1)) reads,
+    each an add, a clamp, the read, a compare and a select, the same ops in training and in the
+    exported graphs. The clamp keeps the reads inside t's own keys where they are fewer than n:
+    a last key below t leaves the position at the last key (all below), one at or above t does
+    not move it, as a bound check would have it."""
+    pos = first - 1
     step = 1 << (n.bit_length() - 1)
     while step:
-        cand = pos + step
-        fits = cand <= (n if lengths is None else lengths)
-        pos = torch.where(fits & (keys_at(cand - 1) < t), cand, pos)
+        probe = torch.minimum(pos + step, last)
+        pos = torch.where(keys_at(probe) < t, probe, pos)
         step >>= 1
     return pos
 

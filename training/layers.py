@@ -51,6 +51,21 @@ class FieldPooling(nn.Module):
             ids = torch.where(ids > 0, ids - self.row_shift, ids)  # padding stays row 0
         return self.table(ids)
 
+    def total(self, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(N, L) ids and weights -> (N, D): every column's row, weighted, summed over all the
+        columns (what a regression reads: the sum of its pooled fields). For narrow tables
+        (a regression's one row a head): per table column one gather of single floats, which
+        exports to GatherElements; ONNX Runtime's Gather copies row by row, 7x slower at a
+        row of two floats (measured: 37 against 288 us for 500 rows of 20 columns)."""
+        if self.row_shift:
+            ids = torch.where(ids > 0, ids - self.row_shift, ids)  # padding stays row 0
+        flat = ids.reshape(1, -1)
+        table = self.table.weight.T  # (D, rows)
+        cols = [
+            torch.gather(table[d : d + 1], 1, flat).reshape(ids.shape) for d in range(len(table))
+        ]
+        return torch.stack([(c * weights).sum(1) for c in cols], dim=1)
+
     def forward(self, ids: torch.Tensor, weights: torch.Tensor, side: Side) -> torch.Tensor:
         if self.training:
             return self._bags(ids, weights, side)
@@ -111,7 +126,13 @@ class LogisticRegression(nn.Module):
         self.dense = nn.Parameter(torch.zeros(dense, heads)) if dense else None
 
     def side_sum(self, ids: torch.Tensor, w: torch.Tensor, side: Side) -> torch.Tensor:
-        """(N, columns) one side's features -> (N, heads) the sum of their weights."""
+        """(N, columns) one side's features -> (N, heads) the sum of their weights: pooled per
+        field in training (one embedding_bag and its sparse gradient), summed over every
+        column at once otherwise (the graphs' form)."""
+        if not self.training:
+            cols = self.weights.segments[side]
+            lo, hi = cols[0][0], cols[-1][1]
+            return self.weights.total(ids[:, lo:hi], w[:, lo:hi])
         pooled = self.weights(ids, w, side)  # (N, fields * heads)
         return pooled.unflatten(1, (-1, self.heads)).sum(1)
 

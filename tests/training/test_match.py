@@ -123,6 +123,42 @@ def test_a_match_is_the_lists_summed_weight_on_each_of_the_items_own_ids(contrac
     assert seen["found"] > n / 2 and seen["rare"] > 10  # the cases were there to be counted
 
 
+def test_full_lists_keep_their_search_inside_their_own_ids(contract):
+    """Lists with no padding, of different lengths (23 and 9 columns, one search of the longer's
+    steps): a candidate id above every member of the shorter list, at its last member, below
+    its first, and one between two members. Each list's summed weights follow its keys in the
+    user part and are below every id, so a read past a list's last key would count them as
+    keys below the query."""
+    c = contract
+    m = build_model(ModelConfig(c.to_dict(), interactions="match")).eval()
+    match = m.inter[0]
+    ucols = {f.name: cols for f, cols in c.columns("user")}
+    icols = {f.name: cols for f, cols in c.columns("item")}
+    user_ids = np.zeros((1, c.width("user")), np.int64)
+    user_w = np.zeros((1, c.width("user")), np.float32)
+    intents = next(f for f in c.fields if f.name == "intents").offset + np.arange(0, 18, 2)
+    cats = next(f for f in c.fields if f.name == "category").offset + np.arange(1, 8)
+    user_ids[0, ucols["recent_intents"]] = intents  # 9 distinct even rows: a full list
+    user_w[0, ucols["recent_intents"]] = 0.5
+    user_ids[0, ucols["recent_categories"]] = np.resize(cats, 23)  # full, with repeats
+    user_w[0, ucols["recent_categories"]] = 1.0
+    # the intents list: above all, its last, its first, between two, below all
+    queries = [intents[-1] + 2, intents[-1], intents[0], intents[3] + 1, intents[0] - 1]
+    item_ids = np.zeros((len(queries), c.width("item")), np.int64)
+    item_ids[:, icols["intents"].start] = queries
+    item_ids[:, icols["category"].start] = [cats[-1], cats[0], cats[3], cats[-1] + 1, cats[0] - 1]
+    with torch.no_grad():
+        part = match.user_part(None, torch.from_numpy(user_ids), torch.from_numpy(user_w), None)
+        got = match.weights(
+            part, torch.zeros(len(queries), dtype=torch.int64), torch.from_numpy(item_ids)
+        )
+    counts = np.bincount(np.arange(23) % 7, minlength=7)  # each category's members
+    want_cat = [counts[6], counts[0], counts[3], 0, 0]
+    want_intent = [0.0, 0.5, 0.5, 0.0, 0.0]
+    np.testing.assert_array_equal(got[:, 0].numpy(), np.float32(want_cat))
+    np.testing.assert_array_equal(got[:, 1].numpy(), np.float32(want_intent))
+
+
 def test_the_matches_rebuild_the_specs_count_in_crosses(spec_generated, tmp_path):
     """On the generator's named tables, their lists summed (`pooling: sum`: the weights the
     model reads are the raw counts, not shares of the list): each cross's numeric bucket of the
