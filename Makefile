@@ -148,8 +148,9 @@ COMPARE_SEEDS ?= 5
 # the sparse regime adds the item table's numeric columns (items=) and the paper's ESMM loss
 COMPARE_DEFAULT_MODELS := lr-strong,base,esmm-ns,esmm,division,base:wide=all,esmm:wide=all
 COMPARE_SPARSE_MODELS := lr-strong,lr-strong:items=items.parquet,base,base:items=items.parquet,esmm:cvr=0,esmm,esmm:items=items.parquet,esmm:wide=all
-COMPARE_NOCROSS_MODELS := lr-strong,esmm:wide=all,esmm:inter=attn:wide=all,esmm:inter=match:wide=all,base:inter=match:wide=all
-COMPARE_MODELS ?= $(if $(filter nocross,$(COMPARE_SPEC)),$(COMPARE_NOCROSS_MODELS),$(if $(filter sparse,$(COMPARE_PRESET)),$(COMPARE_SPARSE_MODELS),$(COMPARE_DEFAULT_MODELS)))
+COMPARE_NOCROSS_MODELS := lr-strong,esmm:inter=none:wide=all,esmm:inter=attn:wide=all,esmm:inter=match:wide=all,base:inter=match:wide=all
+# (the sparse list's items= rows read an Ali-CCP folder's item table: on a spec, the default list)
+COMPARE_MODELS ?= $(if $(filter nocross,$(COMPARE_SPEC)),$(COMPARE_NOCROSS_MODELS),$(if $(and $(filter sparse,$(COMPARE_PRESET)),$(if $(COMPARE_SPEC),,1)),$(COMPARE_SPARSE_MODELS),$(COMPARE_DEFAULT_MODELS)))
 COMPARE_OUT ?= runs/compare-$(COMPARE_PRESET)$(if $(COMPARE_SPEC),-spec$(if $(filter nocross,$(COMPARE_SPEC)),-nocross))
 # COMPARE_SPEC=1: the same set's named tables and their feature spec (tables/spec.yaml; or
 # COMPARE_SPEC=FILE, a spec of your own), where the towers' interactions (esmm:inter=attn,

@@ -11,7 +11,7 @@ from features.calibration import FITS
 from features.contract import DEFAULT_MAX_LEN, FeatureContract
 from training.cli import option
 from training.encoded import OrphanPolicy
-from training.model import INTERACTIONS, IPS_KINDS, KINDS, WIDE, check_options
+from training.model import AUTO, INTERACTIONS, IPS_KINDS, KINDS, WIDE, check_options
 
 CALIBRATIONS = ("none", *FITS)
 # The clicked-rows CVR loss's default weight for the entire-space kinds: with it ESMM's CVR AUC
@@ -67,12 +67,14 @@ class TrainConfig:
     )
     experts: int = option(4, help="mmoe: number of experts")
     interactions: str = option(
-        "none",
-        choices=INTERACTIONS,
+        AUTO,
+        choices=(AUTO, *INTERACTIONS),
         help="explicit user x item interactions in the towers (two-tower kinds): dot, every "
         "user field's pooled vector dotted with every item field's; attn, each item field "
         "against the heaviest members of the user list in its embedding group; match, the "
-        "weight of each item field's own id in the user list of its group (exact, whole list)",
+        "weight of each item field's own id in the user list of its group (exact, whole list); "
+        "auto (default): match where a list and an item field share a group that no cross "
+        "counts, else none",
     )
     attn_k: int = option(16, help="attn: the members of each user list a candidate meets")
     wide: str = option(

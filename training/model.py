@@ -89,10 +89,18 @@ class ModelConfig:
             self.attn_k,
             self.wide,
         )
+        if self.interactions == AUTO:
+            raise ValueError(
+                "a model is built with concrete interactions; training makes `auto` concrete "
+                "for its contract (training/interactions.py chosen_interactions)"
+            )
         self.hidden = tuple(self.hidden)
 
 
 INTERACTIONS = ("none", "dot", "attn", "match")
+# training's default: made concrete per contract before a model is built (training/
+# interactions.py chosen_interactions), so a checkpoint holds one of INTERACTIONS
+AUTO = "auto"
 WIDE = ("none", "ctr", "all")
 
 
@@ -110,9 +118,11 @@ def check_options(
     it reads data, a comparison before its first run."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {KINDS}")
-    if interactions not in INTERACTIONS:
-        raise ValueError(f"unknown interactions {interactions!r}; choose one of {INTERACTIONS}")
-    if interactions != "none" and not issubclass(MODELS[kind], TwoTowers):
+    if interactions not in (AUTO, *INTERACTIONS):
+        raise ValueError(
+            f"unknown interactions {interactions!r}; choose one of {(AUTO, *INTERACTIONS)}"
+        )
+    if interactions not in (AUTO, "none") and not issubclass(MODELS[kind], TwoTowers):
         raise ValueError(f"interactions apply to {', '.join(TWO_TOWER_KINDS)}, not {kind}")
     if wide not in WIDE:
         raise ValueError(f"unknown wide {wide!r}; choose one of {WIDE}")
@@ -355,7 +365,9 @@ def interaction(cfg: ModelConfig, contract: FeatureContract) -> nn.Module:
         return FieldDots(contract, cfg.embed_dim)
     if cfg.interactions == "match":
         return MatchCounts(contract)
-    return TargetAttention(contract, cfg.embed_dim, cfg.attn_k)
+    if cfg.interactions == "attn":
+        return TargetAttention(contract, cfg.embed_dim, cfg.attn_k)
+    raise ValueError(f"no interaction module for {cfg.interactions!r}")
 
 
 class EntireSpace:

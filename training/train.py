@@ -35,6 +35,7 @@ from training.cli import prog as cli_prog
 from training.config import TrainConfig
 from training.encoded import EncodedSplit
 from training.inputs import load_data, test_truth
+from training.interactions import chosen_interactions
 from training.metrics import (
     funnel_eces,
     funnel_metrics,
@@ -42,7 +43,7 @@ from training.metrics import (
     soft_auc,
     truth_predictions,
 )
-from training.model import ModelConfig, RankingModel, build_model
+from training.model import TWO_TOWER_KINDS, ModelConfig, RankingModel, build_model
 from training.optim import labels, make_optimizers, step, to_torch
 from training.progress import Progress, duration
 from training.reference import logistic_reference
@@ -293,6 +294,10 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
     train_rows, val_rows = split_sessions(train_split, cfg.val_fraction, cfg.seed)
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise SystemExit("the training file is too small to carve a validation split from")
+    two_towers = cfg.model in TWO_TOWER_KINDS
+    interactions, why = chosen_interactions(cfg.interactions, two_towers, contract)
+    if world.main:
+        log.info("interactions: %s (%s: %s)", interactions, cfg.interactions, why)
     model_cfg = ModelConfig(
         contract.to_dict(),
         cfg.model,
@@ -302,7 +307,7 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         cfg.ips_clip,
         cfg.experts,
         cfg.cvr_weight,
-        cfg.interactions,
+        interactions,
         cfg.attn_k,
         cfg.wide,
     )

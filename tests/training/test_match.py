@@ -15,7 +15,7 @@ from features.contract import FeatureContract
 from training.batches import iter_batches, split_sessions
 from training.config import TrainConfig
 from training.inputs import load_data
-from training.interactions import MATCH_OCTAVES, MatchCounts
+from training.interactions import MATCH_OCTAVES, MatchCounts, chosen_interactions
 from training.model import ModelConfig, build_model
 from training.optim import to_torch
 from training.reference import STRONG, head_label, head_rows, regression_scores, strong_fit
@@ -269,3 +269,52 @@ def _case(c: FeatureContract) -> dict[str, np.ndarray]:
         "item_ids": item_ids,
         "item_w": (item_ids > 0).astype(np.float32),
     }
+
+
+def _contract_of(spec: str) -> FeatureContract:
+    return FeatureContract.from_spec(S.loads(spec), {})
+
+
+CROSS = "  - {{name: {0}_n, side: cross, count_in: {{list: {1}, key: {0}}}}}\n"
+
+
+def test_auto_chooses_matches_where_a_shared_pair_has_no_cross():
+    """Training's default, `--interactions auto`: exact matches over a spec whose shared groups
+    no cross counts, none where its crosses count every shared pair (they carry what matches
+    would), none without a shared group or towers; an explicit choice stands."""
+    got = chosen_interactions("auto", True, _contract_of(SPEC))
+    assert got[0] == "match"
+    assert "recent_categories x category" in got[1] and "recent_intents x intents" in got[1]
+    one = SPEC + CROSS.format("category", "recent_categories")
+    choice, why = chosen_interactions("auto", True, _contract_of(one))
+    assert choice == "match" and "recent_categories" not in why and "recent_intents" in why
+    both = one + CROSS.format("intents", "recent_intents")
+    assert chosen_interactions("auto", True, _contract_of(both))[0] == "none"
+    assert chosen_interactions("auto", False, _contract_of(SPEC))[0] == "none"
+    plain = re.sub(r", embedding: \w+", "", SPEC)
+    assert chosen_interactions("auto", True, _contract_of(plain))[0] == "none"
+    assert chosen_interactions("attn", True, _contract_of(SPEC)) == ("attn", "as given")
+    assert chosen_interactions("none", True, _contract_of(SPEC)) == ("none", "as given")
+    with pytest.raises(ValueError, match="concrete"):
+        ModelConfig(_contract_of(SPEC).to_dict(), interactions="auto")
+
+
+def test_training_by_default_matches_a_shops_lists_its_crosses_do_not_count(tmp_path, shop_model):
+    """`ranker train`'s default made concrete in the run: a shop's spec whose one cross counts
+    its one shared pair trains plain towers (the exported manifest says so); the same spec
+    without the cross trains exact matches, and its checkpoint holds the concrete choice."""
+    import json
+
+    from support import write_shop
+
+    from training.train import TrainConfig, train
+
+    assert json.loads((shop_model / "manifest.json").read_text())["model"]["interactions"] == "none"
+    (tmp_path / "shop").mkdir()
+    spec = write_shop(tmp_path / "shop")
+    text = spec.read_text()
+    spec.write_text("".join(line for line in text.splitlines(True) if "side: cross" not in line))
+    run = tmp_path / "run"
+    train(TrainConfig(spec=spec, out=run, model="esmm", epochs=1, seed=0, reference=False))
+    args = torch.load(run / "checkpoint.pt", weights_only=False)["model_args"]
+    assert args["interactions"] == "match"
