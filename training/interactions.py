@@ -144,11 +144,7 @@ class MatchCounts(Interaction):
     exact = True
 
     def __init__(self, contract: FeatureContract):
-        lists, pairs = _shared_pairs(contract, "exact matches")
-        if contract.num_rows >= 2**24:
-            raise ValueError(
-                f"exact matches hold ids as float32, exact below 2^24 rows, not {contract.num_rows}"
-            )
+        lists, pairs = _match_pairs(contract)
         super().__init__(2 * len(pairs))
         self.wide_width = (len(MATCH_OCTAVES) + 1) * len(pairs)
         items = contract.columns("item")
@@ -269,6 +265,19 @@ def _search(
     return pos
 
 
+def _match_pairs(
+    contract: FeatureContract,
+) -> tuple[list[tuple[str, int, int]], list[tuple[int, int]]]:
+    """`_shared_pairs` for exact matches, which also refuse a contract whose row ids a float32
+    does not hold exactly (MatchCounts keeps them as floats)."""
+    lists, pairs = _shared_pairs(contract, "exact matches")
+    if contract.num_rows >= 2**24:
+        raise ValueError(
+            f"exact matches hold ids as float32, exact below 2^24 rows, not {contract.num_rows}"
+        )
+    return lists, pairs
+
+
 def _shared_pairs(
     contract: FeatureContract, what: str
 ) -> tuple[list[tuple[str, int, int]], list[tuple[int, int]]]:
@@ -308,11 +317,9 @@ def chosen_interactions(
     if not two_towers:
         return "none", "the kind has no towers to read interactions"
     try:
-        if contract.num_rows >= 2**24:
-            raise ValueError(f"{contract.num_rows} rows")
-        lists, pairs = _shared_pairs(contract, "auto")
-    except ValueError:
-        return "none", "no user list shares an embedding group with an item field (or too large)"
+        lists, pairs = _match_pairs(contract)
+    except ValueError as e:  # what MatchCounts would refuse
+        return "none", str(e)
     items = contract.side_fields("item")
     counted = {tuple(f.cross) for f in contract.fields if f.cross}
     open_pairs = [(lists[i][0], items[g].name) for i, g in pairs]

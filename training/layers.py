@@ -45,21 +45,23 @@ class FieldPooling(nn.Module):
         out.row_shift = max(lo - 1, 0)
         return out
 
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """The table's rows of `ids` (B, L) -> (B, L, D), unpooled."""
+    def _local(self, ids: torch.Tensor) -> torch.Tensor:
+        """Contract rows -> this table's rows (a restricted copy's are shifted)."""
         if self.row_shift:
             ids = torch.where(ids > 0, ids - self.row_shift, ids)  # padding stays row 0
-        return self.table(ids)
+        return ids
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The table's rows of `ids` (B, L) -> (B, L, D), unpooled."""
+        return self.table(self._local(ids))
 
     def total(self, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """(N, L) ids and weights -> (N, D): every column's row, weighted, summed over all the
         columns (what a regression reads: the sum of its pooled fields). For narrow tables
         (a regression's one row a head): per table column one gather of single floats, which
-        exports to GatherElements; ONNX Runtime's Gather copies row by row, 7x slower at a
-        row of two floats (measured: 37 against 288 us for 500 rows of 20 columns)."""
-        if self.row_shift:
-            ids = torch.where(ids > 0, ids - self.row_shift, ids)  # padding stays row 0
-        flat = ids.reshape(1, -1)
+        exports to GatherElements; ONNX Runtime's Gather copies row by row (the sum over 500
+        rows of 20 columns, two floats a row, one thread: 37 against 288 us)."""
+        flat = self._local(ids).reshape(1, -1)
         table = self.table.weight.T  # (D, rows)
         cols = [
             torch.gather(table[d : d + 1], 1, flat).reshape(ids.shape) for d in range(len(table))
@@ -130,9 +132,7 @@ class LogisticRegression(nn.Module):
         field in training (one embedding_bag and its sparse gradient), summed over every
         column at once otherwise (the graphs' form)."""
         if not self.training:
-            cols = self.weights.segments[side]
-            lo, hi = cols[0][0], cols[-1][1]
-            return self.weights.total(ids[:, lo:hi], w[:, lo:hi])
+            return self.weights.total(ids, w)
         pooled = self.weights(ids, w, side)  # (N, fields * heads)
         return pooled.unflatten(1, (-1, self.heads)).sum(1)
 

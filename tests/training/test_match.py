@@ -293,6 +293,11 @@ def test_auto_chooses_matches_where_a_shared_pair_has_no_cross():
     assert chosen_interactions("auto", False, _contract_of(SPEC))[0] == "none"
     plain = re.sub(r", embedding: \w+", "", SPEC)
     assert chosen_interactions("auto", True, _contract_of(plain))[0] == "none"
+    big = _contract_of(SPEC).fit_buckets({"user_id": 1 << 24}, min_buckets=16, max_buckets=1 << 25)
+    assert chosen_interactions("auto", True, big) == (
+        "none",
+        f"exact matches hold ids as float32, exact below 2^24 rows, not {big.num_rows}",
+    )
     assert chosen_interactions("attn", True, _contract_of(SPEC)) == ("attn", "as given")
     assert chosen_interactions("none", True, _contract_of(SPEC)) == ("none", "as given")
     with pytest.raises(ValueError, match="concrete"):
