@@ -384,6 +384,16 @@ class FeatureContract:
         """(field, column slice) pairs of a side, in contract order."""
         return list(self._layout[side])
 
+    def counted_fields(self) -> list[tuple[Field, slice]]:
+        """The item side's fields whose values count a user x item match, with their columns:
+        Ali-CCP's combination fields (508: the user's count for the item's category, 509, 702,
+        853), which a request or a file carries with each impression. Their ids are opaque; a
+        single-valued one's value is its count (a weight, where the pooling weighs: `weighted`).
+        A spec has none: its crosses are numeric features that count from both sides."""
+        if self.spec is not None:
+            return []
+        return [(f, c) for f, c in self.columns("item") if f.name in COMBINATION_FIELDS]
+
     @functools.cached_property
     def _layout(self) -> dict[str, tuple[tuple[Field, slice], ...]]:
         # Computed once per contract: the reader asks for it on every line.

@@ -8,8 +8,9 @@ A model name is a kind of training/model.py, optionally with options after colon
 `esmm:ips=0.5` (ESCM2-IPS weight), `esmm:cvr=1` (clicked-rows CVR loss weight),
 `esmm:cal=isotonic` (adds a table of test ECE before and after), `mmoe:experts=8:hidden=64x32`,
 `esmm:items=items.parquet` (the numeric columns of the data folder's item table as features;
-`lr:items=items.parquet`: the references with them), `esmm:inter=attn:k=16`, `esmm:inter=match`
-(user x item interactions in the towers, training/interactions.py), `esmm:wide=all` (wide &
+`lr:items=items.parquet`: the references with them), `esmm:inter=attn:k=16`, `esmm:inter=match`,
+`esmm:inter=none` (user x item interactions in the towers, training/interactions.py; the default,
+`auto`, reads Ali-CCP's combination counts on an Ali-CCP folder), `esmm:wide=all` (wide &
 deep: each tower's logit blended with an L2 logistic regression's on the validation split;
 `wide=ctr`, the CTR tower's alone; training/wide.py). `--spec` compares on a feature spec's named
 tables instead of an Ali-CCP folder (items= does not apply: a spec names its own).

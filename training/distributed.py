@@ -95,6 +95,17 @@ def wrap(model: nn.Module, world: World) -> nn.Module:
     return model if world.size == 1 else DistributedDataParallel(model)
 
 
+def same_buffers(world: World, model: nn.Module) -> None:
+    """Rank 0's buffers (batch normalisation's running statistics) onto every rank. DDP
+    broadcasts them before each forward, so every step trains with rank 0's, but the last
+    step's update is each rank's own, from its own shard: without this, the ranks would end an
+    epoch, and keep its state, with statistics that differ."""
+    if world.size == 1:
+        return
+    for b in model.buffers():
+        dist.broadcast(b, src=0)
+
+
 def unwrap(net: nn.Module) -> nn.Module:
     """The model inside `wrap`'s result: its loss and eval passes need no collective."""
     return net.module if isinstance(net, DistributedDataParallel) else net

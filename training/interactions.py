@@ -2,8 +2,9 @@
 towers: a user part computed once per user and cached with the user representation, and
 features per candidate row computed in the item scorer from it and the candidate's embeddings
 or ids. Field dots (a factorisation machine's second-order terms), target attention (a soft
-match against the user's heaviest list members) and exact matches (the whole list's weight on
-the candidate's own id: a spec's crosses, rebuilt in the model)."""
+match against the user's heaviest list members), exact matches (the whole list's weight on
+the candidate's own id: a spec's crosses, rebuilt in the model) and combination counts
+(Ali-CCP's combination fields' own values, the counts those fields carry)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ class Interaction(nn.Module):
     user (cached with the user representation, `user_width` floats), then per candidate row
     `features(users' parts (U, user_width), user_index (B,), item's pooled fields, item's ids)`
     -> (B, width), which the towers' first layers read beside the item's embeddings through
-    `norm`: raw, they are products of embeddings near 0.01 or fractions of a list, too small
-    for the first layer to learn from in an epoch."""
+    `tower_input`: raw, they are products of embeddings near 0.01 or fractions of a list, too
+    small for the first layer to learn from in an epoch."""
 
     user_width: int
     width: int
@@ -44,12 +45,17 @@ class Interaction(nn.Module):
 
     def features(
         self,
-        users: torch.Tensor,
+        users: torch.Tensor | None,
         user_index: torch.Tensor,
         item_pooled: torch.Tensor,
         item_ids: torch.Tensor,
+        item_w: torch.Tensor | None = None,
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def tower_input(self, features: torch.Tensor) -> torch.Tensor:
+        """What the towers' first layers read of the features: batch-normalised."""
+        return self.norm(features)
 
 
 class FieldDots(Interaction):
@@ -66,7 +72,7 @@ class FieldDots(Interaction):
     def user_part(self, pool, ids, w, pooled):
         return pooled
 
-    def features(self, users, user_index, item_pooled, item_ids):
+    def features(self, users, user_index, item_pooled, item_ids, item_w=None):
         u = users.index_select(0, user_index).unflatten(1, (self.user_fields, -1))  # (B, Fu, D)
         x = item_pooled.unflatten(1, (self.item_fields, -1))  # (B, Fi, D)
         return torch.bmm(u, x.transpose(1, 2)).flatten(1)
@@ -106,7 +112,7 @@ class TargetAttention(Interaction):
             parts += [emb.flatten(1), torch.gather(w[:, start:stop], 1, top)]  # padding: 0
         return torch.cat(parts, dim=1)
 
-    def features(self, users, user_index, item_pooled, item_ids):
+    def features(self, users, user_index, item_pooled, item_ids, item_w=None):
         x = F.normalize(item_pooled.unflatten(1, (self.item_fields, -1)), dim=-1)  # (B, Fi, D)
         out = []
         for p, (i, g) in enumerate(self.pairs):
@@ -217,7 +223,7 @@ class MatchCounts(Interaction):
         w = torch.where(found, take(at + n), torch.zeros_like(qf))  # weights follow the keys
         return w.reshape(shape) @ self.of_pair
 
-    def features(self, users, user_index, item_pooled, item_ids):
+    def features(self, users, user_index, item_pooled, item_ids, item_w=None):
         w = self.weights(users, user_index, item_ids)  # (B, pairs)
         return torch.stack([(w > 0).to(w.dtype), w], dim=2).flatten(1)  # (found, weight) a pair
 
@@ -225,17 +231,78 @@ class MatchCounts(Interaction):
         """The towers' features (B, 2 * pairs) -> a regression's inputs (B, wide_width): per
         pair the one-hot of its weight's octave (MATCH_OCTAVES; none found: all zeros), so a
         linear model gets any shape of response, as a cross's buckets give it."""
-        return _log2_onehot(features[:, 1::2]).flatten(1)
+        return _octave_onehot(features[:, 1::2], MATCH_OCTAVES).flatten(1)
 
 
 # a match's weight in octaves: (0, 2^-10], (2^-10, 2^-9], ... (2^5, 2^6], above
 MATCH_OCTAVES = tuple(2.0**k for k in range(-10, 7))
 
 
-def _log2_onehot(w: torch.Tensor) -> torch.Tensor:
-    """(...) weights -> (..., len(MATCH_OCTAVES) + 1): one-hot of the octave a positive weight
-    falls in; all zeros for none."""
-    edges = torch.tensor(MATCH_OCTAVES, dtype=w.dtype)
+class CombinationCounts(Interaction):
+    """The counts Ali-CCP's combination fields carry (FeatureContract.counted_fields: 508, the
+    user's count for the item's category; 509 shop, 702 brand, 853 intents), read from the
+    candidate's own features: what exact matches compute from a spec's shared groups, which
+    Ali-CCP's files hand over with each impression. Their ids are opaque (a hashed combination),
+    so pooled they give a table row scaled by the count: a slope per combination id, linear in
+    a count that runs from 1 to hundreds, from which the towers learn little. Here a
+    single-valued field's count is its value (0 where the field is absent or not positive; a
+    weight only where the pooling weighs, else 1), a multi-valued field's the number of its
+    ids (mean pooling leaves no count in the weights). The towers read two features a field,
+    (found, count), through log1p and batch normalisation; a wide term's regression reads the
+    one-hot of the count's octave (COUNT_OCTAVES), any shape of response, as a spec's cross's
+    buckets give it. No user part: nothing is cached, the scorer reads its own inputs."""
+
+    exact = True
+    user_width = 0
+
+    def __init__(self, contract: FeatureContract):
+        fields = contract.counted_fields()
+        if not fields:
+            raise ValueError(
+                "combination counts: needs Ali-CCP's combination fields (508, 509, 702, 853), "
+                "which this contract does not have"
+            )
+        super().__init__(2 * len(fields))
+        self.names = [f.name for f, _ in fields]
+        self.cols = [(c.start, c.stop) for _, c in fields]
+        self.wide_width = (len(COUNT_OCTAVES) + 1) * len(fields)
+
+    def user_part(self, pool, ids, w, pooled):
+        return None
+
+    def counts(self, item_ids: torch.Tensor, item_w: torch.Tensor) -> torch.Tensor:
+        """(B, fields): each row's count per field (see the class)."""
+        out = []
+        for start, stop in self.cols:
+            present = item_ids[:, start:stop] > 0
+            if stop - start == 1:
+                w = item_w[:, start:stop].clamp(0.0, COUNT_CAP)
+                out.append(torch.where(present, w, torch.zeros_like(w)))
+            else:
+                out.append(present.to(item_w.dtype).sum(1, keepdim=True))
+        return torch.cat(out, dim=1)
+
+    def features(self, users, user_index, item_pooled, item_ids, item_w=None):
+        n = self.counts(item_ids, item_w)
+        return torch.stack([(n > 0).to(n.dtype), n], dim=2).flatten(1)  # (found, count) a field
+
+    def tower_input(self, features):
+        return self.norm(torch.log1p(features))
+
+    def wide_features(self, features: torch.Tensor) -> torch.Tensor:
+        return _octave_onehot(features[:, 1::2], COUNT_OCTAVES).flatten(1)
+
+
+# a count in octaves: (0, 1], (1, 2], (2, 4], ... (512, 1024], above; counts above COUNT_CAP
+# are read as COUNT_CAP (a value is a float from a file or a request: never inf in the towers)
+COUNT_OCTAVES = tuple(2.0**k for k in range(11))
+COUNT_CAP = 2.0**20
+
+
+def _octave_onehot(w: torch.Tensor, octaves: tuple[float, ...]) -> torch.Tensor:
+    """(...) weights -> (..., len(octaves) + 1): one-hot of the octave a positive weight falls
+    in, (0, octaves[0]], (octaves[0], octaves[1]], ... above the last; all zeros for none."""
+    edges = torch.tensor(octaves, dtype=w.dtype)
     above = (w.unsqueeze(-1) > edges).to(w.dtype)  # 1 up to the weight's octave, then 0
     lower = torch.cat([(w > 0).to(w.dtype).unsqueeze(-1), above], dim=-1)
     upper = torch.cat([above, torch.zeros_like(above[..., :1])], dim=-1)
@@ -305,25 +372,35 @@ def chosen_interactions(
     choice: str, two_towers: bool, contract: FeatureContract
 ) -> tuple[str, str]:
     """Training's `--interactions` made concrete for a contract, and why. `auto` (the default)
-    is exact matches where a user list shares an embedding group with an item field that no
-    cross counts, and none otherwise: without a spec's crosses, matches rebuild what they
-    carry (the full model's CTR and CTCVR within 0.005 on the default set, far above the plain
-    towers), with them they add nothing measurable and cost the scorer 1.3x
-    (docs/model-evidence.md, "Exact matches"). A kind without two towers, a contract without
-    such a group, or one exact matches refuse (a list over 4096 columns, 2^24 rows or more)
-    gets none. Any other choice stands as given."""
+    is combination counts where the contract has Ali-CCP's combination fields and weighs by
+    their values (the counts are their values: docs/model-evidence.md, "Combination counts");
+    exact matches where a user list shares an embedding group with an item field that no
+    cross counts: without a spec's crosses, matches rebuild what they carry (the full model's
+    CTR and CTCVR within 0.005 on the default set, far above the plain towers), with them they
+    add nothing measurable and cost the scorer 1.3x (docs/model-evidence.md, "Exact matches");
+    and none otherwise. A kind without two towers, a contract without such a group, or one
+    exact matches refuse (a list over 4096 columns, 2^24 rows or more) gets none. Any other
+    choice stands as given."""
     if choice != "auto":
         return choice, "as given"
     if not two_towers:
         return "none", "the kind has no towers to read interactions"
+    counted = [f.name for f, _ in contract.counted_fields()]
+    if counted:
+        if not contract.weighted:
+            return (
+                "none",
+                "the combination fields' counts are their values, which unweighted pooling drops",
+            )
+        return "counts", f"the counts of combination fields {', '.join(counted)}"
     try:
         lists, pairs = _match_pairs(contract)
     except ValueError as e:  # what MatchCounts would refuse
         return "none", str(e)
     items = contract.side_fields("item")
-    counted = {tuple(f.cross) for f in contract.fields if f.cross}
+    crossed = {tuple(f.cross) for f in contract.fields if f.cross}
     open_pairs = [(lists[i][0], items[g].name) for i, g in pairs]
-    open_pairs = [p for p in open_pairs if p not in counted]
+    open_pairs = [p for p in open_pairs if p not in crossed]
     if not open_pairs:
         return "none", "every shared (list, item field) pair is counted by a cross"
     named = ", ".join(f"{a} x {b}" for a, b in open_pairs)

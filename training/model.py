@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from features.contract import FeatureContract
-from training.interactions import FieldDots, MatchCounts, TargetAttention
+from training.interactions import CombinationCounts, FieldDots, MatchCounts, TargetAttention
 from training.layers import FieldPooling, Tower, Wide, mixture_head
 
 
@@ -70,7 +70,8 @@ class ModelConfig:
     # each tower's first layer beside the item's embeddings: "dot", every user field's pooled
     # vector dotted with every item field's (interactions.py, FieldDots); "attn", every item
     # field against the heaviest members of each user list (TargetAttention); "match", the
-    # weight each whole list puts on the item field's own id (MatchCounts)
+    # weight each whole list puts on the item field's own id (MatchCounts); "counts", Ali-CCP's
+    # combination fields' counts, their values (CombinationCounts)
     interactions: str = "none"
     attn_k: int = 16  # "attn": the members of each user list its candidates meet
     # a fitted linear term blended with towers' logits (two-tower kinds; layers.py, Wide): an
@@ -97,7 +98,7 @@ class ModelConfig:
         self.hidden = tuple(self.hidden)
 
 
-INTERACTIONS = ("none", "dot", "attn", "match")
+INTERACTIONS = ("none", "dot", "attn", "match", "counts")
 # training's default: made concrete per contract before a model is built (training/
 # interactions.py chosen_interactions), so a checkpoint holds one of INTERACTIONS
 AUTO = "auto"
@@ -292,6 +293,7 @@ class TwoTowers(RankingModel):
         user_w: torch.Tensor,
         user_index: torch.Tensor,
         item_ids: torch.Tensor,
+        item_w: torch.Tensor,
     ) -> torch.Tensor | None:
         """The rows' dense inputs of the wide term's regression (an exact interaction's
         features, which need no trained parameter), or None where it reads none."""
@@ -299,7 +301,7 @@ class TwoTowers(RankingModel):
             return None
         inter = self.inter[0]
         part = inter.user_part(self.embeddings[0], user_ids, user_w, None)
-        return inter.wide_features(inter.features(part, user_index, None, item_ids))
+        return inter.wide_features(inter.features(part, user_index, None, item_ids, item_w))
 
     def _tables(self) -> tuple[FieldPooling, FieldPooling]:
         return self.embeddings[0], self.embeddings[-1]  # (ctr's, cvr's); one object if shared
@@ -316,7 +318,8 @@ class TwoTowers(RankingModel):
         for inter, emb, pooled in zip(
             self._cached_inters(), self.embeddings, (u_ctr, u_cvr), strict=False
         ):
-            parts.append(inter.user_part(emb, user_ids, user_w, pooled))
+            if inter.user_width:  # (combination counts cache nothing)
+                parts.append(inter.user_part(emb, user_ids, user_w, pooled))
         if self._reads_wide():
             parts.append(self.wide.regression.side_sum(user_ids, user_w, "user"))
         elif self.wide:  # training, blend unfitted: the width only, which nothing reads
@@ -340,11 +343,12 @@ class TwoTowers(RankingModel):
             pos, inputs = 2 * h, []
             for inter, x in zip(self.inter, (x_ctr, x_cvr), strict=False):
                 if raw is None or not inter.exact:  # an exact one's features: computed once
-                    part = user_repr[:, pos : pos + inter.user_width]  # (U, its width)
-                    pos += inter.user_width
-                    f = inter.features(part, user_index, x, item_ids)
+                    width = inter.user_width
+                    part = user_repr[:, pos : pos + width] if width else None  # (U, width)
+                    pos += width
+                    f = inter.features(part, user_index, x, item_ids, item_w)
                 raw = f if raw is None else raw
-                inputs.append(torch.cat([x, inter.norm(f)], dim=1))  # each tower its own norm
+                inputs.append(torch.cat([x, inter.tower_input(f)], dim=1))  # each its own norm
             x_ctr, x_cvr = inputs if len(inputs) == 2 else inputs * 2
         ctr, cvr = self.ctr(r[:, :h], x_ctr), self.cvr(r[:, h : 2 * h], x_cvr)
         if self._reads_wide():
@@ -367,6 +371,8 @@ def interaction(cfg: ModelConfig, contract: FeatureContract) -> nn.Module:
         return MatchCounts(contract)
     if cfg.interactions == "attn":
         return TargetAttention(contract, cfg.embed_dim, cfg.attn_k)
+    if cfg.interactions == "counts":
+        return CombinationCounts(contract)
     raise ValueError(f"no interaction module for {cfg.interactions!r}")
 
 

@@ -185,6 +185,7 @@ def fit(
         )
         out.seconds += time.perf_counter() - t0
         out.rows += len(train_rows)
+        dist.same_buffers(world, model)  # the epoch's state: rank 0's, on every rank
         if world.main:  # the others wait in from_main
             val_obj = objective(model, split, contract, val_rows)
             val = evaluate(model, split, contract, val_rows)

@@ -106,7 +106,9 @@ def wide_inputs(
     out = []
     for b in iter_batches(split, contract, rows, 8192):
         t = to_torch(b)
-        x = model.wide_inputs(t["user_ids"], t["user_w"], t["user_index"], t["item_ids"])
+        x = model.wide_inputs(
+            t["user_ids"], t["user_w"], t["user_index"], t["item_ids"], t["item_w"]
+        )
         out.append(x.numpy())
     return np.concatenate(out)
 

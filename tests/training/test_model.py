@@ -85,6 +85,9 @@ TOWER_OPTIONS = {
     "base-attn-wide-ctr": ("base", {"interactions": "attn", "attn_k": 4, "wide": "ctr"}),
     "match": ("esmm", {"interactions": "match"}),
     "ns-match-wide": ("esmm-ns", {"interactions": "match", "wide": "all"}),
+    # Ali-CCP's combination fields' counts: nothing in the user representation
+    "counts": ("esmm", {"interactions": "counts"}),
+    "ns-counts-wide": ("esmm-ns", {"interactions": "counts", "wide": "all"}),
 }
 
 
@@ -158,7 +161,9 @@ def test_split_scoring_equals_per_row_scoring(request, variant):
     torch.testing.assert_close(split.cvr, tiled.cvr, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["esmm", "esmm-ns", "dot", "base-attn", "wide", "ns-match-wide"])
+@pytest.mark.parametrize(
+    "kind", ["esmm", "esmm-ns", "dot", "base-attn", "wide", "ns-match-wide", "ns-counts-wide"]
+)
 def test_training_pooling_equals_the_exported_pooling(request, contract, kind):
     """Training pools with embedding_bag, export with gather + masked sum: same function (and
     target attention gathers members per row in training, multiplies every user's in the

@@ -15,6 +15,7 @@ from features.calibration import Calibrator
 from features.contract import FeatureContract
 from service.config import Settings
 from service.main import create_app
+from training.model import TWO_TOWER_KINDS
 
 # Trained on the small set, but for a variant whose calibration must show on the test split:
 # isotonic's step function needs the full set's rows to lower an ECE already near 0.002.
@@ -63,7 +64,9 @@ def test_the_variant_learns_exports_and_serves_its_own_scores_calibrated(variant
     assert metrics["ctr_auc"] > 0.6 and metrics["cvr_auc"] > 0.55, metrics
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["model"]["kind"] == VARIANTS[name]["model"]
-    assert manifest["model"]["interactions"] == VARIANTS[name].get("interactions", "none")
+    # by default (auto), the two-tower kinds read the combination fields' counts
+    auto = "counts" if VARIANTS[name]["model"] in TWO_TOWER_KINDS else "none"
+    assert manifest["model"]["interactions"] == VARIANTS[name].get("interactions", auto)
     assert manifest["model"]["wide"] == VARIANTS[name].get("wide", "none")
     if manifest["model"]["wide"] != "none":  # each head's regression, fitted on the rows it reads
         assert set(metrics["wide"]) == {"ctr", "ctcvr"}
@@ -102,15 +105,18 @@ def test_the_variant_learns_exports_and_serves_its_own_scores_calibrated(variant
         assert got[r]["pctcvr"] == pytest.approx(got[r]["pctr"] * got[r]["pcvr"], rel=1e-5)
     if cal:  # served scores are the calibrated ones, not the graphs' raw outputs
         assert any(abs(got[r]["pcvr"] - s["pcvr"][r]) > 1e-4 for r in rows.tolist())
-        # and calibration lowers the expected calibration error on the generated test split,
-        # where the rows can show it: CVR's clicked rows are few (about 10k here), so its ECE
-        # is held to the noise floor, the true probabilities' own ECE on the same rows
+        # and calibration brings the expected calibration error on the generated test split
+        # down to the noise floor, the true probabilities' own ECE on the same rows, and never
+        # makes it worse by more than that floor: a head already at the floor (the esmm-ns
+        # model's pCTR with combination counts: 0.0045 against a floor of 0.0043) has nothing
+        # the test rows can show; CVR's clicked rows are few (about 10k here), and CTCVR is a
+        # product of the two calibrated heads, not calibrated itself
         report = metrics["calibration"]
         before, after = report["test_ece_before"], report["test_ece_after"]
         floor = report["test_ece_oracle"]
-        assert after["ctcvr"] < before["ctcvr"], report
-        assert after["cvr"] < max(before["cvr"], 2 * floor["cvr"]), report
-        assert after["cvr"] <= before["cvr"] + floor["cvr"], report  # worse by noise at most
+        for head in ("ctr", "cvr", "ctcvr"):
+            assert after[head] < max(before[head], 2 * floor[head]), report
+            assert after[head] <= before[head] + floor[head], report  # worse by noise at most
 
 
 def test_esm2_without_its_action_label_is_refused_with_a_clear_message(generated, tmp_path):
