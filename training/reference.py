@@ -142,8 +142,12 @@ def strong_reference(
     strengths worse than the best): `{head}_auc` on the test split, with `{head}_val_auc`,
     `{head}_l2`, `{head}_evals`, `{head}_train_rows` and `{head}_seconds`. Where the contract
     has combination counts, it reads their octaves too (`count_inputs`)."""
-    counted = bool(contract.counted_fields()) and contract.weighted
-    inputs = (lambda split, rows: count_inputs(contract, split, rows)) if counted else None
+    inputs = None
+    if contract.counted_fields() and contract.weighted:  # each split's rows once, then indexed
+        every = {id(x): count_inputs(contract, x, np.arange(len(x))) for x in (train, test)}
+
+        def inputs(split: EncodedSplit, rows: np.ndarray) -> np.ndarray:
+            return every[id(split)][rows]
 
     def fit(head: str, rows: np.ndarray, val: np.ndarray, label: np.ndarray):
         dense = None if inputs is None else (inputs(train, rows), inputs(train, val))
@@ -157,12 +161,14 @@ def strong_reference(
 @torch.no_grad()
 def count_inputs(contract: FeatureContract, split: EncodedSplit, rows: np.ndarray) -> np.ndarray:
     """(rows, width) the one-hot of the combination fields' counts' octaves over `rows`
-    (CombinationCounts.wide_features: what a wide term's regression reads of them)."""
+    (CombinationCounts.wide_features: what a wide term's regression reads of them), from the
+    item side alone."""
     counts = CombinationCounts(contract)
     out = [np.zeros((0, counts.wide_width), np.float32)]
-    for b in iter_batches(split, contract, rows, 8192):
-        t = to_torch(b)
-        f = counts.features(None, t["user_index"], None, t["item_ids"], t["item_w"])
+    for a in range(0, len(rows), 65536):
+        r = rows[a : a + 65536]
+        ids, w = contract.hash_side("item", split.item_ids[r], split.item_vals[r])
+        f = counts.features(None, None, None, torch.from_numpy(ids), torch.from_numpy(w))
         out.append(counts.wide_features(f).numpy())
     return np.concatenate(out)
 
