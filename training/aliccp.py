@@ -34,6 +34,11 @@ from training.encoded import (
     read_progress,
 )
 
+# Values are stored as float32: the largest float64 that rounds to a finite one (float32's
+# largest value plus just under half its last step); a value beyond it would be inf, and an inf
+# weight turns a pooled embedding, and then the whole model, into NaN.
+FLOAT32_LIMIT = float(np.nextafter(np.float64(np.finfo(np.float32).max) + 2.0**103, 0))
+
 
 # ---- parsing ------------------------------------------------------------------------------
 def parse_feature_list(
@@ -58,6 +63,8 @@ def parse_feature_list(
         raise MalformedLine(f"non-numeric feature id or value ({e})") from None
     if min(ids) < 0 or not all(map(math.isfinite, vals)):
         raise MalformedLine("negative feature id or non-finite value")
+    if max(map(abs, vals)) > FLOAT32_LIMIT:  # stored as float32: it would be inf there
+        raise MalformedLine("non-finite value as a float32 (beyond 3.4e38)")
     out: dict[str, tuple[list[int], list[float]]] = {}
     for field, i, v in zip(tokens[0::3], ids, vals, strict=True):
         group = out.get(field)

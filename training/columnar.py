@@ -14,7 +14,7 @@ be a new dependency; pyarrow is one already.
 How it stays exact. Each chunk of whole lines splits in two:
 - fast lines: ASCII and canonical as a whole (`_SKELETON_LINE`, `_COMMON_LINE`: ids of at most
   18 digits, plain decimal values, no ',' or NUL in field names), with feature_num equal to the
-  count of features, a known common_feature_index and finite values. These are parsed in
+  count of features, a known common_feature_index and values a float32 holds. These are parsed in
   columns, and nothing about them can be malformed but a repeated common_feature_index, checked
   in file order;
 - every other line goes, in file order, through the reference's own parsers
@@ -45,7 +45,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.contract import FeatureContract, Side
-from training.aliccp import parse_common_line, parse_skeleton_line, split_features
+from training.aliccp import (
+    FLOAT32_LIMIT,
+    parse_common_line,
+    parse_skeleton_line,
+    split_features,
+)
 from training.encoded import (
     EncodedSplit,
     MalformedLine,
@@ -171,7 +176,7 @@ class _Features:
     vals: np.ndarray  # (T,) float32
     count: np.ndarray  # (lines,) features per line, unknown fields included
     unknown: np.ndarray  # candidate index of each distinct (line, unknown field)
-    overflow: np.ndarray  # candidate indices of lines with a value beyond float64
+    overflow: np.ndarray  # candidate indices of lines with a value beyond float32
 
 
 def _features(
@@ -229,7 +234,7 @@ def _features(
         vals[known].astype(np.float32),
         count,
         unknown,
-        np.unique(line[~np.isfinite(vals)]),
+        np.unique(line[~(np.abs(vals) <= FLOAT32_LIMIT)]),  # inf or nan too
     )
 
 

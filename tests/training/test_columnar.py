@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from features.contract import FeatureContract
-from training.aliccp import read_aliccp
+from training.aliccp import FLOAT32_LIMIT, read_aliccp
 from training.columnar import read_columnar
 from training.encoded import MAX_LOGGED_MALFORMED, EncodedSplit, read_progress
 from training.generate import generate
@@ -99,7 +99,8 @@ def adversarial(tmp_path) -> Path:
     ]
     items = {
         "neg": feats(("205", 1, -2.5), ("206", 2, -0.0)),
-        "exp": feats(("205", 1, "1e39"), ("206", 2, "2.5E-3"), ("207", 3, "1e-50")),
+        "exp": feats(("205", 1, "3.4e38"), ("206", 2, "2.5E-3"), ("207", 3, "1e-50")),
+        "f32inf": feats(("205", 1, "1e39")),  # finite in float64, inf as the float32 stored
         "odd": "205\x02 7\x031.0\x01206\x02007\x03.5\x01207\x028\x035.\x01216\x029\x031_0",
         "inf": feats(("205", 1, "1e400")),  # finite for no one
         "nan": feats(("205", 1, "nan")),
@@ -131,6 +132,7 @@ def adversarial(tmp_path) -> Path:
         line(16, 0, 0, "ee", 3, items["exp"]),
         line(17, 0, 0, "ee", 4, items["odd"]),
         line(18, 0, 0, "ee", 1, items["inf"]),
+        line(181, 0, 0, "ee", 1, items["f32inf"]),
         line(19, 0, 0, "ee", 1, items["nan"]),
         line(20, 0, 0, "ee", 1, items["order"]),
         line(21, 0, 0, "ee", 2, items["comma"]),
@@ -165,6 +167,8 @@ def test_adversarial_files_read_the_same(adversarial, policy):
     joined = "\n".join(r.examples)
     for what in ("appears twice", "not UTF-8", "feature_num is", "is not in", "non-finite"):
         assert what in joined
+    for what in ("non-finite value as a float32",):
+        assert what in joined
     assert "common_features_train.csv:6" not in joined  # cc again, after a malformed cc
     assert r.unknown_fields >= 6
     # Line 5's sample_id 'x' is read only when the orphan is kept.
@@ -187,9 +191,11 @@ def test_values_parse_as_pythons_float_does(tmp_path):
     (tmp_path / "common_features_train.csv").write_bytes(b"\n".join(common) + b"\n")
     (tmp_path / "sample_skeleton_train.csv").write_bytes(b"\n".join(skeleton) + b"\n")
     s = both(tmp_path, FeatureContract.default(), chunks=(1 << 20,))
-    assert len(s) == len(values)
-    want = np.array([float(v) for v in values], np.float32)
-    assert want.tobytes() == np.asarray(s.item_vals[:, 0]).tobytes()
+    # a value beyond float32's range would be stored as inf: its line is malformed, in both
+    held = [float(v) for v in values if abs(float(v)) <= FLOAT32_LIMIT]
+    assert len(s) == len(held) and s.report.malformed == len(values) - len(held) > 100
+    assert np.array(held, np.float32).tobytes() == np.asarray(s.item_vals[:, 0]).tobytes()
+    assert np.isfinite(np.asarray(s.item_vals)).all()
 
 
 def test_many_malformed_lines_keep_the_first_examples(tmp_path):
