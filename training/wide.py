@@ -30,7 +30,13 @@ from training.encoded import EncodedSplit
 from training.metrics import auc
 from training.model import TwoTowers
 from training.optim import to_torch
-from training.reference import head_label, head_rows, regression_scores, strong_fit
+from training.reference import (
+    count_inputs,
+    head_label,
+    head_rows,
+    regression_scores,
+    strong_fit,
+)
 
 log = logging.getLogger("training.wide")
 
@@ -100,9 +106,13 @@ def wide_inputs(
     model: TwoTowers, split: EncodedSplit, contract: FeatureContract, rows: np.ndarray
 ) -> np.ndarray | None:
     """(rows, width) the dense inputs of the model's wide regression over `rows` (its exact
-    matches' octaves: TwoTowers.wide_inputs), or None where it reads none."""
+    interaction's octaves: TwoTowers.wide_inputs), or None where it reads none. Combination
+    counts cache nothing with the user: their octaves are the strong reference's own inputs
+    (`count_inputs`, from the item side alone), not a pass over both sides."""
     if model.wide is None or model.wide.regression.dense is None:
         return None
+    if model.inter[0].user_width == 0:  # CombinationCounts: no parameter, no user part
+        return count_inputs(contract, split, rows)
     out = []
     for b in iter_batches(split, contract, rows, 8192):
         t = to_torch(b)
