@@ -293,6 +293,12 @@ class CombinationCounts(Interaction):
         return _octave_onehot(features[:, 1::2], COUNT_OCTAVES).flatten(1)
 
 
+def reads_counts(contract: FeatureContract) -> bool:
+    """Whether the contract's encoded values hold the combination fields' counts: it has such
+    fields and pools with the values as weights (unweighted pooling writes 1s instead)."""
+    return bool(contract.counted_fields()) and contract.weighted
+
+
 # a count in octaves: (0, 1], (1, 2], (2, 4], ... (512, 1024], above; counts above COUNT_CAP
 # are read as COUNT_CAP (a value is a float from a file or a request: never inf in the towers)
 COUNT_OCTAVES = tuple(2.0**k for k in range(11))
@@ -385,14 +391,14 @@ def chosen_interactions(
         return choice, "as given"
     if not two_towers:
         return "none", "the kind has no towers to read interactions"
-    counted = [f.name for f, _ in contract.counted_fields()]
-    if counted:
-        if not contract.weighted:
+    if contract.counted_fields():
+        if not reads_counts(contract):
             return (
                 "none",
                 "the combination fields' counts are their values, which unweighted pooling drops",
             )
-        return "counts", f"the counts of combination fields {', '.join(counted)}"
+        counted = ", ".join(f.name for f, _ in contract.counted_fields())
+        return "counts", f"the counts of combination fields {counted}"
     try:
         lists, pairs = _match_pairs(contract)
     except ValueError as e:  # what MatchCounts would refuse

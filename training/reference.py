@@ -30,7 +30,7 @@ from training.batches import iter_batches, session_order, split_sessions
 from training.config import TrainConfig
 from training.encoded import EncodedSplit
 from training.inputs import load_data, test_truth
-from training.interactions import CombinationCounts
+from training.interactions import CombinationCounts, reads_counts
 from training.layers import LogisticRegression
 from training.metrics import auc, oracle_metrics, soft_auc
 from training.optim import make_optimizers, step, to_torch
@@ -143,7 +143,7 @@ def strong_reference(
     `{head}_l2`, `{head}_evals`, `{head}_train_rows` and `{head}_seconds`. Where the contract
     has combination counts, it reads their octaves too (`count_inputs`)."""
     inputs = None
-    if contract.counted_fields() and contract.weighted:  # each split's rows once, then indexed
+    if reads_counts(contract):  # each split's rows once, then indexed
         every = {id(x): count_inputs(contract, x, np.arange(len(x))) for x in (train, test)}
 
         def inputs(split: EncodedSplit, rows: np.ndarray) -> np.ndarray:
