@@ -16,6 +16,7 @@ from features.contract import FeatureContract
 from service.config import Settings
 from service.main import create_app
 from training.model import TWO_TOWER_KINDS
+from training.reference import STRONG
 
 # Trained on the small set, but for a variant whose calibration must show on the test split:
 # isotonic's step function needs the full set's rows to lower an ECE already near 0.002.
@@ -53,7 +54,11 @@ def variant(request, small_generated, tmp_path_factory):
     if "items" in opts:
         opts["items"] = data / opts["items"]
     cfg = TrainConfig(data=data, out=run, epochs=1, seed=0, reference=False, **opts)
-    metrics = train(cfg)
+    with pytest.MonkeyPatch.context() as patch:
+        # a wide term's regressions: a short L2 path (the path itself: tests/training/test_wide.py)
+        patch.setitem(STRONG, "l2", (1e-2, 1e-3))
+        patch.setitem(STRONG, "max_evals", 30)
+        metrics = train(cfg)
     out = tmp_path_factory.mktemp(f"models-{name}") / name / "v1"
     export(run, out)
     return name, metrics, out
