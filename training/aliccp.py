@@ -38,6 +38,17 @@ from training.encoded import (
 # largest value plus just under half its last step); a value beyond it would be inf, and an inf
 # weight turns a pooled embedding, and then the whole model, into NaN.
 FLOAT32_LIMIT = float(np.nextafter(np.float64(np.finfo(np.float32).max) + 2.0**103, 0))
+# Ids and sample ids are stored as int64: a longer number is a malformed line, not a crash.
+INT64_MAX = 2**63 - 1
+
+
+def int64(text: str, what: str) -> int:
+    """An integer written in `text` that an int64 holds; ValueError (a malformed line) if it
+    is not an integer, MalformedLine if it is beyond int64."""
+    v = int(text)
+    if not -INT64_MAX - 1 <= v <= INT64_MAX:
+        raise MalformedLine(f"{what} {text[:40]} is beyond int64")
+    return v
 
 
 # ---- parsing ------------------------------------------------------------------------------
@@ -63,6 +74,8 @@ def parse_feature_list(
         raise MalformedLine(f"non-numeric feature id or value ({e})") from None
     if min(ids) < 0 or not all(map(math.isfinite, vals)):
         raise MalformedLine("negative feature id or non-finite value")
+    if max(ids) > INT64_MAX:
+        raise MalformedLine("feature id beyond int64 (above 2^63 - 1)")
     if max(map(abs, vals)) > FLOAT32_LIMIT:  # stored as float32: it would be inf there
         raise MalformedLine("non-finite value as a float32 (beyond 3.4e38)")
     out: dict[str, tuple[list[int], list[float]]] = {}
@@ -117,8 +130,8 @@ def parse_skeleton_line(
 ) -> tuple[str, tuple[int, int] | None, int, dict]:
     """One line of sample_skeleton_*.csv (None: not UTF-8) -> (sample_id as written, labels,
     user row, item features); labels None for an orphan conversion the policy drops, whose
-    sample_id is then never read (the caller converts it for kept rows only). Both readers judge
-    a line here; MalformedLine (or ValueError on a non-integer) says what is wrong."""
+    sample_id is then never read (the caller converts it for kept rows only, by `int64`). Both
+    readers judge a line here; MalformedLine (or ValueError on a non-integer) says what is wrong."""
     if line is None:
         raise MalformedLine("not UTF-8")
     parts = line.split(",", 5)
@@ -173,7 +186,7 @@ def read_aliccp(
                 line, contract, users, orphans, report, common.name
             )
             if labels is not None:
-                writer.add_row(int(sid), *labels, user, parsed)
+                writer.add_row(int64(sid, "sample_id"), *labels, user, parsed)
         except (MalformedLine, ValueError) as e:
             report.bad_line(skeleton.name, n, str(e))
     progress.finish()
@@ -207,13 +220,13 @@ def read_paddlerec(
                     raise MalformedLine(f"feature {tok[:40]!r} is not field:id")
                 side = user if field in user_fields else item
                 ids, vals = side.setdefault(field, ([], []))
-                ids.append(int(fid))
+                ids.append(int64(fid, "feature id"))
                 vals.append(1.0)
             labels = labels_by_policy(parts[1], parts[2], orphans, report)
             user = split_features(contract, "user", user, report)
             item = split_features(contract, "item", item, report)
             if labels is not None:
-                writer.add_row(int(parts[0]), *labels, writer.add_user(user), item)
+                writer.add_row(int64(parts[0], "sample_idx"), *labels, writer.add_user(user), item)
         except (MalformedLine, ValueError) as e:
             report.bad_line(path.name, n, str(e))
     return writer.finish(report)

@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 from features.contract import FeatureContract, Side
 from training.aliccp import (
     FLOAT32_LIMIT,
+    int64,
     parse_common_line,
     parse_skeleton_line,
     split_features,
@@ -63,7 +64,7 @@ from training.encoded import (
 
 DEFAULT_CHUNK_BYTES = 32 << 20
 # The canonical lines, '\n' included; anything else is the reference parser's to judge.
-_ID = r"[0-9]{1,18}"  # fits int64 (19 digits may not: the reference raises there)
+_ID = r"[0-9]{1,18}"  # fits int64 (19 digits may not: the reference judges those lines)
 _VALUE = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]{1,3})?"
 _FEATURE = r"[^\x00-\x03,\n]*\x02" + _ID + r"\x03" + _VALUE  # no byte below 4 in a name
 _FEATURES = r"(?:" + _FEATURE + r"(?:\x01" + _FEATURE + r")*)?"
@@ -564,7 +565,7 @@ def _write_skeleton(
                 chunk.line(j), contract, users, orphans, report, common.name
             )
             if labels is not None:
-                part.sample_id[j] = int(sid)
+                part.sample_id[j] = int64(sid, "sample_id")
                 part.ids[j], part.vals[j] = contract.encode_entity("item", parsed)
                 part.click[j], part.conv[j] = labels
                 part.row_user[j] = user

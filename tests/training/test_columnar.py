@@ -101,6 +101,8 @@ def adversarial(tmp_path) -> Path:
         "neg": feats(("205", 1, -2.5), ("206", 2, -0.0)),
         "exp": feats(("205", 1, "3.4e38"), ("206", 2, "2.5E-3"), ("207", 3, "1e-50")),
         "f32inf": feats(("205", 1, "1e39")),  # finite in float64, inf as the float32 stored
+        "i64": feats(("205", 2**63, 1.0)),  # an id one past int64
+        "i64max": feats(("205", 2**63 - 1, 1.0)),  # the largest id int64 holds: kept
         "odd": "205\x02 7\x031.0\x01206\x02007\x03.5\x01207\x028\x035.\x01216\x029\x031_0",
         "inf": feats(("205", 1, "1e400")),  # finite for no one
         "nan": feats(("205", 1, "nan")),
@@ -133,6 +135,9 @@ def adversarial(tmp_path) -> Path:
         line(17, 0, 0, "ee", 4, items["odd"]),
         line(18, 0, 0, "ee", 1, items["inf"]),
         line(181, 0, 0, "ee", 1, items["f32inf"]),
+        line(182, 0, 0, "ee", 1, items["i64"]),
+        line(183, 0, 0, "ee", 1, items["i64max"]),
+        line(2**63, 0, 0, "ee", 1, feats(("205", 1, 1.0))),  # a sample_id one past int64
         line(19, 0, 0, "ee", 1, items["nan"]),
         line(20, 0, 0, "ee", 1, items["order"]),
         line(21, 0, 0, "ee", 2, items["comma"]),
@@ -167,8 +172,10 @@ def test_adversarial_files_read_the_same(adversarial, policy):
     joined = "\n".join(r.examples)
     for what in ("appears twice", "not UTF-8", "feature_num is", "is not in", "non-finite"):
         assert what in joined
-    for what in ("non-finite value as a float32",):
+    for what in ("non-finite value as a float32", "feature id beyond int64"):
         assert what in joined
+    assert f"sample_id {2**63} is beyond int64" in joined
+    assert (np.asarray(s.item_ids) == 2**63 - 1).any()
     assert "common_features_train.csv:6" not in joined  # cc again, after a malformed cc
     assert r.unknown_fields >= 6
     # Line 5's sample_id 'x' is read only when the orphan is kept.
@@ -210,16 +217,19 @@ def test_many_malformed_lines_keep_the_first_examples(tmp_path):
     assert s.report.malformed == 60 and len(s.report.examples) == MAX_LOGGED_MALFORMED + 1
 
 
-def test_an_id_beyond_int64_stops_both_readers(tmp_path):
+def test_an_id_beyond_int64_is_a_malformed_line_in_both_readers(tmp_path):
+    """It stopped both readers (OverflowError) before: a stored record can no longer end a
+    read. The line is skipped, counted and named; the next one is read."""
     common = [line("u", 1, feats(("101", 1, 1.0)))]
-    skeleton = [line(1, 0, 0, "u", 1, feats(("205", 12345678901234567890, 1.0)))]
+    skeleton = [
+        line(1, 0, 0, "u", 1, feats(("205", 12345678901234567890, 1.0))),
+        line(2, 0, 0, "u", 1, feats(("205", 7, 1.0))),
+    ]
     (tmp_path / "common_features_train.csv").write_bytes(b"\n".join(common) + b"\n")
     (tmp_path / "sample_skeleton_train.csv").write_bytes(b"\n".join(skeleton) + b"\n")
-    c = FeatureContract.default()
-    with pytest.raises(OverflowError):
-        read_aliccp(tmp_path, "train", c)
-    with pytest.raises(OverflowError):
-        read_columnar(tmp_path, "train", c)
+    s = both(tmp_path, FeatureContract.default(), chunks=(1 << 20,))
+    assert len(s) == 1 and s.report.malformed == 1
+    assert "feature id beyond int64" in s.report.examples[0]
 
 
 def test_crlf_files_read_the_same(small_set, tmp_path):

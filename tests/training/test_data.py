@@ -152,3 +152,15 @@ def test_paddlerec_rows_encode_and_batch():
     b = make_batch(s, c, np.arange(len(s)))
     assert b.user_ids.shape == (10, c.width("user")) and b.item_ids.shape == (10, c.width("item"))
     assert (b.user_ids < c.num_rows).all() and (b.user_w[b.user_ids == 0] == 0).all()
+
+
+def test_paddlerec_lines_beyond_int64_are_malformed_not_fatal(tmp_path):
+    """An id or sample index past int64 is a malformed line, counted and skipped, as in the
+    Ali-CCP readers; the lines around it are read."""
+    good = (PADDLEREC / "train_small.txt").read_text().splitlines()[:2]
+    path = tmp_path / "mixed.txt"
+    lines = [good[0], f"7,0,0,205:{2**63}", f"{2**64},0,0,205:5", good[1]]
+    path.write_text("\n".join(lines) + "\n")
+    s = read_paddlerec(path, FeatureContract.default())
+    assert len(s) == 2 and s.report.malformed == 2
+    assert "feature id" in s.report.examples[0] and "sample_idx" in s.report.examples[1]
