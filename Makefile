@@ -61,7 +61,9 @@ lint: install
 # The default model: a generated data set (named tables with their spec, and the same
 # impressions in the Ali-CCP layout), ESMM trained on it, wide & deep (each head blended with
 # its L2 logistic regression: docs/model-evidence.md), exported to models/NAME/VERSION; with
-# ROUTE=spec also its item table and embedded user store, for ranking by ids.
+# ROUTE=spec also its item table and embedded user store, for ranking by ids. ROUTE=aliccp
+# trains on the Ali-CCP files without their combination fields, rebuilt from ids by aligned
+# matches: above the model that reads them, and servable by ids (docs/model-evidence.md).
 train: install
 	test -f $(SPEC) -a -f $(DATA)/sample_skeleton_train.csv || \
 	  $(VENV)/bin/ranker generate --out $(DATA) --impressions $(IMPRESSIONS) --seed 0 --layout both
@@ -71,7 +73,8 @@ ifeq ($(ROUTE),spec)
 	$(VENV)/bin/ranker items build --spec $(SPEC) --out $(STORES)/items.npz
 	$(VENV)/bin/ranker users build --spec $(SPEC) --out $(STORES)/users.npz
 else
-	$(VENV)/bin/ranker train --data $(DATA) --out $(RUN) --model esmm --wide all
+	$(VENV)/bin/ranker train --data $(DATA) --out $(RUN) --model esmm --wide all \
+	  --without 508,509,702,853
 endif
 	$(VENV)/bin/ranker export --run $(RUN) --out $(MODELS)/$(MODEL_NAME)/$$(date -u +%Y%m%dT%H%M%SZ)
 

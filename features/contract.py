@@ -73,6 +73,15 @@ ALICCP, _SIDES, _MAX_LEN = _aliccp()
 USER_FIELDS = _SIDES["user"]
 ITEM_FIELDS = _SIDES["item"]
 COMBINATION_FIELDS = _SIDES["event"]  # per impression, opaque (no rule to rebuild them)
+# What each combination field counts (aliccp.yaml): the members of a user list that are the
+# item field's own attribute. The two sides' ids differ, so matching them takes a rule learned
+# from data (training/alignment.py).
+COMBINES = {
+    "508": ("109_14", "206"),  # the user's count for the item's category
+    "509": ("110_14", "207"),  # shop
+    "702": ("127_14", "216"),  # brand
+    "853": ("150_14", "210"),  # intents
+}
 CONTEXT_FIELDS = _SIDES["context"]
 ALL_FIELDS = tuple(f.name for f in ALICCP.features)  # user, item, combination, context
 # The keys of the feature stores (a user's and an item's own id): every model keeps them.
@@ -394,6 +403,24 @@ class FeatureContract:
             return []
         return [(f, c) for f, c in self.columns("item") if f.name in COMBINATION_FIELDS]
 
+    def combines(self) -> dict[str, tuple[str, str]]:
+        """Ali-CCP's combination fields this contract reads, each with the (user list, item
+        field) whose matches it counts (COMBINES), where the contract reads both of those too."""
+        if self.spec is not None:
+            return {}
+        names = {f.name for f in self.fields}
+        return {c: p for c, p in COMBINES.items() if c in names and set(p) <= names}
+
+    def aligned_pairs(self) -> list[tuple[str, str, str]]:
+        """(user list, item field, combination field) for each of Ali-CCP's combination fields
+        whose two fields this contract reads, whether it reads the combination field itself or
+        leaves it out (`without`): what an aligned interaction rebuilds from ids
+        (training/alignment.py). A spec has none."""
+        if self.spec is not None:
+            return []
+        names = {f.name for f in self.fields}
+        return [(lst, item, c) for c, (lst, item) in COMBINES.items() if {lst, item} <= names]
+
     @functools.cached_property
     def _layout(self) -> dict[str, tuple[tuple[Field, slice], ...]]:
         # Computed once per contract: the reader asks for it on every line.
@@ -423,6 +450,27 @@ class FeatureContract:
         raise KeyError(f"field {name!r} is not in the feature contract")
 
     # ---- ids -> rows --------------------------------------------------------------------
+    def field_rows(self, name: str, raw_ids: np.ndarray) -> np.ndarray:
+        """The embedding rows of one id field's raw ids (any shape; a negative id: PAD_ROW), as
+        `hash_side` gives them in the field's columns."""
+        if not self.fitted:
+            raise RuntimeError("the feature contract has no bucket sizes yet (fit_buckets)")
+        f = self.field(name)
+        if f.numeric:
+            raise ValueError(f"field {name!r} is numeric: its rows come from values, not ids")
+        ids = np.asarray(raw_ids, dtype=np.int64)
+        return np.where(ids >= 0, self._rows(f, ids), PAD_ROW)
+
+    def _rows(self, f: Field, ids: np.ndarray) -> np.ndarray:
+        """Raw ids (int64, any shape) of id field `f` -> its hashed rows (the rare ids' shared
+        row where the field has one); padding is the caller's to mask."""
+        salt = np.uint64((self.seed << 32) ^ zlib.crc32(f.table.encode()))
+        h = splitmix64(ids.view(np.uint64) ^ salt) & _MASK64
+        rows = (h % np.uint64(f.buckets)).astype(np.int64)
+        if f.rare:
+            rows = np.where(unpack_mask(f.rare, f.buckets)[rows], f.buckets, rows)
+        return rows + f.offset
+
     def hash_side(
         self, side: Side, raw_ids: np.ndarray, values: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -443,13 +491,7 @@ class FeatureContract:
                 rows = self.numeric_rows(f, np.where(ok, v, 0.0))
                 out[:, cols] = np.where(ok, rows, PAD_ROW)
                 continue
-            ids = raw_ids[:, cols]
-            salt = np.uint64((self.seed << 32) ^ zlib.crc32(f.table.encode()))
-            h = splitmix64(ids.view(np.uint64) ^ salt) & _MASK64
-            rows = (h % np.uint64(f.buckets)).astype(np.int64)
-            if f.rare:
-                rows = np.where(unpack_mask(f.rare, f.buckets)[rows], f.buckets, rows)
-            out[:, cols] = np.where(present[:, cols], rows + f.offset, PAD_ROW)
+            out[:, cols] = np.where(present[:, cols], self._rows(f, raw_ids[:, cols]), PAD_ROW)
         if self.weighted:
             weights = np.where(present, values, 0.0).astype(np.float32)
             for f, cols in self.columns(side):

@@ -34,6 +34,26 @@ def small_generated(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def id_only(small_generated, tmp_path_factory):
+    """(training config, metrics, exported model) of ESMM trained by default without Ali-CCP's
+    combination fields (the way to serve by ids alone; `auto` rebuilds them by aligned
+    matches), one epoch on the small set: tests/training/test_alignment.py reads its run,
+    tests/ranker/test_replay.py serves it."""
+    from training.export import export
+    from training.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("id-only-run")
+    without = ("508", "509", "702", "853")
+    cfg = TrainConfig(
+        data=small_generated, out=run, epochs=1, seed=1, without=without, reference=False
+    )
+    metrics = train(cfg)
+    out = tmp_path_factory.mktemp("id-only") / "esmm" / "v1"
+    export(run, out)
+    return cfg, metrics, out
+
+
+@pytest.fixture(scope="session")
 def trained_run(generated, tmp_path_factory) -> Path:
     from training.train import TrainConfig, train
 

@@ -10,7 +10,10 @@ A model name is a kind of training/model.py, optionally with options after colon
 `esmm:items=items.parquet` (the numeric columns of the data folder's item table as features;
 `lr:items=items.parquet`: the references with them), `esmm:inter=attn:k=16`, `esmm:inter=match`,
 `esmm:inter=none` (user x item interactions in the towers, training/interactions.py; the default,
-`auto`, reads Ali-CCP's combination counts on an Ali-CCP folder), `esmm:wide=all` (wide &
+`auto`, reads Ali-CCP's combination counts on an Ali-CCP folder), `esmm:without=508+509+702+853`
+(fields left out, here the combination fields: what an id-only request serves; `auto` then
+rebuilds them by aligned matches; `lr-strong:without=...` the reference without them too),
+`esmm:wide=all` (wide &
 deep: each tower's logit blended with an L2 logistic regression's on the validation split;
 `wide=ctr`, the CTR tower's alone; training/wide.py). `--spec` compares on a feature spec's named
 tables instead of an Ali-CCP folder (items= does not apply: a spec names its own).
@@ -67,20 +70,26 @@ OPTIONS = {
     "wide": ("wide", str),
     "hidden": ("hidden", _widths),
     "items": ("items", Path),
+    # fields left out, joined by "+": `without=508+509+702+853`, the combination fields
+    "without": ("without", lambda v: tuple(v.split("+"))),
 }
+# the options the logistic references take: the data's, not a model's
+REFERENCE_OPTIONS = ("items", "without")
 
 
 def parse_model(spec: str) -> dict:
     """`esmm:ips=0.5:cal=platt` -> TrainConfig fields; `lr`, the logistic references, takes
-    the default model's (only the data, seed and contract matter to it) and one option,
-    `items=FILE`, as every model does: the numeric columns of an item table as features, FILE
-    relative to the data folder unless absolute."""
+    the default model's (only the data, seed and contract matter to it) and two options, as
+    every model does: `items=FILE`, the numeric columns of an item table as features, FILE
+    relative to the data folder unless absolute; `without=A+B`, fields left out."""
     kind, *opts = spec.split(":")
     fields = {} if kind in REFERENCES else {"model": kind}
     for opt in opts:
         key, _, value = opt.partition("=")
-        if kind in REFERENCES and key != "items":
-            raise SystemExit(f"{spec!r}: the logistic references take items= only")
+        if kind in REFERENCES and key not in REFERENCE_OPTIONS:
+            raise SystemExit(
+                f"{spec!r}: the logistic references take {'= and '.join(REFERENCE_OPTIONS)}= only"
+            )
         if key not in OPTIONS or not value:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}; options: {sorted(OPTIONS)}")
         name, cast = OPTIONS[key]

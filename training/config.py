@@ -73,9 +73,11 @@ class TrainConfig:
         "user field's pooled vector dotted with every item field's; attn, each item field "
         "against the heaviest members of the user list in its embedding group; match, the "
         "weight of each item field's own id in the user list of its group (exact, whole list); "
-        "counts, the counts Ali-CCP's combination fields carry as their values; auto "
-        "(default): counts on Ali-CCP data with its combination fields, match where a list and "
-        "an item field share a group that no cross counts, else none",
+        "counts, the counts Ali-CCP's combination fields carry as their values; aligned, those "
+        "fields left out (--without) and rebuilt as matches through a rule learned from the "
+        "training rows; auto (default): counts on Ali-CCP data with its combination fields, "
+        "aligned on Ali-CCP data without them, match where a list and an item field share a "
+        "group that no cross counts, else none",
     )
     attn_k: int = option(16, help="attn: the members of each user list a candidate meets")
     wide: str = option(

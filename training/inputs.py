@@ -28,7 +28,7 @@ def load_data(cfg: TrainConfig) -> tuple[FeatureContract, EncodedSplit, EncodedS
         # the splits' arrays mapped from disk (written anew each run: a spec's read is as fast
         # as reading a cache would be)
         spec, contract, train_split, test_split = tables.load(
-            cfg.spec, cfg.seed, cfg.orphans, out_dir=_cache_dir(cfg)
+            cfg.spec, cfg.seed, cfg.orphans, out_dir=cache_dir(cfg)
         )
         _log_splits(cfg, train_split, test_split)
         contract = fit_contract(
@@ -42,7 +42,7 @@ def load_data(cfg: TrainConfig) -> tuple[FeatureContract, EncodedSplit, EncodedS
     contract = FeatureContract.default(
         cfg.max_len, **POOLING[cfg.pooling], seed=cfg.seed, without=cfg.without
     )
-    cache = _cache_dir(cfg)
+    cache = cache_dir(cfg)
     train_split = load_split(cfg.data, "train", contract, cache, cfg.orphans)
     test_split = load_split(cfg.data, "test", contract, cache, cfg.orphans)
     _log_splits(cfg, train_split, test_split)
@@ -85,7 +85,8 @@ def test_truth(cfg: TrainConfig, test_split: EncodedSplit) -> dict | None:
     return aliccp.read_truth(cfg.data, "test", np.asarray(test_split.sample_id))
 
 
-def _cache_dir(cfg: TrainConfig) -> Path:
+def cache_dir(cfg: TrainConfig) -> Path:
+    """Where a run's encoded arrays are kept."""
     if cfg.cache is not None:
         return cfg.cache
     if cfg.data is not None and os.access(cfg.data, os.W_OK):

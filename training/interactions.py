@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -150,11 +151,12 @@ class MatchCounts(Interaction):
     exact = True
 
     def __init__(self, contract: FeatureContract):
-        lists, pairs = _match_pairs(contract)
+        lists, pairs = self._pairs(contract)
         super().__init__(2 * len(pairs))
         self.wide_width = (len(MATCH_OCTAVES) + 1) * len(pairs)
         items = contract.columns("item")
         self.pairs = [(i, items[g][1].start, items[g][1].stop) for i, g in pairs]
+        self._pair_fields = pairs
         # (list, item field) by name, in the features' order
         self.names = [(lists[i][0], items[g][0].name) for i, g in pairs]
         self.lists = [(start, stop) for _, start, stop in lists]
@@ -176,6 +178,15 @@ class MatchCounts(Interaction):
         rare = [f.offset + f.buckets for f in contract.fields if f.rare]
         self.register_buffer("rare_rows", torch.tensor(rare, dtype=torch.int64), persistent=False)
         self.pad = float(2**24)  # above every id: where the padding members sort
+
+    def _pairs(self, contract: FeatureContract):
+        """(lists, pairs) as `_shared_pairs` gives them: the lists searched, and per pair its
+        list's index and its item field's."""
+        return _match_pairs(contract)
+
+    def _queries(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """(B, Q) the row each query looks for in its list: the candidate's own."""
+        return item_ids[:, self.query_cols]
 
     def _valid(self, ids: torch.Tensor) -> torch.Tensor:
         ok = ids > 0
@@ -208,7 +219,7 @@ class MatchCounts(Interaction):
         binary search of the longest list's steps, each query's reads kept inside its own list
         by a clamp to the list's last column (a read past it would meet the list's weights)."""
         shape = (-1, len(self.query_cols))  # (B, Q); B unnamed: the graph's batch is dynamic
-        q = item_ids[:, self.query_cols].reshape(1, -1)  # (1, B * Q)
+        q = self._queries(item_ids).reshape(1, -1)  # (1, B * Q)
         qf = q.to(torch.float32)
         flat = users.reshape(1, -1)  # (1, U * user_width)
         base = (user_index.unsqueeze(1) * users.shape[1] + self.query_at).reshape(1, -1)
@@ -232,6 +243,75 @@ class MatchCounts(Interaction):
         pair the one-hot of its weight's octave (MATCH_OCTAVES; none found: all zeros), so a
         linear model gets any shape of response, as a cross's buckets give it."""
         return _octave_onehot(features[:, 1::2], MATCH_OCTAVES).flatten(1)
+
+
+class AlignedMatches(MatchCounts):
+    """Exact matches for Ali-CCP's combination fields left out of a model (`--without`; what
+    an id-only request can serve): per (user list, item field) pair that a combination field
+    counts (FeatureContract.aligned_pairs: 109_14 and 206 for 508...), the list's weight on the
+    candidate's id translated into the list's ids. The two sides name one category by different
+    ids; the translation is learned from the training rows that carry the combination field
+    (training/alignment.py) and held here, per item field row the list row it stands for (0:
+    none), a buffer saved and exported with the model. A candidate meets its user's list as
+    MatchCounts' does: the features, the wide term's octaves, the cached user part are theirs.
+    With mean pooling the weight is the id's share of the list, not the count the field had."""
+
+    def _pairs(self, contract):
+        pairs = contract.aligned_pairs()
+        if not pairs:
+            raise ValueError(
+                "aligned matches: needs Ali-CCP data with a user list and an item field that "
+                "a combination field combines (109_14 and 206 for 508...); this contract has none"
+            )
+        if contract.num_rows >= 2**24:
+            raise ValueError(
+                f"aligned matches hold ids as float32, exact below 2^24 rows, not "
+                f"{contract.num_rows}"
+            )
+        users = {f.name: c for f, c in contract.columns("user")}
+        items = [f.name for f in contract.side_fields("item")]
+        names = list(dict.fromkeys(lst for lst, _, _ in pairs))
+        lists = [(n, users[n].start, users[n].stop) for n in names]
+        return lists, [(names.index(lst), items.index(item)) for lst, item, _ in pairs]
+
+    def __init__(self, contract: FeatureContract):
+        super().__init__(contract)
+        items = contract.side_fields("item")
+        fields = [items[g] for _, g in self._pair_fields]
+        # where each pair's item field's rows start in `align`, and the field's first row
+        starts = [sum(f.rows for f in fields[:p]) for p in range(len(fields))]
+        self.align_at = {f.name: (starts[p], f.offset) for p, f in enumerate(fields)}
+        self.register_buffer("align", torch.zeros(sum(f.rows for f in fields), dtype=torch.int64))
+        pair_of = [p for p, (_, a, b) in enumerate(self.pairs) for _ in range(a, b)]
+        base = [starts[p] - fields[p].offset for p in pair_of]
+        self.register_buffer("query_shift", torch.tensor(base), persistent=False)
+
+    def _queries(self, item_ids):
+        q = item_ids[:, self.query_cols]  # (B, Q) the item fields' rows
+        at = torch.where(q > 0, q + self.query_shift, torch.zeros_like(q))
+        rows = torch.gather(self.align.unsqueeze(0), 1, at.reshape(1, -1)).reshape(q.shape)
+        return torch.where(q > 0, rows, torch.zeros_like(q))
+
+    def set_alignment(self, contract: FeatureContract, alignments) -> None:
+        """Writes learned alignments (training/alignment.py Alignment, raw ids) into `align`
+        as rows of this contract; an item row two ids share takes the one seen in more rows."""
+        align = np.zeros(len(self.align), np.int64)
+        rare = self.rare_rows.numpy()
+        for a in alignments:
+            lst, item, _ = a.names
+            if item not in self.align_at:
+                continue
+            start, offset = self.align_at[item]
+            x = contract.field_rows(item, a.item_ids)
+            y = contract.field_rows(lst, a.list_ids)
+            ok = (x > 0) & (y > 0) & ~np.isin(x, rare) & ~np.isin(y, rare)
+            at, y, seen = x[ok] - offset + start, y[ok], a.units[ok]
+            order = np.lexsort((seen, at))  # per row, the most seen last
+            at, y = at[order], y[order]
+            last = np.r_[at[1:] != at[:-1], True] if len(at) else np.zeros(0, bool)
+            align[at[last]] = y[last]
+        with torch.no_grad():
+            self.align.copy_(torch.from_numpy(align))
 
 
 # a match's weight in octaves: (0, 2^-10], (2^-10, 2^-9], ... (2^5, 2^6], above
@@ -399,6 +479,13 @@ def chosen_interactions(
             )
         counted = ", ".join(f.name for f, _ in contract.counted_fields())
         return "counts", f"the counts of combination fields {counted}"
+    if contract.aligned_pairs():
+        try:
+            AlignedMatches(contract)
+        except ValueError as e:  # what AlignedMatches would refuse
+            return "none", str(e)
+        left = ", ".join(c for _, _, c in contract.aligned_pairs())
+        return "aligned", f"combination fields {left} left out: rebuilt from the ids they combine"
     try:
         lists, pairs = _match_pairs(contract)
     except ValueError as e:  # what MatchCounts would refuse

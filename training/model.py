@@ -50,7 +50,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from features.contract import FeatureContract
-from training.interactions import CombinationCounts, FieldDots, MatchCounts, TargetAttention
+from training.interactions import (
+    AlignedMatches,
+    CombinationCounts,
+    FieldDots,
+    MatchCounts,
+    TargetAttention,
+)
 from training.layers import FieldPooling, Tower, Wide, mixture_head
 
 
@@ -71,7 +77,8 @@ class ModelConfig:
     # vector dotted with every item field's (interactions.py, FieldDots); "attn", every item
     # field against the heaviest members of each user list (TargetAttention); "match", the
     # weight each whole list puts on the item field's own id (MatchCounts); "counts", Ali-CCP's
-    # combination fields' counts, their values (CombinationCounts)
+    # combination fields' counts, their values (CombinationCounts); "aligned", those fields
+    # left out, rebuilt as exact matches through a learned translation of ids (AlignedMatches)
     interactions: str = "none"
     attn_k: int = 16  # "attn": the members of each user list its candidates meet
     # a fitted linear term blended with towers' logits (two-tower kinds; layers.py, Wide): an
@@ -98,7 +105,7 @@ class ModelConfig:
         self.hidden = tuple(self.hidden)
 
 
-INTERACTIONS = ("none", "dot", "attn", "match", "counts")
+INTERACTIONS = ("none", "dot", "attn", "match", "counts", "aligned")
 # training's default: made concrete per contract before a model is built (training/
 # interactions.py chosen_interactions), so a checkpoint holds one of INTERACTIONS
 AUTO = "auto"
@@ -373,6 +380,8 @@ def interaction(cfg: ModelConfig, contract: FeatureContract) -> nn.Module:
         return TargetAttention(contract, cfg.embed_dim, cfg.attn_k)
     if cfg.interactions == "counts":
         return CombinationCounts(contract)
+    if cfg.interactions == "aligned":
+        return AlignedMatches(contract)
     raise ValueError(f"no interaction module for {cfg.interactions!r}")
 
 

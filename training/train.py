@@ -29,6 +29,7 @@ from features.contract import FeatureContract
 from features.spec import SpecError
 from training import cli, setup_logging
 from training import distributed as dist
+from training.alignment import fit_alignments
 from training.batches import iter_batches, make_batch, session_order, split_sessions
 from training.calibrate import fit_calibration
 from training.cli import prog as cli_prog
@@ -43,7 +44,7 @@ from training.metrics import (
     soft_auc,
     truth_predictions,
 )
-from training.model import TWO_TOWER_KINDS, ModelConfig, RankingModel, build_model
+from training.model import AUTO, TWO_TOWER_KINDS, ModelConfig, RankingModel, build_model
 from training.optim import labels, make_optimizers, step, to_torch
 from training.progress import Progress, duration
 from training.reference import logistic_reference
@@ -297,6 +298,17 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         raise SystemExit("the training file is too small to carve a validation split from")
     two_towers = cfg.model in TWO_TOWER_KINDS
     interactions, why = chosen_interactions(cfg.interactions, two_towers, contract)
+    alignments = None
+    if interactions == "aligned":  # learned first: where none holds, auto trains without
+        alignments = fit_alignments(cfg, train_split, train_rows, val_rows)
+        if not any(a.holds for a in alignments):
+            fails = "; ".join(
+                f"{a.names[2]}: recall {a.recall:.3f}, precision {a.precision:.3f}"
+                for a in alignments
+            )
+            if cfg.interactions != AUTO:
+                raise SystemExit(f"--interactions aligned: no alignment holds ({fails})")
+            interactions, why = "none", f"no combination field's alignment holds ({fails})"
     if world.main:
         log.info("interactions: %s (%s: %s)", interactions, cfg.interactions, why)
     model_cfg = ModelConfig(
@@ -313,6 +325,9 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         cfg.wide,
     )
     model = build_model(model_cfg)
+    if interactions == "aligned":
+        for inter in model.inter:
+            inter.set_alignment(contract, [a for a in alignments if a.holds])
     fitted = fit(model, cfg, train_split, contract, train_rows, val_rows, world)
     wide = (
         fit_wide(model, contract, train_split, train_rows, val_rows)
@@ -342,6 +357,8 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         "samples_per_second": fitted.rows / fitted.seconds,
         "embedding_rows": contract.num_rows,
     }
+    if interactions == "aligned":
+        metrics["alignment"] = {a.names[2]: a.figures() for a in alignments}
     if wide is not None:  # the wide term's fit, after the towers' (not in train_seconds)
         metrics["wide"] = wide
     if world.size > 1:

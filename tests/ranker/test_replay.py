@@ -35,15 +35,18 @@ def _trained(data, tmp_path_factory, name: str, **options):
 
 
 @pytest.fixture(scope="module")
-def id_only_model(small_generated, tmp_path_factory):
-    return _trained(small_generated, tmp_path_factory, "id-only", seed=1)
+def id_only_model(id_only):
+    return id_only[2]  # tests/conftest.py: rebuilt by aligned matches
 
 
 @pytest.fixture(scope="module")
 def numeric_model(small_generated, tmp_path_factory):
-    """Served by ids alone, with the item table's price as a bucketised feature."""
+    """Served by ids alone, with the item table's price as a bucketised feature (plain towers:
+    the path proven is the price's; the aligned matches' is id_only_model's)."""
     items = small_generated / "items.parquet"
-    return _trained(small_generated, tmp_path_factory, "numeric", seed=2, items=items)
+    return _trained(
+        small_generated, tmp_path_factory, "numeric", seed=2, items=items, interactions="none"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,8 @@ def test_the_logistic_references_are_a_row_like_any_model(small_generated, tmp_p
     assert "| lr | 1 |" in (tmp_path / "compare.md").read_text()
     assert parse_model("lr") == {}
     assert parse_model("lr:items=items.parquet") == {"items": Path("items.parquet")}
-    with pytest.raises(SystemExit, match="items= only"):
+    assert parse_model("lr-strong:without=508+853") == {"without": ("508", "853")}
+    with pytest.raises(SystemExit, match="items= and without= only"):
         parse_model("lr:ips=0.5")
 
 

@@ -80,7 +80,8 @@ def test_auto_reads_the_counts_on_aliccp_data_that_weighs_them():
     assert choice == "none" and "unweighted" in why
     assert chosen_interactions("auto", False, _contract())[0] == "none"
     combos = ("508", "509", "702", "853")
-    assert chosen_interactions("auto", True, _contract(without=combos))[0] == "none"
+    # without them: rebuilt from the ids they combine (tests/training/test_alignment.py)
+    assert chosen_interactions("auto", True, _contract(without=combos))[0] == "aligned"
     with pytest.raises(ValueError, match="combination fields"):
         CombinationCounts(_contract(without=combos))
 
