@@ -149,8 +149,12 @@ COMPARE_IMPRESSIONS ?= 2000000
 COMPARE_DATA ?= data/compare-$(COMPARE_PRESET)
 COMPARE_SEEDS ?= 5
 # the sparse regime adds the item table's numeric columns (items=) and the paper's ESMM loss
-COMPARE_DEFAULT_MODELS := lr-strong,base,esmm-ns,esmm,division,base:wide=all,esmm:wide=all,esmm:inter=none:wide=all
-COMPARE_SPARSE_MODELS := lr-strong,lr-strong:items=items.parquet,base,base:items=items.parquet,esmm:cvr=0,esmm,esmm:items=items.parquet,esmm:wide=all
+COMPARE_DEFAULT_MODELS = lr-strong,base,esmm-ns,esmm,division,base:wide=all,esmm:wide=all,esmm:inter=none:wide=all$(if $(COMPARE_SPEC),,$(COMPARE_ID_ONLY))
+# on the Ali-CCP files: the model an id-only request serves, without the combination fields
+# (rebuilt by aligned matches)
+comma := ,
+COMPARE_ID_ONLY := $(comma)esmm:without=508+509+702+853:wide=all
+COMPARE_SPARSE_MODELS = lr-strong,lr-strong:items=items.parquet,base,base:items=items.parquet,esmm:cvr=0,esmm,esmm:items=items.parquet,esmm:wide=all$(COMPARE_ID_ONLY)
 COMPARE_NOCROSS_MODELS := lr-strong,esmm:inter=none:wide=all,esmm:inter=attn:wide=all,esmm:inter=match:wide=all,base:inter=match:wide=all
 # (the sparse list's items= rows read an Ali-CCP folder's item table: on a spec, the default list)
 COMPARE_MODELS ?= $(if $(filter nocross,$(COMPARE_SPEC)),$(COMPARE_NOCROSS_MODELS),$(if $(and $(filter sparse,$(COMPARE_PRESET)),$(if $(COMPARE_SPEC),,1)),$(COMPARE_SPARSE_MODELS),$(COMPARE_DEFAULT_MODELS)))

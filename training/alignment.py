@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 import numpy as np
 
@@ -55,6 +56,7 @@ class Alignment:
     recall: float
     precision: float
     val_rows: int  # validation rows holding the item field
+    seconds: float = 0.0  # to learn it and measure it
 
     @property
     def holds(self) -> bool:
@@ -67,6 +69,7 @@ class Alignment:
             "precision": self.precision,
             "val_rows": self.val_rows,
             "holds": self.holds,
+            "seconds": self.seconds,
         }
 
 
@@ -100,11 +103,13 @@ def learn_alignments(
     `split`'s `train` rows and measured on its `val` rows."""
     out = []
     for combo, (lst, item) in full.combines().items():
+        t0 = time.perf_counter()
         a = learn(full, split, _spaced(train, LEARN_ROWS), (lst, item, combo))
         a.recall, a.precision, a.val_rows = agreement(full, split, _spaced(val, CHECK_ROWS), a)
+        a.seconds = time.perf_counter() - t0
         log.info(
             "aligned %s x %s (for %s): %d item ids, validation recall %.4f, precision %.4f "
-            "(%d rows)%s",
+            "(%d rows, %.1f s)%s",
             lst,
             item,
             combo,
@@ -112,6 +117,7 @@ def learn_alignments(
             a.recall,
             a.precision,
             a.val_rows,
+            a.seconds,
             "" if a.holds else f"; precision below {MIN_PRECISION}: left out",
         )
         out.append(a)

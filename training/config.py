@@ -164,6 +164,11 @@ class TrainConfig:
                 )
         if (self.spec is None) == (self.data is None):
             raise ValueError("give the data as --spec SPEC (your tables) or --data DIR (Ali-CCP)")
+        if self.spec is not None and self.interactions in ("counts", "aligned"):
+            raise ValueError(
+                f"--interactions {self.interactions} reads Ali-CCP's combination fields: give "
+                "--data (a spec's crosses are its own features)"
+            )
         if self.spec is not None:
             for name in ("max_len", "without", "items", "numeric"):
                 if getattr(self, name):

@@ -246,15 +246,18 @@ class MatchCounts(Interaction):
 
 
 class AlignedMatches(MatchCounts):
-    """Exact matches for Ali-CCP's combination fields left out of a model (`--without`; what
-    an id-only request can serve): per (user list, item field) pair that a combination field
-    counts (FeatureContract.aligned_pairs: 109_14 and 206 for 508...), the list's weight on the
-    candidate's id translated into the list's ids. The two sides name one category by different
-    ids; the translation is learned from the training rows that carry the combination field
+    """Exact matches for Ali-CCP's combination fields, rebuilt from ids: what a model left
+    without them (`--without`, as an id-only request serves it) reads in their place. Per
+    (user list, item field) pair that a combination field counts (FeatureContract.
+    aligned_pairs: 109_14 and 206 for 508...), the list's weight on the candidate's id,
+    translated into the list's ids. The two sides name one category by different ids; the
+    translation is learned from the training rows that carry the combination field
     (training/alignment.py) and held here, per item field row the list row it stands for (0:
     none), a buffer saved and exported with the model. A candidate meets its user's list as
     MatchCounts' does: the features, the wide term's octaves, the cached user part are theirs.
-    With mean pooling the weight is the id's share of the list, not the count the field had."""
+    With mean pooling the weight is the id's share of the list, not the count the field had.
+    A model that reads the fields may take it too (`--interactions aligned`); there their
+    counts measured better (docs/model-evidence.md), and `auto` reads those."""
 
     def _pairs(self, contract):
         pairs = contract.aligned_pairs()
@@ -460,13 +463,15 @@ def chosen_interactions(
     """Training's `--interactions` made concrete for a contract, and why. `auto` (the default)
     is combination counts where the contract has Ali-CCP's combination fields and weighs by
     their values (the counts are their values: docs/model-evidence.md, "Combination counts");
-    exact matches where a user list shares an embedding group with an item field that no
-    cross counts: without a spec's crosses, matches rebuild what they carry (the full model's
-    CTR and CTCVR within 0.005 on the default set, far above the plain towers), with them they
-    add nothing measurable and cost the scorer 1.3x (docs/model-evidence.md, "Exact matches");
-    and none otherwise. A kind without two towers, a contract without such a group, or one
-    exact matches refuse (a list over 4096 columns, 2^24 rows or more) gets none. Any other
-    choice stands as given."""
+    aligned matches on Ali-CCP data that leaves them out (id-only serving: they rebuild what
+    the fields carried, and measured above the model that reads them: "Aligned matches"; the
+    run falls back to none where no field's learned rule holds); exact matches where a user
+    list shares an embedding group with an item field that no cross counts: without a spec's
+    crosses, matches rebuild what they carry (the full model's CTR and CTCVR within 0.005 on
+    the default set, far above the plain towers), with them they add nothing measurable and
+    cost the scorer 1.3x (docs/model-evidence.md, "Exact matches"); and none otherwise. A kind
+    without two towers, a contract without such a group, or one exact matches refuse (a list
+    over 4096 columns, 2^24 rows or more) gets none. Any other choice stands as given."""
     if choice != "auto":
         return choice, "as given"
     if not two_towers:

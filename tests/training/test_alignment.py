@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import torch
 from features.contract import FeatureContract
 from training import alignment
 from training.batches import iter_batches, split_sessions
-from training.config import POOLING
+from training.config import POOLING, TrainConfig
 from training.interactions import AlignedMatches, chosen_interactions
 from training.optim import to_torch
 from training.splits import load_split
@@ -87,6 +88,10 @@ def test_auto_aligns_a_contract_that_leaves_the_combination_fields_out():
     lists = ("109_14", "110_14", "127_14", "150_14")
     with pytest.raises(ValueError, match="combination field"):
         AlignedMatches(FeatureContract.default(without=lists).fit_buckets(fit))
+    # a spec has no combination fields: refused before any data is read
+    for choice in ("aligned", "counts"):
+        with pytest.raises(ValueError, match="give --data"):
+            TrainConfig(spec=Path("spec.yaml"), out=Path("run"), interactions=choice)
 
 
 def test_a_model_without_the_fields_finds_what_they_carried_and_exports(id_only, full):
