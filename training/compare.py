@@ -177,6 +177,11 @@ def compare(
     oracle = floor = None
     # every model checked before any run
     parsed = {name: resolve_items(parse_model(name), data) for name in models}
+    for name, fields in parsed.items():  # and with this data: an option of the other route
+        try:
+            TrainConfig(out=out, **source, **fields)
+        except ValueError as e:
+            raise SystemExit(f"{name!r}: {e}") from None
     for name, fields in parsed.items():
         for seed in range(seeds):
             run = out / "runs" / f"{name.replace(':', '_')}-seed{seed}"

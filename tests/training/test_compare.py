@@ -186,3 +186,12 @@ def test_a_spec_compares_on_its_named_tables_with_interactions(spec_generated, t
         parse_model("esmm:inter=fm")
     with pytest.raises(SystemExit, match="a feature spec names its own"):
         compare(None, ["esmm:items=items.parquet"], seeds=1, out=tmp_path, spec=spec_generated)
+
+
+def test_an_option_of_the_other_route_is_refused_before_any_run(tmp_path):
+    """A spec's comparison refuses `without=` and the Ali-CCP interactions by name, before it
+    trains its first model (it ended in a traceback at that model's run)."""
+    for model in ("esmm:inter=counts", "esmm:without=508"):
+        with pytest.raises(SystemExit, match=model):
+            compare(None, ["esmm", model], 1, tmp_path / "out", spec=tmp_path / "spec.yaml")
+    assert not (tmp_path / "out" / "runs").exists()

@@ -22,7 +22,6 @@ from training.reference import STRONG
 # isotonic's step function needs the full set's rows to lower an ECE already near 0.002.
 FULL_SET = {"escm2-ips-isotonic"}
 VARIANTS = {
-    "division": {"model": "division"},
     "escm2-ips-isotonic": {"model": "esmm", "ips_weight": 0.5, "calibration": "isotonic"},
     "esmm-ns-platt": {"model": "esmm-ns", "calibration": "platt"},
     # ids seen fewer than 3 times share a row per field: a version-2 contract, exported and
@@ -37,7 +36,8 @@ VARIANTS = {
     # tests/ranker/test_replay.py)
     "base-dot": {"model": "base", "interactions": "dot"},
     # wide & deep: a fitted L2 logistic regression per head added to the towers' logits, its
-    # user sums in the user representation, its item weights in the scorer
+    # user sums in the user representation, its item weights in the scorer; on DIVISION, whose
+    # second tower is its CTCVR net (the kind's own export path, with the blend around it)
     "division-wide": {"model": "division", "wide": "all"},
 }
 
