@@ -74,9 +74,9 @@ class Alignment:
 
 
 def fit_alignments(cfg, split: EncodedSplit, train: np.ndarray, val: np.ndarray) -> list[Alignment]:
-    """The alignments of a run (`cfg`, a TrainConfig over an Ali-CCP folder) whose contract
-    leaves combination fields out: learned on the same files read with every field (the
-    default contract's cached split), its rows matched to `split`'s by sample id (a line whose
+    """The alignments of a run (`cfg`, a TrainConfig over an Ali-CCP folder), whatever fields
+    its contract leaves out: learned on the same files read with every field (the default
+    contract's cached split), its rows matched to `split`'s by sample id (a line whose
     combination field is malformed is in one and not the other), `train` rows learning and
     `val` rows measuring."""
     from training.config import POOLING

@@ -357,7 +357,7 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         "samples_per_second": fitted.rows / fitted.seconds,
         "embedding_rows": contract.num_rows,
     }
-    if interactions == "aligned":
+    if alignments is not None:  # learned: kept, or none held and auto trained without
         metrics["alignment"] = {a.names[2]: a.figures() for a in alignments}
     if wide is not None:  # the wide term's fit, after the towers' (not in train_seconds)
         metrics["wide"] = wide
