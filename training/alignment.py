@@ -31,7 +31,10 @@ import time
 import numpy as np
 
 from features.contract import KEY_FIELDS, FeatureContract
+from training.config import POOLING, TrainConfig
 from training.encoded import EncodedSplit
+from training.inputs import cache_dir
+from training.splits import load_split
 
 log = logging.getLogger("training.alignment")
 
@@ -73,16 +76,14 @@ class Alignment:
         }
 
 
-def fit_alignments(cfg, split: EncodedSplit, train: np.ndarray, val: np.ndarray) -> list[Alignment]:
+def fit_alignments(
+    cfg: TrainConfig, split: EncodedSplit, train: np.ndarray, val: np.ndarray
+) -> list[Alignment]:
     """The alignments of a run (`cfg`, a TrainConfig over an Ali-CCP folder), whatever fields
     its contract leaves out: learned on the same files read with every field (the default
     contract's cached split), its rows matched to `split`'s by sample id (a line whose
     combination field is malformed is in one and not the other), `train` rows learning and
     `val` rows measuring."""
-    from training.config import POOLING
-    from training.inputs import cache_dir
-    from training.splits import load_split
-
     full = FeatureContract.default(cfg.max_len, **POOLING[cfg.pooling], seed=cfg.seed)
     every = load_split(cfg.data, "train", full, cache_dir(cfg), cfg.orphans)
     ids = np.asarray(every.sample_id)
@@ -198,8 +199,7 @@ def learn(
 def _owners(full, split, sessions) -> np.ndarray:
     """(sessions,) a number per user the sessions are: by the user key field (101) where the
     session has it, else the session's own."""
-    (c,) = [c for f, c in full.columns("user") if f.name == KEY_FIELDS[0]]
-    key = np.asarray(split.user_ids[:, c.start][sessions])
+    key = np.asarray(split.user_ids[:, _cols(full, "user", KEY_FIELDS[0]).start][sessions])
     own = np.where(key >= 0, key, -2 - np.asarray(sessions))
     return np.unique(own, return_inverse=True)[1]
 
@@ -240,15 +240,6 @@ def agreement(
 def _count(full, split, rows, combo) -> np.ndarray:
     """(len(rows),) the number of the combination field's ids each row carries."""
     return (_item(full, split, rows, combo) >= 0).sum(1)
-
-
-def _pair_keys(x: np.ndarray, y: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
-    """The distinct (x, y) pairs (two arrays) and each input pair's index among them."""
-    ux, xi = np.unique(x, return_inverse=True)
-    uy, yi = np.unique(y, return_inverse=True)
-    key = xi.astype(np.int64) * len(uy) + yi
-    uk, inverse = np.unique(key, return_inverse=True)
-    return (ux[uk // len(uy)], uy[uk % len(uy)]), inverse
 
 
 def _cols(contract: FeatureContract, side: str, name: str) -> slice:
