@@ -406,10 +406,8 @@ class FeatureContract:
     def combines(self) -> dict[str, tuple[str, str]]:
         """Ali-CCP's combination fields this contract reads, each with the (user list, item
         field) whose matches it counts (COMBINES), where the contract reads both of those too."""
-        if self.spec is not None:
-            return {}
         names = {f.name for f in self.fields}
-        return {c: p for c, p in COMBINES.items() if c in names and set(p) <= names}
+        return {c: (lst, item) for lst, item, c in self.aligned_pairs() if c in names}
 
     def aligned_pairs(self) -> list[tuple[str, str, str]]:
         """(user list, item field, combination field) for each of Ali-CCP's combination fields
