@@ -62,8 +62,9 @@ lint: install
 # impressions in the Ali-CCP layout), ESMM trained on it, wide & deep (each head blended with
 # its L2 logistic regression: docs/model-evidence.md), exported to models/NAME/VERSION; with
 # ROUTE=spec also its item table and embedded user store, for ranking by ids. ROUTE=aliccp
-# trains on the Ali-CCP files without their combination fields, rebuilt from ids by aligned
-# matches: above the model that reads them, and servable by ids (docs/model-evidence.md).
+# trains on the Ali-CCP files; where the combination fields' learned rules rebuild them (the
+# generator's do), the model leaves them out and rebuilds them from ids by aligned matches:
+# above the model that reads them, and servable by ids (docs/model-evidence.md).
 train: install
 	test -f $(SPEC) -a -f $(DATA)/sample_skeleton_train.csv || \
 	  $(VENV)/bin/ranker generate --out $(DATA) --impressions $(IMPRESSIONS) --seed 0 --layout both
@@ -73,8 +74,7 @@ ifeq ($(ROUTE),spec)
 	$(VENV)/bin/ranker items build --spec $(SPEC) --out $(STORES)/items.npz
 	$(VENV)/bin/ranker users build --spec $(SPEC) --out $(STORES)/users.npz
 else
-	$(VENV)/bin/ranker train --data $(DATA) --out $(RUN) --model esmm --wide all \
-	  --without 508,509,702,853
+	$(VENV)/bin/ranker train --data $(DATA) --out $(RUN) --model esmm --wide all
 endif
 	$(VENV)/bin/ranker export --run $(RUN) --out $(MODELS)/$(MODEL_NAME)/$$(date -u +%Y%m%dT%H%M%SZ)
 
@@ -149,12 +149,12 @@ COMPARE_IMPRESSIONS ?= 2000000
 COMPARE_DATA ?= data/compare-$(COMPARE_PRESET)
 COMPARE_SEEDS ?= 5
 # the sparse regime adds the item table's numeric columns (items=) and the paper's ESMM loss
-COMPARE_DEFAULT_MODELS = lr-strong,base,esmm-ns,esmm,division,base:wide=all,esmm:wide=all,esmm:inter=none:wide=all$(if $(COMPARE_SPEC),,$(COMPARE_ID_ONLY))
-# on the Ali-CCP files: the model an id-only request serves, without the combination fields
-# (rebuilt by aligned matches)
+COMPARE_DEFAULT_MODELS = lr-strong,base,esmm-ns,esmm,division,base:wide=all,esmm:wide=all,esmm:inter=none:wide=all$(if $(COMPARE_SPEC),,$(COMPARE_FIELDS))
+# on the Ali-CCP files, where auto leaves the combination fields out (rebuilt by aligned
+# matches, what an id-only request serves): the model that reads them, for the difference
 comma := ,
-COMPARE_ID_ONLY := $(comma)esmm:without=508+509+702+853:wide=all
-COMPARE_SPARSE_MODELS = lr-strong,lr-strong:items=items.parquet,base,base:items=items.parquet,esmm:cvr=0,esmm,esmm:items=items.parquet,esmm:wide=all$(COMPARE_ID_ONLY)
+COMPARE_FIELDS := $(comma)esmm:inter=counts:wide=all
+COMPARE_SPARSE_MODELS = lr-strong,lr-strong:items=items.parquet,base,base:items=items.parquet,esmm:cvr=0,esmm,esmm:items=items.parquet,esmm:wide=all$(COMPARE_FIELDS)
 COMPARE_NOCROSS_MODELS := lr-strong,esmm:inter=none:wide=all,esmm:inter=attn:wide=all,esmm:inter=match:wide=all,base:inter=match:wide=all
 # (the sparse list's items= rows read an Ali-CCP folder's item table: on a spec, the default list)
 COMPARE_MODELS ?= $(if $(filter nocross,$(COMPARE_SPEC)),$(COMPARE_NOCROSS_MODELS),$(if $(and $(filter sparse,$(COMPARE_PRESET)),$(if $(COMPARE_SPEC),,1)),$(COMPARE_SPARSE_MODELS),$(COMPARE_DEFAULT_MODELS)))

@@ -58,8 +58,13 @@ def trained_run(generated, tmp_path_factory) -> Path:
     from training.train import TrainConfig, train
 
     run = tmp_path_factory.mktemp("run")
-    # the logistic references are tested on their own (test_compare's `lr` row)
-    train(TrainConfig(data=generated, out=run, model="esmm", epochs=2, seed=0, reference=False))
+    # the logistic references are tested on their own (test_compare's `lr` row); the model
+    # reads every field, combination fields as counts (the model by features: `auto` would
+    # leave them out where their rules hold, which the id-only fixture and test_alignment prove)
+    cfg = TrainConfig(
+        data=generated, out=run, epochs=2, seed=0, interactions="counts", reference=False
+    )
+    train(cfg)
     return run
 
 

@@ -41,6 +41,10 @@ log = logging.getLogger("training.alignment")
 TOLERANCE = 0.02  # at most this share of an aligned (X, Y)'s units may lack the field
 MIN_UNITS = 3  # an X's aligned Y is in the lists of this many units with the field at least
 MIN_PRECISION = 0.9  # a pair is used where its precision on validation rows reaches this
+# `auto` leaves the combination fields out where every one's rule holds and rebuilds at least
+# this share of its validation rows (recall): the id-only model was measured above the one that
+# reads the fields on three presets whose lowest recall was 0.82 (docs/model-evidence.md)
+MIN_RECALL = 0.8
 LEARN_ROWS = 2_000_000  # at most this many training rows are read (evenly spaced)
 CHECK_ROWS = 500_000  # ... and this many validation rows measure it
 PAIRS_PER_CHUNK = 1 << 23  # (item id, list member) pairs counted at a time
@@ -74,6 +78,23 @@ class Alignment:
             "holds": self.holds,
             "seconds": self.seconds,
         }
+
+
+def rebuilds(alignments: list[Alignment], fields: list[str]) -> tuple[bool, str]:
+    """Whether `auto` leaves the combination `fields` out (each one's rule holds and rebuilds
+    at least MIN_RECALL of its validation rows), and why, in words for the run's log."""
+    by = {a.names[2]: a for a in alignments}
+    short = []
+    for c in fields:
+        a = by.get(c)
+        if a is None or not a.holds:
+            short.append(f"{c}'s rule does not hold")
+        elif a.recall < MIN_RECALL:
+            short.append(f"{c}'s rule rebuilds {a.recall:.3f} of its rows, below {MIN_RECALL}")
+    if not fields or short:
+        return False, "; ".join(short) or "no combination field is read"
+    covered = ", ".join(f"{c} {by[c].recall:.3f}" for c in fields)
+    return True, f"every rule holds, rebuilding {covered} of the validation rows with the field"
 
 
 def fit_alignments(

@@ -10,13 +10,14 @@ A model name is a kind of training/model.py, optionally with options after colon
 `esmm:items=items.parquet` (the numeric columns of the data folder's item table as features;
 `lr:items=items.parquet`: the references with them), `esmm:inter=attn:k=16`, `esmm:inter=match`,
 `esmm:inter=none` (user x item interactions in the towers, training/interactions.py; the default,
-`auto`, reads Ali-CCP's combination counts on an Ali-CCP folder), `esmm:without=508+509+702+853`
-(fields left out, here the combination fields: what an id-only request serves; `auto` then
-rebuilds them by aligned matches; `lr-strong:without=...` the reference without them too),
-`esmm:wide=all` (wide &
-deep: each tower's logit blended with an L2 logistic regression's on the validation split;
-`wide=ctr`, the CTR tower's alone; training/wide.py). `--spec` compares on a feature spec's named
-tables instead of an Ali-CCP folder (items= does not apply: a spec names its own).
+`auto`, on an Ali-CCP folder leaves its combination fields out and rebuilds them by aligned
+matches where their learned rules hold, else reads their counts; `esmm:inter=counts` always
+reads them), `esmm:without=508+509+702+853` (fields left out, here the combination fields: what
+an id-only request serves; `lr-strong:without=...` the reference without them too),
+`esmm:wide=all` (wide & deep: each tower's logit blended with an L2 logistic regression's on
+the validation split; `wide=ctr`, the CTR tower's alone; training/wide.py). `--spec` compares
+on a feature spec's named tables instead of an Ali-CCP folder (items= does not apply: a spec
+names its own).
 Writes OUT/compare.{json,md} and OUT/compare.png (mean +- std per model), and keeps each run's
 metrics.json under OUT/runs/.
 The tables: AUCs (plus the entire-space CVR AUC on generated data), each model's difference

@@ -75,9 +75,11 @@ class TrainConfig:
         "weight of each item field's own id in the user list of its group (exact, whole list); "
         "counts, the counts Ali-CCP's combination fields carry as their values; aligned, those "
         "fields left out (--without) and rebuilt as matches through a rule learned from the "
-        "training rows; auto (default): counts on Ali-CCP data with its combination fields, "
-        "aligned on Ali-CCP data without them, match where a list and an item field share a "
-        "group that no cross counts, else none",
+        "training rows; auto (default): on Ali-CCP data, aligned with the combination fields "
+        "left out where every one's learned rule holds and rebuilds most of it (the run's "
+        "--without then names them), else counts (aligned where --without leaves them out); "
+        "on a spec, match where a list and an item field share a group that no cross counts; "
+        "else none",
     )
     attn_k: int = option(16, help="attn: the members of each user list a candidate meets")
     wide: str = option(

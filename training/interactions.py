@@ -462,7 +462,9 @@ def chosen_interactions(
 ) -> tuple[str, str]:
     """Training's `--interactions` made concrete for a contract, and why. `auto` (the default)
     is combination counts where the contract has Ali-CCP's combination fields and weighs by
-    their values (the counts are their values: docs/model-evidence.md, "Combination counts");
+    their values (the counts are their values: docs/model-evidence.md, "Combination counts"),
+    which a run then replaces by aligned matches without the fields where their learned rules
+    rebuild them (training/prepare.py read_and_choose: that needs the data);
     aligned matches on Ali-CCP data that leaves them out (id-only serving: they rebuild what
     the fields carried, and measured above the model that reads them: "Aligned matches"; the
     run falls back to none where no field's learned rule holds); exact matches where a user

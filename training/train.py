@@ -29,14 +29,12 @@ from features.contract import FeatureContract
 from features.spec import SpecError
 from training import cli, setup_logging
 from training import distributed as dist
-from training.alignment import fit_alignments
-from training.batches import iter_batches, make_batch, session_order, split_sessions
+from training.batches import iter_batches, make_batch, session_order
 from training.calibrate import fit_calibration
 from training.cli import prog as cli_prog
 from training.config import TrainConfig
 from training.encoded import EncodedSplit
-from training.inputs import load_data, test_truth
-from training.interactions import chosen_interactions
+from training.inputs import test_truth
 from training.metrics import (
     funnel_eces,
     funnel_metrics,
@@ -44,8 +42,9 @@ from training.metrics import (
     soft_auc,
     truth_predictions,
 )
-from training.model import AUTO, TWO_TOWER_KINDS, ModelConfig, RankingModel, build_model
+from training.model import ModelConfig, RankingModel, build_model
 from training.optim import labels, make_optimizers, step, to_torch
+from training.prepare import read_and_choose
 from training.progress import Progress, duration
 from training.reference import logistic_reference
 from training.wide import fit_wide
@@ -291,26 +290,11 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         torch.set_num_threads(cfg.threads)
     if world.main:
         cfg.out.mkdir(parents=True, exist_ok=True)
-    with dist.main_first(world):
-        contract, train_split, test_split = load_data(cfg)
-    train_rows, val_rows = split_sessions(train_split, cfg.val_fraction, cfg.seed)
-    if len(train_rows) == 0 or len(val_rows) == 0:
-        raise SystemExit("the training file is too small to carve a validation split from")
-    two_towers = cfg.model in TWO_TOWER_KINDS
-    interactions, why = chosen_interactions(cfg.interactions, two_towers, contract)
-    alignments = None
-    if interactions == "aligned":  # learned first: where none holds, auto trains without
-        alignments = fit_alignments(cfg, train_split, train_rows, val_rows)
-        if not any(a.holds for a in alignments):
-            fails = "; ".join(
-                f"{a.names[2]}: recall {a.recall:.3f}, precision {a.precision:.3f}"
-                for a in alignments
-            )
-            if cfg.interactions != AUTO:
-                raise SystemExit(f"--interactions aligned: no alignment holds ({fails})")
-            interactions, why = "none", f"no combination field's alignment holds ({fails})"
+    d = read_and_choose(cfg, world)
+    cfg, contract, train_split, test_split = d.cfg, d.contract, d.train_split, d.test_split
+    train_rows, val_rows, interactions = d.train_rows, d.val_rows, d.interactions
     if world.main:
-        log.info("interactions: %s (%s: %s)", interactions, cfg.interactions, why)
+        log.info("interactions: %s (%s: %s)", interactions, cfg.interactions, d.why)
     model_cfg = ModelConfig(
         contract.to_dict(),
         cfg.model,
@@ -327,7 +311,7 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
     model = build_model(model_cfg)
     if interactions == "aligned":
         for inter in model.inter:
-            inter.set_alignment(contract, [a for a in alignments if a.holds])
+            inter.set_alignment(contract, [a for a in d.alignments if a.holds])
     fitted = fit(model, cfg, train_split, contract, train_rows, val_rows, world)
     wide = (
         fit_wide(model, contract, train_split, train_rows, val_rows)
@@ -356,9 +340,11 @@ def _train(cfg: TrainConfig, world: dist.World) -> dict:
         "train_seconds": fitted.seconds,
         "samples_per_second": fitted.rows / fitted.seconds,
         "embedding_rows": contract.num_rows,
+        "interactions": interactions,
+        "without": list(cfg.without),  # auto's choice included
     }
-    if alignments is not None:  # learned: kept, or none held and auto trained without
-        metrics["alignment"] = {a.names[2]: a.figures() for a in alignments}
+    if d.alignments is not None:  # learned: kept, or none held and auto trained without
+        metrics["alignment"] = {a.names[2]: a.figures() for a in d.alignments}
     if wide is not None:  # the wide term's fit, after the towers' (not in train_seconds)
         metrics["wide"] = wide
     if world.size > 1:

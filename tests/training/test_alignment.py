@@ -130,3 +130,58 @@ def test_a_model_without_the_fields_finds_what_they_carried_and_exports(id_only,
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["model"]["interactions"] == "aligned"
     assert manifest["parity"]["max_abs_error"] < 1e-5
+
+
+def test_auto_leaves_the_fields_out_only_where_every_rule_rebuilds_its_field(
+    small_generated, tmp_path, monkeypatch
+):
+    """On Ali-CCP data that carries the combination fields, `auto` learns their rules first:
+    where each holds and rebuilds at least MIN_RECALL of its field's validation rows, the run
+    leaves the fields out (its config says so, for the checkpoint) and reads the data again
+    without them; where one does not, it reads their counts. (The small set's 853 rule covers
+    about 0.77 of its rows, between the two bars set here.)"""
+    from training.prepare import read_and_choose
+
+    cfg = TrainConfig(data=small_generated, out=tmp_path, seed=0)
+    monkeypatch.setattr(alignment, "MIN_RECALL", 0.5)
+    d = read_and_choose(cfg)
+    assert d.interactions == "aligned" and d.cfg.without == COMBOS, d.why
+    assert "508, 509, 702, 853 left out" in d.why and "--interactions counts" in d.why
+    assert not {f.name for f in d.contract.fields} & set(COMBOS)
+    assert [a.names[2] for a in d.alignments if a.holds] == list(COMBOS)
+    assert len(d.train_rows) + len(d.val_rows) == len(d.train_split)
+
+    monkeypatch.setattr(alignment, "MIN_RECALL", 0.99)
+    d = read_and_choose(cfg)
+    assert d.interactions == "counts" and d.cfg.without == (), d.why
+    assert "853's rule rebuilds 0." in d.why and "below 0.99" in d.why
+    assert set(COMBOS) <= {f.name for f in d.contract.fields}
+    # asked for by name, counts are read without learning any rule
+    named = read_and_choose(dataclasses.replace(cfg, interactions="counts"))
+    assert named.interactions == "counts" and named.alignments is None
+
+
+def test_the_fields_are_left_out_only_when_every_one_is_rebuilt():
+    def rule(combo, recall, precision=1.0, ids=5):
+        return alignment.Alignment(
+            ("l", "i", combo),
+            np.arange(ids),
+            np.arange(ids),
+            np.full(ids, 3),
+            recall,
+            precision,
+            100,
+        )
+
+    good = [rule(c, 0.95) for c in COMBOS]
+    assert alignment.rebuilds(good, list(COMBOS))[0]
+    assert alignment.rebuilds(good, ["508"])[0]  # the others are not read: nothing to rebuild
+    low = [*good[:3], rule("853", alignment.MIN_RECALL - 0.01)]
+    ok, why = alignment.rebuilds(low, list(COMBOS))
+    assert not ok and why.startswith("853's rule rebuilds")
+    wrong = [rule("508", 0.95, precision=0.5), *good[1:]]
+    assert alignment.rebuilds(wrong, list(COMBOS)) == (False, "508's rule does not hold")
+    empty = [rule("508", 0.0, ids=0), *good[1:]]
+    assert not alignment.rebuilds(empty, list(COMBOS))[0]
+    assert not alignment.rebuilds(good[1:], list(COMBOS))[0]  # 508 never learned
+    assert alignment.rebuilds(good, []) == (False, "no combination field is read")
