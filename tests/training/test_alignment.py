@@ -185,3 +185,23 @@ def test_the_fields_are_left_out_only_when_every_one_is_rebuilt():
     assert not alignment.rebuilds(empty, list(COMBOS))[0]
     assert not alignment.rebuilds(good[1:], list(COMBOS))[0]  # 508 never learned
     assert alignment.rebuilds(good, []) == (False, "no combination field is read")
+
+
+def test_where_no_rule_holds_auto_trains_plain_towers_and_a_named_choice_stops(
+    small_generated, tmp_path, monkeypatch
+):
+    """Without the fields and with no rule passing the check (the precision bar set out of
+    reach here), `auto` falls back to plain towers and says why; `--interactions aligned` by
+    name stops with each field's figures instead of training something else."""
+    from training.prepare import read_and_choose
+
+    monkeypatch.setattr(alignment, "MIN_PRECISION", 1.01)
+    cfg = TrainConfig(data=small_generated, out=tmp_path, seed=0, without=COMBOS)
+    d = read_and_choose(cfg)
+    assert d.interactions == "none" and "no combination field's alignment holds" in d.why
+    assert [a.names[2] for a in d.alignments] == list(COMBOS)  # kept for metrics.json
+    with pytest.raises(SystemExit, match=r"no alignment holds \(508: recall 0\.\d+"):
+        read_and_choose(dataclasses.replace(cfg, interactions="aligned"))
+    # with the fields in the data, auto reads their counts
+    full = read_and_choose(dataclasses.replace(cfg, without=()))
+    assert full.interactions == "counts" and "508's rule does not hold" in full.why
