@@ -13,14 +13,15 @@ list, as exact matches do for a spec's shared groups.
 The evidence per (X, Y) comes in units (`learn`: a user and the ids of the item field the user
 met): those whose list holds Y, with the field and without it. The true Y is in the list of
 every unit with the field and of none without; X's aligned Y is the one in the most units with
-the field (at least `MIN_UNITS`), at most `TOLERANCE` of its units without. An X whose best two
-Ys tie is left unaligned. How well it holds is measured on the validation rows, which the
-learning did not read: recall (of the rows with the field, those whose user's list holds an
-aligned partner of the item's ids) and precision (of the rows whose list holds one, those with
-the field). Precision says whether the rule is right: a pair whose precision is below
-`MIN_PRECISION` is left out, as its combination field counts something else than these matches.
-Recall says how much of the field the rule covers: ids seen too seldom, or tied, are not
-aligned, and their matches are not found."""
+the field (at least `MIN_UNITS`), at most `TOLERANCE` of its units without. A single-valued
+field is there where its value is above 0, as the counts interaction reads it (a file may write
+0 for no match). An X whose best two Ys tie is left unaligned. How well it holds is measured on
+the validation rows, which the learning did not read: recall (of the rows with the field, those
+whose user's list holds an aligned partner of the item's ids) and precision (of the rows whose
+list holds one, those with the field). Precision says whether the rule is right: a pair whose
+precision is below `MIN_PRECISION` is left out, as its combination field counts something else
+than these matches. Recall says how much of the field the rule covers: ids seen too seldom, or
+tied, are not aligned, and their matches are not found."""
 
 from __future__ import annotations
 
@@ -259,8 +260,15 @@ def agreement(
 
 
 def _count(full, split, rows, combo) -> np.ndarray:
-    """(len(rows),) the number of the combination field's ids each row carries."""
-    return (_item(full, split, rows, combo) >= 0).sum(1)
+    """(len(rows),) the matches the combination field counts at each row, as the counts
+    interaction reads it (training/interactions.py CombinationCounts.counts): a multi-valued
+    field's ids, a single-valued one's id where its value is above 0 (a file may write 0 for
+    no match)."""
+    cols = _cols(full, "item", combo)
+    present = np.asarray(split.item_ids[:, cols][rows]) >= 0
+    if cols.stop - cols.start == 1:
+        present &= np.asarray(split.item_vals[:, cols][rows]) > 0
+    return present.sum(1)
 
 
 def _cols(contract: FeatureContract, side: str, name: str) -> slice:

@@ -70,6 +70,30 @@ def test_a_field_that_counts_no_match_is_not_aligned(full):
     assert a.precision < 0.8, a.figures()
 
 
+def test_a_field_written_with_zero_where_it_counts_no_match_learns_the_same_rule(full):
+    """A file may write a single-valued combination field on every row, its value 0 where the
+    list lacks the item's attribute: the rule reads it as the counts interaction does (there
+    where its value is above 0), so it learns and checks the same rule as from a file that
+    leaves the field out there."""
+    contract, split, train, val = full
+    col = {f.name: c for f, c in contract.columns("item")}["508"].start
+    ids, vals = np.array(split.item_ids), np.array(split.item_vals)
+    absent = ids[:, col] < 0
+    assert 0.1 < absent.mean() < 0.9
+    ids[absent, col], vals[absent, col] = ids[~absent, col][0], 0.0
+    zeros = dataclasses.replace(split, item_ids=ids, item_vals=vals)
+    names = ("109_14", "206", "508")
+    a, b = (
+        alignment.learn(contract, split, train, names),
+        alignment.learn(contract, zeros, train, names),
+    )
+    np.testing.assert_array_equal(a.item_ids, b.item_ids)
+    np.testing.assert_array_equal(a.list_ids, b.list_ids)
+    assert alignment.agreement(contract, split, val, a) == alignment.agreement(
+        contract, zeros, val, b
+    )
+
+
 def test_auto_aligns_a_contract_that_leaves_the_combination_fields_out():
     fit, pooling = {"101": 10}, POOLING["weighted-mean"]
     c = FeatureContract.default(without=COMBOS, **pooling).fit_buckets(fit)
