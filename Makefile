@@ -69,12 +69,12 @@ train: install
 	test -f $(SPEC) -a -f $(DATA)/sample_skeleton_train.csv || \
 	  $(VENV)/bin/ranker generate --out $(DATA) --impressions $(IMPRESSIONS) --seed 0 --layout both
 ifeq ($(ROUTE),spec)
-	$(VENV)/bin/ranker train --spec $(SPEC) --out $(RUN) --model esmm --wide all
+	$(VENV)/bin/ranker train --spec $(SPEC) --out $(RUN) --model esmm
 	mkdir -p $(STORES)
 	$(VENV)/bin/ranker items build --spec $(SPEC) --out $(STORES)/items.npz
 	$(VENV)/bin/ranker users build --spec $(SPEC) --out $(STORES)/users.npz
 else
-	$(VENV)/bin/ranker train --data $(DATA) --out $(RUN) --model esmm --wide all
+	$(VENV)/bin/ranker train --data $(DATA) --out $(RUN) --model esmm
 endif
 	$(VENV)/bin/ranker export --run $(RUN) --out $(MODELS)/$(MODEL_NAME)/$$(date -u +%Y%m%dT%H%M%SZ)
 
@@ -149,13 +149,14 @@ COMPARE_IMPRESSIONS ?= 2000000
 COMPARE_DATA ?= data/compare-$(COMPARE_PRESET)
 COMPARE_SEEDS ?= 5
 # the sparse regime adds the item table's numeric columns (items=) and the paper's ESMM loss
-COMPARE_DEFAULT_MODELS = lr-strong,base,esmm-ns,esmm,division,base:wide=all,esmm:wide=all,esmm:inter=none:wide=all$(if $(COMPARE_SPEC),,$(COMPARE_FIELDS))
+# (the two-tower kinds are blended with their regressions by default; wide=none: the towers alone)
+COMPARE_DEFAULT_MODELS = lr-strong,base:wide=none,esmm-ns,esmm:wide=none,division,base,esmm,esmm:inter=none$(if $(COMPARE_SPEC),,$(COMPARE_FIELDS))
 # on the Ali-CCP files, where auto leaves the combination fields out (rebuilt by aligned
 # matches, what an id-only request serves): the model that reads them, for the difference
 comma := ,
-COMPARE_FIELDS := $(comma)esmm:inter=counts:wide=all
-COMPARE_SPARSE_MODELS = lr-strong,lr-strong:items=items.parquet,base,base:items=items.parquet,esmm:cvr=0,esmm,esmm:items=items.parquet,esmm:wide=all$(COMPARE_FIELDS)
-COMPARE_NOCROSS_MODELS := lr-strong,esmm:inter=none:wide=all,esmm:inter=attn:wide=all,esmm:inter=match:wide=all,base:inter=match:wide=all
+COMPARE_FIELDS := $(comma)esmm:inter=counts
+COMPARE_SPARSE_MODELS = lr-strong,lr-strong:items=items.parquet,base,base:items=items.parquet,esmm:cvr=0,esmm:wide=none,esmm,esmm:items=items.parquet$(COMPARE_FIELDS)
+COMPARE_NOCROSS_MODELS := lr-strong,esmm:inter=none,esmm:inter=attn,esmm:inter=match,base:inter=match
 # (the sparse list's items= rows read an Ali-CCP folder's item table: on a spec, the default list)
 COMPARE_MODELS ?= $(if $(filter nocross,$(COMPARE_SPEC)),$(COMPARE_NOCROSS_MODELS),$(if $(and $(filter sparse,$(COMPARE_PRESET)),$(if $(COMPARE_SPEC),,1)),$(COMPARE_SPARSE_MODELS),$(COMPARE_DEFAULT_MODELS)))
 COMPARE_OUT ?= runs/compare-$(COMPARE_PRESET)$(if $(COMPARE_SPEC),-spec$(if $(filter nocross,$(COMPARE_SPEC)),-nocross))

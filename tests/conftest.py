@@ -62,7 +62,13 @@ def trained_run(generated, tmp_path_factory) -> Path:
     # reads every field, combination fields as counts (the model by features: `auto` would
     # leave them out where their rules hold, which the id-only fixture and test_alignment prove)
     cfg = TrainConfig(
-        data=generated, out=run, epochs=2, seed=0, interactions="counts", reference=False
+        data=generated,
+        out=run,
+        epochs=2,
+        seed=0,
+        interactions="counts",
+        wide="none",  # the towers alone (the blend: test_wide, test_variants, test_replay)
+        reference=False,
     )
     train(cfg)
     return run

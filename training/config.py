@@ -83,11 +83,12 @@ class TrainConfig:
     )
     attn_k: int = option(16, help="attn: the members of each user list a candidate meets")
     wide: str = option(
-        "none",
-        choices=WIDE,
+        AUTO,
+        choices=(AUTO, *WIDE),
         help="wide & deep (two-tower kinds): after the towers train, blend each head's logit "
         "with an L2 logistic regression's, the blend fitted on the validation split; ctr: the "
-        "CTR tower's alone, all: both towers'",
+        "CTR tower's alone, all: both towers', none: the towers alone; auto (default): all "
+        "for two-tower kinds, none for the others",
     )
     calibration: str = option(
         "none",

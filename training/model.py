@@ -102,6 +102,8 @@ class ModelConfig:
                 "a model is built with concrete interactions; training makes `auto` concrete "
                 "for its contract (training/interactions.py chosen_interactions)"
             )
+        if self.wide == AUTO:
+            raise ValueError("a model is built with a concrete wide term (chosen_wide)")
         self.hidden = tuple(self.hidden)
 
 
@@ -110,6 +112,16 @@ INTERACTIONS = ("none", "dot", "attn", "match", "counts", "aligned")
 # interactions.py chosen_interactions), so a checkpoint holds one of INTERACTIONS
 AUTO = "auto"
 WIDE = ("none", "ctr", "all")
+
+
+def chosen_wide(choice: str, kind: str) -> str:
+    """Training's `--wide` made concrete for a kind: `auto` (the default) blends both towers
+    with their regressions where the kind has two towers (above the towers alone on every head
+    of every set measured but one, within its spread: docs/model-evidence.md, "Wide & deep"),
+    and nothing for the others; any other choice stands as given."""
+    if choice != AUTO:
+        return choice
+    return "all" if issubclass(MODELS[kind], TwoTowers) else "none"
 
 
 def check_options(
@@ -132,9 +144,9 @@ def check_options(
         )
     if interactions not in (AUTO, "none") and not issubclass(MODELS[kind], TwoTowers):
         raise ValueError(f"interactions apply to {', '.join(TWO_TOWER_KINDS)}, not {kind}")
-    if wide not in WIDE:
-        raise ValueError(f"unknown wide {wide!r}; choose one of {WIDE}")
-    if wide != "none" and not issubclass(MODELS[kind], TwoTowers):
+    if wide not in (AUTO, *WIDE):
+        raise ValueError(f"unknown wide {wide!r}; choose one of {(AUTO, *WIDE)}")
+    if wide not in (AUTO, "none") and not issubclass(MODELS[kind], TwoTowers):
         raise ValueError(f"the wide term applies to {', '.join(TWO_TOWER_KINDS)}, not {kind}")
     if ips_weight < 0 or not 0 < ips_clip <= 1:
         raise ValueError("ips_weight must be >= 0 and ips_clip in (0, 1]")

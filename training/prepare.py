@@ -1,7 +1,7 @@
-"""What a run trains on, and with which interactions: the data read under the run's contract,
-its training split carved into training and validation sessions, and `--interactions` made
-concrete, which on Ali-CCP data may change the contract itself (`auto` leaves the combination
-fields out where their learned rules rebuild them: training/alignment.py)."""
+"""What a run trains on, and with which interactions: the data read under the run's contract, its
+training split carved into training and validation sessions, and `--wide` and `--interactions`
+made concrete, which on Ali-CCP data may change the contract itself (`auto` leaves the
+combination fields out where their learned rules rebuild them: training/alignment.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from training.config import TrainConfig
 from training.encoded import EncodedSplit
 from training.inputs import load_data
 from training.interactions import chosen_interactions
-from training.model import AUTO, TWO_TOWER_KINDS
+from training.model import AUTO, TWO_TOWER_KINDS, chosen_wide
 
 
 @dataclasses.dataclass
@@ -38,12 +38,14 @@ class RunData:
 
 
 def read_and_choose(cfg: TrainConfig, world: dist.World = dist.LOCAL) -> RunData:
-    """Read the data and make `--interactions` concrete (training/interactions.py
-    chosen_interactions). On an Ali-CCP folder whose contract reads the combination fields,
-    `auto` learns their rules first (training/alignment.py): where every one rebuilds its
-    field, the fields are left out (`--without`, kept in the run's config) and the data read
-    again without them, for aligned matches; otherwise their counts are read. An aligned run
-    whose rules all fail trains plain towers under `auto` and stops when asked for by name."""
+    """Read the data and make `--wide` (training/model.py chosen_wide) and `--interactions`
+    concrete (training/interactions.py chosen_interactions). On an Ali-CCP folder whose
+    contract reads the combination fields, `auto` learns their rules first
+    (training/alignment.py): where every one rebuilds its field, the fields are left out
+    (`--without`, kept in the run's config) and the data read again without them, for
+    aligned matches; otherwise their counts are read. An aligned run whose rules all fail
+    trains plain towers under `auto` and stops when asked for by name."""
+    cfg = dataclasses.replace(cfg, wide=chosen_wide(cfg.wide, cfg.model))
     with dist.main_first(world):
         contract, train_split, test_split = load_data(cfg)
     train_rows, val_rows = carve(cfg, train_split)

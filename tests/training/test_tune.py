@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from training.reference import STRONG
 from training.tune import default_params, main, tune
 
 # Small enough for a few one-epoch trials on 2 shared cores.
@@ -27,8 +28,12 @@ def small(tmp_path_factory) -> Path:
 def study(small, tmp_path_factory) -> tuple[Path, dict, dict]:
     """Two trials, then the same study continued with one more: (OUT, first, second)."""
     out = tmp_path_factory.mktemp("tune")
-    first = tune(small, out, trials=2, epochs=1, objective="ctcvr_auc")
-    second = tune(small, out, trials=1, epochs=1, objective="ctcvr_auc")
+    with pytest.MonkeyPatch.context() as patch:
+        # each trial's wide term (the default): a short L2 path (the path itself: test_wide)
+        patch.setitem(STRONG, "l2", (1e-2, 1e-3))
+        patch.setitem(STRONG, "max_evals", 30)
+        first = tune(small, out, trials=2, epochs=1, objective="ctcvr_auc")
+        second = tune(small, out, trials=1, epochs=1, objective="ctcvr_auc")
     return out, first, second
 
 
