@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from features.contract import KEY_FIELDS, FeatureContract
+from training.batches import spaced
 from training.config import POOLING, TrainConfig
 from training.encoded import EncodedSplit
 from training.inputs import cache_dir
@@ -127,8 +128,8 @@ def learn_alignments(
     out = []
     for combo, (lst, item) in full.combines().items():
         t0 = time.perf_counter()
-        a = learn(full, split, _spaced(train, LEARN_ROWS), (lst, item, combo))
-        a.recall, a.precision, a.val_rows = agreement(full, split, _spaced(val, CHECK_ROWS), a)
+        a = learn(full, split, spaced(train, LEARN_ROWS), (lst, item, combo))
+        a.recall, a.precision, a.val_rows = agreement(full, split, spaced(val, CHECK_ROWS), a)
         a.seconds = time.perf_counter() - t0
         log.info(
             "aligned %s x %s (for %s): %d item ids, validation recall %.4f, precision %.4f "
@@ -289,11 +290,3 @@ def _list(full, split, rows, name) -> np.ndarray:
 def _members(full, split, users, name) -> np.ndarray:
     """(users, columns) the raw ids of the users' list `name`."""
     return np.asarray(split.user_ids[:, _cols(full, "user", name)][users])
-
-
-def _spaced(rows: np.ndarray, cap: int) -> np.ndarray:
-    """At most `cap` of `rows`, evenly spaced (no draw: the same rows on every rank)."""
-    rows = np.sort(np.asarray(rows))
-    if len(rows) <= cap:
-        return rows
-    return rows[np.linspace(0, len(rows) - 1, cap).astype(np.int64)]

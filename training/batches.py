@@ -73,3 +73,12 @@ def split_sessions(
     val_sessions = rng.random(_n_sessions(split)) < fraction
     is_val = val_sessions[np.asarray(split.sessions)]
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def spaced(rows: np.ndarray, cap: int) -> np.ndarray:
+    """At most `cap` of `rows`, sorted and evenly spaced (no draw: the same rows on every rank
+    and every run), for fits that need a bounded sample of a split, not all of it."""
+    rows = np.sort(np.asarray(rows))
+    if len(rows) <= cap:
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, cap).astype(np.int64)]

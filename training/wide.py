@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from features.contract import FeatureContract
-from training.batches import iter_batches
+from training.batches import iter_batches, spaced
 from training.encoded import EncodedSplit
 from training.metrics import auc
 from training.model import TwoTowers
@@ -39,6 +39,10 @@ from training.reference import (
 )
 
 log = logging.getLogger("training.wide")
+# the regressions are fitted on at most this many training rows (evenly spaced): the fit holds
+# the rows' sparse design in memory, about 5 GB a million rows of Ali-CCP's layout, so a run on
+# tens of millions of rows fits a sample, and its strength and blend are chosen on validation
+FIT_ROWS = 1_000_000
 
 
 def fit_wide(
@@ -56,6 +60,8 @@ def fit_wide(
         raise ValueError("this model has no wide term (ModelConfig.wide)")
     every = tower_logits(model, train, contract, val_rows)  # before any blend: the towers'
     regression = model.wide.regression
+    sampled = len(train_rows) > FIT_ROWS
+    train_rows = spaced(train_rows, FIT_ROWS)
     # the exact matches' inputs of the regression, once for every row any head reads
     x_train, x_val = (wide_inputs(model, train, contract, r) for r in (train_rows, val_rows))
     out = {}
@@ -80,6 +86,7 @@ def fit_wide(
         out[head] = {
             **fig,
             "train_rows": int(len(rows)),
+            "train_rows_sampled": sampled,
             "blend": [a, b, c],
             "val_auc_towers": auc(label[val], towers),
             "val_auc_blend": auc(label[val], mixed),

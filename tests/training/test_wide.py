@@ -94,3 +94,21 @@ def test_a_model_without_a_wide_term_is_refused(data):
     model = build_model(ModelConfig(contract.to_dict()))
     with pytest.raises(ValueError, match="no wide term"):
         fit_wide(model, contract, train, np.arange(10), np.arange(10, 20))
+
+
+def test_the_regressions_fit_a_bounded_sample_of_the_training_rows(data, short_path, monkeypatch):
+    """Above FIT_ROWS training rows, each head's regression is fitted on that many of them,
+    evenly spaced (its sparse design is held in memory: about 5 GB a million rows), the same
+    rows as a fit on that sample alone; the figures say so."""
+    from training import wide
+
+    contract, train, _, train_rows, val_rows = data
+    monkeypatch.setattr(wide, "FIT_ROWS", 20_000)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(contract.to_dict(), kind="esmm", wide="ctr"))
+    got = fit_wide(model, contract, train, train_rows, val_rows)["ctr"]
+    assert got["train_rows"] == 20_000 and got["train_rows_sampled"]
+    sample = train_rows[np.linspace(0, len(train_rows) - 1, 20_000).astype(np.int64)]
+    label, val = head_label(train, "ctr"), head_rows(train, val_rows, "ctr")
+    _, fig, _ = strong_fit(contract, train, sample, val, label, "ctr")
+    assert (got["l2"], got["val_auc"]) == (fig["l2"], fig["val_auc"])
