@@ -257,7 +257,8 @@ class AlignedMatches(MatchCounts):
     MatchCounts' does: the features, the wide term's octaves, the cached user part are theirs.
     With mean pooling the weight is the id's share of the list, not the count the field had.
     A model that reads the fields may take it too (`--interactions aligned`); there their
-    counts measured better (docs/model-evidence.md), and `auto` reads those."""
+    counts measured better (docs/model-evidence.md), and `auto`, where it keeps the fields,
+    reads those."""
 
     def _pairs(self, contract):
         pairs = contract.aligned_pairs()
@@ -266,15 +267,11 @@ class AlignedMatches(MatchCounts):
                 "aligned matches: needs Ali-CCP data with a user list and an item field that "
                 "a combination field combines (109_14 and 206 for 508...); this contract has none"
             )
-        if contract.num_rows >= 2**24:
-            raise ValueError(
-                f"aligned matches hold ids as float32, exact below 2^24 rows, not "
-                f"{contract.num_rows}"
-            )
         users = {f.name: c for f, c in contract.columns("user")}
         items = [f.name for f in contract.side_fields("item")]
         names = list(dict.fromkeys(lst for lst, _, _ in pairs))
         lists = [(n, users[n].start, users[n].stop) for n in names]
+        _search_limits(contract, lists, "aligned matches")
         return lists, [(names.index(lst), items.index(item)) for lst, item, _ in pairs]
 
     def __init__(self, contract: FeatureContract):
@@ -427,11 +424,21 @@ def _match_pairs(
     """`_shared_pairs` for exact matches, which also refuse a contract whose row ids a float32
     does not hold exactly (MatchCounts keeps them as floats)."""
     lists, pairs = _shared_pairs(contract, "exact matches")
+    _search_limits(contract, lists, "exact matches")
+    return lists, pairs
+
+
+def _search_limits(contract: FeatureContract, lists: list[tuple[str, int, int]], what: str):
+    """What MatchCounts' search refuses, for every kind of it: a contract whose row ids a
+    float32 does not hold exactly (the cached lists keep them as floats), and a list of more
+    than 4096 columns (the binary search's steps)."""
     if contract.num_rows >= 2**24:
         raise ValueError(
-            f"exact matches hold ids as float32, exact below 2^24 rows, not {contract.num_rows}"
+            f"{what} hold ids as float32, exact below 2^24 rows, not {contract.num_rows}"
         )
-    return lists, pairs
+    for name, start, stop in lists:
+        if stop - start > 4096:
+            raise ValueError(f"{what}: lists of 4096 columns at most, not {name}")
 
 
 def _shared_pairs(

@@ -118,6 +118,21 @@ def test_auto_aligns_a_contract_that_leaves_the_combination_fields_out():
             TrainConfig(spec=Path("spec.yaml"), out=Path("run"), interactions=choice)
 
 
+def test_aligned_matches_refuse_what_the_search_cannot_hold_as_exact_matches_do():
+    """One set of limits for every search over cached lists (training/interactions.py
+    _search_limits): a list over 4096 columns is refused for aligned matches too, and `auto`
+    then trains plain towers, saying why."""
+    pooling = POOLING["weighted-mean"]
+    long = FeatureContract.default(without=COMBOS, max_len={"150_14": 5000}, **pooling)
+    long = long.fit_buckets({"101": 10})
+    with pytest.raises(ValueError, match="aligned matches: lists of 4096 columns at most"):
+        AlignedMatches(long)
+    assert chosen_interactions("auto", True, long) == (
+        "none",
+        "aligned matches: lists of 4096 columns at most, not 150_14",
+    )
+
+
 def test_a_model_without_the_fields_finds_what_they_carried_and_exports(id_only, full):
     """Trained by default without the combination fields (tests/conftest.py), the model's
     matches are where the fields were: per pair, found where the row carries the field (the
